@@ -1,0 +1,304 @@
+"""config.toml -> frozen dataclasses, one per section; read once, passed as typed sections."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from inspector.errors import ConfigError
+
+ENV_VAR = "INSPECTOR_CONFIG"
+DEFAULT_NAME = "config.toml"
+METHODS = ("naive", "global", "local", "mix", "clahe")
+
+
+@dataclass(frozen=True)
+class ImagingConfig:
+    max_height: int = 10_000
+    max_width: int = 10_000
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    method: str = "global"
+    low_percentile: float = 0.01
+    high_percentile: float = 99.99
+    round_window: bool = False
+    clahe_clip_limit: float = 2.0
+    clahe_tile_grid: int = 8
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: Path = Path("models/detector.safetensors")
+    weights: str = "imagenet"
+    freeze: str = "paper"
+    device: str = "auto"
+    input_size: tuple[int, int] = (2000, 1000)
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    batch_size: int = 4
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 50
+    learning_rate: float = 0.001
+    lr_step_epochs: int = 10
+    lr_gamma: float = 0.1
+    batch_size: int = 16
+    class_weights: str = "none"
+    target_recall: float = 0.0
+    seed: int = 0
+    cache_dir: str = ""
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    capture_dir: Path = Path("capture")
+    patterns: tuple[str, ...] = ("*.tif", "*.tiff", "*.png", "*.dcm")
+    polling: bool = False
+    settle_seconds: float = 2.0
+    rescan_seconds: float = 60.0
+    after: str = "keep"
+    queue_size: int = 256
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    dir: Path = Path("var")
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = "sqlite:///inspector.db"
+    busy_timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    enabled: bool = True
+    clipped_fraction: float = 0.5
+
+
+@dataclass(frozen=True)
+class ReviewConfig:
+    bundle_rule: str = "subfolder"
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    base_dataset: str = ""
+    methods: tuple[str, ...] = ("global",)
+
+
+@dataclass(frozen=True)
+class Config:
+    imaging: ImagingConfig = field(default_factory=ImagingConfig)
+    convert: ConvertConfig = field(default_factory=ConvertConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    source: str = "(built-in defaults)"
+
+    def require_dir(self, key: str) -> Path:
+        """The folder at dotted `key`, which must exist (e.g. watch.capture_dir)."""
+        section, name = key.split(".")
+        path = Path(getattr(getattr(self, section), name))
+        if not path.is_dir():
+            raise ConfigError(f"folder {path} does not exist; create it or change the key", key, self.source)
+        return path
+
+
+# Which keys are paths: relative ones are taken relative to the config file's folder.
+_PATH_KEYS = {("watch", "capture_dir"), ("state", "dir"), ("model", "path")}
+_OPTIONAL_PATH_KEYS = {("train", "cache_dir"), ("retrain", "base_dataset")}
+
+_CHOICES = {
+    ("convert", "method"): METHODS,
+    ("model", "freeze"): ("paper", "none"),
+    ("model", "device"): None,  # checked below: auto, cpu, cuda, cuda:N
+    ("train", "class_weights"): ("none", "balanced"),
+    ("watch", "after"): ("keep", "move"),
+    ("log", "level"): ("DEBUG", "INFO", "WARNING", "ERROR"),
+}
+
+
+def _check_value(section: str, name: str, value: object, file: str) -> None:
+    key = f"{section}.{name}"
+    choices = _CHOICES.get((section, name))
+    if choices and value not in choices:
+        raise ConfigError(f"{value!r} is not one of {', '.join(choices)}", key, file)
+    if (section, name) == ("model", "device"):
+        ok = value in ("auto", "cpu", "cuda") or (isinstance(value, str) and value.startswith("cuda:") and value[5:].isdigit())
+        if not ok:
+            raise ConfigError(f"{value!r} is not auto, cpu, cuda or cuda:N", key, file)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        positive = {"max_height", "max_width", "batch_size", "epochs", "lr_step_epochs", "queue_size", "clahe_tile_grid"}
+        if name in positive and value <= 0:
+            raise ConfigError(f"must be positive, got {value}", key, file)
+        if value < 0:
+            raise ConfigError(f"must not be negative, got {value}", key, file)
+    if (section, name) == ("convert", "high_percentile") and not 0 < value <= 100:
+        raise ConfigError(f"must be in (0, 100], got {value}", key, file)
+    if name in ("target_recall", "clipped_fraction", "lr_gamma") and not 0 <= value <= 1:
+        raise ConfigError(f"must be between 0 and 1, got {value}", key, file)
+    if (section, name) == ("model", "input_size") and any(v <= 0 for v in value):
+        raise ConfigError(f"sizes must be positive, got {list(value)}", key, file)
+    if (section, name) == ("watch", "patterns") and not value:
+        raise ConfigError("needs at least one pattern", key, file)
+    if (section, name) == ("database", "url") and "://" not in value:
+        raise ConfigError(f"{value!r} is not a database URL (e.g. sqlite:///inspector.db)", key, file)
+    if (section, name) == ("review", "bundle_rule") and not (value == "subfolder" or value.startswith("regex:")):
+        raise ConfigError(f"{value!r} is neither 'subfolder' nor 'regex:PATTERN'", key, file)
+    if (section, name) == ("retrain", "methods"):
+        bad = [m for m in value if m not in METHODS]
+        if bad or not value:
+            raise ConfigError(f"methods must be among {', '.join(METHODS)}, got {list(value)}", key, file)
+
+
+def _coerce(section: str, name: str, hint: object, value: object, file: str) -> object:
+    """Check a TOML value against the dataclass field's type; ints are accepted where floats are."""
+    key = f"{section}.{name}"
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"must be true or false, got {value!r}", key, file)
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"must be a whole number, got {value!r}", key, file)
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"must be a number, got {value!r}", key, file)
+        return float(value)
+    if hint is str or hint is Path:
+        if not isinstance(value, str):
+            raise ConfigError(f"must be a string, got {value!r}", key, file)
+        return value
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"must be a list, got {value!r}", key, file)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(section, name, args[0], v, file) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"must be a list of {len(args)} values, got {value!r}", key, file)
+        return tuple(_coerce(section, name, a, v, file) for a, v in zip(args, value))
+    raise AssertionError(f"unsupported config type {hint}")  # pragma: no cover
+
+
+def _resolve_sqlite(url: str, base: Path) -> str:
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
+        rel = url[len(prefix):]
+        return prefix + str((base / rel).resolve()) if rel else url
+    return url
+
+
+def find_config_path(explicit: str | os.PathLike | None = None) -> Path | None:
+    """--config PATH, else $INSPECTOR_CONFIG, else ./config.toml when present, else None (defaults)."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist (given with --config)")
+        return path
+    env = os.environ.get(ENV_VAR)
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist (set in ${ENV_VAR})")
+        return path
+    local = Path(DEFAULT_NAME)
+    return local if local.is_file() else None
+
+
+def load_config(path: str | os.PathLike | None = None, *, discover: bool = True) -> Config:
+    """Read and check a config file; with no file found, the built-in defaults relative to the cwd."""
+    found = find_config_path(path) if discover else (Path(path) if path else None)
+    if found is None:
+        return _build({}, Path.cwd(), "(built-in defaults)")
+    file = str(found)
+    try:
+        with open(found, "rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"is not valid TOML: {exc}", None, file) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot be read: {exc.strerror}", None, file) from exc
+    return _build(data, found.resolve().parent, file)
+
+
+def _build(data: dict, base: Path, file: str) -> Config:
+    sections = {f.name: f for f in dataclasses.fields(Config) if f.name != "source"}
+    built: dict[str, object] = {}
+    for sname, raw in data.items():
+        if sname not in sections:
+            raise ConfigError(f"unknown section [{sname}] (known: {', '.join(sections)})", sname, file)
+        if not isinstance(raw, dict):
+            raise ConfigError("must be a [section] table", sname, file)
+    for sname, sfield in sections.items():
+        cls = sfield.default_factory  # type: ignore[misc]
+        hints = typing.get_type_hints(cls)
+        raw = data.get(sname, {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key in raw:
+            if key not in names:
+                raise ConfigError(f"unknown key (known in [{sname}]: {', '.join(sorted(names))})", f"{sname}.{key}", file)
+        values: dict[str, object] = {}
+        for f in dataclasses.fields(cls):
+            if f.name in raw:
+                value = _coerce(sname, f.name, hints[f.name], raw[f.name], file)
+            else:
+                value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            _check_value(sname, f.name, value, file)
+            if (sname, f.name) in _PATH_KEYS:
+                value = Path(value)
+                value = value if value.is_absolute() else (base / value)
+            elif (sname, f.name) in _OPTIONAL_PATH_KEYS and value:
+                p = Path(str(value))
+                value = str(p if p.is_absolute() else base / p)
+            elif (sname, f.name) == ("model", "weights") and value not in ("imagenet", "none"):
+                p = Path(str(value))
+                value = str(p if p.is_absolute() else base / p)
+            elif (sname, f.name) == ("database", "url"):
+                value = _resolve_sqlite(str(value), base)
+            values[f.name] = value
+        built[sname] = cls(**values)
+    return Config(**built, source=file)  # type: ignore[arg-type]
+
+
+def parse_input_size(text: str) -> tuple[int, int]:
+    """'2000x1000' -> (2000, 1000), height x width."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"input size {text!r} is not HEIGHTxWIDTH, e.g. 2000x1000") from None
+    if h <= 0 or w <= 0:
+        raise ConfigError(f"input size {text!r} must be positive")
+    return h, w

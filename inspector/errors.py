@@ -1,0 +1,63 @@
+"""The few exception types inspector raises; each message says what went wrong and what to do."""
+
+from __future__ import annotations
+
+
+class InspectorError(Exception):
+    """Base of every error a user may see as `Error: ...` (no traceback)."""
+
+
+class ConfigError(InspectorError):
+    """A configuration key is unknown, of the wrong type or impossible."""
+
+    def __init__(self, message: str, key: str | None = None, file: str | None = None):
+        where = []
+        if key:
+            where.append(key)
+        if file:
+            where.append(f"in {file}")
+        prefix = f"{' '.join(where)}: " if where else ""
+        super().__init__(prefix + message)
+        self.key = key
+        self.file = file
+
+
+# Stable reason codes recorded for rejected images; scripts and the database rely on them.
+IMAGE_REASONS = (
+    "not_an_image",
+    "truncated",
+    "corrupt",
+    "wrong_dtype",
+    "not_grayscale",
+    "multi_page",
+    "too_large",
+    "unreadable",
+)
+
+
+class ImageError(InspectorError):
+    """An image that cannot be scored, with a stable reason code."""
+
+    def __init__(self, reason: str, message: str, path: str | None = None):
+        if reason not in IMAGE_REASONS:
+            raise ValueError(f"unknown image reason code {reason!r}")
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.path = path
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"{where}{self.message} [{self.reason}]"
+
+
+class ModelError(InspectorError):
+    """A model artifact that cannot be built, loaded or trusted."""
+
+
+class DatasetError(InspectorError):
+    """A dataset folder or labels.csv that cannot be used."""
+
+
+class StoreError(InspectorError):
+    """The verdict database cannot be opened, migrated or written."""
