@@ -53,7 +53,8 @@ def with_config(func: Callable) -> Callable:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: domain errors become `Error: ...` and exit 1, no traceback."""
     try:
-        cli.main(args=argv, prog_name="inspector", standalone_mode=False)
+        # standalone_mode=False returns ctx.exit(N) codes instead of exiting: pass them on
+        rc = cli.main(args=argv, prog_name="inspector", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"Error: unexpected {type(exc).__name__}: {exc} (set {DEBUG_VAR}=1 for a traceback)", err=True)
         sys.exit(2)
-    sys.exit(0)
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 def _register() -> None:

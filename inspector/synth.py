@@ -1,0 +1,415 @@
+"""Synthetic 16-bit X-ray electrodes: bundles with their own coating character and 11 anomaly types.
+
+Built so a wrong pipeline scores visibly worse than a right one: anomaly contrast is tens to a
+few hundred counts on a 1700-3600 image, which naive /257 conversion squeezes into 0-1 grey
+levels while a fitted global window keeps it visible; bundles differ in level, grain and margins,
+so a window or model fitted on one bundle is off for another. numpy + OpenCV only.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from inspector.dataset import ANOMALY_TYPES, LABELS_FILE, Dataset, load_dataset
+from inspector.errors import DatasetError
+
+FULL_HEIGHT = 2072  # mean height at scale 1.0; sizes below are in full-resolution pixels
+MINOR_SHARE = 0.25  # share of normal electrodes that carry one minor, acceptable anomaly
+
+
+@dataclass(frozen=True)
+class Character:
+    """What makes one bundle's electrodes look alike: drawn once per bundle."""
+
+    coat_level: float  # mean coated-area value (counts)
+    substrate_level: float  # uncoated margin value
+    grain_sigma: float  # texture scale of the grain, full-resolution pixels
+    grain_amp: float  # grain standard deviation (counts)
+    noise_amp: float  # white pixel noise (counts)
+    gradient: tuple[float, float]  # linear ramp amplitude across x and y (counts)
+    bump_amp: float  # smooth low-frequency bump (counts, signed)
+    side_margin: float  # uncoated margin at left/right, fraction of width
+    end_margin: float  # uncoated margin at top/bottom, fraction of height
+    hot_rate: float  # fraction of hot pixels (0 in some bundles)
+
+
+def draw_character(rng: np.random.Generator) -> Character:
+    """A bundle's coating character; ranges keep coated pixels mostly in 1700-2800."""
+    return Character(
+        coat_level=float(rng.uniform(2000, 2500)),
+        substrate_level=float(rng.uniform(3000, 3600)),
+        grain_sigma=float(rng.uniform(1.0, 6.0)),
+        grain_amp=float(rng.uniform(12, 30)),
+        noise_amp=float(rng.uniform(6, 14)),
+        gradient=(float(rng.uniform(-90, 90)), float(rng.uniform(-90, 90))),
+        bump_amp=float(rng.uniform(-80, 80)),
+        side_margin=float(rng.uniform(0.03, 0.08)),
+        end_margin=float(rng.uniform(0.015, 0.04)),
+        hot_rate=float(rng.choice([0.0, rng.uniform(0.00001, 0.00008)])),
+    )
+
+
+def draw_shape(rng: np.random.Generator, scale: float) -> tuple[int, int]:
+    """(height, width): METHOD.md's 2053-2115 x 1119-1219 (means 2072 x 1145), times scale."""
+    height = min(2115.0, 2053 + rng.gamma(2.0, 9.5))
+    width = min(1219.0, 1119 + rng.gamma(1.3, 20.0))
+    return max(16, round(height * scale)), max(8, round(width * scale))
+
+
+@dataclass
+class _Canvas:
+    """A float image being drawn, with its coated rectangle and the unit size of the scale."""
+
+    img: np.ndarray
+    x0: int
+    x1: int
+    y0: int
+    y1: int
+    coat: float
+    substrate: float
+    unit: float  # pixels per full-resolution pixel
+
+    def px(self, full_px: float, least: float = 1.0) -> float:
+        """A size given at full resolution, in this image's pixels, never below `least`."""
+        return max(least, full_px * self.unit)
+
+
+def _stamp(cv: _Canvas, mask: np.ndarray, amount: float) -> None:
+    cv.img += amount * mask
+
+
+def _blob(cv: _Canvas, cx: float, cy: float, sx: float, sy: float) -> np.ndarray:
+    """A soft Gaussian blob (peak 1) as a full-size mask, computed on a local window only."""
+    h, w = cv.img.shape
+    mask = np.zeros((h, w), np.float32)
+    xa, xb = max(0, int(cx - 3 * sx)), min(w, int(cx + 3 * sx) + 1)
+    ya, yb = max(0, int(cy - 3 * sy)), min(h, int(cy + 3 * sy) + 1)
+    if xa >= xb or ya >= yb:
+        return mask
+    xs = (np.arange(xa, xb, dtype=np.float32) - cx) / sx
+    ys = (np.arange(ya, yb, dtype=np.float32) - cy) / sy
+    mask[ya:yb, xa:xb] = np.exp(-0.5 * (ys[:, None] ** 2 + xs[None, :] ** 2))
+    return mask
+
+
+def _point(rng: np.random.Generator, cv: _Canvas, inset: float = 0.1) -> tuple[float, float]:
+    """A random point inside the coated area, away from its border by `inset` of its size."""
+    w, h = cv.x1 - cv.x0, cv.y1 - cv.y0
+    return (float(rng.uniform(cv.x0 + inset * w, cv.x1 - inset * w)),
+            float(rng.uniform(cv.y0 + inset * h, cv.y1 - inset * h)))
+
+
+def _sign(rng: np.random.Generator) -> float:
+    return float(rng.choice([-1.0, 1.0]))
+
+
+def draw_scratch(rng, cv: _Canvas, sev: float) -> None:
+    """A thin bright or dark segment at a random angle."""
+    cx, cy = _point(rng, cv)
+    length = (0.05 + 0.30 * sev) * (cv.x1 - cv.x0) * 1.5
+    angle = rng.uniform(0, np.pi)
+    dx, dy = np.cos(angle) * length / 2, np.sin(angle) * length / 2
+    mask = np.zeros_like(cv.img)
+    thick = max(1, round(cv.px(2 + 4 * sev)))
+    cv2.line(mask, (round(cx - dx), round(cy - dy)), (round(cx + dx), round(cy + dy)), 1.0, thick, cv2.LINE_AA)
+    _stamp(cv, mask, _sign(rng) * (50 + 250 * sev))
+
+
+def draw_line(rng, cv: _Canvas, sev: float) -> None:
+    """A long straight streak along the coating direction (vertical)."""
+    x = rng.uniform(cv.x0 + 0.1 * (cv.x1 - cv.x0), cv.x1 - 0.1 * (cv.x1 - cv.x0))
+    span = (0.4 + 0.6 * sev) * (cv.y1 - cv.y0)
+    ya = rng.uniform(cv.y0, cv.y1 - span)
+    mask = np.zeros_like(cv.img)
+    thick = max(1, round(cv.px(3 + 8 * sev)))
+    cv2.line(mask, (round(x), round(ya)), (round(x), round(ya + span)), 1.0, thick, cv2.LINE_AA)
+    _stamp(cv, mask, _sign(rng) * (40 + 180 * sev))
+
+
+def draw_edge_cut(rng, cv: _Canvas, sev: float) -> None:
+    """A notch of missing coating cut into a side edge: substrate level shows through."""
+    depth = cv.px((15 + 90 * sev))
+    half = cv.px((10 + 60 * sev))
+    cy = rng.uniform(cv.y0 + 0.1 * (cv.y1 - cv.y0), cv.y1 - 0.1 * (cv.y1 - cv.y0))
+    left = rng.random() < 0.5
+    edge = cv.x0 if left else cv.x1 - 1
+    tip = edge + depth if left else edge - depth
+    pts = np.array([[edge, cy - half], [tip, cy], [edge, cy + half]], np.float32)
+    mask = np.zeros_like(cv.img)
+    cv2.fillConvexPoly(mask, np.round(pts).astype(np.int32), 1.0, cv2.LINE_AA)
+    cv.img += mask * (cv.substrate - cv.img) * (0.6 + 0.4 * sev)
+
+
+def draw_edge_tension(rng, cv: _Canvas, sev: float) -> None:
+    """A wavy, thickened band along a side edge (the coating pulled at the edge)."""
+    h, w = cv.img.shape
+    band = max(2, round(cv.px(10 + 40 * sev)))
+    amp = cv.px(3 + 15 * sev)
+    period = rng.uniform(0.05, 0.25) * h
+    ys = np.arange(h, dtype=np.float32)
+    offset = amp * np.sin(2 * np.pi * ys / period + rng.uniform(0, 2 * np.pi))
+    left = rng.random() < 0.5
+    xs = np.arange(w, dtype=np.float32)[None, :]
+    inside = (xs - cv.x0) if left else (cv.x1 - 1 - xs)  # distance into the coating
+    dist = inside - offset[:, None]
+    rows = (ys >= cv.y0) & (ys < cv.y1)
+    thick = ((dist >= 0) & (dist < band) & rows[:, None]).astype(np.float32)
+    thick = cv2.GaussianBlur(thick, (0, 0), max(0.5, band / 4))
+    _stamp(cv, thick, -(40 + 150 * sev))
+
+
+def draw_smudge(rng, cv: _Canvas, sev: float) -> None:
+    """A soft, elongated offset of the coating level."""
+    cx, cy = _point(rng, cv)
+    s = cv.px(20 + 80 * sev, 1.5)
+    mask = _blob(cv, cx, cy, s * rng.uniform(0.6, 1.6), s * rng.uniform(0.6, 1.6))
+    _stamp(cv, mask, _sign(rng) * (30 + 140 * sev))
+
+
+def draw_edge_ink_flow(rng, cv: _Canvas, sev: float) -> None:
+    """Ink spreading from a side edge into the uncoated margin."""
+    left = rng.random() < 0.5
+    margin = cv.x0 if left else cv.img.shape[1] - cv.x1
+    depth = max(1.0, (0.3 + 0.7 * sev) * margin)
+    cy = rng.uniform(cv.y0 + 0.1 * (cv.y1 - cv.y0), cv.y1 - 0.1 * (cv.y1 - cv.y0))
+    half = cv.px(20 + 120 * sev, 2)
+    cx = cv.x0 if left else cv.x1 - 1
+    mask = np.zeros_like(cv.img)
+    cv2.ellipse(mask, (round(cx), round(cy)), (max(1, round(depth)), max(1, round(half))), 0, 0, 360, 1.0, -1, cv2.LINE_AA)
+    mask = cv2.GaussianBlur(mask, (0, 0), max(0.5, depth / 4))
+    xs = np.arange(cv.img.shape[1])
+    outside = (xs < cv.x0) if left else (xs >= cv.x1)
+    mask *= outside[None, :]
+    level = cv.substrate - (cv.substrate - cv.coat) * (0.3 + 0.5 * sev)
+    cv.img += mask * (level - cv.img)
+
+
+def draw_bubble(rng, cv: _Canvas, sev: float) -> None:
+    """A few small rings (bubbles: less material, brighter rim) with dots among them."""
+    mask = np.zeros_like(cv.img)
+    cx, cy = _point(rng, cv)
+    spread = cv.px(30 + 120 * sev, 3)
+    for _ in range(int(rng.integers(1, 3 + round(4 * sev)))):
+        x, y = cx + rng.normal(0, spread), cy + rng.normal(0, spread)
+        r = max(1, round(cv.px(rng.uniform(4, 8 + 12 * sev))))
+        cv2.circle(mask, (round(x), round(y)), r, 1.0, 1 if r < 3 else max(1, r // 3), cv2.LINE_AA)
+    _stamp(cv, mask, 60 + 220 * sev)
+
+
+def draw_missing_ink(rng, cv: _Canvas, sev: float) -> None:
+    """An irregular patch where coating is thin or absent (towards substrate level)."""
+    cx, cy = _point(rng, cv)
+    r = cv.px(12 + 60 * sev, 1.5)
+    mask = np.zeros_like(cv.img)
+    for _ in range(3):
+        ox, oy = rng.normal(0, r / 2, 2)
+        axes = (max(1, round(r * rng.uniform(0.5, 1.0))), max(1, round(r * rng.uniform(0.5, 1.0))))
+        cv2.ellipse(mask, (round(cx + ox), round(cy + oy)), axes, rng.uniform(0, 180), 0, 360, 1.0, -1, cv2.LINE_AA)
+    mask = cv2.GaussianBlur(np.minimum(mask, 1.0), (0, 0), max(0.5, r / 6))
+    cv.img += mask * (cv.substrate - cv.img) * (0.15 + 0.5 * sev)
+
+
+def draw_agglomerate(rng, cv: _Canvas, sev: float) -> None:
+    """A small dense cluster of dark (ink-rich) specks."""
+    mask = np.zeros_like(cv.img)
+    cx, cy = _point(rng, cv)
+    spread = cv.px(8 + 30 * sev, 1.5)
+    for _ in range(int(rng.integers(3, 6 + round(10 * sev)))):
+        x, y = cx + rng.normal(0, spread), cy + rng.normal(0, spread)
+        cv2.circle(mask, (round(x), round(y)), max(1, round(cv.px(rng.uniform(2, 6)))), 1.0, -1, cv2.LINE_AA)
+    _stamp(cv, np.minimum(mask, 1.0), -(80 + 260 * sev))
+
+
+def draw_ink_fluctuation(rng, cv: _Canvas, sev: float) -> None:
+    """Banding across the coated strip: the coating level rises and falls along its length."""
+    h, _ = cv.img.shape
+    period = rng.uniform(0.04, 0.15) * h
+    ys = np.arange(h, dtype=np.float32)
+    start = rng.uniform(cv.y0, cv.y0 + 0.5 * (cv.y1 - cv.y0))
+    extent = (0.3 + 0.7 * sev) * (cv.y1 - cv.y0)
+    window = ((ys >= start) & (ys < start + extent)).astype(np.float32)
+    wave = np.sin(2 * np.pi * ys / period + rng.uniform(0, 2 * np.pi)) * window
+    band = np.zeros_like(cv.img)
+    band[:, cv.x0:cv.x1] = wave[:, None]
+    _stamp(cv, band, 20 + 70 * sev)
+
+
+def draw_ink_entry_exit(rng, cv: _Canvas, sev: float) -> None:
+    """Thicker or thinner coating where the applicator enters or leaves the strip."""
+    h, _ = cv.img.shape
+    length = (0.03 + 0.12 * sev) * (cv.y1 - cv.y0)
+    ys = np.arange(h, dtype=np.float32)
+    dist = (ys - cv.y0) if rng.random() < 0.5 else (cv.y1 - 1 - ys)
+    profile = np.where(dist >= 0, np.exp(-np.maximum(dist, 0) / max(1.0, length)), 0.0).astype(np.float32)
+    layer = np.zeros_like(cv.img)
+    layer[:, cv.x0:cv.x1] = profile[:, None]
+    _stamp(cv, layer, _sign(rng) * (40 + 160 * sev))
+
+
+DRAWERS = {
+    "scratch": draw_scratch,
+    "line": draw_line,
+    "edge_cut": draw_edge_cut,
+    "edge_tension": draw_edge_tension,
+    "smudge": draw_smudge,
+    "edge_ink_flow": draw_edge_ink_flow,
+    "bubble": draw_bubble,
+    "missing_ink": draw_missing_ink,
+    "agglomerate": draw_agglomerate,
+    "ink_fluctuation": draw_ink_fluctuation,
+    "ink_entry_exit": draw_ink_entry_exit,
+}
+assert tuple(DRAWERS) == ANOMALY_TYPES
+
+
+def synth_image(rng: np.random.Generator, character: Character, anomalies: Sequence[str],
+                severity: float | Sequence[float], shape: tuple[int, int]) -> np.ndarray:
+    """One electrode as 2-D uint16: substrate, coated strip with the bundle's look, then anomalies."""
+    h, w = shape
+    unit = h / FULL_HEIGHT
+    noise_rng = np.random.default_rng(rng.integers(2**63))  # same noise with or without anomalies
+    sm, em = max(1, round(character.side_margin * w)), max(1, round(character.end_margin * h))
+    x0, x1 = sm + int(rng.integers(-1, 2) * (sm > 2)), w - sm
+    y0, y1 = em, h - em
+    img = np.full((h, w), character.substrate_level, np.float32)
+    xs = np.linspace(-0.5, 0.5, w, dtype=np.float32)[None, :]
+    ys = np.linspace(-0.5, 0.5, h, dtype=np.float32)[:, None]
+    bx, by = rng.uniform(-0.3, 0.3, 2)
+    bump = np.exp(-((xs - bx) ** 2 / 0.08 + (ys - by) ** 2 / 0.12))
+    coat = (character.coat_level + character.gradient[0] * xs + character.gradient[1] * ys
+            + character.bump_amp * bump + rng.normal(0, 25))
+    img[y0:y1, x0:x1] = coat[y0:y1, x0:x1]
+    rim = max(1, x0 // 2)
+    img[:, :rim] += 150  # the substrate's own outer rim, brighter still
+    img[:, w - rim:] += 150
+    cv = _Canvas(img, x0, x1, y0, y1, float(character.coat_level), float(character.substrate_level), unit)
+    sevs = [severity] * len(anomalies) if np.isscalar(severity) else list(severity)
+    for name, sev in zip(anomalies, sevs):
+        if name not in DRAWERS:
+            raise DatasetError(f"unknown anomaly type {name!r}; use one of {', '.join(ANOMALY_TYPES)}")
+        DRAWERS[name](rng, cv, float(np.clip(sev, 0.0, 1.0)))
+    grain = noise_rng.standard_normal((h, w), dtype=np.float32)
+    sigma = character.grain_sigma * unit
+    if sigma >= 0.3:
+        grain = cv2.GaussianBlur(grain, (0, 0), sigma)
+        grain *= 1.0 / max(float(grain.std()), 1e-6)
+    img += character.grain_amp * grain
+    img += character.noise_amp * noise_rng.standard_normal((h, w), dtype=np.float32)
+    if character.hot_rate > 0:
+        n_hot = int(noise_rng.binomial(h * w, character.hot_rate))
+        idx = noise_rng.integers(0, h * w, n_hot)
+        img.flat[idx] = noise_rng.uniform(3800, 6000, n_hot)
+    return np.clip(np.rint(img), 0, 65535).astype(np.uint16)
+
+
+def _pick_anomalies(rng: np.random.Generator, abnormal: bool) -> tuple[list[str], list[float]]:
+    """Abnormal: 1-2 anomalies, clear to subtle. Normal: a minor one in MINOR_SHARE of cases, else none."""
+    if abnormal:
+        k = 1 if rng.random() < 0.7 else 2
+        names = [str(n) for n in rng.choice(ANOMALY_TYPES, size=k, replace=False)]
+        return names, [float(rng.uniform(0.35, 1.0)) for _ in names]
+    if rng.random() < MINOR_SHARE:
+        return [str(rng.choice(ANOMALY_TYPES))], [float(rng.uniform(0.0, 0.12))]
+    return [], []
+
+
+def synth_electrode(seed: int, scale: float = 0.1, abnormal: bool = False) -> np.ndarray:
+    """One synthetic electrode in one call (capture-folder tests, demos); deterministic per seed."""
+    rng = np.random.default_rng([seed, 7])
+    character = draw_character(rng)
+    names, sevs = _pick_anomalies(rng, abnormal)
+    if abnormal:
+        sevs = [max(s, 0.6) for s in sevs]
+    return synth_image(rng, character, names, sevs, draw_shape(rng, scale))
+
+
+def _abnormal_count(rng: np.random.Generator, per_bundle: int, rate: float) -> int:
+    """About per_bundle * rate, jittered by up to one image so bundles differ a little."""
+    expected = per_bundle * rate
+    n = int(round(expected + (rng.uniform(-1, 1) if per_bundle >= 10 else 0.0)))
+    if expected >= 0.5:
+        n = max(n, 1)
+    if per_bundle >= 2 and rate < 1:
+        n = min(n, per_bundle - 1)
+    return max(0, min(n, per_bundle))
+
+
+def write_tiff(path: Path, img16: np.ndarray) -> None:
+    """zlib-compressed 16-bit TIFF with a horizontal predictor; byte-identical for equal input."""
+    import tifffile
+
+    tifffile.imwrite(path, img16, compression="zlib", compressionargs={"level": 3}, predictor=True, metadata=None)
+
+
+def synthesize(out: str | Path, bundles: int = 12, per_bundle: int = 60, abnormal_rate: float = 0.21,
+               scale: float = 1.0, seed: int = 0, progress: bool = True) -> Dataset:
+    """Write bundleNN/bundleNN_XXXX.tif and labels.csv (with the anomaly column); deterministic per seed."""
+    if bundles < 1 or per_bundle < 1:
+        raise DatasetError(f"need at least 1 bundle and 1 image per bundle, got {bundles} x {per_bundle}")
+    if not 0 <= abnormal_rate <= 1:
+        raise DatasetError(f"abnormal rate must be between 0 and 1, got {abnormal_rate}")
+    if not 0.01 <= scale <= 4:
+        raise DatasetError(f"scale must be between 0.01 and 4 (1.0 = real size ~2072x1145), got {scale}")
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[tuple[str, str, str, str]] = []
+    bar = tqdm(total=bundles * per_bundle, desc="synth", unit="img", disable=None if progress else True, file=sys.stderr)
+    try:
+        for b in range(bundles):
+            name = f"bundle{b + 1:02d}"
+            brng = np.random.default_rng([seed, 1, b])
+            character = draw_character(brng)
+            n_abn = _abnormal_count(brng, per_bundle, abnormal_rate)
+            abnormal = set(brng.permutation(per_bundle)[:n_abn].tolist())
+            (out / name).mkdir(exist_ok=True)
+            for i in range(per_bundle):
+                rng = np.random.default_rng([seed, 2, b, i])
+                is_abn = i in abnormal
+                names, sevs = _pick_anomalies(rng, is_abn)
+                img16 = synth_image(rng, character, names, sevs, draw_shape(rng, scale))
+                rel = f"{name}/{name}_{i:04d}.tif"
+                write_tiff(out / rel, img16)
+                rows.append((rel, name, "abnormal" if is_abn else "normal", ";".join(names)))
+                bar.update(1)
+    finally:
+        bar.close()
+    with open(out / LABELS_FILE, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["path", "bundle", "label", "anomaly"])
+        writer.writerows(rows)
+    return load_dataset(out)
+
+
+def summarize(dataset: Dataset) -> dict:
+    """Counts, abnormal share, image sizes (from TIFF headers only) and anomaly counts of a set."""
+    import tifffile
+
+    heights, widths = [], []
+    for s in dataset.samples:
+        with tifffile.TiffFile(s.path) as tif:
+            h, w = tif.pages[0].shape[:2]
+        heights.append(h)
+        widths.append(w)
+    y = dataset.y
+    counts = {name: {"abnormal": 0, "normal": 0} for name in ANOMALY_TYPES}
+    for s in dataset.samples:
+        for a in s.anomalies:
+            counts[a][s.label] += 1
+    return {
+        "images": len(dataset),
+        "bundles": len(dataset.bundles),
+        "abnormal": int(y.sum()),
+        "abnormal_share": float(y.mean()) if len(y) else 0.0,
+        "height": [min(heights), round(float(np.mean(heights)), 1), max(heights)],
+        "width": [min(widths), round(float(np.mean(widths)), 1), max(widths)],
+        "anomalies": counts,
+    }

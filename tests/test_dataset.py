@@ -1,0 +1,228 @@
+"""labels.csv parsing, leave-one-bundle-out folds, fingerprints and `inspector dataset check`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from click.testing import CliRunner
+
+from inspector.cli import cli
+from inspector.dataset import (ANOMALY_TYPES, Sample, check_dataset, leave_one_bundle_out, load_dataset,
+                               normalize_anomaly)
+from inspector.errors import DatasetError
+
+
+def write_image(path: Path, seed: int = 0, shape: tuple[int, int] = (64, 32), compression: str | None = "zlib") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    tifffile.imwrite(path, rng.integers(1700, 2800, size=shape, dtype=np.uint16), compression=compression)
+
+
+def make_set(root: Path, rows: list[str], header: str = "path,bundle,label,anomaly", images: bool = True) -> Path:
+    """labels.csv with `rows`, and a real TIFF for every listed path."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "labels.csv").write_text("\n".join([header, *rows]) + "\n")
+    if images:
+        for i, row in enumerate(rows):
+            rel = row.split(",")[0]
+            if rel and not (root / rel).exists():
+                write_image(root / rel, seed=i)
+    return root
+
+
+def test_load_dataset_reads_rows_and_anomaly_spellings(tmp_path):
+    root = make_set(tmp_path / "ds", [
+        "a/1.tif,b1,normal,",
+        "a/2.tif,b1,Abnormal,Scratches;edge cuts",
+        "b/3.tif,b2,abnormal,ink entry/exit",
+        "b/4.tif,b2,normal,bubbles",
+    ])
+    ds = load_dataset(root)
+    assert [s.rel for s in ds.samples] == ["a/1.tif", "a/2.tif", "b/3.tif", "b/4.tif"]
+    assert ds.samples[1].anomalies == ("scratch", "edge_cut")
+    assert ds.samples[2].anomalies == ("ink_entry_exit",)
+    assert ds.samples[3].anomalies == ("bubble",) and ds.samples[3].label == "normal"
+    assert ds.y.tolist() == [0, 1, 1, 0]
+    assert ds.bundles == ["b1", "b2"]
+    assert ds.samples[0].path == (root / "a/1.tif").resolve() and ds.samples[0].path.is_absolute()
+
+
+def test_anomaly_types_and_spellings():
+    assert len(ANOMALY_TYPES) == 11
+    spellings = ["scratches", "lines", "edge cuts", "edge tensions", "smudges", "edge ink flow", "bubbles",
+                 "missing ink", "agglomerate", "ink fluctuations", "ink entry/exit"]
+    assert tuple(normalize_anomaly(s) for s in spellings) == ANOMALY_TYPES
+    assert normalize_anomaly("scrach") is None
+
+
+def test_anomaly_column_is_optional(tmp_path):
+    root = make_set(tmp_path, ["x.tif,b1,normal", "y.tif,b2,abnormal"], header="path,bundle,label")
+    ds = load_dataset(root)
+    assert [s.anomalies for s in ds.samples] == [(), ()]
+
+
+@pytest.mark.parametrize("rows, header, message", [
+    (["x.tif,b1,normal"], "path,label", "{f} line 1: missing column 'bundle'; the header must be path,bundle,label[,anomaly]"),
+    (["x.tif,b1,normal", "y.tif,b1,broken,"], None, "{f} line 3: label 'broken' is not normal or abnormal; fix the label"),
+    (["x.tif,b1,normal", "y.tif,b1,abnormal,scratch;scrach"], None,
+     "{f} line 3: unknown anomaly type 'scrach'; use one of " + ", ".join(ANOMALY_TYPES)),
+    (["x.tif,b1,normal", "y.tif,b1,normal", "x.tif,b2,abnormal"], None,
+     "{f} line 4: path x.tif already listed on line 2; remove one row"),
+    (["x.tif,,normal"], None, "{f} line 2: empty bundle; fill it in or remove the row"),
+    (["../x.tif,b1,normal"], None, "{f} line 2: path ../x.tif must be relative to {root} and stay inside it"),
+    ([], None, "{f} has no data rows; add one row per image (path,bundle,label)"),
+])
+def test_label_errors_name_file_and_line(tmp_path, rows, header, message):
+    root = make_set(tmp_path / "ds", rows, header=header or "path,bundle,label,anomaly",
+                    images=not any(".." in r for r in rows))
+    with pytest.raises(DatasetError) as err:
+        load_dataset(root)
+    assert str(err.value) == message.format(f=root / "labels.csv", root=root)
+
+
+def test_missing_image_and_more_problems_hint(tmp_path):
+    root = make_set(tmp_path / "ds", ["x.tif,b1,normal", "y.tif,b1,normal", "z.tif,b1,bad"])
+    (root / "y.tif").unlink()
+    with pytest.raises(DatasetError) as err:
+        load_dataset(root)
+    assert str(err.value) == (f"{root / 'labels.csv'} line 3: image y.tif does not exist in {root}; fix the path or "
+                              f"remove the row (1 more problem(s); run `inspector dataset check {root}` to list all)")
+
+
+def test_missing_folder_and_labels(tmp_path):
+    with pytest.raises(DatasetError, match=r"dataset folder .*nope does not exist"):
+        load_dataset(tmp_path / "nope")
+    with pytest.raises(DatasetError) as err:
+        load_dataset(tmp_path)
+    assert str(err.value) == (f"{tmp_path / 'labels.csv'} not found: a dataset folder needs labels.csv with the header "
+                              "path,bundle,label[,anomaly] (or run `inspector synth DIR` for a synthetic set)")
+
+
+def test_leave_one_bundle_out_covers_each_bundle_once():
+    bundles = ["c", "a", "b", "a", "c", "c", "b"]
+    samples = [Sample(Path(f"/x/{i}.tif"), b, "normal") for i, b in enumerate(bundles)]
+    folds = leave_one_bundle_out(samples)
+    assert [f.bundle for f in folds] == ["a", "b", "c"]
+    held = np.concatenate([f.test_idx for f in folds])
+    assert sorted(held.tolist()) == list(range(len(samples)))  # every sample held out exactly once
+    for f in folds:
+        assert not set(f.train_idx.tolist()) & set(f.test_idx.tolist())
+        assert sorted([*f.train_idx.tolist(), *f.test_idx.tolist()]) == list(range(len(samples)))
+        assert {bundles[i] for i in f.test_idx} == {f.bundle}
+        assert f.bundle not in {bundles[i] for i in f.train_idx}
+
+
+def test_leave_one_bundle_out_needs_two_bundles():
+    with pytest.raises(DatasetError, match=r"^leave-one-bundle-out needs at least 2 bundles, found 1 \(a\)"):
+        leave_one_bundle_out([Sample(Path("/x/1.tif"), "a", "normal"), Sample(Path("/x/2.tif"), "a", "abnormal")])
+
+
+def test_sample_rel_defaults_to_file_name():
+    assert Sample(Path("/x/y/1.tif"), "a", "abnormal").rel == "1.tif"
+    assert Sample(Path("/x/y/1.tif"), "a", "abnormal").y == 1
+
+
+def test_fingerprint_stable_and_sensitive(tmp_path):
+    root = make_set(tmp_path, ["x.tif,b1,normal", "y.tif,b2,abnormal"])
+    first = load_dataset(root).fingerprint()
+    assert len(first) == 64 and load_dataset(root).fingerprint() == first
+    (root / "labels.csv").write_text("path,bundle,label\ny.tif,b2,abnormal\nx.tif,b1,normal\n")
+    assert load_dataset(root).fingerprint() == first  # row order does not matter
+    (root / "labels.csv").write_text("path,bundle,label\nx.tif,b1,abnormal\ny.tif,b2,abnormal\n")
+    relabeled = load_dataset(root).fingerprint()
+    assert relabeled != first
+    write_image(root / "y.tif", seed=5, shape=(64, 33))
+    resized = load_dataset(root).fingerprint()
+    assert resized != relabeled  # new size and mtime
+
+
+def test_fingerprint_misses_same_size_same_mtime_rewrite(tmp_path):
+    """The documented limit of a stat-based fingerprint: such a rewrite keeps the fingerprint."""
+    write_image(tmp_path / "x.tif", seed=1, compression=None)
+    write_image(tmp_path / "y.tif", seed=2, compression=None)
+    root = make_set(tmp_path, ["x.tif,b1,normal", "y.tif,b2,abnormal"])
+    before = load_dataset(root).fingerprint()
+    st = (root / "x.tif").stat()
+    write_image(root / "x.tif", seed=9, compression=None)
+    assert (root / "x.tif").stat().st_size == st.st_size
+    os.utime(root / "x.tif", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert load_dataset(root).fingerprint() == before
+    os.utime(root / "x.tif", ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert load_dataset(root).fingerprint() != before
+
+
+@pytest.fixture
+def flawed_set(tmp_path) -> Path:
+    """Two bundles; one without abnormals, a truncated TIFF, a copied file, an unknown label."""
+    root = make_set(tmp_path / "flawed", [
+        "b1/ok1.tif,b1,normal,",
+        "b1/ok2.tif,b1,abnormal,scratch",
+        "b1/copy.tif,b1,normal,",
+        "b2/n1.tif,b2,normal,",
+        "b2/broken.tif,b2,normal,",
+        "b2/odd.tif,b2,maybe,",
+        "b2/n2.tif,b2,normal,blob",
+    ])
+    (root / "b1/copy.tif").write_bytes((root / "b1/ok1.tif").read_bytes())
+    data = (root / "b2/broken.tif").read_bytes()
+    (root / "b2/broken.tif").write_bytes(data[: len(data) // 3])
+    return root
+
+
+def test_check_finds_every_problem(flawed_set):
+    report = check_dataset(flawed_set)
+    f = flawed_set / "labels.csv"
+    assert not report.ok
+    assert report.counts == {"b1": {"normal": 2, "abnormal": 1}, "b2": {"normal": 1, "abnormal": 0}}
+    kinds = [(p.kind, p.line, p.rel) for p in report.problems]
+    assert kinds == [("unreadable", 6, "b2/broken.tif"), ("unknown_label", 7, "b2/odd.tif"),
+                     ("unknown_anomaly", 8, "b2/n2.tif")]
+    assert report.problems[0].message.startswith(f"{f} line 6: image b2/broken.tif is unusable: ")
+    assert report.problems[0].message.endswith("; replace or remove it")
+    assert report.duplicates == [["b1/ok1.tif", "b1/copy.tif"]]
+    assert report.notes == [
+        "balanced accuracy is undefined for bundle b2 (no abnormal example); cross-validation reports its TNR "
+        "alone and marks it; its counts still enter the pooled totals"]
+    text = report.format_text()
+    assert "b1            2         1       3" in text
+    assert "problems (4):" in text and text.endswith("NOT OK: fix the problems above before training")
+    d = report.to_dict()
+    assert d["ok"] is False and d["totals"] == {"normal": 3, "abnormal": 1}
+    assert d["problems"][1] == {"kind": "unknown_label", "line": 7, "path": "b2/odd.tif",
+                                "message": f"{f} line 7: label 'maybe' is not normal or abnormal; fix the label"}
+
+
+def test_check_clean_set_is_ok(tmp_path):
+    root = make_set(tmp_path, ["a.tif,b1,normal", "b.tif,b1,abnormal", "c.tif,b2,normal", "d.tif,b2,abnormal"])
+    report = check_dataset(root)
+    assert report.ok and not report.notes and report.format_text().endswith("OK: ready for training")
+
+
+def test_check_one_bundle_is_a_problem(tmp_path):
+    root = make_set(tmp_path, ["a.tif,b1,normal", "b.tif,b1,abnormal"])
+    report = check_dataset(root)
+    assert not report.ok
+    assert [p.kind for p in report.problems] == ["one_bundle"]
+
+
+def test_cli_check_exit_codes(flawed_set, tmp_path):
+    result = CliRunner().invoke(cli, ["dataset", "check", str(flawed_set)])
+    assert result.exit_code == 1
+    assert "label 'maybe' is not normal or abnormal" in result.stdout
+    assert result.stderr == f"Error: dataset {flawed_set} has 4 problem(s), listed above; fix them before training\n"
+    result = CliRunner().invoke(cli, ["dataset", "check", "--json", str(flawed_set)])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["duplicate_content"] == [["b1/ok1.tif", "b1/copy.tif"]]
+    clean = make_set(tmp_path / "clean", ["a.tif,b1,normal", "b.tif,b2,abnormal"])
+    result = CliRunner().invoke(cli, ["dataset", "check", str(clean)])
+    assert result.exit_code == 0, result.output
+    assert result.output.rstrip().endswith("OK: ready for training")
+    result = CliRunner().invoke(cli, ["dataset", "check", str(tmp_path / "none")])
+    assert result.exit_code == 1
+    assert result.output == (f"Error: dataset folder {tmp_path / 'none'} does not exist; "
+                             "give a folder holding labels.csv\n")
