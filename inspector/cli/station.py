@@ -1,0 +1,266 @@
+"""Station queries: verdicts, status, rejections and `db upgrade`; readers open the database read-only."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from datetime import datetime, timedelta, timezone
+
+import click
+
+from inspector.cli import cli, with_config
+from inspector.config import Config
+
+TIME_FORMS = ("an ISO date or time (2026-11-22, 2026-11-22T08:00, 2026-11-22 08:00:30), "
+              "an age (45s, 30m, 1h, 2d, 1w) or today/yesterday")
+_AGE = re.compile(r"(\d+)\s*([smhdw])")
+_AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+DEFAULT_TABLE_LIMIT = 50
+
+
+def local_midnight(now: datetime, days_back: int = 0) -> datetime:
+    """Start of the local calendar day, as an aware datetime."""
+    local = now.astimezone()
+    midnight = datetime(local.year, local.month, local.day) - timedelta(days=days_back)
+    return midnight.astimezone()  # naive local -> aware, DST-correct for that date
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """A --since/--until value -> aware UTC datetime; times without a zone are local."""
+    now = now or datetime.now(timezone.utc)
+    value = text.strip().lower()
+    if value in ("today", "yesterday"):
+        return local_midnight(now, 0 if value == "today" else 1).astimezone(timezone.utc)
+    if value == "now":
+        return now.astimezone(timezone.utc)
+    age = _AGE.fullmatch(value)
+    if age:
+        return (now - timedelta(**{_AGE_UNITS[age.group(2)]: int(age.group(1))})).astimezone(timezone.utc)
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a time: use {TIME_FORMS}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.astimezone()  # local wall time
+    return parsed.astimezone(timezone.utc)
+
+
+class TimeParam(click.ParamType):
+    """Click type for --since/--until."""
+
+    name = "TIME"
+
+    def convert(self, value, param, ctx) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return parse_time(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+TIME = TimeParam()
+
+
+def format_local(when: datetime | None) -> str:
+    return when.astimezone().strftime("%Y-%m-%d %H:%M:%S") if when else "-"
+
+
+def printable(text: str) -> str:
+    """Control characters in a file name (a newline!) must not break a table line."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+def render_table(headers: list[str], rows: list[list[str]]) -> str:
+    """Left-aligned columns as wide as their widest cell; the last column is not padded."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = []
+    for cells in [headers, *rows]:
+        padded = [c.ljust(w) for c, w in zip(cells[:-1], widths[:-1])] + [cells[-1]]
+        lines.append("  ".join(padded).rstrip())
+    return "\n".join(lines)
+
+
+def render_csv(rows: list[dict], fields: list[str]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.astimezone(timezone.utc).isoformat() if when else None
+
+
+def open_reader(cfg: Config):
+    from inspector.store import open_store
+
+    return open_store(cfg.database.url, cfg.database.busy_timeout_seconds, readonly=True)
+
+
+def verdict_record(row: dict) -> dict:
+    """A verdict row for csv/json: UTC ISO times; path_raw_hex gives the exact name bytes back."""
+    return {
+        "time": _iso(row["time"]), "verdict": row["verdict"], "p_abnormal": row["p_abnormal"],
+        "reason": row["reason"], "path": row["path"], "path_raw_hex": row["path_raw"].hex(),
+        "sha256": row["sha256"], "size": row["size"], "mtime_ns": row["mtime_ns"], "status": row["status"],
+        "duplicate": row["duplicate"], "duplicate_of": row["duplicate_of"], "moved_to": row["moved_to"],
+        "model_sha256": row["model_sha256"], "threshold": row["threshold"], "method": row["method"],
+        "ready_to_commit_seconds": row["ready_to_commit_seconds"],
+        "inference_seconds": row["inference_seconds"], "heatmap_path": row["heatmap_path"],
+    }
+
+
+VERDICT_FIELDS = ["time", "verdict", "p_abnormal", "reason", "path", "path_raw_hex", "sha256", "size", "mtime_ns",
+                  "status", "duplicate", "duplicate_of", "moved_to", "model_sha256", "threshold", "method",
+                  "ready_to_commit_seconds", "inference_seconds", "heatmap_path"]
+REJECTION_FIELDS = ["time", "reason", "message", "path", "path_raw_hex", "sha256", "size", "mtime_ns"]
+
+
+def rejection_record(row: dict) -> dict:
+    return {
+        "time": _iso(row["created_at"]), "reason": row["reason"], "message": row["message"], "path": row["path"],
+        "path_raw_hex": row["path_raw"].hex(), "sha256": row["sha256"], "size": row["size"],
+        "mtime_ns": row["mtime_ns"],
+    }
+
+
+def emit_rows(records: list[dict], fields: list[str], fmt: str, headers: list[str], cells: list[list[str]],
+              shown_of: tuple[int, int] | None, empty: str) -> None:
+    """Print records as json/csv, or as a table with a "N of M shown" footer when cut."""
+    if fmt == "json":
+        click.echo(json.dumps(records, indent=2, ensure_ascii=False))
+    elif fmt == "csv":
+        click.echo(render_csv(records, fields), nl=False)
+    elif not records:
+        click.echo(empty)
+    else:
+        click.echo(render_table(headers, cells))
+        if shown_of and shown_of[1] > shown_of[0]:
+            click.echo(f"{shown_of[0]} of {shown_of[1]} shown; --limit to see more")
+
+
+FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+                      show_default=True, help="table for people; csv or json (all fields, UTC times) for scripts.")
+SINCE = click.option("--since", type=TIME, default=None, help=f"Only from this time on: {TIME_FORMS}.")
+UNTIL = click.option("--until", type=TIME, default=None, help="Only before this time (same forms as --since).")
+LIMIT = click.option("--limit", type=click.IntRange(min=1), default=None,
+                     help=f"Most rows to show (table default {DEFAULT_TABLE_LIMIT}; csv/json default all).")
+
+
+@cli.command()
+@SINCE
+@UNTIL
+@click.option("--verdict", type=click.Choice(["normal", "abnormal", "rescan"]), default=None,
+              help="Only this verdict.")
+@click.option("--path", "path_glob", default=None, metavar="GLOB",
+              help="Only paths matching this shell pattern (matched against the whole path, e.g. '*/line3/*').")
+@click.option("--model", default=None, metavar="SHA", help="Only verdicts of this model (a sha256 prefix is enough).")
+@LIMIT
+@FORMAT
+@with_config
+def verdicts(cfg: Config, since, until, verdict, path_glob, model, limit, fmt) -> None:
+    """List verdicts, newest first, one row per image file.
+
+    Times are shown in local time. Duplicates (same content under another name, scored once)
+    are marked "dup". In csv/json, path_raw_hex holds the exact bytes of the file name
+    (bytes.fromhex) so names that are not UTF-8 can be recovered; path shows them as \\xNN.
+    """
+    if fmt == "table" and limit is None:
+        limit = DEFAULT_TABLE_LIMIT
+    with open_reader(cfg) as store:
+        rows = store.query_verdicts(since=since, until=until, verdict=verdict, path_glob=path_glob,
+                                    model=model, limit=limit)
+        total = store.count_verdicts(since=since, until=until, verdict=verdict, path_glob=path_glob,
+                                     model=model) if fmt == "table" and len(rows) == limit else len(rows)
+    cells = [[format_local(r["time"]), r["verdict"] or "-",
+              "-" if r["p_abnormal"] is None else f"{r['p_abnormal']:.3f}", printable(r["path"]),
+              (r["model_sha256"] or "-")[:12], "dup" if r["duplicate"] else ""] for r in rows]
+    emit_rows([verdict_record(r) for r in rows], VERDICT_FIELDS, fmt,
+              ["TIME", "VERDICT", "P(ABNORMAL)", "PATH", "MODEL", "DUP"], cells,
+              (len(rows), total), "no verdicts match")
+
+
+@cli.command()
+@SINCE
+@UNTIL
+@LIMIT
+@FORMAT
+@with_config
+def rejections(cfg: Config, since, until, limit, fmt) -> None:
+    """List files that got no verdict (quarantined) and why, newest first."""
+    if fmt == "table" and limit is None:
+        limit = DEFAULT_TABLE_LIMIT
+    with open_reader(cfg) as store:
+        rows = store.query_rejections(since=since, until=until, limit=limit)
+        total = store.count_rejections(since=since, until=until) if len(rows) == limit else len(rows)
+    cells = [[format_local(r["created_at"]), r["reason"], printable(r["path"]), printable(r["message"])]
+             for r in rows]
+    emit_rows([rejection_record(r) for r in rows], REJECTION_FIELDS, fmt, ["TIME", "REASON", "PATH", "MESSAGE"], cells,
+              (len(rows), total), "no rejections match")
+
+
+def count_waiting(cfg: Config, store) -> int | None:
+    """Files in the capture folder with no outcome yet; None when the folder does not exist."""
+    from inspector.watcher import iter_capture_files, stat_candidate
+
+    if not os.path.isdir(cfg.watch.capture_dir):
+        return None
+    root = os.path.realpath(cfg.watch.capture_dir)  # the daemon records paths under the real path
+    waiting = 0
+    for path in iter_capture_files(root, cfg.watch.patterns):
+        st, _ = stat_candidate(path, root)
+        if st is not None and not store.known_file(os.fsencode(path), st.st_size, st.st_mtime_ns):
+            waiting += 1
+    return waiting
+
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="table for people, json for scripts.")
+@with_config
+def status(cfg: Config, fmt: str) -> None:
+    """Show the model in use, today's and total counts, the last verdict and the files waiting."""
+    with open_reader(cfg) as store:
+        counts = store.status_counts(local_midnight(datetime.now(timezone.utc)).astimezone(timezone.utc))
+        waiting = count_waiting(cfg, store)
+    model = counts["model"]
+    if fmt == "json":
+        out = dict(counts, last_verdict_at=_iso(counts["last_verdict_at"]), files_waiting=waiting,
+                   capture_dir=str(cfg.watch.capture_dir), database=store.where)
+        if model:
+            out["model"] = dict(model, first_used=_iso(model["first_used"]))
+        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+        return
+    click.echo(f"database       {store.where}")
+    click.echo(f"model          {model['sha256'][:12]}  {model['path'] or '(path not recorded)'}" if model
+               else "model          none yet (no verdicts)")
+    for label in ("verdicts", "rejections"):
+        keys = sorted(set(counts[f"{label}_today"]) | set(counts[f"{label}_total"]))
+        parts = [f"{k} {counts[f'{label}_today'].get(k, 0)}/{counts[f'{label}_total'].get(k, 0)}" for k in keys]
+        click.echo(f"{label:<14} {', '.join(parts) if parts else 'none'}  (today/total)")
+    click.echo(f"duplicates     {counts['duplicates_today']}/{counts['duplicates_total']}  (today/total)")
+    click.echo(f"last verdict   {format_local(counts['last_verdict_at'])}")
+    if waiting is None:
+        click.echo(f"files waiting  unknown: capture folder {cfg.watch.capture_dir} does not exist")
+    else:
+        click.echo(f"files waiting  {waiting} in {cfg.watch.capture_dir}")
+
+
+@cli.group()
+def db() -> None:
+    """Manage the verdict database."""
+
+
+@db.command()
+@with_config
+def upgrade(cfg: Config) -> None:
+    """Create the database schema, or migrate an older one (safe to run any time)."""
+    from inspector.store import SCHEMA_VERSION, open_store
+
+    with open_store(cfg.database.url, cfg.database.busy_timeout_seconds) as store:
+        click.echo(f"database {store.where}: schema {store.schema_action} (version {SCHEMA_VERSION})")

@@ -1,0 +1,309 @@
+"""The verdict database on real SQLite files: pragmas, idempotence, schema versions, concurrency, full disk."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+
+from inspector import __version__
+from inspector.errors import StoreError
+from inspector.store import SCHEMA_VERSION, StoreFullError, display_path, open_store
+
+MODEL = "ab" * 32
+OTHER_MODEL = "cd" * 32
+
+
+def sha(n: int) -> str:
+    return f"{n:064x}"
+
+
+@pytest.fixture
+def db_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'inspector.db'}"
+
+
+@pytest.fixture
+def store(db_url):
+    with open_store(db_url, busy_timeout_seconds=2.0) as s:
+        yield s
+
+
+def record(store, path: bytes, content: int, model: str = MODEL, verdict: str = "normal", p: float | None = 0.1,
+           size: int = 100, mtime_ns: int = 7) -> str:
+    return store.record_verdict(path, sha(content), size, mtime_ns, model, p, verdict, None, 0.5, "global", 0.25, 0.5)
+
+
+def test_pragmas_are_set_on_the_writer(store, tmp_path):
+    raw = store.engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        assert cur.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert cur.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert cur.execute("PRAGMA busy_timeout").fetchone()[0] == 2000
+        assert cur.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    finally:
+        raw.close()
+    # WAL is a property of the file: a fresh, independent connection sees it too.
+    plain = sqlite3.connect(tmp_path / "inspector.db")
+    assert plain.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    plain.close()
+
+
+def test_writer_transactions_begin_immediate(store, tmp_path):
+    other = sqlite3.connect(tmp_path / "inspector.db", timeout=0, isolation_level=None)
+    with store.write():
+        # No statement was run yet, but the write lock is already held (BEGIN IMMEDIATE).
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")
+    other.execute("BEGIN IMMEDIATE")  # released on commit
+    other.execute("ROLLBACK")
+    with store.read() as conn:  # the daemon's lookups take no write lock
+        conn.execute(sa.text("SELECT count(*) FROM images")).scalar()
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+    other.close()
+
+
+def test_record_verdict_new_exists_duplicate(store):
+    assert record(store, b"/cap/a.tif", 1) == "new"
+    assert record(store, b"/cap/a.tif", 1) == "exists"  # a restart after the commit adds nothing
+    assert record(store, b"/cap/copy of a.tif", 1, p=0.9) == "duplicate"
+    rows = store.query_verdicts()
+    assert [r["path"] for r in rows] == ["/cap/copy of a.tif", "/cap/a.tif"]
+    dup, first = rows
+    assert dup["duplicate"] and dup["status"] == "duplicate" and dup["duplicate_of"] == "/cap/a.tif"
+    assert dup["p_abnormal"] == first["p_abnormal"] == 0.1  # the duplicate shows the first verdict
+    assert not first["duplicate"] and first["status"] == "scored"
+    with store.read() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM verdicts")).scalar() == 1
+        assert conn.execute(sa.text("SELECT count(*) FROM images")).scalar() == 2
+    assert store.outcome_for(sha(1), MODEL)["verdict"] == "normal"
+    assert store.outcome_for(sha(1), OTHER_MODEL) is None
+
+
+def test_same_content_new_model_is_a_new_verdict(store):
+    assert record(store, b"/cap/a.tif", 1) == "new"
+    assert record(store, b"/cap/b.tif", 1, model=OTHER_MODEL, verdict="abnormal", p=0.8) == "new"
+    rows = {r["path"]: r for r in store.query_verdicts()}
+    assert rows["/cap/a.tif"]["verdict"] == "normal" and rows["/cap/b.tif"]["verdict"] == "abnormal"
+    assert [r["path"] for r in store.query_verdicts(model="cd")] == ["/cap/b.tif"]
+
+
+def test_unique_constraints_hold_against_raw_inserts(store):
+    record(store, b"/cap/a.tif", 1)
+    with pytest.raises(sa.exc.IntegrityError):
+        with store.write() as conn:
+            conn.execute(sa.text("INSERT INTO verdicts (sha256, model_sha256, verdict, threshold, method, created_at)"
+                                 " VALUES (:s, :m, 'normal', 0.5, 'global', '2026-01-01')"), {"s": sha(1), "m": MODEL})
+    with pytest.raises(sa.exc.IntegrityError):
+        with store.write() as conn:
+            conn.execute(sa.text("INSERT INTO images (path, path_raw, sha256, size, mtime_ns, first_seen, status)"
+                                 " VALUES ('x', :p, :s, 1, 1, '2026-01-01', 'scored')"), {"p": b"/cap/a.tif", "s": sha(1)})
+
+
+def test_rejections_are_idempotent_and_known(store):
+    assert store.record_rejection(b"/cap/empty.tif", None, 0, 11, "not_an_image", "zero bytes") == "new"
+    assert store.record_rejection(b"/cap/empty.tif", None, 0, 11, "not_an_image", "zero bytes") == "exists"
+    # Rewritten later (new mtime): a new file version, a new record.
+    assert store.record_rejection(b"/cap/empty.tif", None, 0, 12, "not_an_image", "zero bytes") == "new"
+    assert len(store.query_rejections()) == 2
+    assert store.known_file(b"/cap/empty.tif", 0, 11)
+    assert not store.known_file(b"/cap/empty.tif", 0, 13)
+
+
+def test_known_file_matches_exact_path_size_mtime(store):
+    record(store, b"/cap/a.tif", 1, size=100, mtime_ns=7)
+    assert store.known_file(b"/cap/a.tif", 100, 7)
+    assert store.known_file("/cap/a.tif", 100, 7)  # str paths are encoded the same way
+    assert not store.known_file(b"/cap/a.tif", 101, 7)
+    assert not store.known_file(b"/cap/a.tif", 100, 8)
+    assert not store.known_file(b"/cap/b.tif", 100, 7)
+
+
+def test_non_utf8_name_round_trips(store, tmp_path):
+    name = b"electrode \xff\xfe caf\xc3\xa9 " + b"x" * 200 + b".tif"
+    path = os.path.join(os.fsencode(tmp_path), name)
+    with open(path, "wb") as fh:
+        fh.write(b"II*\x00")
+    st = os.stat(path)
+    assert record(store, path, 5, size=st.st_size, mtime_ns=st.st_mtime_ns) == "new"
+    row = store.query_verdicts()[0]
+    assert row["path_raw"] == path
+    assert os.path.exists(row["path_raw"])  # the stored bytes open the very file
+    assert row["path"].endswith("electrode \\xff\\xfe café " + "x" * 200 + ".tif")
+    assert store.known_file(path, st.st_size, st.st_mtime_ns)
+    assert display_path(b"a\xffb") == "a\\xffb"
+
+
+def test_record_moved_and_heatmap(store):
+    record(store, b"/cap/a.tif", 1)
+    store.record_moved(b"/cap/a.tif", sha(1), "/cap/processed/2026-11-22/a.tif")
+    store.set_heatmap(sha(1), MODEL, "var/heatmaps/a.png")
+    row = store.query_verdicts()[0]
+    assert row["moved_to"] == "/cap/processed/2026-11-22/a.tif"
+    assert row["heatmap_path"] == "var/heatmaps/a.png"
+
+
+def test_record_model_is_idempotent_and_reported_in_status(store):
+    store.record_model(MODEL, "/models/detector.safetensors", '{"method": "global"}')
+    store.record_model(MODEL, "/models/other-name.safetensors", "{}")
+    record(store, b"/cap/a.tif", 1, verdict="abnormal", p=0.9)
+    record(store, b"/cap/b.tif", 2, verdict="rescan", p=None)
+    record(store, b"/cap/c.tif", 1)
+    store.record_rejection(b"/cap/x.tif", None, 0, 1, "not_an_image", "zero bytes")
+    counts = store.status_counts(datetime.now(timezone.utc) - timedelta(hours=1))
+    assert counts["model"]["path"] == "/models/detector.safetensors"
+    assert counts["verdicts_today"] == {"abnormal": 2, "rescan": 1}
+    assert counts["duplicates_total"] == 1
+    assert counts["rejections_total"] == {"not_an_image": 1}
+    assert counts["last_verdict_at"] is not None
+    later = store.status_counts(datetime.now(timezone.utc) + timedelta(hours=1))
+    assert later["verdicts_today"] == {} and later["verdicts_total"] == {"abnormal": 2, "rescan": 1}
+
+
+def test_query_filters_and_limit(store):
+    for i in range(5):
+        record(store, f"/cap/line{i % 2}/img{i}.tif".encode(), i, verdict="abnormal" if i == 3 else "normal")
+    assert len(store.query_verdicts(limit=2)) == 2
+    assert store.count_verdicts() == 5
+    assert [r["path"] for r in store.query_verdicts(verdict="abnormal")] == ["/cap/line1/img3.tif"]
+    assert {r["path"] for r in store.query_verdicts(path_glob="*/line0/*")} == {
+        "/cap/line0/img0.tif", "/cap/line0/img2.tif", "/cap/line0/img4.tif"}
+    assert store.count_verdicts(path_glob="*/line0/*") == 3
+    assert len(store.query_verdicts(path_glob="*/line0/*", limit=1)) == 1
+    future = datetime.now(timezone.utc) + timedelta(minutes=5)
+    assert store.query_verdicts(since=future) == [] and len(store.query_verdicts(until=future)) == 5
+    with pytest.raises(StoreError, match="is not a sha256 or a prefix"):
+        store.query_verdicts(model="xyz")
+
+
+def test_readonly_open_of_missing_file(tmp_path):
+    with pytest.raises(StoreError) as err:
+        open_store(f"sqlite:///{tmp_path / 'none.db'}", readonly=True)
+    assert str(err.value) == (f"no database at {tmp_path / 'none.db'} yet: start `inspector watch` "
+                              "(or check database.url)")
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_readonly_never_writes(store, db_url):
+    with open_store(db_url, readonly=True) as reader:
+        with pytest.raises(StoreError, match="is open read-only; this command cannot write"):
+            reader.record_model(MODEL, "x", "{}")
+        with pytest.raises(sa.exc.OperationalError, match="readonly|read-only"):
+            with reader.engine.begin() as conn:
+                conn.execute(sa.text("DELETE FROM images"))
+
+
+def test_newer_schema_is_refused(db_url, tmp_path):
+    open_store(db_url).close()
+    raw = sqlite3.connect(tmp_path / "inspector.db")
+    raw.execute("UPDATE schema_info SET version = 2, inspector_version = '0.4.0'")
+    raw.commit()
+    raw.close()
+    expected = (f"database {tmp_path / 'inspector.db'} has schema version 2, written by inspector 0.4.0; "
+                f"this is inspector {__version__} (schema {SCHEMA_VERSION}): install inspector 0.4.0 or newer")
+    for readonly in (False, True):
+        with pytest.raises(StoreError) as err:
+            open_store(db_url, readonly=readonly)
+        assert str(err.value) == expected
+
+
+def test_older_schema_is_migrated(db_url, tmp_path):
+    # A version-0 database: no schema_info, images without moved_to/verdict_id, no reviews table.
+    raw = sqlite3.connect(tmp_path / "inspector.db")
+    raw.executescript("""
+        CREATE TABLE verdicts (id INTEGER PRIMARY KEY, sha256 TEXT NOT NULL, model_sha256 TEXT NOT NULL,
+            p_abnormal FLOAT, verdict TEXT NOT NULL, reason TEXT, threshold FLOAT NOT NULL, method TEXT NOT NULL,
+            ready_to_commit_seconds FLOAT, inference_seconds FLOAT, heatmap_path TEXT, created_at DATETIME NOT NULL,
+            UNIQUE (sha256, model_sha256));
+        CREATE TABLE images (id INTEGER PRIMARY KEY, path TEXT NOT NULL, path_raw BLOB NOT NULL,
+            sha256 TEXT NOT NULL, size BIGINT NOT NULL, mtime_ns BIGINT NOT NULL, first_seen DATETIME NOT NULL,
+            status TEXT NOT NULL, duplicate_of TEXT, UNIQUE (path_raw, sha256));
+        INSERT INTO images (path, path_raw, sha256, size, mtime_ns, first_seen, status)
+            VALUES ('/cap/old.tif', X'2f6361702f6f6c642e746966', 'aa', 5, 6, '2026-01-01 00:00:00', 'scored');
+    """)
+    raw.commit()
+    raw.close()
+    with pytest.raises(StoreError) as err:
+        open_store(db_url, readonly=True)
+    assert str(err.value) == (f"database {tmp_path / 'inspector.db'} has schema version 0, this inspector "
+                              f"needs schema {SCHEMA_VERSION}: run `inspector db upgrade`")
+    with open_store(db_url) as store:
+        assert store.schema_action == "migrated"
+        assert store.schema_version() == SCHEMA_VERSION
+        assert store.known_file(b"/cap/old.tif", 5, 6)  # old rows survive
+        cols = {c["name"] for c in sa.inspect(store.engine).get_columns("images")}
+        assert {"moved_to", "verdict_id"} <= cols
+        assert "reviews" in sa.inspect(store.engine).get_table_names()
+    with open_store(db_url) as again:
+        assert again.schema_action == "current"
+
+
+def test_busy_writer_gives_a_store_error(store, tmp_path, db_url):
+    blocker = sqlite3.connect(tmp_path / "inspector.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with open_store(db_url, busy_timeout_seconds=0.2) as second:
+            with pytest.raises(StoreError) as err:
+                second.record_model(MODEL, "x", "{}")
+        assert str(err.value) == (f"database {tmp_path / 'inspector.db'} stayed locked for 0.2 s "
+                                  "(database.busy_timeout_seconds): another process holds a long write "
+                                  "transaction; try again or stop it")
+        assert not isinstance(err.value, StoreFullError)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+
+def test_full_disk_is_a_store_full_error(store):
+    with store.read() as conn:
+        pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+    store.engine.dispose()
+
+    @sa.event.listens_for(store.engine, "connect")
+    def cap_size(dbapi_conn, _record) -> None:  # SQLite's own quota: writes past it fail with SQLITE_FULL
+        dbapi_conn.execute(f"PRAGMA max_page_count={pages}")
+
+    with pytest.raises(StoreFullError, match="disk full"):
+        for i in range(200):
+            record(store, f"/cap/{'x' * 200}{i}.tif".encode(), i)
+    assert isinstance(StoreFullError("x"), StoreError)
+
+
+READER = textwrap.dedent("""
+    import sys
+    import sqlalchemy as sa
+    from inspector.store import open_store
+    with open_store(sys.argv[1], readonly=True) as store, store.read() as conn:
+        print(conn.execute(sa.text("SELECT count(*) FROM images")).scalar(), flush=True)
+        sys.stdin.readline()  # hold the read transaction until told
+        print(conn.execute(sa.text("SELECT count(*) FROM images")).scalar(), flush=True)
+""")
+
+
+def test_long_reader_does_not_block_the_writer(store, db_url):
+    record(store, b"/cap/a.tif", 1)
+    proc = subprocess.Popen([sys.executable, "-c", READER, db_url], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "1"
+        # The reader's snapshot is open; the writer still commits at once (no "database is locked").
+        for i in range(2, 12):
+            assert record(store, f"/cap/{i}.tif".encode(), i) == "new"
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "1"  # a consistent snapshot
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with open_store(db_url, readonly=True) as reader:
+        assert reader.count_verdicts() == 11
