@@ -1,0 +1,408 @@
+"""Read one 16-bit grayscale X-ray image (TIFF, 16-bit PNG, DICOM), validating its header before decoding.
+
+A scanner station must never score zero-filled pixels or run out of memory on a lying
+header, so every check that can be made from the header (format, pages, samples, dtype,
+size, byte ranges against the file size) is made before a single pixel is decoded, and
+any warning a decoder emits is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import stat
+import struct
+import threading
+import warnings
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import numpy as np
+
+from inspector.errors import ImageError
+
+PathLike = str | bytes | os.PathLike
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+EXTENSION_FORMATS = {".tif": "tiff", ".tiff": "tiff", ".png": "png", ".dcm": "dicom", ".dicom": "dicom"}
+FORMAT_NAMES = {"tiff": "TIFF", "png": "PNG", "dicom": "DICOM"}
+# Exceptions tifffile, imagecodecs, zlib and pydicom raise on damaged input.
+DECODE_ERRORS = (ValueError, RuntimeError, TypeError, KeyError, IndexError, EOFError, struct.error,
+                 zlib.error, OSError, OverflowError, AttributeError)
+_TRUNCATION_WORDS = ("truncat", "incomplete", "failed to read", "end of file", "eof", "less than expected",
+                     "segments", "count")
+
+
+def file_sha256(path: PathLike) -> str:
+    """Hex sha256 of the file content: the identity of an image, whatever its name."""
+    with _open_regular(path) as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def read_image(path: PathLike, max_height: int = 10_000, max_width: int = 10_000) -> np.ndarray:
+    """Return the image as a 2-D uint16 array, or raise ImageError with a stable reason code."""
+    where = os.fsdecode(path)
+    with _open_regular(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            raise ImageError("not_an_image", "the file is empty (0 bytes): the scanner wrote nothing; rescan it", where)
+        fmt = _sniff_format(fh.read(132))
+        fh.seek(0)
+        expected = EXTENSION_FORMATS.get(Path(where).suffix.lower())
+        if fmt not in FORMAT_NAMES:
+            raise ImageError("not_an_image", f"the file holds {fmt}, not a 16-bit TIFF, PNG or DICOM image", where)
+        if expected and expected != fmt:
+            raise ImageError("not_an_image", f"the file is named {Path(where).suffix} but holds a {FORMAT_NAMES[fmt]} "
+                             f"image, not a {FORMAT_NAMES[expected]}: export it again in the format its name says", where)
+        reader = {"tiff": _read_tiff, "png": _read_png, "dicom": _read_dicom}[fmt]
+        try:
+            img16 = reader(fh, size, max_height, max_width)
+        except ImageError as exc:
+            exc.path = where
+            raise
+        except MemoryError:
+            raise ImageError("too_large", "there is not enough memory to decode the image", where) from None
+    return img16
+
+
+@contextmanager
+def _open_regular(path: PathLike) -> Iterator[BinaryIO]:
+    """Open only regular files: a FIFO or device is never opened (it could block or have side effects)."""
+    where = os.fsdecode(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ImageError("unreadable", "the file does not exist (was it moved or deleted?)", where) from None
+    except PermissionError:
+        raise ImageError("unreadable", "permission denied: give the inspector user read access to the file", where) from None
+    except OSError as exc:
+        raise ImageError("unreadable", f"the file cannot be examined ({exc.strerror})", where) from None
+    _require_regular(st.st_mode, where)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except PermissionError:
+        raise ImageError("unreadable", "permission denied: give the inspector user read access to the file", where) from None
+    except OSError as exc:
+        raise ImageError("unreadable", f"the file cannot be opened ({exc.strerror})", where) from None
+    fh = os.fdopen(fd, "rb")
+    try:
+        _require_regular(os.fstat(fd).st_mode, where)  # it may have been swapped since the stat
+        yield fh
+    except OSError as exc:
+        raise ImageError("unreadable", f"the file cannot be read ({exc.strerror or exc})", where) from None
+    finally:
+        fh.close()
+
+
+def _require_regular(mode: int, where: str) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a regular file")
+    raise ImageError("not_an_image", f"this is {kind}, not an image file: inspector reads only regular files", where)
+
+
+def _sniff_format(head: bytes) -> str:
+    """Name the content from its magic bytes; extensions lie, magic numbers rarely do."""
+    if head[:4] in TIFF_MAGICS:
+        return "tiff"
+    if head.startswith(PNG_MAGIC):
+        return "png"
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "a JPEG image"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "a GIF image"
+    if head.startswith(b"BM"):
+        return "a BMP image"
+    if head.startswith(b"%PDF"):
+        return "a PDF document"
+    if head.startswith((b"\x00\x00\x00\x0cjP", b"\xff\x4f\xff\x51")):
+        return "a JPEG 2000 image"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(c.isprintable() or c in "\r\n\t" for c in text):
+        return "text"
+    return "data of an unknown format"
+
+
+# --- TIFF ---------------------------------------------------------------------------------------
+
+class _LogRecorder(logging.Handler):
+    """Collect tifffile's WARNING+ records from this thread: tifffile logs (not raises) some damage."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _tifffile_strict() -> Iterator[_LogRecorder]:
+    """Turn warnings into exceptions and record tifffile's logged complaints for the caller to check."""
+    logger = logging.getLogger("tifffile")
+    recorder = _LogRecorder()
+    old_level = logger.level
+    if logger.getEffectiveLevel() > logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    logger.addHandler(recorder)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            yield recorder
+    finally:
+        logger.removeHandler(recorder)
+        logger.setLevel(old_level)
+
+
+def _read_tiff(fh: BinaryIO, size: int, max_height: int, max_width: int) -> np.ndarray:
+    import tifffile
+
+    try:
+        with _tifffile_strict() as log, tifffile.TiffFile(fh, name="image.tif") as tif:
+            pages = len(tif.pages)
+            if pages == 0:
+                raise ImageError("corrupt", "the TIFF holds no image at all: the file is damaged; rescan it")
+            page = tif.pages.first
+            _check_tiff_header(page, pages, max_height, max_width)
+            _raise_logged(log.messages, "reading the TIFF header")
+            _check_tiff_segments(page, size)
+            img = page.asarray(maxworkers=1)
+            _raise_logged(log.messages, "decoding the TIFF")
+    except ImageError:
+        raise
+    except MemoryError:
+        raise
+    except Warning as exc:
+        raise _decode_error("TIFF", exc) from None
+    except DECODE_ERRORS as exc:  # TiffFileError and imagecodecs' errors are ValueError/RuntimeError
+        raise _decode_error("TIFF", exc) from None
+    if img.ndim != 2 or img.dtype != np.uint16:
+        raise ImageError("wrong_dtype", f"the TIFF decodes to a {img.dtype} array of shape {img.shape}, "
+                         "not a 2-D 16-bit image")
+    if page.photometric == 0:  # MINISWHITE: invert so that a higher value is always brighter
+        img = ((1 << page.bitspersample) - 1 - img).astype(np.uint16)
+    return img
+
+
+def _check_tiff_header(page, pages: int, max_height: int, max_width: int) -> None:
+    """Reject from the first page's tags alone: nothing has been allocated yet."""
+    if pages > 1:
+        raise ImageError("multi_page", f"the TIFF holds {pages} pages; inspector scores one image per file: "
+                         "save each page as its own file")
+    if page.imagedepth > 1:
+        raise ImageError("multi_page", f"the TIFF is a volume of {page.imagedepth} slices; inspector scores one "
+                         "2-D image per file")
+    height, width = page.imagelength, page.imagewidth
+    _check_size(height, width, max_height, max_width)
+    if page.samplesperpixel != 1 or page.photometric not in (0, 1):
+        kind = {2: "RGB colour", 3: "palette colour", 6: "YCbCr colour"}.get(int(page.photometric), "not grayscale")
+        raise ImageError("not_grayscale", f"the TIFF is {kind} with {page.samplesperpixel} samples per pixel; "
+                         "inspector needs one gray value per pixel")
+    bits, fmt = page.bitspersample, page.sampleformat
+    if fmt != 1 or not 9 <= bits <= 16:
+        kind = {1: "unsigned integer", 2: "signed integer", 3: "floating point"}.get(int(fmt), "unknown")
+        raise ImageError("wrong_dtype", f"the TIFF holds {bits}-bit {kind} pixels; inspector needs unsigned "
+                         "integers of 9 to 16 bits (a 16-bit gray export)")
+
+
+def _check_size(height: int, width: int, max_height: int, max_width: int) -> None:
+    if height <= 0 or width <= 0:
+        raise ImageError("corrupt", f"the header claims an image of {width} x {height} pixels: the file is damaged")
+    if height > max_height or width > max_width:
+        raise ImageError("too_large", f"the header claims {width} x {height} pixels (width x height), more than "
+                         f"the limit of {max_width} x {max_height} (imaging.max_width/max_height in config.toml)")
+
+
+def _check_tiff_segments(page, size: int) -> None:
+    """Every strip or tile must be listed and lie inside the file; else tifffile would fill zeros."""
+    offsets, counts = page.dataoffsets, page.databytecounts
+    height, width, bits = page.imagelength, page.imagewidth, page.bitspersample
+    if page.is_tiled:
+        unit, tile_h, tile_w = "tile", page.tilelength, page.tilewidth
+        needed = math.ceil(height / tile_h) * math.ceil(width / tile_w)
+        raw_sizes = [tile_h * math.ceil(tile_w * bits / 8)] * needed
+    else:
+        unit = "strip"
+        rows = page.rowsperstrip if 0 < page.rowsperstrip < height else height
+        needed = math.ceil(height / rows)
+        row_bytes = math.ceil(width * bits / 8)
+        raw_sizes = [min(rows, height - i * rows) * row_bytes for i in range(needed)]
+    if len(offsets) != needed or len(counts) != needed:
+        raise ImageError("truncated", f"the TIFF lists {len(offsets)} {unit} offsets and {len(counts)} byte counts "
+                         f"but its {width} x {height} image needs {needed} {unit}s: the file is damaged or cut short")
+    for i, (offset, count) in enumerate(zip(offsets, counts), start=1):
+        if offset == 0 or count == 0:
+            raise ImageError("truncated", f"TIFF {unit} {i} of {needed} has no data: the file is incomplete; rescan it")
+        if offset + count > size:
+            raise ImageError("truncated", f"TIFF {unit} {i} of {needed} ends at byte {offset + count} but the file "
+                             f"has {size} bytes: the file is truncated (was it still being written?)")
+        if page.compression == 1 and count < raw_sizes[i - 1]:
+            raise ImageError("corrupt", f"uncompressed TIFF {unit} {i} of {needed} holds {count} bytes but needs "
+                             f"{raw_sizes[i - 1]}: the file is damaged; rescan it")
+
+
+def _raise_logged(messages: list[str], stage: str) -> None:
+    if messages:
+        text = "; ".join(messages)
+        reason = "truncated" if any(w in text.lower() for w in _TRUNCATION_WORDS) else "corrupt"
+        raise ImageError(reason, f"tifffile reported a problem while {stage} ({text}): the file is "
+                         f"{'incomplete' if reason == 'truncated' else 'damaged'}; rescan it")
+
+
+def _decode_error(fmt: str, exc: BaseException) -> ImageError:
+    """Sort a decoder's exception into truncated or corrupt, keeping its words for the operator."""
+    text = str(exc) or type(exc).__name__
+    if any(w in text.lower() for w in _TRUNCATION_WORDS):
+        return ImageError("truncated", f"the {fmt} data ends early ({text}): the file is truncated "
+                          "(was it still being written?)")
+    return ImageError("corrupt", f"the {fmt} data cannot be decoded ({text}): the file is corrupt; rescan it")
+
+
+# --- PNG ----------------------------------------------------------------------------------------
+
+def _read_png(fh: BinaryIO, size: int, max_height: int, max_width: int) -> np.ndarray:
+    import cv2
+
+    head = fh.read(33)
+    if len(head) < 33 or head[12:16] != b"IHDR" or struct.unpack(">I", head[8:12])[0] != 13:
+        raise ImageError("corrupt", "the PNG does not start with a valid IHDR header: the file is damaged")
+    width, height, depth, colour, compression, filtering, interlace = struct.unpack(">IIBBBBB", head[16:29])
+    _check_size(height, width, max_height, max_width)
+    if colour != 0:
+        kind = {2: "RGB colour", 3: "palette colour", 4: "gray with an alpha channel",
+                6: "RGB colour with alpha"}.get(colour, f"colour type {colour}")
+        raise ImageError("not_grayscale", f"the PNG is {kind}; inspector needs a 16-bit grayscale PNG")
+    if depth != 16:
+        raise ImageError("wrong_dtype", f"the PNG is {depth}-bit grayscale; inspector needs 16-bit grayscale")
+    if compression or filtering or interlace not in (0, 1):
+        raise ImageError("corrupt", "the PNG header has invalid compression/filter/interlace fields")
+    raw_bytes = height * (1 + 2 * width)
+    if size > 2 * raw_bytes + (16 << 20):
+        raise ImageError("too_large", f"the PNG file has {size} bytes, far more than a {width} x {height} image needs")
+    fh.seek(0)
+    data = fh.read()
+    idat = _walk_png_chunks(data)
+    _check_png_stream(idat, raw_bytes if interlace == 0 else None)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageError("corrupt", "OpenCV cannot decode the PNG: the file is corrupt; rescan it")
+    if img.dtype != np.uint16 or img.shape != (height, width):
+        raise ImageError("wrong_dtype", f"the PNG decodes to {img.dtype} {img.shape}, not {height} x {width} uint16")
+    return img
+
+
+def _walk_png_chunks(data: bytes) -> bytes:
+    """Check every chunk's bounds and CRC up to IEND; return the joined IDAT payload."""
+    pos, idat = 8, []
+    while True:
+        if pos + 8 > len(data):
+            raise ImageError("truncated", f"the PNG ends at byte {len(data)} before its IEND chunk: the file is "
+                             "truncated (was it still being written?)")
+        length, ctype = struct.unpack(">I4s", data[pos:pos + 8])
+        end = pos + 12 + length
+        name = ctype.decode("latin-1")
+        if end > len(data):
+            raise ImageError("truncated", f"PNG chunk {name} ends at byte {end} but the file has {len(data)} bytes: "
+                             "the file is truncated (was it still being written?)")
+        crc = struct.unpack(">I", data[end - 4:end])[0]
+        if zlib.crc32(data[pos + 4:end - 4]) != crc:
+            raise ImageError("corrupt", f"PNG chunk {name} at byte {pos} fails its checksum: the file is corrupt; "
+                             "rescan it")
+        if ctype == b"acTL":
+            raise ImageError("multi_page", "the PNG is animated (several frames); inspector scores one image per file")
+        if ctype == b"IDAT":
+            idat.append(data[pos + 8:end - 4])
+        if ctype == b"IEND":
+            return b"".join(idat)
+        pos = end
+
+
+def _check_png_stream(idat: bytes, raw_bytes: int | None) -> None:
+    """Inflate the pixel stream with a bound, so a short or broken stream never becomes zero pixels."""
+    if not idat:
+        raise ImageError("corrupt", "the PNG has no pixel data (no IDAT chunk): the file is damaged")
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(idat, (raw_bytes or (1 << 31)) + 1)
+    except zlib.error as exc:
+        raise ImageError("corrupt", f"the PNG pixel data cannot be inflated ({exc}): the file is corrupt") from None
+    if not inflater.eof:
+        raise ImageError("corrupt", "the PNG pixel stream stops before its end: the file is corrupt; rescan it")
+    if raw_bytes is not None and len(out) != raw_bytes:
+        raise ImageError("corrupt", f"the PNG pixel stream holds {len(out)} bytes but the image needs {raw_bytes}")
+
+
+# --- DICOM --------------------------------------------------------------------------------------
+
+def _read_dicom(fh: BinaryIO, size: int, max_height: int, max_width: int) -> np.ndarray:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        header = pydicom.dcmread(fh, stop_before_pixels=True)
+        _check_dicom_header(header, max_height, max_width)
+        fh.seek(0)
+        ds = pydicom.dcmread(fh)
+        if "PixelData" not in ds:
+            raise ImageError("not_an_image", "the DICOM file holds no pixel data (it is not an image)")
+        pixels = ds.pixel_array
+    except ImageError:
+        raise
+    except MemoryError:
+        raise
+    except (InvalidDicomError, *DECODE_ERRORS) as exc:
+        raise _decode_error("DICOM", exc) from None
+    if pixels.ndim != 2:
+        raise ImageError("multi_page", f"the DICOM pixel data has shape {pixels.shape}, not one 2-D image")
+    return _rescale_dicom(ds, pixels)
+
+
+def _check_dicom_header(ds, max_height: int, max_width: int) -> None:
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ImageError("multi_page", f"the DICOM holds {frames} frames; inspector scores one image per file")
+    if "Rows" not in ds or "Columns" not in ds:
+        raise ImageError("not_an_image", "the DICOM file has no Rows/Columns: it holds no image")
+    _check_size(int(ds.Rows), int(ds.Columns), max_height, max_width)
+    samples, photometric = int(ds.get("SamplesPerPixel", 1)), str(ds.get("PhotometricInterpretation", ""))
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ImageError("not_grayscale", f"the DICOM is {photometric or 'unknown'} with {samples} samples per "
+                         "pixel; inspector needs MONOCHROME1 or MONOCHROME2")
+    allocated, stored = int(ds.get("BitsAllocated", 0)), int(ds.get("BitsStored", ds.get("BitsAllocated", 0)))
+    if allocated != 16 or not 9 <= stored <= 16:
+        raise ImageError("wrong_dtype", f"the DICOM stores {stored} of {allocated} bits per pixel; inspector needs "
+                         "16-bit pixels with 9 to 16 bits used")
+
+
+def _rescale_dicom(ds, pixels: np.ndarray) -> np.ndarray:
+    """Apply Rescale Slope/Intercept; invert MONOCHROME1 so that higher always means brighter."""
+    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    if not (math.isfinite(slope) and math.isfinite(intercept)) or slope == 0:
+        raise ImageError("corrupt", f"the DICOM Rescale Slope {slope} / Intercept {intercept} are not usable")
+    stored = int(ds.get("BitsStored", 16))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    stored_lo, stored_hi = (-(1 << (stored - 1)), (1 << (stored - 1)) - 1) if signed else (0, (1 << stored) - 1)
+    values = pixels.astype(np.float64) * slope + intercept
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        lo, hi = sorted((stored_lo * slope + intercept, stored_hi * slope + intercept))
+        values = (lo + hi) - values  # maps the representable range onto itself, reversed
+    values = np.floor(values + 0.5)
+    low, high = float(values.min()), float(values.max())
+    if low < 0 or high > 65535:
+        raise ImageError("wrong_dtype", f"after Rescale Slope {slope:g} and Intercept {intercept:g} the pixel values "
+                         f"span {low:g} to {high:g}, outside the 0-65535 a 16-bit image can hold")
+    return np.clip(values, 0, 65535).astype(np.uint16)
