@@ -1,0 +1,181 @@
+"""`inspector score` and `inspector model info/init`: the detector by hand, outside the daemon."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import click
+
+from inspector.cli import cli, with_config
+from inspector.config import METHODS, Config, parse_input_size
+
+UNTRAINED_WARNING = "warning: this model is UNTRAINED (written by `inspector model init`): its verdicts are random"
+
+
+def show_path(path: str) -> str:
+    """File names with bytes that are not UTF-8 are printed with \\x escapes instead of crashing."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def format_prediction(pred) -> str:
+    if pred.verdict == "rescan":
+        return f"{show_path(pred.path)}: rescan ({pred.reason}) {pred.seconds:.3f}s"
+    return f"{show_path(pred.path)}: {pred.verdict} P(abnormal)={pred.p_abnormal:.4f} {pred.seconds:.3f}s"
+
+
+@cli.command("score")
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=True))
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
+              help="Model artifact (default: model.path in config.toml).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list, an object per image.")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: model.device in config.toml).")
+@with_config
+def score_command(images: tuple[str, ...], model_path: str | None, as_json: bool, device: str | None,
+                  cfg: Config) -> None:
+    """Score 16-bit IMAGES with the detector: verdict, P(abnormal) and seconds per image.
+
+    An image that cannot be read is reported as rejected and the others are still scored;
+    the exit code is then 1.
+    """
+    from inspector.errors import ImageError
+    from inspector.imaging import read_image
+    from inspector.infer import Detector
+
+    det = Detector.load(model_path or cfg.model.path, device=device or cfg.model.device,
+                        batch_size=cfg.infer.batch_size)
+    if not det.meta.trained:
+        click.echo(UNTRAINED_WARNING, err=True)
+    det.self_check()  # a model that cannot score a known image must not give verdicts; also warms up
+    records: list[dict] = []
+    failed = 0
+    for start in range(0, len(images), det.batch_size):
+        chunk = images[start:start + det.batch_size]
+        read: dict[int, object] = {}
+        errors: dict[int, ImageError] = {}
+        for i, path in enumerate(chunk):
+            try:
+                read[i] = read_image(path, max_height=cfg.imaging.max_height, max_width=cfg.imaging.max_width)
+            except ImageError as exc:
+                errors[i] = exc
+        preds = iter(det.predict(list(read.values()), paths=[chunk[i] for i in read]))
+        for i, path in enumerate(chunk):
+            if i in errors:
+                failed += 1
+                exc = errors[i]
+                records.append({"path": show_path(path), "verdict": "rejected", "reason": exc.reason,
+                                "message": exc.message})
+                if not as_json:
+                    click.echo(f"{show_path(path)}: rejected: {exc.message} [{exc.reason}]")
+                continue
+            pred = next(preds)
+            records.append({"path": show_path(path), "verdict": pred.verdict, "p_abnormal": pred.p_abnormal,
+                            "threshold": pred.threshold, "seconds": round(pred.seconds, 4), "reason": pred.reason,
+                            "model_sha256": det.sha256})
+            if not as_json:
+                click.echo(format_prediction(pred))
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+@cli.group("model")
+def model_group() -> None:
+    """Inspect a model artifact or write an untrained one."""
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def describe_quality(quality: dict) -> str:
+    limits = {k: v for k, v in (quality or {}).items() if v is not None}
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(limits.items())) if limits else "off"
+
+
+def describe_metrics(metrics: dict) -> str:
+    if not metrics:
+        return "none"
+    def show(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return json.dumps(v, separators=(",", ":")) if isinstance(v, (dict, list)) else str(v)
+
+    return ", ".join(f"{k} {show(v)}" for k, v in sorted(metrics.items()))
+
+
+@model_group.command("info")
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the metadata as one JSON object.")
+@with_config
+def info_command(model_path: str, as_json: bool, cfg: Config) -> None:
+    """Show what MODEL was trained with: conversion, window, input size, threshold, metrics, provenance."""
+    from inspector.model import read_meta
+
+    meta = read_meta(model_path)
+    sha = file_sha256(Path(model_path))
+    if as_json:
+        data = json.loads(meta.to_json())
+        data.update(path=model_path, sha256=sha)
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    h, w = meta.input_size
+    clahe = meta.clahe or {}
+    rows = [
+        ("model", model_path),
+        ("sha256", sha),
+        ("trained", "yes" if meta.trained else "NO: untrained, written by `inspector model init`; verdicts are random"),
+        ("method", meta.method),
+        ("window", f"{meta.window[0]}-{meta.window[1]}" if meta.window else "none (not needed by this method)"),
+        ("input size", f"{h} x {w} px (height x width)"),
+        ("threshold", f"{meta.threshold:g} ({meta.threshold_source})"),
+        ("quality gate", describe_quality(meta.quality)),
+        ("clahe", f"clip_limit {clahe.get('clip_limit')}, tile_grid {clahe.get('tile_grid')}"),
+        ("weights", meta.weights),
+        ("freeze", meta.freeze),
+        ("metrics", describe_metrics(meta.metrics)),
+        ("fingerprint", meta.train_fingerprint or "none"),
+        ("created", meta.created_at),
+        ("version", f"inspector {meta.version}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key:<{width}}  {value}")
+
+
+@model_group.command("init")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the model (.safetensors).")
+@click.option("--method", type=click.Choice(METHODS), default=None,
+              help="Conversion (default: convert.method in config.toml).")
+@click.option("--window", nargs=2, type=int, default=None, metavar="LO HI",
+              help="16-bit values mapped to 0 and 255; needed by global, mix and clahe.")
+@click.option("--input-size", default=None, metavar="HxW",
+              help="Network input, e.g. 2000x1000 (default: model.input_size in config.toml).")
+@click.option("--weights", default=None, metavar="none|imagenet|PATH",
+              help="Backbone weights (default: model.weights in config.toml).")
+@click.option("--seed", type=int, default=None, help="Seed of the random layers (default: train.seed).")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@with_config
+def init_command(out: str, method: str | None, window: tuple[int, int] | None, input_size: str | None,
+                 weights: str | None, seed: int | None, force: bool, cfg: Config) -> None:
+    """Write an UNTRAINED model, so a station can be set up and tested before the first training."""
+    method = method or cfg.convert.method
+    if method in ("global", "mix", "clahe") and not window:
+        raise click.UsageError(f"--method {method} needs --window LO HI (the 16-bit values mapped to 0 and 255)")
+    if Path(out).exists() and not force:
+        raise click.UsageError(f"{out} already exists; pass --force to overwrite it")
+    from inspector.convert import Window
+    from inspector.model import init_model
+
+    win = Window(*window) if window else None
+    size = parse_input_size(input_size) if input_size else tuple(cfg.model.input_size)
+    weights = weights or cfg.model.weights
+    sha = init_model(out, method, win, size, weights=weights, freeze=cfg.model.freeze,
+                     seed=cfg.train.seed if seed is None else seed)
+    used = f", window {win.lo}-{win.hi}" if win else ""
+    click.echo(f"wrote {out}: method {method}{used}, input {size[0]}x{size[1]}, weights {weights}, sha256 {sha}")
+    click.echo("this model is UNTRAINED: its verdicts are random until `inspector train` writes a trained one")

@@ -1,0 +1,186 @@
+"""Detector: load a model once, then score many 16-bit images with its own conversion and threshold."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from inspector.convert import Window, convert_image, local_window, to_uint8
+from inspector.errors import ImageError, InspectorError, ModelError
+from inspector.model import ModelMeta, load_model, preprocess_batch, resolve_device
+
+CHECK_SEED = 20220201  # the built-in self-check image must be the same on every machine
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: str | None
+    p_abnormal: float | None  # None for a rescan: it never went through the network
+    verdict: str  # "normal", "abnormal" or "rescan"
+    threshold: float
+    seconds: float
+    reason: str | None = None
+
+
+def model_window(meta: ModelMeta) -> Window | None:
+    return Window(*meta.window) if meta.window else None
+
+
+def gate_image(img16: np.ndarray, window: Window | None) -> np.ndarray:
+    """The 8-bit gray image the quality gate judges: the model's window, else the image's own."""
+    if window is None:
+        try:
+            window = local_window(img16)
+        except InspectorError:  # almost every pixel one value: nothing to stretch, nothing sharp
+            return np.zeros(img16.shape, np.uint8)
+    return to_uint8(img16, window)
+
+
+def measure_blur(img16: np.ndarray, window: Window | None) -> float:
+    """Variance of the Laplacian: low means few sharp edges, i.e. a blurred capture."""
+    return float(cv2.Laplacian(gate_image(img16, window), cv2.CV_64F).var())
+
+
+def measure_clipping(img16: np.ndarray, window: Window) -> tuple[float, float]:
+    """Shares of pixels at or below the window's low end and at or above its high end."""
+    n = img16.size
+    return float(np.count_nonzero(img16 <= window.lo)) / n, float(np.count_nonzero(img16 >= window.hi)) / n
+
+
+def check_quality(img16: np.ndarray, meta: ModelMeta) -> str | None:
+    """The reason a capture should be rescanned, or None; a gate is on only where the model sets its limit."""
+    lo, hi = int(img16.min()), int(img16.max())
+    if lo == hi:  # always checked: no conversion can stretch it and no verdict about it means anything
+        return f"blank: every pixel has the value {lo}; the capture holds no image"
+    window = model_window(meta)
+    clipped_max = meta.quality.get("clipped_fraction")
+    if clipped_max is not None and window is not None:
+        low, high = measure_clipping(img16, window)
+        if low > clipped_max or high > clipped_max:
+            end, share = ("low", low) if low >= high else ("high", high)
+            return f"badly exposed: {share:.0%} of pixels clipped at the window's {end} end"
+        if low + high > clipped_max:
+            return f"badly exposed: {low + high:.0%} of pixels clipped ({low:.0%} low, {high:.0%} high)"
+    blur_min = meta.quality.get("blur_min")
+    if blur_min is not None:
+        variance = measure_blur(img16, window)
+        if variance < blur_min:
+            return f"blurred: variance of the Laplacian {variance:.1f} below the model's minimum {blur_min:.1f}"
+    return None
+
+
+def check_image16(img16: np.ndarray) -> None:
+    """Arrays handed in directly (not via read_image) get the same dtype/shape rules."""
+    if not isinstance(img16, np.ndarray) or img16.dtype != np.uint16:
+        raise ImageError("wrong_dtype", f"the detector takes 16-bit images, got {getattr(img16, 'dtype', type(img16))}")
+    if img16.ndim != 2:
+        raise ImageError("not_grayscale", f"the detector takes 2-D gray images, got shape {img16.shape}")
+
+
+class Detector:
+    """A loaded model on a device; predict() batches, converts and applies the model's threshold."""
+
+    def __init__(self, net: torch.nn.Module, meta: ModelMeta, sha256: str, device: torch.device,
+                 path: str, batch_size: int = 4):
+        if batch_size <= 0:
+            raise InspectorError(f"infer.batch_size must be positive, got {batch_size}")
+        self.net = net
+        self.meta = meta
+        self.sha256 = sha256
+        self.device = device
+        self.path = path
+        self.batch_size = batch_size
+        self.window = model_window(meta)
+        if device.type == "cuda":
+            self.net.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "auto", batch_size: int = 4) -> "Detector":
+        """Resolve the device first, so a CUDA request on a CPU machine fails before the read."""
+        dev = resolve_device(device)
+        loaded = load_model(path, dev)
+        return cls(loaded.net, loaded.meta, loaded.sha256, dev, str(path), batch_size)
+
+    def prepare(self, img16: np.ndarray) -> np.ndarray:
+        """The model's own 16->8-bit conversion, with the window and CLAHE settings it was trained with."""
+        clahe = self.meta.clahe or {}
+        return convert_image(img16, self.meta.method, window=self.window,
+                             clahe_clip_limit=float(clahe.get("clip_limit", 2.0)),
+                             clahe_tile_grid=int(clahe.get("tile_grid", 8)))
+
+    def score_batch(self, imgs8: Sequence[np.ndarray]) -> list[float]:
+        """P(abnormal) for converted images; fp16 autocast and channels_last on CUDA."""
+        x = preprocess_batch(imgs8, self.meta.input_size)
+        cuda = self.device.type == "cuda"
+        x = x.to(self.device, memory_format=torch.channels_last) if cuda else x
+        autocast = torch.autocast("cuda", dtype=torch.float16) if cuda else contextlib.nullcontext()
+        self.net.eval()
+        with torch.inference_mode(), autocast:
+            logits = self.net(x)
+        return logits.float().softmax(dim=1)[:, 1].cpu().tolist()
+
+    def predict(self, images16: Sequence[np.ndarray], paths: Sequence[str | None] | None = None) -> list[Prediction]:
+        """Quality gate, then batches of batch_size; `seconds` is each image's share of its batch's time."""
+        if paths is not None and len(paths) != len(images16):
+            raise InspectorError(f"predict got {len(images16)} images but {len(paths)} paths")
+        names = list(paths) if paths is not None else [None] * len(images16)
+        threshold = float(self.meta.threshold)
+        out: list[Prediction] = []
+        for start in range(0, len(images16), self.batch_size):
+            t0 = time.perf_counter()
+            chunk = images16[start:start + self.batch_size]
+            reasons: list[str | None] = []
+            imgs8: list[np.ndarray] = []
+            for img16 in chunk:
+                check_image16(img16)
+                reason = check_quality(img16, self.meta)
+                if reason is None:
+                    try:
+                        imgs8.append(self.prepare(img16))
+                    except InspectorError as exc:  # e.g. method local on an image without contrast
+                        reason = f"cannot convert: {exc}"
+                reasons.append(reason)
+            probs = iter(self.score_batch(imgs8) if imgs8 else [])
+            seconds = (time.perf_counter() - t0) / len(chunk)
+            for i, reason in enumerate(reasons):
+                name = names[start + i]
+                if reason is not None:
+                    out.append(Prediction(name, None, "rescan", threshold, seconds, reason))
+                    continue
+                p = next(probs)
+                verdict = "abnormal" if p >= threshold else "normal"
+                out.append(Prediction(name, p, verdict, threshold, seconds))
+        return out
+
+    def check_image(self) -> np.ndarray:
+        """A smooth gradient plus noise in the model's value range, at its input size, from a fixed seed."""
+        h, w = self.meta.input_size
+        lo, hi = self.meta.window if self.meta.window else (1700, 2800)
+        centre, span = (lo + hi) / 2.0, (hi - lo)
+        rng = np.random.default_rng(CHECK_SEED)
+        ramp = np.linspace(-0.25, 0.25, h, dtype=np.float64)[:, None] * span + np.zeros((1, w))
+        img = centre + ramp + rng.normal(0.0, 0.02 * span, size=(h, w))
+        return np.clip(np.rint(img), 0, 65535).astype(np.uint16)
+
+    def self_check(self) -> float:
+        """Score the check image without the gate; a NaN or out-of-range output means the model is unusable."""
+        try:
+            (p,) = self.score_batch([self.prepare(self.check_image())])
+        except (RuntimeError, ValueError) as exc:
+            raise ModelError(f"model {self.path} failed its self-check: {exc}") from exc
+        if not math.isfinite(p) or not 0.0 <= p <= 1.0:
+            raise ModelError(f"model {self.path} failed its self-check: P(abnormal) of the check image is {p}; "
+                             f"retrain or restore the model")
+        return p
+
+    def __repr__(self) -> str:
+        return f"Detector({Path(self.path).name}, {self.meta.method}, device={self.device}, sha256={self.sha256[:12]})"

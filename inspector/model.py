@@ -1,0 +1,383 @@
+"""The ResNet-34 detector of the paper and its artifact: safetensors weights plus the settings they need."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import urllib.error
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torchvision
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save_file
+from torch import nn
+
+from inspector import __version__
+from inspector.config import METHODS
+from inspector.errors import ModelError
+
+CLASS_NAMES = ("normal", "abnormal")
+FREEZE_MODES = ("paper", "none")
+WINDOW_METHODS = ("global", "mix", "clahe")  # conversions that cannot run without a fitted window
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+IMAGENET_FILE = "resnet34-b627a593.pth"
+META_KEY = "inspector"
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit; a larger claim means a damaged file
+
+
+class ElectrodeNet(nn.Module):
+    """ResNet-34 with its own fc kept, then 1000->512->256->2: the paper's network, in two callable halves."""
+
+    def __init__(self, resnet: nn.Module | None = None, freeze: str = "paper"):
+        super().__init__()
+        if freeze not in FREEZE_MODES:
+            raise ModelError(f"model.freeze = {freeze!r} is unknown; use 'paper' (backbone frozen) or 'none'")
+        resnet = resnet if resnet is not None else torchvision.models.resnet34(weights=None)
+        self.fc = resnet.fc  # the ImageNet classifier 512 -> 1000, trained on as the paper does
+        resnet.fc = nn.Identity()
+        self.backbone = resnet  # ends at the global average pool once fc is an identity
+        self.head = nn.Sequential(nn.Linear(1000, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 2))
+        self.freeze = freeze
+        self.apply_freeze(freeze)
+
+    def apply_freeze(self, freeze: str) -> None:
+        """Under 'paper' only fc and the head learn; the backbone's BN statistics stay fixed too."""
+        self.freeze = freeze
+        for p in self.backbone.parameters():
+            p.requires_grad = freeze == "none"
+        for p in list(self.fc.parameters()) + list(self.head.parameters()):
+            p.requires_grad = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "ElectrodeNet":
+        """A frozen backbone stays in eval mode so embed() is a pure function of the input."""
+        super().train(mode)
+        if self.freeze == "paper":
+            self.backbone.train(False)
+        return self
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, 512) pooled features: the cacheable frozen part."""
+        return self.backbone(x)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, 512) features -> (N, 2) logits (normal, abnormal)."""
+        return self.head(self.fc(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.embed(x))
+
+
+def _load_imagenet_state() -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet weights from the hub cache, else downloaded into it."""
+    weights = torchvision.models.ResNet34_Weights.IMAGENET1K_V1
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    try:
+        if cached.is_file():
+            return torch.load(cached, weights_only=True, map_location="cpu")
+        return torch.hub.load_state_dict_from_url(weights.url, progress=False, map_location="cpu", check_hash=True)
+    except (urllib.error.URLError, OSError, RuntimeError, ValueError) as exc:
+        raise ModelError(
+            f"model.weights = 'imagenet' needs a download of torchvision's ResNet-34 weights, which failed ({exc}); "
+            f"on an offline machine download {IMAGENET_FILE} elsewhere and set model.weights to its local path"
+        ) from exc
+
+
+def _load_weights_file(path: str) -> dict[str, torch.Tensor]:
+    """A plain torchvision resnet34 state_dict saved with torch.save (never unpickled beyond tensors)."""
+    if not Path(path).is_file():
+        raise ModelError(f"model.weights file {path} does not exist; give a resnet34 .pth file, 'imagenet' or 'none'")
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... on a non-checkpoint
+        raise ModelError(f"model.weights file {path} is not a torch state_dict ({type(exc).__name__}: {exc}); "
+                         f"expected a torchvision resnet34 state_dict saved with torch.save") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"model.weights file {path} does not hold a plain state_dict of tensors; "
+                         f"expected a torchvision resnet34 state_dict (keys like conv1.weight, fc.weight)")
+    return state
+
+
+def build_detector(weights: str = "none", freeze: str = "paper") -> ElectrodeNet:
+    """Backbone weights 'imagenet', 'none' (random, seeded by the caller) or a local resnet34 .pth."""
+    resnet = torchvision.models.resnet34(weights=None)
+    if weights != "none":
+        state = _load_imagenet_state() if weights == "imagenet" else _load_weights_file(weights)
+        try:
+            resnet.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise ModelError(f"model.weights {weights} does not fit a torchvision resnet34 ({first}); "
+                             f"expected keys like conv1.weight, layer1.0.conv1.weight, fc.weight") from exc
+    return ElectrodeNet(resnet, freeze=freeze)
+
+
+def _as_pair(value: Any, name: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if hasattr(value, "lo") and hasattr(value, "hi"):  # a convert.Window
+        value = (value.lo, value.hi)
+    try:
+        a, b = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ModelError(f"model {name} must be two whole numbers, got {value!r}") from None
+    return a, b
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy scalars and arrays (and paths) that training puts into metrics."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """Everything needed to score with the weights: the conversion, input size, threshold and provenance."""
+
+    method: str
+    window: tuple[int, int] | None
+    input_size: tuple[int, int]
+    class_names: tuple[str, ...] = CLASS_NAMES
+    threshold: float = 0.5
+    threshold_source: str = "default 0.5"
+    freeze: str = "paper"
+    weights: str = "none"
+    trained: bool = False
+    train_fingerprint: str = ""
+    metrics: dict = field(default_factory=dict)
+    quality: dict = field(default_factory=dict)  # {"blur_min": float|None, "clipped_fraction": float|None}
+    clahe: dict = field(default_factory=lambda: {"clip_limit": 2.0, "tile_grid": 8})
+    version: str = __version__
+    created_at: str = ""
+    tensors_sha256: str = ""
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "window", _as_pair(self.window, "window"))
+        set_(self, "input_size", _as_pair(self.input_size, "input_size"))
+        set_(self, "class_names", tuple(self.class_names))
+        if self.method not in METHODS:
+            raise ModelError(f"model method {self.method!r} is unknown; use one of {', '.join(METHODS)}")
+        if self.method in WINDOW_METHODS and self.window is None:
+            raise ModelError(f"model method {self.method!r} needs a window [lo, hi] fitted on the training images")
+        if self.window is not None and self.window[1] <= self.window[0]:
+            raise ModelError(f"model window {list(self.window)} is empty: hi must be above lo")
+        if min(self.input_size) <= 0:
+            raise ModelError(f"model input_size {list(self.input_size)} must be positive")
+        if not 0.0 <= float(self.threshold) <= 1.0:
+            raise ModelError(f"model threshold {self.threshold} must be between 0 and 1")
+        if self.freeze not in FREEZE_MODES:
+            raise ModelError(f"model freeze {self.freeze!r} is unknown; use 'paper' or 'none'")
+
+    def to_json(self) -> str:
+        data = dataclasses.asdict(self)
+        data["window"] = list(self.window) if self.window else None
+        data["input_size"] = list(self.input_size)
+        data["class_names"] = list(self.class_names)
+        return json.dumps(data, sort_keys=True, default=_jsonable)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "model file") -> "ModelMeta":
+        """Unknown (newer) fields are ignored; missing required ones are an error."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"{source} has unreadable metadata ({exc}); retrain or restore it") from exc
+        if not isinstance(data, dict):
+            raise ModelError(f"{source} has metadata that is not a JSON object; retrain or restore it")
+        names = {f.name for f in dataclasses.fields(cls)}
+        required = [f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+        missing = [n for n in required if n not in data]
+        if missing:
+            raise ModelError(f"{source} metadata lacks {', '.join(missing)}; it was not written by inspector")
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class LoadedModel:
+    net: ElectrodeNet
+    meta: ModelMeta
+    sha256: str
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """Digest of names, dtypes, shapes and bytes, independent of file layout and metadata."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def artifact_sha256(tensors: dict[str, torch.Tensor], meta: ModelMeta) -> str:
+    """Digest of the tensors and every other metadata field, so an edited threshold or window is caught too."""
+    unsigned = dataclasses.replace(meta, tensors_sha256="").to_json()
+    return hashlib.sha256((tensors_sha256(tensors) + unsigned).encode()).hexdigest()
+
+
+def save_model(path: str | os.PathLike, net: ElectrodeNet, meta: ModelMeta) -> str:
+    """Write atomically (temp file, fsync, rename) so a reader never sees half a model; returns the file sha256."""
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
+    meta = dataclasses.replace(meta, version=__version__,
+                               created_at=meta.created_at or datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    meta = dataclasses.replace(meta, tensors_sha256=artifact_sha256(tensors, meta))
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model is shared with the daemon's user
+        save_file(tensors, tmp, metadata={META_KEY: meta.to_json()})
+        digest = hashlib.sha256()
+        with open(tmp, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise ModelError(f"cannot write model file {path}: {exc.strerror or exc}; check the folder and free space") from exc
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+    return digest.hexdigest()
+
+
+def _damaged(path: Path | str, detail: str) -> ModelError:
+    return ModelError(f"model file {path} is damaged or was modified after it was written ({detail}); "
+                      f"retrain or restore it")
+
+
+def _parse_header(path: Path, head: bytes, size: int) -> ModelMeta:
+    if len(head) < 8:
+        raise _damaged(path, "too short for a safetensors header")
+    (n,) = struct.unpack("<Q", head[:8])
+    if n > MAX_HEADER_BYTES or 8 + n > size or len(head) < 8 + n:
+        raise _damaged(path, "header length does not fit the file")
+    try:
+        header = json.loads(head[8:8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise _damaged(path, "header is not valid JSON") from None
+    text = header.get("__metadata__", {}).get(META_KEY) if isinstance(header, dict) else None
+    if not isinstance(text, str):
+        raise ModelError(f"model file {path} is a safetensors file without inspector metadata; "
+                         f"write models with `inspector train` or `inspector model init`")
+    return ModelMeta.from_json(text, source=f"model file {path}")
+
+
+def _missing(path: Path) -> ModelError:
+    return ModelError(f"model file {path} does not exist; train one with `inspector train` "
+                      f"or write an untrained one with `inspector model init`")
+
+
+def read_meta(path: str | os.PathLike) -> ModelMeta:
+    """Only the header: the settings of a model without loading its 90 MB of weights."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(8)
+            if len(head) == 8:
+                (n,) = struct.unpack("<Q", head)
+                head += fh.read(min(n, MAX_HEADER_BYTES + 1))
+    except FileNotFoundError:
+        raise _missing(path) from None
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {path}: {exc.strerror or exc}") from exc
+    return _parse_header(path, head, size)
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    """Read once, check the tensors against the stored digest, build the net; never unpickles."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise _missing(path) from None
+    except IsADirectoryError:
+        raise ModelError(f"model path {path} is a folder; give the .safetensors file") from None
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {path}: {exc.strerror or exc}") from exc
+    n = struct.unpack("<Q", data[:8])[0] if len(data) >= 8 else 0
+    meta = _parse_header(path, data[:8 + min(n, MAX_HEADER_BYTES + 1)], len(data))
+    try:
+        tensors = load_safetensors_bytes(data)
+    except Exception as exc:  # SafetensorError on truncation or a bad layout
+        raise _damaged(path, f"cannot decode the tensors: {exc}") from exc
+    if artifact_sha256(tensors, meta) != meta.tensors_sha256:
+        raise _damaged(path, "checksum mismatch")
+    net = ElectrodeNet(torchvision.models.resnet34(weights=None), freeze=meta.freeze)
+    try:
+        net.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"model file {path} does not hold ElectrodeNet weights ({str(exc).splitlines()[0]}); "
+                         f"it was written by another program or an incompatible inspector version") from exc
+    net.to(resolve_device(device) if isinstance(device, str) else device).eval()
+    return LoadedModel(net=net, meta=meta, sha256=hashlib.sha256(data).hexdigest())
+
+
+def preprocess_batch(imgs8: Sequence[np.ndarray], input_size: Sequence[int]) -> torch.Tensor:
+    """Resize to the network input (area when shrinking), scale to [0, 1], ImageNet mean/std."""
+    h, w = (int(v) for v in input_size)
+    out = np.empty((len(imgs8), h, w, 3), dtype=np.float32)
+    for i, img8 in enumerate(imgs8):
+        if img8.dtype != np.uint8 or img8.ndim != 3 or img8.shape[2] != 3:
+            raise ModelError(f"the detector takes HxWx3 uint8 images, got {img8.dtype} of shape {img8.shape}")
+        if img8.shape[:2] != (h, w):
+            shrink = img8.shape[0] >= h and img8.shape[1] >= w
+            img8 = cv2.resize(img8, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        out[i] = img8
+    out = (out / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return torch.from_numpy(np.ascontiguousarray(out.transpose(0, 3, 1, 2)))
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; asking for CUDA on a machine without it is a config error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ModelError(f"model.device = {name!r} but this machine has no usable CUDA device; "
+                             f"set model.device = \"cpu\" or \"auto\"")
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ModelError(f"model.device = {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ModelError(f"model.device = {name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+        return device
+    raise ModelError(f"model.device = {name!r} is not a device; use auto, cpu, cuda or cuda:N")
+
+
+def init_model(out: str | os.PathLike, method: str, window: Any, input_size: Sequence[int],
+               weights: str = "none", freeze: str = "paper", seed: int = 0) -> str:
+    """An UNTRAINED artifact, so the station and the daemon can be set up before the first training."""
+    meta = ModelMeta(method=method, window=window, input_size=tuple(input_size), weights=weights,
+                     freeze=freeze, trained=False, threshold=0.5, threshold_source="default 0.5")
+    torch.manual_seed(seed)
+    net = build_detector(weights, freeze)
+    return save_model(out, net, meta)
