@@ -1,0 +1,179 @@
+"""`inspector explain`, `review`, `reviews` and `export-labels`: evidence and the operator's final word."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from inspector.cli import cli, with_config
+from inspector.cli.station import _iso, format_local, open_reader, printable, render_csv, render_table
+from inspector.config import Config
+
+REVIEW_FIELDS = ["id", "time", "sha256", "path", "label", "anomalies", "reviewer", "note", "model_verdict",
+                 "model_sha256", "supersedes", "superseded"]
+PENDING_FIELDS = ["time", "verdict", "p_abnormal", "reason", "path", "sha256", "moved_to", "heatmap_path",
+                  "model_sha256"]
+
+
+def open_writer(cfg: Config):
+    """The database for writing; refuses to create one, since a review needs verdicts to exist."""
+    from inspector.store import open_store
+
+    with open_reader(cfg):  # raises "no database at ... yet" instead of creating an empty one
+        pass
+    return open_store(cfg.database.url, cfg.database.busy_timeout_seconds)
+
+
+@cli.command()
+@click.argument("image", type=click.Path(dir_okay=False, exists=True))
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
+              help="Model artifact (default: model.path in config.toml).")
+@click.option("--out", "out_png", type=click.Path(dir_okay=False), required=True,
+              help="PNG to write: the Grad-CAM heat map over the converted image, at the image's size.")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: model.device in config.toml).")
+@with_config
+def explain(cfg: Config, image: str, model_path: str | None, out_png: str, device: str | None) -> None:
+    """Show where the detector looked: Grad-CAM on its last convolutional block, laid over IMAGE.
+
+    Prints P(abnormal), the verdict and the PNG written. Red marks the regions that pushed the
+    verdict towards abnormal most.
+    """
+    from inspector.explain import explain_image, save_overlay
+    from inspector.imaging import read_image
+    from inspector.infer import Detector
+
+    img16 = read_image(image, max_height=cfg.imaging.max_height, max_width=cfg.imaging.max_width)
+    det = Detector.load(model_path or cfg.model.path, device=device or cfg.model.device)
+    if not det.meta.trained:
+        click.echo("warning: this model is UNTRAINED (written by `inspector model init`): its verdicts are random",
+                   err=True)
+    exp = explain_image(det, img16)
+    out = save_overlay(exp.img8, exp.cam, out_png)
+    if exp.verdict == "rescan":
+        click.echo(f"{printable(image)}: rescan ({exp.reason}); P(abnormal)={exp.p_abnormal:.4f} for reference only")
+    else:
+        click.echo(f"{printable(image)}: {exp.verdict} P(abnormal)={exp.p_abnormal:.4f} "
+                   f"(threshold {det.meta.threshold:g})")
+    click.echo(f"heat map: {out}")
+
+
+def describe_review(row: dict) -> str:
+    kinds = f" [{', '.join(row['anomalies'])}]" if row["anomalies"] else ""
+    return f"{row['label']}{kinds} by {row['reviewer']}"
+
+
+@cli.command()
+@click.argument("ref", metavar="IMAGE|SHA")
+@click.option("--label", type=click.Choice(["normal", "abnormal"]), required=True,
+              help="The final decision on the electrode.")
+@click.option("--anomaly", "anomalies", multiple=True, metavar="TYPE",
+              help="Anomaly seen (repeatable): scratch, line, edge_cut, edge_tension, smudge, edge_ink_flow, "
+                   "bubble, missing_ink, agglomerate, ink_fluctuation, ink_entry_exit (METHOD.md spellings too).")
+@click.option("--by", "reviewer", default=None, help="Who decided (default: $USER, else 'unknown').")
+@click.option("--note", default="", help="Free text kept with the review.")
+@with_config
+def review(cfg: Config, ref: str, label: str, anomalies: tuple[str, ...], reviewer: str | None, note: str) -> None:
+    """Record the final decision on a scored image.
+
+    IMAGE|SHA is an image file (matched by its content), a path the station recorded (also
+    after the file was moved), or its sha256 (a unique prefix of at least 8 digits). Reviews
+    are never overwritten: a new review supersedes the previous one and both are kept.
+    """
+    from inspector.review import parse_anomalies, record_review, resolve_image
+
+    kinds = parse_anomalies(list(anomalies))  # a typo fails before the database is touched
+    with open_writer(cfg) as store:
+        sha = resolve_image(store, ref)
+        rec = record_review(store, sha, label, kinds, reviewer, note)
+    p_text = "" if rec.p_abnormal is None else f" P(abnormal)={rec.p_abnormal:.4f}"
+    click.echo(f"review {rec.id}: {printable(rec.path or rec.sha256)} (sha256 {rec.sha256[:12]}) "
+               f"{describe_review({'label': rec.label, 'anomalies': rec.anomalies, 'reviewer': rec.reviewer})}; "
+               f"model said {rec.model_verdict}{p_text} (model {(rec.model_sha256 or '-')[:12]})")
+    if rec.previous is not None:
+        prev = rec.previous
+        prev_kinds = tuple(a for a in (prev["anomalies"] or "").split(";") if a)
+        click.echo(f"supersedes review {prev['id']}: "
+                   f"{describe_review(dict(prev, anomalies=prev_kinds))} at {format_local(prev['created_at'])}")
+
+
+def review_record(row: dict) -> dict:
+    return {
+        "id": row["id"], "time": _iso(row["created_at"]), "sha256": row["sha256"], "path": row["path"],
+        "label": row["label"], "anomalies": row["anomalies"], "reviewer": row["reviewer"], "note": row["note"],
+        "model_verdict": row["model_verdict"], "model_sha256": row["model_sha256"],
+        "supersedes": row["supersedes"], "superseded": row["superseded"],
+    }
+
+
+def pending_record(row: dict) -> dict:
+    return {"time": _iso(row["time"]), **{k: row[k] for k in PENDING_FIELDS if k != "time"}}
+
+
+def emit(records: list[dict], fields: list[str], fmt: str, headers: list[str], cells: list[list[str]],
+         empty: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(records, indent=2, ensure_ascii=False))
+    elif fmt == "csv":
+        click.echo(render_csv(records, fields), nl=False)
+    else:
+        click.echo(render_table(headers, cells) if records else empty)
+
+
+@cli.command()
+@click.option("--pending", is_flag=True,
+              help="List abnormal and rescan verdicts nobody has reviewed yet, oldest first.")
+@click.option("--sha", "ref", default=None, metavar="SHA",
+              help="Only this image (a sha256, a unique prefix of 8+ digits, or a path).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+              help="table for people; csv or json (all fields, UTC times) for scripts.")
+@with_config
+def reviews(cfg: Config, pending: bool, ref: str | None, fmt: str) -> None:
+    """List the review history, latest first (superseded reviews marked), or with --pending the work left."""
+    from inspector.review import pending_reviews, query_reviews, resolve_image
+
+    with open_reader(cfg) as store:
+        sha = resolve_image(store, ref) if ref else None
+        rows = pending_reviews(store, sha) if pending else query_reviews(store, sha)
+    if pending:
+        cells = [[format_local(r["time"]), r["verdict"], "-" if r["p_abnormal"] is None else f"{r['p_abnormal']:.3f}",
+                  printable(r["path"]), printable(r["heatmap_path"] or "-")] for r in rows]
+        emit([pending_record(r) for r in rows], PENDING_FIELDS, fmt,
+             ["TIME", "VERDICT", "P(ABNORMAL)", "PATH", "HEAT MAP"], cells, "no verdicts wait for review")
+        return
+    cells = [[str(r["id"]), format_local(r["created_at"]), r["sha256"][:12], r["label"],
+              (r["anomalies"] or "-").replace(";", ","), printable(r["reviewer"]), r["model_verdict"] or "-",
+              str(r["supersedes"] or "-"), "superseded" if r["superseded"] else "current",
+              printable(r["path"] or "-")] for r in rows]
+    emit([review_record(r) for r in rows], REVIEW_FIELDS, fmt,
+         ["ID", "TIME", "SHA256", "LABEL", "ANOMALIES", "BY", "MODEL SAID", "SUPERSEDES", "STATE", "PATH"], cells,
+         "no reviews recorded yet")
+
+
+@cli.command("export-labels")
+@click.argument("out", type=click.Path(file_okay=False))
+@with_config
+def export_labels_command(cfg: Config, out: str) -> None:
+    """Write the reviewed images as a dataset folder OUT (labels.csv + images) for training.
+
+    The latest review of each image is its label; images nobody reviewed are left out. The
+    bundle column follows review.bundle_rule: the capture subfolder, or the first group of a
+    regular expression on the file name. Images are hard-linked when OUT is on the same
+    filesystem, else copied; a file that is gone or changed is skipped with the reason.
+    """
+    from inspector.review import ReviewError, export_labels, latest_reviews
+
+    with open_reader(cfg) as store:
+        if not latest_reviews(store):
+            raise ReviewError("no reviews recorded yet: record some with `inspector review IMAGE --label ...` "
+                              "(`inspector reviews --pending` lists what waits)")
+        summary = export_labels(store, out, cfg.review.bundle_rule, cfg.watch.capture_dir)
+    for skip in summary.skipped:
+        click.echo(f"skipped {printable(skip.path or skip.sha256)}: {skip.reason}", err=True)
+    if summary.unmatched:
+        click.echo(f"warning: {len(summary.unmatched)} file name(s) did not match review.bundle_rule "
+                   f"and got bundle 'unmatched': {', '.join(printable(n) for n in summary.unmatched)}", err=True)
+    click.echo(f"exported {len(summary.exported)} reviewed image(s) to {summary.out} "
+               f"({summary.count('link')} hard-linked, {summary.count('copy')} copied, "
+               f"{summary.count('kept')} already there; {len(summary.skipped)} skipped); "
+               f"labels in {summary.labels_csv}")

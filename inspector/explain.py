@@ -1,0 +1,161 @@
+"""Grad-CAM evidence: where the detector looked when it called an electrode abnormal.
+
+The backbone is frozen (requires_grad False), so gradients cannot reach layer4's output
+through the weights. Instead of hooks, the forward pass is split at layer4: everything
+before it runs under no_grad, layer4's output is detached and made a leaf that requires
+grad, and the rest (pool, fc, head) runs under enable_grad. Nothing on the shared module is
+changed (no hooks, no requires_grad flags, no train/eval switch that stays), so the daemon's
+scoring thread may run inference on the same network while a heat map is computed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from inspector.errors import InspectorError, ModelError
+from inspector.model import preprocess_batch
+
+OVERLAY_ALPHA = 0.4
+# One Grad-CAM at a time: at 2000x1000 each holds layer4 activations and their gradients, and
+# a second concurrent call would only double peak memory without finishing sooner.
+_GRADCAM_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A heat map at the converted image's size, the image itself, and the network's output."""
+
+    cam: np.ndarray  # (H, W) float32 in [0, 1], H x W of img8
+    img8: np.ndarray  # HxWx3 uint8, the detector's own conversion
+    p_abnormal: float
+    verdict: str  # "normal", "abnormal" or "rescan" (the quality gate; p_abnormal is then for reference)
+    reason: str | None = None
+
+
+def _check_resnet(net: torch.nn.Module) -> torch.nn.Module:
+    backbone = getattr(net, "backbone", None)
+    needed = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool")
+    if backbone is None or not all(hasattr(backbone, name) for name in needed):
+        raise ModelError("Grad-CAM needs an ElectrodeNet whose backbone is a torchvision ResNet "
+                         "(conv1 ... layer4, avgpool); this network has none")
+    return backbone
+
+
+def gradcam_logits(net: torch.nn.Module, x: torch.Tensor, target: int = 1) -> tuple[np.ndarray, torch.Tensor]:
+    """Grad-CAM of class `target` on layer4 for one input, and the logits of the same forward pass."""
+    if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3:
+        raise InspectorError(f"Grad-CAM takes one image as a (1, 3, H, W) tensor, got shape {tuple(x.shape)}")
+    b = _check_resnet(net)
+    with _GRADCAM_LOCK:
+        was_training = net.training
+        net.eval()  # BN running statistics must not move, and dropout (if any) must not fire
+        try:
+            with torch.inference_mode(False), torch.no_grad():  # also when a caller sits in inference_mode
+                h = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+                h = b.layer3(b.layer2(b.layer1(h)))
+            with torch.inference_mode(False), torch.enable_grad():
+                acts = b.layer4(h).detach().float().requires_grad_(True)  # (1, 512, h, w), a leaf
+                features = torch.flatten(b.avgpool(acts), 1)
+                features = b.fc(features)  # an Identity in ElectrodeNet; kept for a plain ResNet
+                logits = net.classify(features)
+                grads, = torch.autograd.grad(logits[0, target], acts)
+        finally:
+            net.train(was_training)
+        with torch.no_grad():
+            weights = grads.mean(dim=(2, 3), keepdim=True)  # one weight per channel: its mean gradient
+            cam = F.relu((weights * acts).sum(dim=1, keepdim=True))
+            cam = F.interpolate(cam, size=tuple(x.shape[2:]), mode="bilinear", align_corners=False)[0, 0]
+            peak = float(cam.max())
+            cam = cam / peak if peak > 0 and np.isfinite(peak) else torch.zeros_like(cam)
+    out = np.nan_to_num(cam.clamp(0.0, 1.0).cpu().numpy().astype(np.float32), nan=0.0)
+    return out, logits.detach()
+
+
+def gradcam(net: torch.nn.Module, x: torch.Tensor, target: int = 1) -> np.ndarray:
+    """(H, W) map in [0, 1] of where class `target` (1 = abnormal) drew its evidence; 0 everywhere when none."""
+    return gradcam_logits(net, x, target)[0]
+
+
+def explain_image(detector, img16: np.ndarray) -> Explanation:
+    """Convert with the detector's own settings, run Grad-CAM, resize the map to the converted image."""
+    from inspector.infer import check_image16, check_quality
+
+    check_image16(img16)
+    reason = check_quality(img16, detector.meta)
+    img8 = detector.prepare(img16)
+    x = preprocess_batch([img8], detector.meta.input_size).to(detector.device)
+    cam, logits = gradcam_logits(detector.net, x, target=1)
+    p_abnormal = float(logits.float().softmax(dim=1)[0, 1])
+    height, width = img8.shape[:2]
+    if cam.shape != (height, width):
+        cam = cv2.resize(cam, (width, height), interpolation=cv2.INTER_LINEAR)
+    cam = np.clip(cam, 0.0, 1.0).astype(np.float32)
+    if reason is not None:
+        verdict = "rescan"
+    else:
+        verdict = "abnormal" if p_abnormal >= float(detector.meta.threshold) else "normal"
+    return Explanation(cam, img8, p_abnormal, verdict, reason)
+
+
+def render_overlay(img8: np.ndarray, cam: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """JET heat map blended over the converted image at the image's own size (red = strongest evidence)."""
+    if img8.dtype != np.uint8 or img8.ndim != 3 or img8.shape[2] != 3:
+        raise InspectorError(f"the overlay takes an HxWx3 uint8 image, got {img8.dtype} of shape {img8.shape}")
+    height, width = img8.shape[:2]
+    cam = np.asarray(cam, dtype=np.float32)
+    if cam.ndim != 2:
+        raise InspectorError(f"the heat map must be 2-D, got shape {cam.shape}")
+    if cam.shape != (height, width):
+        cam = cv2.resize(cam, (width, height), interpolation=cv2.INTER_LINEAR)
+    heat = cv2.applyColorMap(np.rint(np.clip(cam, 0.0, 1.0) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    return cv2.addWeighted(heat, alpha, img8, 1.0 - alpha, 0.0)
+
+
+def save_overlay(img8: np.ndarray, cam: np.ndarray, out_png: str | os.PathLike) -> Path:
+    """Write the overlay as PNG atomically (temp file, fsync, rename): a reader never sees half a file."""
+    out = Path(out_png)
+    ok, buf = cv2.imencode(".png", render_overlay(img8, cam))
+    if not ok:
+        raise InspectorError(f"OpenCV could not encode the heat map for {out}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(buf.tobytes())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, out)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise InspectorError(f"cannot write heat map {out}: {exc.strerror}; check the folder exists "
+                             f"and is writable (state.dir for the daemon)") from exc
+    return out
+
+
+def heatmap_path(state_dir: str | os.PathLike, sha256: str) -> Path:
+    """state_dir/heatmaps/ab/<sha256>.png: one file per image content, spread over 256 folders."""
+    return Path(state_dir) / "heatmaps" / sha256[:2] / f"{sha256}.png"
+
+
+def explain_and_record(detector, store, img16: np.ndarray, sha256: str, state_dir: str | os.PathLike) -> Path:
+    """Heat map for a committed verdict: compute, save under the state folder, attach to the verdict.
+
+    Safe on a background thread that shares `detector` with the scoring thread: nothing on the
+    network is modified, and concurrent Grad-CAM calls are serialized by a module lock.
+    """
+    explanation = explain_image(detector, img16)
+    out = save_overlay(explanation.img8, explanation.cam, heatmap_path(state_dir, sha256))
+    store.set_heatmap(sha256, detector.sha256, str(out))
+    return out

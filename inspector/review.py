@@ -1,0 +1,360 @@
+"""Operator review: the final word on an image, kept as history, and exported as a labeled dataset.
+
+Reviews are append-only: a new review of the same content supersedes the previous one
+(its `supersedes` column points at it) and both rows stay. The latest review per sha256
+is the label; export_labels writes those images as a dataset folder load_dataset reads.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from inspector.dataset import ANOMALY_TYPES, LABELS, LABELS_FILE, normalize_anomaly
+from inspector.errors import InspectorError
+from inspector.imaging import file_sha256
+from inspector.store import Store, images, reviews, utc_now, verdicts
+
+MIN_PREFIX = 8
+PENDING_VERDICTS = ("abnormal", "rescan")
+UNMATCHED_BUNDLE = "unmatched"
+ROOT_BUNDLE = "capture"  # bundle of files directly in the capture folder under bundle_rule "subfolder"
+LIST_HINT = "`inspector verdicts --path GLOB` lists scored images"
+
+
+class ReviewError(InspectorError):
+    """A review or export that cannot be done as asked (unknown image, bad label, bad rule)."""
+
+
+@dataclass(frozen=True)
+class ReviewRecord:
+    """A review just written, with the row it supersedes (None for the first review of an image)."""
+
+    id: int
+    sha256: str
+    path: str | None
+    label: str
+    anomalies: tuple[str, ...]
+    reviewer: str
+    note: str
+    model_verdict: str | None
+    model_sha256: str | None
+    p_abnormal: float | None
+    created_at: datetime
+    previous: dict | None = None
+
+
+@dataclass(frozen=True)
+class ExportedImage:
+    sha256: str
+    source: str
+    rel: str  # path inside the dataset folder, as written in labels.csv
+    bundle: str
+    label: str
+    anomalies: tuple[str, ...]
+    how: str  # "link", "copy" or "kept" (already there with the same content)
+
+
+@dataclass(frozen=True)
+class SkippedImage:
+    sha256: str
+    path: str | None
+    reason: str
+
+
+@dataclass
+class ExportSummary:
+    """What export_labels wrote; `unmatched` lists file names the regex rule found no bundle in."""
+
+    out: Path
+    labels_csv: Path
+    exported: list[ExportedImage] = field(default_factory=list)
+    skipped: list[SkippedImage] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
+
+    def count(self, how: str) -> int:
+        return sum(e.how == how for e in self.exported)
+
+
+def parse_anomalies(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """METHOD.md spellings ("Scratches", "edge cuts") -> snake_case types, each once, in the order given."""
+    out: list[str] = []
+    for name in names:
+        for part in (p for p in re.split(r"[;,]", name) if p.strip()):
+            norm = normalize_anomaly(part)
+            if norm is None:
+                raise ReviewError(f"unknown anomaly type {part.strip()!r}; use one of {', '.join(ANOMALY_TYPES)}")
+            if norm not in out:
+                out.append(norm)
+    return tuple(out)
+
+
+def default_reviewer() -> str:
+    return os.environ.get("USER") or os.environ.get("USERNAME") or "unknown"
+
+
+def _first_path(sha256: str) -> sa.ScalarSelect:
+    return (sa.select(images.c.path).where(images.c.sha256 == sha256).order_by(images.c.id).limit(1)
+            .scalar_subquery())
+
+
+def _no_verdict(ref: str, detail: str = "") -> ReviewError:
+    return ReviewError(f"no verdict for {ref}{detail}; {LIST_HINT}")
+
+
+def _ambiguous(ref: str, what: str, rows: list) -> ReviewError:
+    listed = ", ".join(f"{r.sha256} ({r.path or 'path unknown'})" for r in rows)
+    return ReviewError(f"{what} {ref!r} matches {len(rows)} scored images: {listed}; give more digits of the sha256")
+
+
+def resolve_image(store: Store, ref: str) -> str:
+    """IMAGE|SHA -> sha256: a file (its content), a recorded path (also after a move), or a sha256 prefix."""
+    ref = ref.strip()
+    with store.read() as conn:
+        def scored(sha: str) -> bool:
+            return conn.execute(sa.select(verdicts.c.id).where(verdicts.c.sha256 == sha).limit(1)).first() is not None
+
+        if os.path.isfile(ref):
+            sha = file_sha256(ref)
+            if scored(sha):
+                return sha
+            raise _no_verdict(ref, f" (its content, sha256 {sha}, was never scored)")
+        forms = {ref, os.path.abspath(ref), os.path.realpath(ref)}
+        hits = conn.execute(sa.select(images.c.sha256, sa.func.min(images.c.path).label("path"))
+                            .where(sa.or_(images.c.path.in_(forms), images.c.moved_to.in_(forms)))
+                            .group_by(images.c.sha256)).all()
+        hits = [h for h in hits if scored(h.sha256)]
+        if len(hits) == 1:
+            return hits[0].sha256
+        if len(hits) > 1:
+            raise _ambiguous(ref, "path", hits)
+        if re.fullmatch(r"[0-9a-fA-F]+", ref):
+            if len(ref) < MIN_PREFIX:
+                raise ReviewError(f"sha256 prefix {ref!r} is too short: give at least {MIN_PREFIX} hex digits, "
+                                  f"or the image's path")
+            prefix = ref.lower()
+            rows = conn.execute(sa.select(verdicts.c.sha256, _first_path_by_column().label("path"))
+                                .where(verdicts.c.sha256.like(prefix + "%")).distinct()
+                                .order_by(verdicts.c.sha256)).all()
+            if len(rows) == 1:
+                return rows[0].sha256
+            if len(rows) > 1:
+                raise _ambiguous(ref, "sha256 prefix", rows)
+    raise _no_verdict(ref)
+
+
+def _first_path_by_column() -> sa.ScalarSelect:
+    """The first recorded path of the verdict row's content (correlated on verdicts.sha256)."""
+    return (sa.select(images.c.path).where(images.c.sha256 == verdicts.c.sha256).order_by(images.c.id).limit(1)
+            .scalar_subquery())
+
+
+def record_review(store: Store, sha256: str, label: str, anomalies: tuple[str, ...] | list[str] = (),
+                  reviewer: str | None = None, note: str = "") -> ReviewRecord:
+    """Append a review with the model's latest verdict at this moment; it supersedes the previous review."""
+    if label not in LABELS:
+        raise ReviewError(f"label {label!r} is not normal or abnormal")
+    kinds = parse_anomalies(list(anomalies))
+    who = (reviewer or "").strip() or default_reviewer()
+    now = utc_now()
+    with store.write() as conn:
+        verdict = conn.execute(sa.select(verdicts).where(verdicts.c.sha256 == sha256)
+                               .order_by(verdicts.c.created_at.desc(), verdicts.c.id.desc()).limit(1)).first()
+        if verdict is None:
+            raise _no_verdict(f"sha256 {sha256}")
+        previous = conn.execute(sa.select(reviews).where(reviews.c.sha256 == sha256)
+                                .order_by(reviews.c.id.desc()).limit(1)).first()
+        new_id = conn.execute(sa.insert(reviews).values(
+            sha256=sha256, label=label, anomalies=";".join(kinds), reviewer=who, note=note or "",
+            model_verdict=verdict.verdict, model_sha256=verdict.model_sha256,
+            supersedes=previous.id if previous is not None else None, created_at=now)).inserted_primary_key[0]
+        path = conn.execute(sa.select(_first_path(sha256))).scalar()
+    return ReviewRecord(int(new_id), sha256, path, label, kinds, who, note or "", verdict.verdict,
+                        verdict.model_sha256, verdict.p_abnormal, now,
+                        dict(previous._mapping) if previous is not None else None)
+
+
+def query_reviews(store: Store, sha256: str | None = None) -> list[dict]:
+    """Every review row, latest first; `superseded` is True where a later review replaced it."""
+    later = reviews.alias("later")
+    superseded = sa.exists(sa.select(later.c.id).where(later.c.supersedes == reviews.c.id))
+    path = (sa.select(images.c.path).where(images.c.sha256 == reviews.c.sha256).order_by(images.c.id).limit(1)
+            .scalar_subquery())
+    query = sa.select(reviews, superseded.label("superseded"), path.label("path")).order_by(reviews.c.id.desc())
+    if sha256 is not None:
+        query = query.where(reviews.c.sha256 == sha256)
+    with store.read() as conn:
+        return [dict(row._mapping, superseded=bool(row.superseded)) for row in conn.execute(query)]
+
+
+def pending_reviews(store: Store, sha256: str | None = None) -> list[dict]:
+    """Abnormal and rescan verdicts nobody has reviewed yet, oldest first (duplicates of a file shown once)."""
+    reviewed = sa.exists(sa.select(reviews.c.id).where(reviews.c.sha256 == images.c.sha256))
+    query = (sa.select(images.c.first_seen.label("time"), images.c.path, images.c.sha256, images.c.moved_to,
+                       verdicts.c.verdict, verdicts.c.p_abnormal, verdicts.c.reason, verdicts.c.heatmap_path,
+                       verdicts.c.model_sha256)
+             .select_from(images.join(verdicts, images.c.verdict_id == verdicts.c.id))
+             .where(verdicts.c.verdict.in_(PENDING_VERDICTS), images.c.status != "duplicate", ~reviewed)
+             .order_by(images.c.first_seen.asc(), images.c.id.asc()))
+    if sha256 is not None:
+        query = query.where(images.c.sha256 == sha256)
+    with store.read() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def latest_reviews(store: Store) -> list[dict]:
+    """The current label of each reviewed image: its newest review row, oldest image first."""
+    newest = sa.select(sa.func.max(reviews.c.id)).group_by(reviews.c.sha256)
+    query = sa.select(reviews).where(reviews.c.id.in_(newest)).order_by(reviews.c.id)
+    with store.read() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]
+
+
+# ---- export -------------------------------------------------------------------------------------
+def parse_bundle_rule(bundle_rule: str) -> re.Pattern | None:
+    """'subfolder' -> None; 'regex:PATTERN' -> the compiled PATTERN (a bad pattern is a ReviewError)."""
+    if bundle_rule == "subfolder":
+        return None
+    if bundle_rule.startswith("regex:"):
+        pattern = bundle_rule[len("regex:"):]
+        try:
+            return re.compile(pattern)
+        except re.error as exc:
+            raise ReviewError(f"review.bundle_rule regex {pattern!r} does not compile ({exc}); fix it in config.toml")
+    raise ReviewError(f"review.bundle_rule {bundle_rule!r} is neither 'subfolder' nor 'regex:PATTERN'")
+
+
+def bundle_for(path: str, rule: re.Pattern | None, capture_root: str) -> str | None:
+    """The bundle of an image by its ORIGINAL path (images.path survives a move); None: regex found none."""
+    if rule is not None:
+        match = rule.search(os.path.basename(path))
+        if match is None:
+            return None
+        found = match.group(1) if rule.groups else match.group(0)
+        return found or None
+    folder = os.path.dirname(os.path.abspath(path))
+    for root in {capture_root, os.path.realpath(capture_root)}:
+        if os.path.commonpath([folder, root]) == root:
+            rel = os.path.relpath(folder, root)
+            return ROOT_BUNDLE if rel == "." else Path(rel).as_posix()
+    return os.path.basename(folder) or ROOT_BUNDLE  # scored outside the capture folder: its own folder
+
+
+def _safe_name(text: str) -> str:
+    """A file or folder name that is portable and stays inside the dataset folder."""
+    safe = re.sub(r"[^\w.\-]+", "_", text).strip("_") or "_"
+    return "_" if set(safe) == {"."} else safe
+
+
+def _find_source(conn, sha256: str) -> tuple[dict | None, str | None, list[str]]:
+    """The first recorded file of this content that still holds it: moved_to first, then the original path."""
+    rows = conn.execute(sa.select(images.c.path, images.c.path_raw, images.c.moved_to)
+                        .where(images.c.sha256 == sha256).order_by(images.c.id)).all()
+    problems: list[str] = []
+    for row in rows:
+        for candidate, shown in ((row.moved_to, row.moved_to), (row.path_raw, row.path)):
+            if not candidate:
+                continue
+            if not os.path.isfile(candidate):
+                problems.append(f"{shown} is missing")
+            elif file_sha256(candidate) != sha256:
+                problems.append(f"{shown} holds other content now")
+            else:
+                return dict(row._mapping), os.fsdecode(candidate), problems
+    return (dict(rows[0]._mapping) if rows else None), None, problems or ["no image file was recorded"]
+
+
+def _place(src: str, dest: Path, sha256: str) -> str:
+    """Hard-link src to dest (same filesystem), else copy through a temp file; reuse an identical dest."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        if dest.is_file() and file_sha256(dest) == sha256:
+            return "kept"
+        dest.unlink()
+    try:
+        os.link(src, dest)
+        return "link"
+    except OSError:  # EXDEV across filesystems, EPERM on some shares, or links unsupported
+        pass
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        shutil.copy2(src, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return "copy"
+
+
+def _write_labels(path: Path, rows: list[ExportedImage]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "bundle", "label", "anomaly"])
+    for r in sorted(rows, key=lambda r: (r.bundle, r.rel)):
+        writer.writerow([r.rel, r.bundle, r.label, ";".join(r.anomalies)])
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(buf.getvalue())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export_labels(store: Store, out: str | os.PathLike, bundle_rule: str,
+                  capture_dir: str | os.PathLike) -> ExportSummary:
+    """Write the latest review of every reviewed image as a dataset folder (images + labels.csv).
+
+    Files are hard-linked where possible, else copied, to OUT/<bundle>/<name>-<sha8><ext>. An image
+    whose file is gone or changed is skipped with the reason. With no reviews, labels.csv holds only
+    its header (load_dataset then refuses it: check summary.exported first).
+    """
+    rule = parse_bundle_rule(bundle_rule)
+    out = Path(out)
+    labels_csv = out / LABELS_FILE
+    if labels_csv.exists():
+        raise ReviewError(f"{out} already holds {LABELS_FILE}; export into a new or empty folder")
+    if out.exists() and not out.is_dir():
+        raise ReviewError(f"{out} is a file; give a folder for the exported dataset")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReviewError(f"cannot create {out}: {exc.strerror}") from exc
+    summary = ExportSummary(out=out, labels_csv=labels_csv)
+    capture_root = os.path.abspath(capture_dir)
+    for review in latest_reviews(store):
+        sha = review["sha256"]
+        with store.read() as conn:
+            image, source, problems = _find_source(conn, sha)
+        if source is None or image is None:
+            summary.skipped.append(SkippedImage(sha, image["path"] if image else None, "; ".join(problems)))
+            continue
+        bundle = bundle_for(image["path"], rule, capture_root)
+        name = os.path.basename(image["path"])
+        if bundle is None:
+            bundle = UNMATCHED_BUNDLE
+            summary.unmatched.append(name)
+        stem, ext = os.path.splitext(name)
+        rel = f"{_safe_name(bundle)}/{_safe_name(stem)}-{sha[:8]}{_safe_name(ext) if ext else ''}"
+        try:
+            how = _place(source, out / rel, sha)
+        except OSError as exc:
+            summary.skipped.append(SkippedImage(sha, image["path"], f"cannot write {out / rel}: {exc.strerror}"))
+            continue
+        anomalies = tuple(a for a in (review["anomalies"] or "").split(";") if a)
+        summary.exported.append(ExportedImage(sha, source, rel, bundle, review["label"], anomalies, how))
+    _write_labels(labels_csv, summary.exported)
+    return summary
