@@ -1,0 +1,31 @@
+"""`inspector watch`: the station daemon (a thin call into inspector.daemon)."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from inspector.cli import cli, with_config
+from inspector.config import Config
+
+
+@cli.command()
+@click.option("--once", is_flag=True,
+              help="Scan the capture folder, score everything waiting, then exit (for cron and tests).")
+@with_config
+def watch(cfg: Config, once: bool) -> None:
+    """Watch the capture folder and give every new image a verdict or a quarantine record.
+
+    Runs until SIGTERM/SIGINT (finishes the images in hand, exits 0). SIGHUP reloads the model
+    from model.path; a model that fails to load or to pass its self-check is refused and the
+    old one keeps serving. Under systemd (Type=notify) it reports READY, STATUS and WATCHDOG.
+    """
+    cfg.require_dir("watch.capture_dir")  # before the slow imports: a typo fails at once
+    import torch
+
+    from inspector.daemon import run_daemon
+
+    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+    code = run_daemon(cfg, once=once)
+    click.get_current_context().exit(code)

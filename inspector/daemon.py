@@ -1,0 +1,394 @@
+"""The inspection daemon: watch -> bounded queue -> one worker -> Detector.predict -> store.
+
+Signals only set flags; the main thread scans, settles files and supervises the observer and the
+worker; the worker scores and commits, and moves a file only after its outcome is committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import faulthandler
+import json
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any, Callable
+
+from inspector.config import Config
+from inspector.errors import ImageError, ModelError, StoreError
+from inspector.notify import log_to_stderr, notify, pid_file, watchdog_interval_seconds
+from inspector.watcher import (SKIP_DIRS, EventHandler, ReadyFile, Scanner, Tracker, build_observer,
+                               display_path, stat_candidate)
+
+log = logging.getLogger("inspector.daemon")
+
+TICK_SECONDS = 0.1
+MAX_BACKOFF_SECONDS = 30.0
+REBUILD_SECONDS = 2.0  # at most one observer rebuild attempt this often
+
+
+class _Stopped(Exception):
+    """A stop was requested while the database was unavailable: give up the batch, commit nothing."""
+
+
+def load_detector(cfg: Config) -> Any:
+    """Load the model and score its check image; a missing or damaged file says how to get one."""
+    from inspector.infer import Detector
+
+    path = Path(cfg.model.path)
+    hint = "train one with `inspector train` or write an untrained one with `inspector model init`"
+    if not path.is_file():
+        raise ModelError(f"no model at {path}: {hint} (or set model.path)")
+    try:
+        detector = Detector.load(path, device=cfg.model.device, batch_size=cfg.infer.batch_size)
+        detector.self_check()
+    except ModelError as exc:
+        raise ModelError(f"{exc} ({hint})") from exc
+    return detector
+
+
+def model_meta_json(detector: Any) -> str:
+    meta = detector.meta
+    if hasattr(meta, "to_json"):
+        return meta.to_json()
+    return json.dumps(dataclasses.asdict(meta), default=str, sort_keys=True)
+
+
+@dataclasses.dataclass
+class _Job:
+    ready: ReadyFile
+    sha256: str | None = None
+    img16: Any = None
+    outcome: dict | None = None  # existing verdict for this content and model
+    rejection: tuple[str, str] | None = None
+
+
+class Daemon:
+    """One capture folder, one model, one database; `run()` returns when stopped (or done, once=True)."""
+
+    def __init__(self, cfg: Config, detector: Any, store: Any,
+                 load: Callable[[Config], Any] = load_detector):
+        self.cfg = cfg
+        self.detector = detector
+        self.store = store
+        self.load = load
+        self.root = os.path.realpath(cfg.watch.capture_dir)
+        self.tracker = Tracker(self.root, cfg.watch.patterns, cfg.watch.settle_seconds, cfg.watch.queue_size)
+        self.scanner = Scanner(self.tracker, store.known_file, cfg.watch.rescan_seconds)
+        self.events: queue.Queue = queue.Queue(maxsize=cfg.watch.queue_size)
+        self.ready: queue.Queue = queue.Queue()
+        self.rescan = threading.Event()
+        self.stop = threading.Event()
+        self.reload = threading.Event()
+        self.observer: Any = None
+        self.worker: threading.Thread | None = None
+        self.counts = {"scored": 0, "abnormal": 0, "rejected": 0}
+        self.paused_reason: str | None = None
+        self.poll_seconds = 1.0
+        self._rebuild_at = 0.0
+
+    # ---- main thread: scan, settle, supervise -------------------------------------------------
+    def run(self, once: bool = False) -> int:
+        """Serve until stop is set (or, with once, until everything waiting has an outcome)."""
+        handler = EventHandler(self.events, self.rescan)
+        if not once:
+            self.observer = build_observer(self.root, handler, self.cfg.watch.polling, self.poll_seconds)
+        self.worker = threading.Thread(target=self._work, name="inspector-worker", daemon=True)
+        self.worker.start()
+        ready_sent, last_status, next_watchdog = False, "", 0.0
+        watchdog_seconds = watchdog_interval_seconds()
+        code = 0
+        try:
+            while not self.stop.is_set():
+                now = time.monotonic()
+                if not self.worker.is_alive():
+                    log.error("the worker thread died; exiting so the service manager restarts inspector")
+                    code = 1
+                    break
+                try:
+                    self._tick(now, handler)
+                except Exception:  # a bug in one tick must not end the station; the next tick retries
+                    log.exception("unexpected error in the scanner loop")
+                if not ready_sent and (self.scanner.passes or not self.tracker.has_room()):
+                    notify("READY=1")
+                    log.info("ready: watching %s with model %s", display_path(self.root), self.detector.sha256[:12])
+                    ready_sent = True
+                status = self.status_line()
+                if status != last_status:
+                    notify(f"STATUS={status}")
+                    last_status = status
+                if watchdog_seconds and now >= next_watchdog and self._threads_alive():
+                    notify("WATCHDOG=1")
+                    next_watchdog = now + watchdog_seconds
+                if once and self.scanner.passes and len(self.tracker) == 0 and self.events.empty():
+                    break
+                self.stop.wait(TICK_SECONDS)
+        finally:
+            notify("STOPPING=1")
+            self.stop.set()
+            if self.observer is not None:
+                self.observer.stop()
+                self.observer.join(timeout=5)
+            self.worker.join()
+        log.info("stopped: %s", self.status_line())
+        return code
+
+    def _tick(self, now: float, handler: EventHandler) -> None:
+        """Supervise the observer, take in events, advance the scan, hand settled files to the worker."""
+        if self.observer is not None and not self.observer.is_alive() and now >= self._rebuild_at:
+            self._rebuild_at = now + REBUILD_SECONDS
+            self._rebuild_observer(handler)
+        self._drain_events(now)
+        if self.rescan.is_set() and not self.scanner.active:
+            self.rescan.clear()
+            self.scanner.step(force=True, now=now)
+        else:
+            self.scanner.step(now=now)
+        for item in self.tracker.settle(now):
+            log.debug("ready %s (%d bytes)", self._shown(item.path), item.size)
+            self.ready.put(item)
+
+    def status_line(self) -> str:
+        """The systemd STATUS text: what has been done and what is waiting."""
+        queued = len(self.tracker)
+        text = (f"scored {self.counts['scored']}, abnormal {self.counts['abnormal']}, "
+                f"rejected {self.counts['rejected']}, queued {queued}")
+        return f"paused: {self.paused_reason}; {text}" if self.paused_reason else text
+
+    def _threads_alive(self) -> bool:
+        observer_ok = self.observer is None or self.observer.is_alive()
+        return observer_ok and self.worker is not None and self.worker.is_alive()
+
+    def _rebuild_observer(self, handler: EventHandler) -> None:
+        log.warning("the file observer stopped; rebuilding it and rescanning %s", display_path(self.root))
+        try:
+            self.observer.stop()
+        except Exception:  # already dead: nothing to stop
+            pass
+        try:
+            self.observer = build_observer(self.root, handler, self.cfg.watch.polling, self.poll_seconds)
+        except OSError as exc:
+            log.error("cannot watch %s (%s); retrying, the rescan keeps scoring", display_path(self.root), exc)
+        self.rescan.set()
+
+    def _drain_events(self, now: float) -> None:
+        while True:
+            try:
+                path, closed = self.events.get_nowait()
+            except queue.Empty:
+                return
+            if not self.tracker.note(path, closed, now):
+                self.rescan.set()  # no room now: the rescan picks it up when there is
+
+    def request_stop(self, *_: Any) -> None:
+        self.stop.set()
+
+    def request_reload(self, *_: Any) -> None:
+        self.reload.set()
+
+    # ---- worker thread: score and commit ------------------------------------------------------
+    def _work(self) -> None:
+        batch_size = self.cfg.infer.batch_size
+        while not self.stop.is_set():
+            if self.reload.is_set():
+                self.reload.clear()
+                self._reload_model()
+            try:
+                batch = [self.ready.get(timeout=TICK_SECONDS)]
+            except queue.Empty:
+                continue
+            while len(batch) < batch_size:
+                try:
+                    batch.append(self.ready.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._process(batch)
+            except _Stopped:
+                log.info("stopping with %d file(s) not committed; they stay in place", len(batch))
+            except Exception:  # a bug must not stop the station: log it, the rescan retries the files
+                log.exception("unexpected error while scoring %d file(s)", len(batch))
+            finally:
+                for item in batch:
+                    self.tracker.release(item.path)
+
+    def _reload_model(self) -> None:
+        """SIGHUP: swap to the model at model.path only if it loads, verifies and passes self_check."""
+        old = self.detector.sha256
+        try:
+            new = self.load(self.cfg)
+        except Exception as exc:  # ModelError above all; anything else must not stop serving either
+            log.error("model reload from %s failed, still serving %s: %s", self.cfg.model.path, old[:12], exc)
+            return
+        self._store_call(self.store.record_model, new.sha256, str(self.cfg.model.path), model_meta_json(new))
+        self.detector = new
+        log.info("model reloaded: %s -> %s", old[:12], new.sha256[:12])
+
+    def _store_call(self, fn: Callable, *args: Any) -> Any:
+        """A store write that waits out a full disk or a locked database (nothing is lost or moved)."""
+        delay = 0.5
+        while True:
+            try:
+                result = fn(*args)
+            except StoreError as exc:
+                if self.paused_reason is None:
+                    log.error("database unavailable, pausing (files stay in place; retrying): %s", exc)
+                self.paused_reason = str(exc).split(";")[0]
+                if self.stop.wait(delay):
+                    raise _Stopped() from exc
+                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+                continue
+            if self.paused_reason is not None:
+                log.info("database available again; resuming")
+                self.paused_reason = None
+            return result
+
+    def _process(self, batch: list[ReadyFile]) -> None:
+        """Hash, dedupe, read, predict, then commit each outcome and only then move the file."""
+        from inspector.imaging import file_sha256, read_image
+
+        model_sha = self.detector.sha256
+        jobs: list[_Job] = []
+        for item in batch:
+            if not self._unchanged(item) or self._store_call(self.store.known_file, os.fsencode(item.path),
+                                                             item.size, item.mtime_ns):
+                continue
+            job = _Job(item)
+            try:
+                job.sha256 = file_sha256(item.path)  # the identity is the content, hashed before decoding
+                job.outcome = self._store_call(self.store.outcome_for, job.sha256, model_sha)
+                if job.outcome is None:
+                    job.img16 = read_image(item.path, self.cfg.imaging.max_height, self.cfg.imaging.max_width)
+            except ImageError as exc:
+                if not os.path.lexists(item.path):
+                    continue  # moved or deleted meanwhile: nothing to record
+                job.rejection = (exc.reason, exc.message)
+            if not self._unchanged(item):
+                continue  # written to while we read it: judge it again once it settles
+            jobs.append(job)
+        predictions = self._predict([j for j in jobs if j.img16 is not None])
+        inferred: set[str] = set()
+        for job in jobs:
+            first = job.sha256 not in inferred  # a second name for the same content costs no inference
+            inferred.add(job.sha256 or "")
+            self._commit(job, predictions.get(job.sha256 or ""), first, model_sha)
+
+    def _unchanged(self, item: ReadyFile) -> bool:
+        st, _ = stat_candidate(item.path, self.root)
+        if st is None:
+            return False
+        if (st.st_size, st.st_mtime_ns) != (item.size, item.mtime_ns):
+            try:
+                self.events.put_nowait((item.path, False))
+            except queue.Full:
+                self.rescan.set()
+            return False
+        return True
+
+    def _predict(self, jobs: list[_Job]) -> dict[str, Any]:
+        """One inference per distinct content in the batch; sha256 -> Prediction."""
+        unique: dict[str, _Job] = {}
+        for job in jobs:
+            unique.setdefault(job.sha256, job)
+        if not unique:
+            return {}
+        shas = list(unique)
+        images = [unique[s].img16 for s in shas]
+        paths = [display_path(unique[s].ready.path) for s in shas]
+        predictions = self.detector.predict(images, paths)
+        return dict(zip(shas, predictions))
+
+    def _commit(self, job: _Job, pred: Any, first: bool, model_sha: str) -> None:
+        item = job.ready
+        raw = os.fsencode(item.path)
+        shown = self._shown(item.path)
+        if job.rejection is not None:
+            reason, message = job.rejection
+            self._store_call(self.store.record_rejection, raw, job.sha256, item.size, item.mtime_ns, reason, message)
+            self.counts["rejected"] += 1
+            log.warning("rejected %s %s: %s", reason, shown, message)
+            self._move(item.path, ("quarantine",), None)
+            return
+        meta = self.detector.meta
+        if job.outcome is not None:
+            o = job.outcome
+            fields = (o["p_abnormal"], o["verdict"], o["reason"], o["threshold"], o["method"], 0.0)
+        else:
+            fields = (pred.p_abnormal, pred.verdict, pred.reason, pred.threshold,
+                      getattr(meta, "method", ""), pred.seconds if first else 0.0)
+        p_abnormal, verdict, reason, threshold, method, inference_seconds = fields
+        ready_to_commit = time.monotonic() - item.ready_at
+        result = self._store_call(self.store.record_verdict, raw, job.sha256, item.size, item.mtime_ns, model_sha,
+                                  p_abnormal, verdict, reason, threshold, method, ready_to_commit, inference_seconds)
+        if result == "exists":
+            return
+        self.counts["scored"] += 1
+        self.counts["abnormal"] += verdict == "abnormal"
+        p_text = "-" if p_abnormal is None else f"{p_abnormal:.4f}"
+        extra = f" ({reason})" if reason else ""
+        dup = " duplicate content" if result == "duplicate" else ""
+        log.info("verdict %s p=%s %s%s (%.2f s)%s", verdict, p_text, shown, dup, ready_to_commit, extra)
+        moved = self._move(item.path, ("processed", date.today().isoformat()), job.sha256)
+        if moved is not None:
+            self._store_call(self.store.record_moved, raw, job.sha256, display_path(moved))
+
+    def _shown(self, path: str) -> str:
+        return display_path(os.path.join(os.path.basename(self.root), os.path.relpath(path, self.root)))
+
+    def _move(self, path: str, parts: tuple[str, ...], sha256: str | None) -> str | None:
+        """after = "move": rename into processed/DATE or quarantine, never overwriting anything."""
+        if self.cfg.watch.after != "move":
+            return None
+        folder = os.path.join(self.root, *parts)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            dest = unique_destination(folder, os.path.basename(path))
+            os.rename(path, dest)
+        except OSError as exc:
+            log.error("cannot move %s to %s (%s); it stays in place", self._shown(path), parts[0], exc.strerror)
+            return None
+        log.info("moved %s -> %s", self._shown(path), self._shown(dest))
+        return dest
+
+
+def unique_destination(folder: str, name: str) -> str:
+    """folder/name, or folder/stem-N.ext for the first N free; the name stays within 255 bytes."""
+    stem, ext = os.path.splitext(name)
+    candidate, n = name, 0
+    while os.path.lexists(os.path.join(folder, candidate)):
+        n += 1
+        suffix = os.fsencode(f"-{n}{ext}")
+        stem_raw = os.fsencode(stem)[: 255 - len(suffix)]
+        candidate = os.fsdecode(stem_raw + suffix)
+    return os.path.join(folder, candidate)
+
+
+def run_daemon(cfg: Config, once: bool = False) -> int:
+    """`inspector watch`: start-up checks, signals, serve, clean exit code (0 after SIGTERM)."""
+    from inspector.store import open_store
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(log_to_stderr(cfg.log.level))
+        cfg.require_dir("watch.capture_dir")
+        detector = load_detector(cfg)
+        store = stack.enter_context(open_store(cfg.database.url, cfg.database.busy_timeout_seconds))
+        store.record_model(detector.sha256, str(cfg.model.path), model_meta_json(detector))
+        stack.enter_context(pid_file(Path(cfg.state.dir)))
+        daemon = Daemon(cfg, detector, store)
+        if threading.current_thread() is threading.main_thread():
+            for sig, fn in ((signal.SIGTERM, daemon.request_stop), (signal.SIGINT, daemon.request_stop),
+                            (signal.SIGHUP, daemon.request_reload)):
+                stack.callback(signal.signal, sig, signal.signal(sig, fn))
+            with contextlib.suppress(ValueError, OSError, AttributeError):  # stderr without a fd (tests)
+                faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` shows every thread
+                stack.callback(faulthandler.unregister, signal.SIGUSR1)
+        return daemon.run(once=once)
+
+
+__all__ = ["Daemon", "run_daemon", "load_detector", "unique_destination", "SKIP_DIRS"]

@@ -1,0 +1,273 @@
+"""Which files in the capture folder are candidates, and when each one is complete enough to score."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import queue
+import stat
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from watchdog.events import (DirCreatedEvent, DirMovedEvent, FileClosedEvent, FileMovedEvent,
+                             FileSystemEvent, FileSystemEventHandler)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+log = logging.getLogger("inspector.daemon")
+
+# Folders inside capture_dir that hold finished files; never watched, never scanned.
+SKIP_DIRS = ("processed", "quarantine")
+TEMP_SUFFIXES = (".part", ".tmp", "~")
+# Files seen at once per scan step, so one tick never walks a huge folder in one go.
+SCAN_STEP = 500
+
+
+def display_path(path: str | bytes) -> str:
+    """A printable form of any file name: undecodable bytes shown as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def is_candidate_name(name: str, patterns: tuple[str, ...]) -> bool:
+    """Hidden and temporary names are skipped (their final name is scored after the rename)."""
+    lower = name.lower()
+    if lower.startswith(".") or lower.endswith(TEMP_SUFFIXES):
+        return False
+    return any(fnmatch.fnmatchcase(lower, p.lower()) for p in patterns)
+
+
+def stat_candidate(path: str, root: str) -> tuple[os.stat_result | None, str]:
+    """stat of a regular file to score, or (None, why) without ever opening it (FIFOs, devices, links out)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None, "gone"
+    if stat.S_ISLNK(st.st_mode):
+        target = os.path.realpath(path)
+        if os.path.commonpath([target, root]) != root:
+            return None, "symlink pointing outside the capture folder"
+        try:
+            st = os.stat(target)
+        except OSError:
+            return None, "dangling symlink"
+    if not stat.S_ISREG(st.st_mode):
+        return None, "not a regular file"
+    return st, ""
+
+
+def in_skipped_dir(path: str, root: str) -> bool:
+    """True for files under capture_dir/processed and capture_dir/quarantine (and hidden folders)."""
+    rel = os.path.relpath(path, root)
+    parts = rel.split(os.sep)
+    return rel.startswith("..") or parts[0] in SKIP_DIRS or any(p.startswith(".") for p in parts[:-1])
+
+
+def iter_capture_files(root: str, patterns: tuple[str, ...]) -> Iterator[str]:
+    """Every candidate file under root, recursively, without following folder symlinks."""
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as entries:
+                found = list(entries)
+        except OSError as exc:
+            log.warning("cannot list %s: %s", display_path(folder), exc.strerror)
+            continue
+        for entry in sorted(found, key=lambda e: e.name):
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            if is_dir:
+                if not entry.name.startswith(".") and not (folder == root and entry.name in SKIP_DIRS):
+                    stack.append(entry.path)
+            elif is_candidate_name(entry.name, patterns):
+                yield entry.path
+
+
+class EventHandler(FileSystemEventHandler):
+    """Only enqueues (path, closed); all judging happens on the scanner thread."""
+
+    def __init__(self, events: queue.Queue, rescan: threading.Event):
+        self.events = events
+        self.rescan = rescan
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, (DirCreatedEvent, DirMovedEvent)):
+            self.rescan.set()  # a folder moved in brings files without events of their own
+            return
+        if event.is_directory or event.event_type in ("opened", "closed_no_write", "deleted"):
+            return
+        if isinstance(event, FileMovedEvent):
+            item = (os.fsdecode(event.dest_path), True)
+        else:
+            item = (os.fsdecode(event.src_path), isinstance(event, FileClosedEvent))
+        try:
+            self.events.put(item, timeout=1.0)
+        except queue.Full:
+            self.rescan.set()  # dropped: the rescan finds the file
+
+
+def build_observer(root: str, handler: EventHandler, polling: bool, poll_seconds: float = 1.0) -> BaseObserver:
+    """inotify (close/move events) on local disks; polling where no events come (network shares)."""
+    observer = PollingObserver(timeout=poll_seconds) if polling else Observer()
+    observer.schedule(handler, root, recursive=True)
+    observer.daemon = True
+    observer.start()
+    return observer
+
+
+@dataclass
+class ReadyFile:
+    """A file judged complete: its stat then, and when it was judged ready (for ready_to_commit_seconds)."""
+    path: str
+    size: int
+    mtime_ns: int
+    ready_at: float
+
+
+@dataclass
+class _Entry:
+    size: int
+    mtime_ns: int
+    stable_since: float
+    closed_at: float | None = None
+
+
+class Tracker:
+    """Files waiting to settle plus files handed to the worker; together at most `capacity` (back-pressure)."""
+
+    def __init__(self, root: str, patterns: tuple[str, ...], settle_seconds: float, capacity: int):
+        self.root = root
+        self.patterns = patterns
+        self.settle_seconds = settle_seconds
+        # After a close event the file is stat-ed once more this much later: a scanner may reopen it.
+        self.close_guard_seconds = min(settle_seconds, 0.25)
+        self.capacity = capacity
+        self.pending: dict[str, _Entry] = {}
+        self._claimed: set[str] = set()
+        self._lock = threading.Lock()
+        self._ignored: set[str] = set()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self.pending) + len(self._claimed)
+
+    def has_room(self) -> bool:
+        return len(self) < self.capacity
+
+    def is_tracked(self, path: str) -> bool:
+        with self._lock:
+            return path in self.pending or path in self._claimed
+
+    def release(self, path: str) -> None:
+        """The worker is done with a file (outcome committed, or dropped)."""
+        with self._lock:
+            self._claimed.discard(path)
+
+    def note(self, path: str, closed: bool, now: float | None = None) -> bool:
+        """Record an event or a scan hit; False when the file is no candidate or there is no room."""
+        now = time.monotonic() if now is None else now
+        if not is_candidate_name(os.path.basename(path), self.patterns) or in_skipped_dir(path, self.root):
+            return True
+        entry = self.pending.get(path)
+        if entry is None and not self.has_room():
+            return False
+        st = self._stat(path)
+        if st is None:
+            self.pending.pop(path, None)
+            return True
+        if entry is None or (entry.size, entry.mtime_ns) != (st.st_size, st.st_mtime_ns):
+            # A file last modified long ago (dropped while we were down) counts as settled already.
+            age = max(0.0, time.time() - st.st_mtime_ns / 1e9)
+            entry = _Entry(st.st_size, st.st_mtime_ns, now - min(age, self.settle_seconds))
+            self.pending[path] = entry
+        if closed:
+            entry.closed_at = now
+        return True
+
+    def settle(self, now: float | None = None) -> list[ReadyFile]:
+        """Re-stat waiting files; claim and return those unchanged long enough (or shortly after a close)."""
+        now = time.monotonic() if now is None else now
+        ready: list[ReadyFile] = []
+        for path, entry in list(self.pending.items()):
+            with self._lock:
+                busy = path in self._claimed
+            if busy:
+                continue  # the worker still has the previous version; judge it after release
+            st = self._stat(path)
+            if st is None:
+                del self.pending[path]
+                continue
+            if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
+                self.pending[path] = _Entry(st.st_size, st.st_mtime_ns, now)
+                continue
+            closed_ok = entry.closed_at is not None and now - entry.closed_at >= self.close_guard_seconds
+            if closed_ok or now - entry.stable_since >= self.settle_seconds:
+                del self.pending[path]
+                with self._lock:
+                    self._claimed.add(path)
+                ready.append(ReadyFile(path, st.st_size, st.st_mtime_ns, now))
+        return ready
+
+    def _stat(self, path: str) -> os.stat_result | None:
+        st, why = stat_candidate(path, self.root)
+        if st is None and why != "gone" and path not in self._ignored:
+            if len(self._ignored) > 10_000:
+                self._ignored.clear()
+            self._ignored.add(path)
+            log.warning("ignored %s: %s", display_path(path), why)
+        return st
+
+
+class Scanner:
+    """The startup scan and the periodic rescan: walks the folder in steps, queuing files with no outcome."""
+
+    def __init__(self, tracker: Tracker, known: Callable[[bytes, int, int], bool], rescan_seconds: float):
+        self.tracker = tracker
+        self.known = known
+        self.rescan_seconds = rescan_seconds
+        self.passes = 0  # completed passes
+        self._walk: Iterator[str] | None = None
+        self._held: str | None = None  # found while there was no room
+        self._next_at = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self._walk is not None
+
+    def step(self, force: bool = False, now: float | None = None) -> None:
+        """Advance the current pass while the tracker has room; start a new one when due (or forced)."""
+        now = time.monotonic() if now is None else now
+        if self._walk is None:
+            if not force and now < self._next_at:
+                return
+            self._walk = iter_capture_files(self.tracker.root, self.tracker.patterns)
+        for _ in range(SCAN_STEP):
+            path = self._held if self._held is not None else next(self._walk, None)
+            self._held = None
+            if path is None:
+                self._walk = None
+                self.passes += 1
+                self._next_at = now + self.rescan_seconds
+                return
+            if self.tracker.is_tracked(path):
+                continue
+            st, _ = stat_candidate(path, self.tracker.root)
+            if st is None or self.known(os.fsencode(path), st.st_size, st.st_mtime_ns):
+                continue
+            if not self.tracker.note(path, closed=False, now=now):
+                self._held = path  # the scanner waits for room (back-pressure)
+                return
+
+
+def ensure_dir_inside(root: Path, *parts: str) -> Path:
+    """capture_dir/processed/DATE or capture_dir/quarantine, created on demand."""
+    folder = root.joinpath(*parts)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

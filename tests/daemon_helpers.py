@@ -1,0 +1,212 @@
+"""Test helpers for the daemon: configs in tmp_path, tiny models, a real notify socket, the daemon as a
+real subprocess or an in-process thread, and bounded waits on database conditions (never fixed sleeps)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+from image_files import sample_image16, write_tiff16
+
+ROOT = Path(__file__).resolve().parent.parent
+INPUT_SIZE = (64, 32)
+WINDOW = (1000, 4000)  # sample_image16 values lie in 1000-4000
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> object:
+    """Poll `condition` until it is truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def make_model(path: Path, seed: int = 0) -> str:
+    """An untrained tiny model artifact (64x32 input, random weights); returns its file sha256."""
+    from inspector.model import init_model
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    init_model(path, "global", WINDOW, INPUT_SIZE, weights="none", seed=seed)
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_image(path: Path | bytes, seed: int) -> Path | bytes:
+    """A small valid 16-bit TIFF (100 x 60) whose content depends on seed."""
+    write_tiff16(os.fsdecode(path), sample_image16(100, 60, seed))
+    return path
+
+
+def write_config(tmp_path: Path, **watch: object) -> Path:
+    """config.toml in tmp_path: capture/, a tiny CPU model, the db and state beside it; watch keys overridable."""
+    settings = {"settle_seconds": 0.5, "rescan_seconds": 600.0, "queue_size": 64, "after": "keep", "polling": False}
+    settings.update(watch)
+    (tmp_path / "capture").mkdir(exist_ok=True)
+    lines = ["[watch]", 'capture_dir = "capture"']
+    for key, value in settings.items():
+        lines.append(f"{key} = {_toml(value)}")
+    lines += ["[model]", 'path = "models/detector.safetensors"', 'device = "cpu"', "input_size = [64, 32]",
+              'weights = "none"', "[infer]", "batch_size = 4", "[train]", "threads = 1",
+              "[database]", 'url = "sqlite:///inspector.db"', "busy_timeout_seconds = 0.5",
+              "[state]", 'dir = "var"', "[log]", 'level = "DEBUG"']
+    path = tmp_path / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)
+
+
+def db_rows(db: Path, sql: str, *params: object) -> list[tuple]:
+    """A short read of the daemon's database, as a CLI reader would do it."""
+    if not db.exists():
+        return []
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return con.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+    finally:
+        con.close()
+
+
+def db_count(db: Path, sql: str, *params: object) -> int:
+    rows = db_rows(db, sql, *params)
+    return int(rows[0][0]) if rows else 0
+
+
+class NotifyListener:
+    """A real AF_UNIX datagram socket standing in for systemd's $NOTIFY_SOCKET, read on its own thread."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
+        self.messages: list[str] = []
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="notify-listener", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._closed.is_set():
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except (socket.timeout, OSError):
+                continue
+
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float, what: str) -> str:
+        return wait_for(lambda: next((m for m in list(self.messages) if predicate(m)), None), timeout, what)  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+class DaemonProcess:
+    """`inspector watch` as a real subprocess with a real notify socket; stderr kept in a file."""
+
+    def __init__(self, tmp_path: Path, config: Path, extra_env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()):
+        self.tmp_path = tmp_path
+        sock_path = tmp_path / f"notify-{time.monotonic_ns()}.sock"
+        if len(os.fsencode(sock_path)) > 100:  # AF_UNIX paths are limited to 108 bytes
+            sock_path = Path(f"/tmp/inspector-{os.getpid()}-{time.monotonic_ns()}.sock")
+        self.notify = NotifyListener(sock_path)
+        self.log_path = tmp_path / f"daemon-{time.monotonic_ns()}.log"
+        env = dict(os.environ, NOTIFY_SOCKET=str(self.notify.path), OMP_NUM_THREADS="1", **(extra_env or {}))
+        env.pop("INSPECTOR_DEBUG", None)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "inspector", "watch", "--config", str(config), *args],
+                                     cwd=tmp_path, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            return "READY=1" in self.notify.messages
+        wait_for(ready, timeout, "READY=1 from the daemon", interval=0.02)
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 30) -> None:
+        wait_for(lambda: text in self.log(), timeout, f"{text!r} in the daemon log")
+
+    def send(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout: float = 30) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self._log.close()
+        self.notify.close()
+        self.notify.path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def running(tmp_path: Path, config: Path, **kwargs) -> Iterator[DaemonProcess]:
+    daemon = DaemonProcess(tmp_path, config, **kwargs)
+    try:
+        daemon.wait_ready()
+        yield daemon
+    except BaseException:
+        if daemon.proc.poll() is None:  # show where each thread is (faulthandler on SIGUSR1)
+            daemon.send(signal.SIGUSR1)
+            with contextlib.suppress(AssertionError):
+                daemon.wait_log("most recent call first", timeout=5)
+        print(daemon.log())
+        raise
+    finally:
+        daemon.close()
+
+
+@contextlib.contextmanager
+def in_process(cfg, detector, store=None, poll_seconds: float = 0.2) -> Iterator[object]:
+    """The Daemon on a thread of the test process (no signals), stopped and joined on exit."""
+    from inspector.daemon import Daemon
+    from inspector.store import open_store
+
+    own = store is None
+    store = store or open_store(cfg.database.url, cfg.database.busy_timeout_seconds)
+    daemon = Daemon(cfg, detector, store)
+    daemon.poll_seconds = poll_seconds
+    result: dict[str, int] = {}
+    thread = threading.Thread(target=lambda: result.setdefault("code", daemon.run()), name="test-daemon")
+    thread.start()
+    try:
+        wait_for(lambda: daemon.scanner.passes >= 1, 30, "the startup scan")
+        yield daemon
+    finally:
+        daemon.request_stop()
+        thread.join(30)
+        if own:
+            store.close()
+    assert not thread.is_alive(), "the daemon did not stop"
+    assert result.get("code") == 0

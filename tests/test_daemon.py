@@ -1,0 +1,453 @@
+"""The inspection daemon against RELIABILITY.md: real files, real watchdog observers, a real SQLite
+database, a real tiny model, and `inspector watch` as a real subprocess for signals."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from daemon_helpers import (DaemonProcess, db_count, db_rows, in_process, make_model, running, wait_for,
+                            write_config, write_image)
+from image_files import BAD_KINDS, make_bad_file
+from inspector.cli import cli
+from inspector.config import load_config
+from inspector.daemon import unique_destination
+
+IMAGES = "SELECT COUNT(*) FROM images"
+VERDICTS = "SELECT COUNT(*) FROM verdicts"
+REJECTIONS = "SELECT COUNT(*) FROM rejections"
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "detector.safetensors"
+    make_model(path, seed=0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def detector(model_file):
+    from inspector.infer import Detector
+
+    return Detector.load(model_file, device="cpu", batch_size=4)
+
+
+@pytest.fixture
+def station(tmp_path, model_file):
+    """A config in tmp_path (capture/, models/, inspector.db, var/) with watch keys overridden."""
+    def make(**watch):
+        config = write_config(tmp_path, **watch)
+        (tmp_path / "models").mkdir(exist_ok=True)
+        shutil.copy(model_file, tmp_path / "models" / "detector.safetensors")
+        return load_config(config)
+    return make
+
+
+def outcomes(db: Path) -> int:
+    return db_count(db, IMAGES) + db_count(db, REJECTIONS)
+
+
+class CountingDetector:
+    """The real detector, counting how many images went through the network."""
+
+    def __init__(self, detector):
+        self._detector = detector
+        self.predicted = 0
+
+    def __getattr__(self, name):
+        return getattr(self._detector, name)
+
+    def predict(self, images16, paths=None):
+        self.predicted += len(images16)
+        return self._detector.predict(images16, paths)
+
+
+# ---- in-process: files, names, observers ---------------------------------------------------------
+
+def test_slow_writer_gets_one_verdict_only_when_complete(tmp_path, station, detector):
+    cfg = station(settle_seconds=1.0)
+    data = Path(write_image(tmp_path / "source.tif", seed=1)).read_bytes()
+    db = tmp_path / "inspector.db"
+    with in_process(cfg, detector):
+        chunk = len(data) // 10 + 1
+        with open(tmp_path / "capture" / "slow.tif", "wb") as fh:
+            for start in range(0, len(data), chunk):
+                fh.write(data[start:start + chunk])
+                fh.flush()
+                assert outcomes(db) == 0, "an outcome appeared while the file was still being written"
+                time.sleep(0.2)  # the scanner's pace: ~2 s for the whole file
+        wait_for(lambda: db_count(db, IMAGES) == 1, 30, "the verdict for slow.tif")
+    assert db_rows(db, "SELECT size, status FROM images") == [(len(data), "scored")]
+    assert db_count(db, REJECTIONS) == 0 and db_count(db, VERDICTS) == 1
+
+
+def test_temporary_names_are_never_read_and_the_final_name_is_scored(tmp_path, station, detector):
+    cfg = station()
+    capture = tmp_path / "capture"
+    db = tmp_path / "inspector.db"
+    temps = {".a.tif.part": "a.tif", "b.tif.tmp": "b.tif", "c.tif~": "c.tif", "d.TIF.PART": "d.tif"}
+    with in_process(cfg, detector):
+        for i, temp in enumerate(temps):
+            write_image(capture / temp, seed=10 + i)
+        write_image(capture / "sentinel.tif", seed=9)
+        wait_for(lambda: db_count(db, IMAGES) == 1, 30, "the sentinel's verdict")
+        for temp, final in temps.items():
+            (capture / temp).rename(capture / final)
+        wait_for(lambda: db_count(db, IMAGES) == 5, 30, "verdicts for the renamed files")
+    names = sorted(os.path.basename(p) for (p,) in db_rows(db, "SELECT path FROM images"))
+    assert names == ["a.tif", "b.tif", "c.tif", "d.tif", "sentinel.tif"]
+    assert db_count(db, REJECTIONS) == 0
+
+
+def _bad_name(kind: str) -> str:
+    if "dicom" in kind:
+        return f"{kind}.dcm"
+    if kind in ("tiff_as_png", "huge_png", "png8", "png_rgb16", "truncated_png", "corrupt_png"):
+        return f"{kind}.png"
+    return f"{kind}.tif"
+
+
+def test_bad_files_are_quarantined_and_the_daemon_keeps_going(tmp_path, station, detector):
+    cfg = station(after="move")
+    capture = tmp_path / "capture"
+    db = tmp_path / "inspector.db"
+    with in_process(cfg, detector) as daemon:
+        for kind in BAD_KINDS:
+            make_bad_file(capture / _bad_name(kind), kind)
+        write_image(capture / "good.tif", seed=3)
+        wait_for(lambda: db_count(db, REJECTIONS) == len(BAD_KINDS) and db_count(db, IMAGES) == 1, 60,
+                 "an outcome for every bad file and the good one")
+        assert daemon.worker.is_alive()
+        wait_for(lambda: (capture / "processed" / date.today().isoformat() / "good.tif").exists(), 10,
+                 "good.tif moved to processed/")
+    reasons = {os.path.basename(p): r for p, r in db_rows(db, "SELECT path, reason FROM rejections")}
+    assert reasons == {_bad_name(k): r for k, r in BAD_KINDS.items()}
+    assert sorted(os.listdir(capture / "quarantine")) == sorted(_bad_name(k) for k in BAD_KINDS)
+    assert sorted(os.listdir(capture)) == ["processed", "quarantine"]
+    (moved,) = db_rows(db, "SELECT moved_to FROM images")
+    assert moved[0].endswith(f"processed/{date.today().isoformat()}/good.tif")
+
+
+class SpyStore:
+    """The real store, noting where the file was when each outcome was committed."""
+
+    def __init__(self, store):
+        self._store = store
+        self.events: list[tuple] = []
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def record_verdict(self, path_raw, *args):
+        self.events.append(("commit", os.path.exists(path_raw)))
+        return self._store.record_verdict(path_raw, *args)
+
+    def record_moved(self, path_raw, sha256, moved_to):
+        self.events.append(("moved", os.path.exists(path_raw), os.path.exists(moved_to)))
+        return self._store.record_moved(path_raw, sha256, moved_to)
+
+
+def test_after_move_moves_only_after_the_commit_and_never_overwrites(tmp_path, station, detector):
+    from inspector.store import open_store
+
+    cfg = station(after="move")
+    capture = tmp_path / "capture"
+    processed = capture / "processed" / date.today().isoformat()
+    processed.mkdir(parents=True)
+    (processed / "e1.tif").write_bytes(b"an older file of the same name")
+    store = SpyStore(open_store(cfg.database.url))
+    try:
+        with in_process(cfg, detector, store=store):
+            write_image(capture / "e1.tif", seed=4)
+            wait_for(lambda: len(store.events) == 2, 30, "the commit and the move")
+    finally:
+        store.close()
+    assert store.events == [("commit", True), ("moved", False, True)]
+    assert (processed / "e1.tif").read_bytes() == b"an older file of the same name"
+    assert (processed / "e1-1.tif").stat().st_size > 1000
+    assert db_rows(tmp_path / "inspector.db", "SELECT moved_to FROM images")[0][0].endswith("e1-1.tif")
+
+
+def test_locked_database_pauses_and_resumes_without_moving_files(tmp_path, station, detector):
+    cfg = station(after="move")
+    capture = tmp_path / "capture"
+    db = tmp_path / "inspector.db"
+    with in_process(cfg, detector) as daemon:
+        lock = sqlite3.connect(db, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")  # a long write transaction elsewhere
+        try:
+            write_image(capture / "held.tif", seed=5)
+            wait_for(lambda: daemon.paused_reason is not None, 30, "the daemon to pause")
+            assert daemon.status_line().startswith("paused: ")
+            assert "locked" in daemon.paused_reason
+            assert (capture / "held.tif").exists()
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        wait_for(lambda: db_count(db, IMAGES) == 1, 60, "the verdict after the lock is gone")
+        wait_for(lambda: daemon.paused_reason is None, 10, "the pause to end")
+    assert not (capture / "held.tif").exists()
+
+
+def test_symlink_out_fifo_and_folder_are_ignored_without_blocking(tmp_path, station, detector, caplog):
+    cfg = station()
+    capture = tmp_path / "capture"
+    db = tmp_path / "inspector.db"
+    outside = write_image(tmp_path / "outside.tif", seed=6)
+    with in_process(cfg, detector):
+        (capture / "link.tif").symlink_to(outside)
+        os.mkfifo(capture / "pipe.tif")
+        (capture / "folder.tif").mkdir()
+        (capture / "2024-05-01").mkdir()
+        write_image(capture / "2024-05-01" / "nested.tif", seed=7)
+        write_image(capture / "after.tif", seed=8)
+        wait_for(lambda: db_count(db, IMAGES) == 2, 30, "verdicts for nested.tif and after.tif")
+    names = sorted(os.path.basename(p) for (p,) in db_rows(db, "SELECT path FROM images"))
+    assert names == ["after.tif", "nested.tif"]
+    assert db_count(db, REJECTIONS) == 0
+    assert "symlink pointing outside the capture folder" in caplog.text
+    assert "pipe.tif: not a regular file" in caplog.text
+
+
+def test_odd_names_round_trip(tmp_path, station, detector):
+    cfg = station()
+    capture = os.fsencode(tmp_path / "capture")
+    db = tmp_path / "inspector.db"
+    names = [b"with  spaces .tif", "\u00e9lectrode \u00fc-\u4e2d.tif".encode(), b"bad\xff\xfe name.tif",
+             b"n" * 251 + b".tif"]
+    assert len(names[-1]) == 255
+    with in_process(cfg, detector):
+        for i, name in enumerate(names):
+            write_image(os.path.join(capture, name), seed=20 + i)
+        wait_for(lambda: db_count(db, IMAGES) == 4, 30, "verdicts for the four odd names")
+    raw = {bytes(r) for (r,) in db_rows(db, "SELECT path_raw FROM images")}
+    assert raw == {os.path.join(capture, n) for n in names}
+    shown = {os.path.basename(p) for (p,) in db_rows(db, "SELECT path FROM images")}
+    assert "bad\\xff\\xfe name.tif" in shown
+
+
+@pytest.mark.slow
+def test_burst_of_hundreds_every_file_accounted_for(tmp_path, station, detector):
+    cfg = station(queue_size=32, rescan_seconds=1.0)  # far more files than room: back-pressure and rescans
+    capture = tmp_path / "capture"
+    db = tmp_path / "inspector.db"
+    n = 300
+    with in_process(cfg, detector) as daemon:
+        for i in range(n):
+            write_image(capture / f"burst-{i:04d}.tif", seed=100 + i)
+        wait_for(lambda: db_count(db, IMAGES) == n, 180, f"all {n} verdicts")
+        assert len(daemon.tracker) <= 32
+    assert db_count(db, "SELECT COUNT(DISTINCT path_raw) FROM images") == n
+    assert db_count(db, VERDICTS) == n and db_count(db, REJECTIONS) == 0
+
+
+def test_same_content_under_two_names_costs_one_inference(tmp_path, station, detector):
+    cfg = station()
+    capture = tmp_path / "capture"
+    db = tmp_path / "inspector.db"
+    write_image(capture / "first.tif", seed=30)
+    shutil.copy(capture / "first.tif", capture / "second.tif")
+    counting = CountingDetector(detector)
+    with in_process(cfg, counting):
+        wait_for(lambda: db_count(db, IMAGES) == 2, 30, "both names recorded")
+        shutil.copy(capture / "first.tif", capture / "third.tif")  # later: found through the database
+        wait_for(lambda: db_count(db, IMAGES) == 3, 30, "the third name recorded")
+    assert db_count(db, VERDICTS) == 1
+    assert counting.predicted == 1
+    statuses = sorted(s for (s,) in db_rows(db, "SELECT status FROM images"))
+    assert statuses == ["duplicate", "duplicate", "scored"]
+    assert db_count(db, "SELECT COUNT(DISTINCT verdict_id) FROM images") == 1
+
+
+def test_polling_observer_mode(tmp_path, station, detector):
+    from watchdog.observers.polling import PollingObserver
+
+    cfg = station(polling=True, settle_seconds=0.5)
+    db = tmp_path / "inspector.db"
+    with in_process(cfg, detector, poll_seconds=0.2) as daemon:
+        assert isinstance(daemon.observer, PollingObserver)
+        write_image(tmp_path / "capture" / "polled.tif", seed=40)
+        wait_for(lambda: db_count(db, IMAGES) == 1, 30, "the verdict found by polling")
+
+
+def test_dead_observer_is_rebuilt(tmp_path, station, detector, caplog):
+    cfg = station()
+    db = tmp_path / "inspector.db"
+    with in_process(cfg, detector) as daemon:
+        old = daemon.observer
+        old.stop()
+        wait_for(lambda: daemon.observer is not old and daemon.observer.is_alive(), 10, "a new observer")
+        write_image(tmp_path / "capture" / "after-rebuild.tif", seed=41)
+        wait_for(lambda: db_count(db, IMAGES) == 1, 30, "the verdict seen by the new observer")
+    assert "the file observer stopped; rebuilding it" in caplog.text
+
+
+# ---- the command: --once, start-up errors, pid file ----------------------------------------------
+
+def test_watch_once_scores_files_dropped_while_stopped(tmp_path, station):
+    cfg = station()
+    capture = tmp_path / "capture"
+    for i in range(3):
+        write_image(capture / f"waiting-{i}.tif", seed=50 + i)
+        old = time.time() - 3600
+        os.utime(capture / f"waiting-{i}.tif", (old, old))
+    make_bad_file(capture / "empty.tif", "empty")
+    result = CliRunner().invoke(cli, ["watch", "--once", "--config", cfg.source])
+    assert result.exit_code == 0, result.output
+    db = tmp_path / "inspector.db"
+    assert db_count(db, IMAGES) == 3 and db_count(db, REJECTIONS) == 1
+    assert not (tmp_path / "var" / "inspector.pid").exists()
+    again = CliRunner().invoke(cli, ["watch", "--once", "--config", cfg.source])
+    assert again.exit_code == 0
+    assert db_count(db, IMAGES) == 3 and db_count(db, REJECTIONS) == 1
+
+
+def test_missing_capture_dir_exits_1_with_one_error_line(tmp_path, station):
+    cfg = station()
+    shutil.rmtree(tmp_path / "capture")
+    proc = subprocess.run([sys.executable, "-m", "inspector", "watch", "--once", "--config", cfg.source],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (f"Error: watch.capture_dir in {cfg.source}: folder {tmp_path / 'capture'} "
+                                   "does not exist; create it or change the key")
+
+
+def test_missing_model_says_what_to_do(tmp_path, station):
+    cfg = station()
+    model = tmp_path / "models" / "detector.safetensors"
+    model.unlink()
+    result = CliRunner().invoke(cli, ["watch", "--once", "--config", cfg.source])
+    assert result.exit_code == 1
+    assert str(result.exception) == (f"no model at {model}: train one with `inspector train` or write an "
+                                     "untrained one with `inspector model init` (or set model.path)")
+
+
+def test_damaged_model_says_what_to_do(tmp_path, station):
+    cfg = station()
+    model = tmp_path / "models" / "detector.safetensors"
+    model.write_bytes(model.read_bytes()[:5000])
+    result = CliRunner().invoke(cli, ["watch", "--once", "--config", cfg.source])
+    assert result.exit_code == 1
+    assert str(result.exception).startswith(f"model file {model}")
+    assert str(result.exception).endswith("(train one with `inspector train` or write an untrained one "
+                                          "with `inspector model init`)")
+
+
+def test_unique_destination_never_overwrites(tmp_path):
+    (tmp_path / "a.tif").write_bytes(b"1")
+    (tmp_path / "a-1.tif").write_bytes(b"2")
+    assert unique_destination(str(tmp_path), "a.tif") == str(tmp_path / "a-2.tif")
+    assert unique_destination(str(tmp_path), "b.tif") == str(tmp_path / "b.tif")
+    long = "x" * 251 + ".tif"
+    (tmp_path / long).write_bytes(b"3")
+    dest = os.path.basename(unique_destination(str(tmp_path), long))
+    assert len(os.fsencode(dest)) <= 255 and dest.endswith("-1.tif")
+
+
+# ---- the daemon as a real process: signals, restarts, notify --------------------------------------
+
+def _drop(capture: Path, names: list[str], seed0: int) -> None:
+    for i, name in enumerate(names):
+        write_image(capture / name, seed=seed0 + i)
+
+
+@pytest.mark.slow
+def test_sigkill_then_restart_gives_exactly_one_verdict_per_image(tmp_path, station):
+    cfg = station(after="move", settle_seconds=0.3)
+    capture = tmp_path / "capture"
+    db = tmp_path / "inspector.db"
+    names = [f"k-{i:02d}.tif" for i in range(12)]
+    with running(tmp_path, Path(cfg.source)) as daemon:
+        _drop(capture, names, 60)
+        wait_for(lambda: db_count(db, VERDICTS) >= 3, 60, "a few commits before the kill")
+        daemon.proc.kill()
+        daemon.wait_exit()
+    with running(tmp_path, Path(cfg.source)):
+        wait_for(lambda: db_count(db, IMAGES) == len(names), 60, "every image after the restart")
+    assert db_count(db, VERDICTS) == len(names)
+    assert db_rows(db, "SELECT sha256 FROM images GROUP BY sha256 HAVING COUNT(*) > 1") == []
+    on_disk = [p.name for p in capture.rglob("k-*.tif")]
+    assert sorted(on_disk) == names  # never deleted: each one in capture/ or processed/
+
+
+@pytest.mark.slow
+def test_sigterm_mid_burst_exits_0_with_complete_rows(tmp_path, station):
+    cfg = station(settle_seconds=0.3)
+    capture = tmp_path / "capture"
+    db = tmp_path / "inspector.db"
+    names = [f"t-{i:02d}.tif" for i in range(24)]
+    with running(tmp_path, Path(cfg.source)) as daemon:
+        _drop(capture, names, 80)
+        wait_for(lambda: db_count(db, VERDICTS) >= 2, 60, "the burst under way")
+        daemon.send(signal.SIGTERM)
+        assert daemon.wait_exit() == 0
+        daemon.notify.wait_for(lambda m: m == "STOPPING=1", 5, "STOPPING=1")
+        assert "stopped: scored" in daemon.log()
+    committed = db_count(db, IMAGES)
+    assert db_count(db, "SELECT COUNT(*) FROM images WHERE verdict_id IS NULL") == 0
+    assert db_count(db, "SELECT COUNT(*) FROM images i JOIN verdicts v ON v.id = i.verdict_id") == committed
+    assert not (tmp_path / "var" / "inspector.pid").exists()
+    proc = subprocess.run([sys.executable, "-m", "inspector", "watch", "--once", "--config", cfg.source],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert db_count(db, IMAGES) == len(names)
+
+
+@pytest.mark.slow
+def test_sighup_swaps_a_good_model_and_refuses_a_damaged_one(tmp_path, station):
+    cfg = station(settle_seconds=0.3)
+    capture = tmp_path / "capture"
+    db = tmp_path / "inspector.db"
+    model = tmp_path / "models" / "detector.safetensors"
+    import hashlib
+    old_sha = hashlib.sha256(model.read_bytes()).hexdigest()
+
+    def model_of(name: str) -> str:
+        rows = db_rows(db, "SELECT v.model_sha256 FROM images i JOIN verdicts v ON v.id = i.verdict_id "
+                           "WHERE i.path LIKE ?", f"%{name}")
+        return rows[0][0] if rows else ""
+
+    with running(tmp_path, Path(cfg.source), extra_env={"WATCHDOG_USEC": "400000"}) as daemon:
+        assert (tmp_path / "var" / "inspector.pid").read_text().strip() == str(daemon.proc.pid)
+        daemon.notify.wait_for(lambda m: m == "WATCHDOG=1", 10, "WATCHDOG=1")
+        write_image(capture / "one.tif", seed=200)
+        wait_for(lambda: model_of("one.tif"), 30, "the first verdict")
+        assert model_of("one.tif") == old_sha
+        daemon.notify.wait_for(lambda m: m.startswith("STATUS=scored 1,"), 10, "STATUS after one verdict")
+
+        new_sha = make_model(tmp_path / "models" / "candidate.safetensors", seed=1)
+        os.replace(tmp_path / "models" / "candidate.safetensors", model)
+        daemon.send(signal.SIGHUP)
+        daemon.wait_log(f"model reloaded: {old_sha[:12]} -> {new_sha[:12]}")
+        write_image(capture / "two.tif", seed=201)
+        wait_for(lambda: model_of("two.tif"), 30, "the verdict after the swap")
+        assert model_of("two.tif") == new_sha
+
+        good = model.read_bytes()
+        model.write_bytes(good[: len(good) // 2])  # truncated
+        daemon.send(signal.SIGHUP)
+        daemon.wait_log(f"failed, still serving {new_sha[:12]}")
+        tampered = bytearray(good)
+        tampered[len(good) // 2] ^= 0xFF  # one flipped byte in the weights
+        model.write_bytes(bytes(tampered))
+        daemon.send(signal.SIGHUP)
+        wait_for(lambda: daemon.log().count(f"failed, still serving {new_sha[:12]}") == 2, 30,
+                 "the tampered model refused")
+        write_image(capture / "three.tif", seed=202)
+        wait_for(lambda: model_of("three.tif"), 30, "the verdict after the refused reloads")
+        assert model_of("three.tif") == new_sha
+        assert "ERROR model reload from" in daemon.log()
+        daemon.send(signal.SIGTERM)
+        assert daemon.wait_exit() == 0
+        daemon.notify.wait_for(lambda m: m == "STOPPING=1", 5, "STOPPING=1")
+    assert db_count(db, "SELECT COUNT(*) FROM models") == 2
