@@ -30,6 +30,7 @@ log = logging.getLogger("inspector.daemon")
 
 TICK_SECONDS = 0.1
 MAX_BACKOFF_SECONDS = 30.0
+HEATMAP_DRAIN_SECONDS = 10.0  # on stop, heat maps still queued get this long; verdicts are already committed
 REBUILD_SECONDS = 2.0  # at most one observer rebuild attempt this often
 
 
@@ -90,6 +91,7 @@ class Daemon:
         self.worker: threading.Thread | None = None
         self.counts = {"scored": 0, "abnormal": 0, "rejected": 0}
         self.paused_reason: str | None = None
+        self.heatmaps: Any = None  # explain.HeatmapWorker, started by run()
         self.poll_seconds = 1.0
         self._rebuild_at = 0.0
 
@@ -99,6 +101,9 @@ class Daemon:
         handler = EventHandler(self.events, self.rescan)
         if not once:
             self.observer = build_observer(self.root, handler, self.cfg.watch.polling, self.poll_seconds)
+        from inspector.explain import HeatmapWorker
+
+        self.heatmaps = HeatmapWorker(self.store, self.cfg.state.dir)
         self.worker = threading.Thread(target=self._work, name="inspector-worker", daemon=True)
         self.worker.start()
         ready_sent, last_status, next_watchdog = False, "", 0.0
@@ -136,6 +141,7 @@ class Daemon:
                 self.observer.stop()
                 self.observer.join(timeout=5)
             self.worker.join()
+            self.heatmaps.close(timeout=HEATMAP_DRAIN_SECONDS)
         log.info("stopped: %s", self.status_line())
         return code
 
@@ -334,6 +340,8 @@ class Daemon:
         extra = f" ({reason})" if reason else ""
         dup = " duplicate content" if result == "duplicate" else ""
         log.info("verdict %s p=%s %s%s (%.2f s)%s", verdict, p_text, shown, dup, ready_to_commit, extra)
+        if verdict == "abnormal" and result == "new" and job.img16 is not None and self.heatmaps is not None:
+            self.heatmaps.submit(self.detector, job.img16, job.sha256)  # after the commit: evidence never delays a verdict
         moved = self._move(item.path, ("processed", date.today().isoformat()), job.sha256)
         if moved is not None:
             self._store_call(self.store.record_moved, raw, job.sha256, display_path(moved))

@@ -10,7 +10,9 @@ scoring thread may run inference on the same network while a heat map is compute
 
 from __future__ import annotations
 
+import logging
 import os
+import queue
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ import torch.nn.functional as F
 
 from inspector.errors import InspectorError, ModelError
 from inspector.model import preprocess_batch
+
+log = logging.getLogger("inspector.explain")
 
 OVERLAY_ALPHA = 0.4
 # One Grad-CAM at a time: at 2000x1000 each holds layer4 activations and their gradients, and
@@ -159,3 +163,47 @@ def explain_and_record(detector, store, img16: np.ndarray, sha256: str, state_di
     out = save_overlay(explanation.img8, explanation.cam, heatmap_path(state_dir, sha256))
     store.set_heatmap(sha256, detector.sha256, str(out))
     return out
+
+
+class HeatmapWorker:
+    """Heat maps for committed abnormal verdicts, on a thread of their own so scoring never waits.
+
+    A full queue drops the heat map (logged), never the verdict: `inspector explain` redraws it.
+    """
+
+    def __init__(self, store, state_dir: str | os.PathLike, maxsize: int = 32):
+        self.store = store
+        self.state_dir = state_dir
+        self.jobs: queue.Queue = queue.Queue(maxsize=maxsize)
+        self.done = 0
+        self.thread = threading.Thread(target=self._loop, name="inspector-heatmaps", daemon=True)
+        self.thread.start()
+
+    def submit(self, detector, img16: np.ndarray, sha256: str) -> bool:
+        try:
+            self.jobs.put_nowait((detector, img16, sha256))
+            return True
+        except queue.Full:
+            log.warning("heat map queue full; no heat map for %s (run `inspector explain` for it)", sha256[:12])
+            return False
+
+    def _loop(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            detector, img16, sha256 = job
+            try:
+                out = explain_and_record(detector, self.store, img16, sha256, self.state_dir)
+                self.done += 1
+                log.info("heat map %s for %s", out, sha256[:12])
+            except Exception as exc:  # evidence is a courtesy: never let it stop the station
+                log.error("heat map for %s failed: %s", sha256[:12], exc)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Finish what is queued (up to `timeout` seconds), then stop the thread."""
+        try:
+            self.jobs.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        self.thread.join(timeout)

@@ -269,6 +269,30 @@ def test_same_content_under_two_names_costs_one_inference(tmp_path, station, det
     assert db_count(db, "SELECT COUNT(DISTINCT verdict_id) FROM images") == 1
 
 
+class AbnormalDetector(CountingDetector):
+    """The real detector whose every verdict is abnormal (a random tiny model rarely says so)."""
+
+    def predict(self, images16, paths=None):
+        import dataclasses
+
+        return [dataclasses.replace(p, verdict="abnormal") for p in super().predict(images16, paths)]
+
+
+def test_abnormal_verdicts_get_a_heat_map_after_the_commit(tmp_path, station, detector):
+    cfg = station()
+    db = tmp_path / "inspector.db"
+    for i in range(3):
+        write_image(tmp_path / "capture" / f"e{i}.tif", seed=40 + i)
+    with in_process(cfg, AbnormalDetector(detector)):
+        wait_for(lambda: db_count(db, "SELECT COUNT(*) FROM verdicts WHERE heatmap_path IS NOT NULL") == 3,
+                 60, "three heat maps")
+    rows = db_rows(db, "SELECT sha256, verdict, heatmap_path FROM verdicts")
+    for sha, verdict, heatmap in rows:
+        assert verdict == "abnormal"
+        assert Path(heatmap).is_file() and sha in Path(heatmap).name
+        assert Path(heatmap).is_relative_to(tmp_path / "var" / "heatmaps")
+
+
 def test_polling_observer_mode(tmp_path, station, detector):
     from watchdog.observers.polling import PollingObserver
 
