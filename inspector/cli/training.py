@@ -1,0 +1,195 @@
+"""Training commands: `inspector train`, `inspector cv` (the paper's Table 1) and `inspector evaluate`."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import click
+
+from inspector.cli import cli, with_config
+from inspector.config import METHODS, Config, parse_input_size
+from inspector.errors import InspectorError
+
+PAPER_METHODS = "naive,global,local,mix"
+
+
+def apply_overrides(cfg: Config, **given) -> Config:
+    """Command-line values over config.toml; None means 'not given'."""
+    train_keys = {"epochs", "class_weights", "seed", "target_recall"}
+    model_keys = {"input_size", "weights"}
+    train = {k: v for k, v in given.items() if k in train_keys and v is not None}
+    model = {k: v for k, v in given.items() if k in model_keys and v is not None}
+    if "input_size" in model:
+        model["input_size"] = parse_input_size(model["input_size"])
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train),
+                               model=dataclasses.replace(cfg.model, **model))
+
+
+def parse_methods(text: str) -> list[str]:
+    """'naive,global' -> ['naive', 'global'], each a known conversion method."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise InspectorError(f"--methods {text!r}: {', '.join(bad) or 'nothing given'} is not a method; "
+                             f"give a comma-separated list of {', '.join(METHODS)}")
+    return list(dict.fromkeys(methods))
+
+
+def prepare_device(cfg: Config):
+    """Threads for CPU work and the device from model.device."""
+    from inspector.model import resolve_device
+    from inspector.train import set_threads
+
+    set_threads(cfg.train.threads)
+    return resolve_device(cfg.model.device)
+
+
+def warn(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def common_options(func):
+    """Options train and cv share; defaults come from config.toml."""
+    options = [
+        click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs [default: train.epochs, 50]."),
+        click.option("--input-size", default=None, metavar="HxW",
+                     help="Network input, height x width [default: model.input_size, 2000x1000]."),
+        click.option("--weights", default=None, metavar="imagenet|none|PATH",
+                     help="Backbone weights [default: model.weights]; 'none' is random (tests)."),
+        click.option("--class-weights", type=click.Choice(["none", "balanced"]), default=None,
+                     help="'balanced': cross-entropy weighted inverse to class frequency "
+                          "[default: train.class_weights]."),
+        click.option("--seed", type=int, default=None,
+                     help="Seed; the same seed repeats a CPU run [default: train.seed]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@cli.command("train")
+@click.argument("dataset", type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Model file to write [default: model.path].")
+@click.option("--method", type=click.Choice(METHODS), default=None,
+              help="16-bit -> 8-bit conversion [default: convert.method, global].")
+@common_options
+@click.option("--target-recall", type=click.FloatRange(0, 1), default=None, metavar="R",
+              help="Choose the threshold from out-of-fold predictions so abnormal recall >= R "
+                   "(runs leave-one-bundle-out first); 0 keeps 0.5 [default: train.target_recall].")
+@with_config
+def train_command(cfg: Config, dataset: str, out: str | None, method: str | None, epochs: int | None,
+                  input_size: str | None, weights: str | None, class_weights: str | None, seed: int | None,
+                  target_recall: float | None) -> None:
+    """Train the detector on every image of DATASET and write the model the daemon uses.
+
+    The paper's schedule: cross-entropy, lr 0.001 divided by 10 every 10 epochs, random
+    h/v flips; the global window is fitted on these images and stored in the model.
+    """
+    from inspector.dataset import load_dataset
+    from inspector.train import train_model
+
+    try:
+        cfg = apply_overrides(cfg, epochs=epochs, input_size=input_size, weights=weights,
+                              class_weights=class_weights, seed=seed, target_recall=target_recall)
+        device = prepare_device(cfg)
+        ds = load_dataset(dataset)
+        method = method or cfg.convert.method
+        path = Path(out) if out else cfg.model.path
+        outcome = train_model(ds, path, method, cfg, device, cfg.train.target_recall, warn=warn)
+    except InspectorError as exc:
+        raise click.ClickException(str(exc)) from exc
+    meta = outcome.meta
+    h, w = meta.input_size
+    click.echo(f"trained {method} on {len(ds)} images ({len(ds.bundles)} bundles), {cfg.train.epochs} epochs, "
+               f"input {h}x{w}, weights {cfg.model.weights}, device {device}")
+    click.echo(f"window: {list(meta.window) if meta.window else 'none (' + method + ')'}")
+    click.echo(f"threshold: {meta.threshold:.6g} ({meta.threshold_source})")
+    if meta.quality:
+        click.echo(f"quality gate: blur_min {meta.quality['blur_min']:.3g}, "
+                   f"clipped_fraction {meta.quality['clipped_fraction']:g}")
+    click.echo(f"final loss: {outcome.losses[-1]:.4f}")
+    click.echo(f"wrote {outcome.path} (sha256 {outcome.sha256})")
+
+
+@cli.command("cv")
+@click.argument("dataset", type=click.Path(file_okay=False))
+@click.option("--methods", default=PAPER_METHODS, show_default=True,
+              help=f"Comma-separated conversion methods among {', '.join(METHODS)}.")
+@common_options
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, metavar="OUT",
+              help="Also write all results (per-fold counts, out-of-fold probabilities) to OUT.")
+@click.option("--no-cache", is_flag=True,
+              help="Reference loop: the full forward pass every epoch instead of cached backbone features.")
+@with_config
+def cv_command(cfg: Config, dataset: str, methods: str, epochs: int | None, input_size: str | None,
+               weights: str | None, class_weights: str | None, seed: int | None, json_out: str | None,
+               no_cache: bool) -> None:
+    """Leave-one-bundle-out cross-validation; prints the paper's Table 1 and pooled metrics.
+
+    Every bundle is held out once per method; pooled balanced accuracy sums the folds'
+    TP/FP/TN/FN as the paper does. Results are kept under state.dir/cv/ and compared with
+    the latest earlier run on the same dataset.
+    """
+    from inspector.crossval import (cross_validate, format_comparison, format_table, result_to_json, save_roc_png,
+                                    save_run, write_json)
+    from inspector.dataset import load_dataset
+
+    try:
+        chosen = parse_methods(methods)
+        cfg = apply_overrides(cfg, epochs=epochs, input_size=input_size, weights=weights,
+                              class_weights=class_weights, seed=seed)
+        device = prepare_device(cfg)
+        ds = load_dataset(dataset)
+        res = cross_validate(ds, chosen, cfg, device, not no_cache, warn=warn)
+        data = result_to_json(res)
+        kept, previous = save_run(data, cfg.state.dir)
+        if json_out:
+            write_json(Path(json_out), data)
+        png = save_roc_png(kept.with_suffix(".png"), ds.y, {m: r.oof for m, r in res.methods.items()},
+                           f"ROC, leave-one-bundle-out, {ds.root.name}")
+    except InspectorError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(format_table(data))
+    click.echo("")
+    click.echo(f"{len(ds)} images, {len(ds.bundles)} bundles, {cfg.train.epochs} epochs, device {device}, "
+               f"{'cache' if data['config']['cache'] else 'no cache'}: {res.passes} backbone passes, "
+               f"{res.hits} cached features reused, {res.seconds:.1f} s")
+    click.echo(f"kept: {kept}")
+    if png:
+        click.echo(f"ROC curve: {png}")
+    if json_out:
+        click.echo(f"wrote {json_out}")
+    if previous:
+        click.echo(format_comparison(data, previous))
+
+
+@cli.command("evaluate")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("dataset", type=click.Path(file_okay=False))
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, metavar="OUT",
+              help="Also write the results, with every image's probability, to OUT.")
+@with_config
+def evaluate_command(cfg: Config, model: str, dataset: str, json_out: str | None) -> None:
+    """Score a labeled DATASET with MODEL as it is (its window, its threshold).
+
+    Prints confusion counts, balanced accuracy, precision, recall, F1 and ROC AUC per bundle
+    and pooled, and the images it got wrong with their probabilities.
+    """
+    from inspector.crossval import write_json
+    from inspector.dataset import load_dataset
+    from inspector.crossval import evaluate_model, format_evaluation
+    from inspector.train import set_threads
+
+    try:
+        set_threads(cfg.train.threads)
+        ds = load_dataset(dataset)
+        data = evaluate_model(Path(model), ds, cfg)
+        if json_out:
+            write_json(Path(json_out), data)
+    except InspectorError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(format_evaluation(data))
+    if json_out:
+        click.echo(f"wrote {json_out}")

@@ -1,0 +1,343 @@
+"""Leave-one-bundle-out cross-validation, the paper's Table 1, and kept results to compare runs.
+
+Per method and held-out bundle: fit the window on the other bundles, train, score the
+held-out bundle at threshold 0.5, keep TP/FP/TN/FN. Pooled counts are sums over folds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from inspector import metrics
+from inspector.config import Config
+from inspector.dataset import Dataset, leave_one_bundle_out
+from inspector.metrics import Counts
+
+if TYPE_CHECKING:
+    import torch
+
+RECALL_TARGETS = (0.95, 0.99)
+DEFAULT_THRESHOLD = 0.5
+CV_FOLDER = "cv"
+
+
+@dataclass
+class FoldResult:
+    """One held-out bundle under one method."""
+
+    bundle: str
+    counts: Counts
+    window: tuple[int, int] | None
+    test_idx: list[int]
+
+
+@dataclass
+class MethodResult:
+    """All folds of one method and its out-of-fold probabilities (one per image)."""
+
+    method: str
+    folds: list[FoldResult] = field(default_factory=list)
+    oof: np.ndarray | None = None
+
+    @property
+    def pooled(self) -> Counts:
+        return metrics.pool_counts([f.counts for f in self.folds])
+
+    @property
+    def windows(self) -> list[tuple[int, int]]:
+        """The distinct windows this method used (folds sharing one share cached features)."""
+        return sorted({f.window for f in self.folds if f.window is not None})
+
+
+@dataclass
+class CvResult:
+    """What `inspector cv` prints and writes."""
+
+    dataset: Dataset
+    methods: dict[str, MethodResult]
+    settings: dict
+    fingerprint: str
+    passes: int = 0
+    hits: int = 0
+    seconds: float = 0.0
+    backbone_seconds: float = 0.0
+
+
+def cross_validate(dataset: Dataset, methods: list[str], cfg: Config, device: "torch.device", use_cache: bool,
+                 warn: Callable[[str], None] | None = None, stats=None) -> CvResult:
+    """Train on all bundles but one and test on it, for every bundle and method."""
+    from inspector.features import EmbedStats
+    from inspector.train import ImageSource, build_net_on, fit, fit_view, predict_proba, require_method, resolve_cache
+
+    for m in methods:
+        require_method(m)
+    folds = leave_one_bundle_out(dataset.samples)
+    source = ImageSource(dataset, cfg.imaging.max_height, cfg.imaging.max_width)
+    store, use_cache = resolve_cache(cfg, dataset, use_cache, warn)
+    stats = stats if stats is not None else EmbedStats()
+    net = build_net_on(cfg, device)
+    fresh = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    started = time.perf_counter()
+    results: dict[str, MethodResult] = {}
+    y = dataset.y
+    for method in methods:
+        mres = MethodResult(method, oof=np.full(len(dataset), np.nan))
+        for fold in folds:
+            view = fit_view(source, fold.train_idx, method, cfg)
+            net.load_state_dict(fresh)
+            fit(net, source, fold.train_idx, view, cfg, device, store, use_cache, stats,
+                desc=f"{method} {fold.bundle}")
+            p = predict_proba(net, source, fold.test_idx, view, cfg, device, store if use_cache else None, stats)
+            mres.oof[fold.test_idx] = p
+            counts = metrics.counts_at_threshold(y[fold.test_idx], p, DEFAULT_THRESHOLD)
+            mres.folds.append(FoldResult(fold.bundle, counts, view.window, [int(i) for i in fold.test_idx]))
+        results[method] = mres
+    settings = run_settings(cfg, methods, use_cache)
+    return CvResult(dataset, results, settings, dataset.fingerprint(), stats.passes, stats.hits,
+                    time.perf_counter() - started, stats.backbone_seconds)
+
+
+def run_settings(cfg: Config, methods: list[str], use_cache: bool) -> dict:
+    """The settings a result depends on, recorded with it."""
+    tc, mc, cc = cfg.train, cfg.model, cfg.convert
+    return {"methods": list(methods), "epochs": tc.epochs, "input_size": list(mc.input_size),
+            "weights": mc.weights, "freeze": mc.freeze, "class_weights": tc.class_weights,
+            "learning_rate": tc.learning_rate, "lr_step_epochs": tc.lr_step_epochs, "lr_gamma": tc.lr_gamma,
+            "batch_size": tc.batch_size, "optimizer": "SGD momentum 0.9", "seed": tc.seed, "cache": use_cache,
+            "low_percentile": cc.low_percentile, "high_percentile": cc.high_percentile,
+            "round_window": cc.round_window, "clahe_clip_limit": cc.clahe_clip_limit,
+            "clahe_tile_grid": cc.clahe_tile_grid, "threshold": DEFAULT_THRESHOLD}
+
+
+def method_summary(y: np.ndarray, mres: MethodResult) -> dict:
+    """Pooled counts and metrics of one method, JSON-ready."""
+    p = mres.oof
+    has_both = bool((y == 1).any() and (y == 0).any())
+    return {
+        "pooled": mres.pooled.to_dict(),
+        "roc_auc": metrics.roc_auc(y, p),
+        "pass_rate_at_recall": {f"{t:g}": (metrics.pass_rate_at_recall(y, p, t) if has_both else None)
+                                for t in RECALL_TARGETS},
+        "windows": [list(w) for w in mres.windows],
+        "folds": [{"bundle": f.bundle, "images": len(f.test_idx), "window": list(f.window) if f.window else None,
+                   **f.counts.to_dict()} for f in mres.folds],
+    }
+
+
+def result_to_json(res: CvResult) -> dict:
+    """Everything of a run: config, dataset fingerprint, per-fold counts, pooled metrics, OOF scores."""
+    y = res.dataset.y
+    return {
+        "kind": "inspector-cv",
+        "created": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "config": res.settings,
+        "dataset": {"root": str(res.dataset.root), "fingerprint": res.fingerprint, "images": len(res.dataset),
+                    "bundles": res.dataset.bundles},
+        "methods": {m: method_summary(y, r) for m, r in res.methods.items()},
+        "oof": [{"path": s.rel, "bundle": s.bundle, "label": s.label,
+                 "p_abnormal": {m: float(r.oof[i]) for m, r in res.methods.items()}}
+                for i, s in enumerate(res.dataset.samples)],
+        "backbone_passes": res.passes,
+        "cache_hits": res.hits,
+        "seconds": round(res.seconds, 3),
+    }
+
+
+MARKS = {metrics.BA_TNR_ONLY: "*", metrics.BA_TPR_ONLY: "+", metrics.BA_UNDEFINED: "?"}
+MARK_NOTES = {"*": "TNR alone: the bundle has no abnormal electrode, so balanced accuracy is undefined",
+              "+": "TPR alone: the bundle has no normal electrode, so balanced accuracy is undefined",
+              "?": "no images"}
+
+
+def _cell(c: Counts) -> str:
+    return metrics.format_percent(c.balanced_accuracy) + MARKS.get(c.ba_basis, "")
+
+
+def format_table(data: dict) -> str:
+    """The paper's Table 1 (bundles x methods, balanced accuracy in %, Overall last) and the extras."""
+    methods = list(data["methods"])
+    bundles = [f["bundle"] for f in data["methods"][methods[0]]["folds"]]
+    width = max([len("Test bundle"), len("Overall")] + [len(b) for b in bundles])
+    col = max([9] + [len(m) + 1 for m in methods])
+    lines = ["Balanced accuracy (%), leave-one-bundle-out, threshold 0.5",
+             f"{'Test bundle':<{width}}" + "".join(f"{m:>{col}}" for m in methods)]
+    used = set()
+    for k, bundle in enumerate(bundles):
+        cells = []
+        for m in methods:
+            f = data["methods"][m]["folds"][k]
+            cell = _cell(Counts(f["tp"], f["fp"], f["tn"], f["fn"]))
+            used.update(ch for ch in cell if ch in MARK_NOTES)
+            cells.append(f"{cell:>{col}}")
+        lines.append(f"{bundle:<{width}}" + "".join(cells))
+    pooled = [Counts(*(data["methods"][m]["pooled"][k] for k in ("tp", "fp", "tn", "fn"))) for m in methods]
+    lines.append(f"{'Overall':<{width}}" + "".join(f"{_cell(c):>{col}}" for c in pooled))
+    lines.extend(f"{mark} {MARK_NOTES[mark]}; its counts still enter Overall" for mark in sorted(used))
+    lines.append("")
+    head = f"{'method':<8}{'TP':>5}{'FP':>5}{'TN':>5}{'FN':>5}{'precision':>11}{'recall':>8}{'F1':>8}{'ROC AUC':>9}"
+    head += "".join(f"{'passed@' + format(t, '.0%'):>13}" for t in RECALL_TARGETS)
+    lines.append(head)
+    for m, c in zip(methods, pooled):
+        s = data["methods"][m]
+        row = (f"{m:<8}{c.tp:>5}{c.fp:>5}{c.tn:>5}{c.fn:>5}{metrics.format_percent(c.precision):>11}"
+               f"{metrics.format_percent(c.recall):>8}{metrics.format_percent(c.f1):>8}"
+               f"{metrics.format_percent(s['roc_auc']):>9}")
+        row += "".join(f"{metrics.format_percent(s['pass_rate_at_recall'][f'{t:g}']):>13}" for t in RECALL_TARGETS)
+        lines.append(row)
+    lines.append("(precision, recall, F1, ROC AUC in %, pooled; passed@R = share of normal electrodes passed "
+                 "automatically at a threshold giving abnormal recall >= R)")
+    for m in methods:
+        windows = data["methods"][m]["windows"]
+        if windows:
+            shown = ", ".join(f"[{lo}, {hi}]" for lo, hi in windows[:6]) + (" ..." if len(windows) > 6 else "")
+            lines.append(f"{m}: {len(windows)} distinct window(s) over {len(bundles)} folds: {shown}")
+    return "\n".join(lines)
+
+
+def save_run(data: dict, state_dir: Path) -> tuple[Path, dict | None]:
+    """Keep the run under state_dir/cv/ and return it with the latest earlier run on the same dataset."""
+    folder = Path(state_dir) / CV_FOLDER
+    previous = latest_run(folder, data["dataset"]["fingerprint"])
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S%f")
+    path = folder / f"cv-{stamp}.json"
+    write_json(path, data)
+    return path, previous
+
+
+def latest_run(folder: Path, fingerprint: str) -> dict | None:
+    """The newest kept run whose dataset fingerprint matches (unreadable files are skipped)."""
+    for path in sorted(folder.glob("cv-*.json"), reverse=True):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if data.get("dataset", {}).get("fingerprint") == fingerprint:
+            data["_path"] = str(path)
+            return data
+    return None
+
+
+def format_comparison(data: dict, previous: dict) -> str:
+    """Per-method change in pooled balanced accuracy against an earlier run on the same dataset."""
+    lines = [f"compared with {previous['_path']} ({previous.get('created', '?')}), same dataset:"]
+    for m, s in data["methods"].items():
+        before = previous["methods"].get(m, {}).get("pooled", {}).get("balanced_accuracy")
+        now = s["pooled"]["balanced_accuracy"]
+        if before is None or now is None:
+            lines.append(f"  {m}: no earlier pooled balanced accuracy")
+        else:
+            lines.append(f"  {m}: {100 * before:.2f}% -> {100 * now:.2f}% ({100 * (now - before):+.2f} points)")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomic JSON write (temp + replace), so a reader never sees half a file."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+def save_roc_png(path: Path, y: np.ndarray, curves: dict[str, np.ndarray], title: str) -> Path | None:
+    """ROC curve per method in one PNG (matplotlib Agg); None when a class is missing."""
+    if not ((y == 1).any() and (y == 0).any()):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    for name, p in curves.items():
+        fpr, tpr, _ = metrics.roc_curve(y, p)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {metrics.roc_auc(y, p):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel="false positive rate (normal flagged)", ylabel="true positive rate (abnormal recall)",
+           title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def evaluate_model(model_path: Path, dataset: Dataset, cfg: Config) -> dict:
+    """The model as it is (its window, threshold, quality gate) on a labeled set, per bundle and pooled."""
+    from inspector.imaging import read_image
+    from inspector.infer import Detector
+
+    det = Detector.load(model_path, device=cfg.model.device, batch_size=cfg.infer.batch_size)
+    samples = list(dataset.samples)
+    preds = []
+    for start in range(0, len(samples), det.batch_size):
+        chunk = samples[start:start + det.batch_size]
+        imgs = [read_image(s.path, max_height=cfg.imaging.max_height, max_width=cfg.imaging.max_width)
+                for s in chunk]
+        preds.extend(det.predict(imgs, paths=[s.rel for s in chunk]))
+    images = [{"path": s.rel, "bundle": s.bundle, "label": s.label, "p_abnormal": p.p_abnormal,
+               "verdict": p.verdict, "reason": p.reason} for s, p in zip(samples, preds)]
+    scored = [im for im in images if im["verdict"] != "rescan"]
+
+    def summary(rows: list[dict]) -> dict:
+        y = np.array([int(r["label"] == "abnormal") for r in rows], dtype=np.int64)
+        p = np.array([r["p_abnormal"] for r in rows], dtype=np.float64)
+        counts = metrics.counts_at_threshold(y, p, det.meta.threshold) if rows else Counts()
+        return {"images": len(rows), **counts.to_dict(), "roc_auc": metrics.roc_auc(y, p) if rows else None}
+
+    bundles = sorted({im["bundle"] for im in images})
+    per_bundle = [{"bundle": b, **summary([r for r in scored if r["bundle"] == b])} for b in bundles]
+    pooled = summary(scored)  # its counts equal the sum over bundles
+    wrong = [im for im in scored if (im["verdict"] == "abnormal") != (im["label"] == "abnormal")]
+    return {
+        "kind": "inspector-evaluate",
+        "model": {"path": str(model_path), "sha256": det.sha256, "method": det.meta.method,
+                  "window": list(det.meta.window) if det.meta.window else None, "threshold": det.meta.threshold,
+                  "threshold_source": det.meta.threshold_source, "trained": det.meta.trained},
+        "dataset": {"root": str(dataset.root), "fingerprint": dataset.fingerprint(), "images": len(dataset)},
+        "bundles": per_bundle,
+        "pooled": pooled,
+        "misclassified": sorted(wrong, key=lambda im: (im["bundle"], im["path"])),
+        "rescan": [im for im in images if im["verdict"] == "rescan"],
+        "images": images,
+    }
+
+
+def format_evaluation(data: dict) -> str:
+    """Per-bundle and pooled table, then the misclassified images with their probabilities."""
+    m = data["model"]
+    window = f"window {m['window']}" if m["window"] else "no window"
+    lines = [f"model {m['path']} (sha256 {m['sha256'][:12]}, {m['method']}, {window}, "
+             f"threshold {m['threshold']:.4g}: {m['threshold_source']})"]
+    if not m["trained"]:
+        lines.append("warning: this model was never trained (written by `inspector model init`)")
+    rows = [(r["bundle"], r) for r in data["bundles"]] + [("Overall", data["pooled"])]
+    width = max(len(name) for name, _ in rows)
+    lines.append(f"{'bundle':<{width}}{'n':>5}{'TP':>5}{'FP':>5}{'TN':>5}{'FN':>5}{'BA %':>9}{'precision':>11}"
+                 f"{'recall':>8}{'F1':>8}{'ROC AUC':>9}")
+    for name, r in rows:
+        c = Counts(r["tp"], r["fp"], r["tn"], r["fn"])
+        lines.append(f"{name:<{width}}{r['images']:>5}{c.tp:>5}{c.fp:>5}{c.tn:>5}{c.fn:>5}{_cell(c):>9}"
+                     f"{metrics.format_percent(c.precision):>11}{metrics.format_percent(c.recall):>8}"
+                     f"{metrics.format_percent(c.f1):>8}{metrics.format_percent(r['roc_auc']):>9}")
+    used = {ch for name, r in rows for ch in _cell(Counts(r["tp"], r["fp"], r["tn"], r["fn"])) if ch in MARK_NOTES}
+    lines.extend(f"{mark} {MARK_NOTES[mark]}" for mark in sorted(used))
+    wrong = data["misclassified"]
+    lines.append(f"misclassified: {len(wrong)}")
+    for im in wrong:
+        lines.append(f"  {im['path']}  bundle {im['bundle']}  label {im['label']}  "
+                     f"p_abnormal {im['p_abnormal']:.4f} -> {im['verdict']}")
+    if data["rescan"]:
+        lines.append(f"sent back for rescan (quality gate, not counted above): {len(data['rescan'])}")
+        lines.extend(f"  {im['path']}: {im['reason']}" for im in data["rescan"])
+    return "\n".join(lines)

@@ -1,0 +1,396 @@
+"""Training as plain functions: the paper's schedule on cached features or full forward passes.
+
+Both paths draw the same flips and batch order from one seeded generator per fit, so the
+cached path (fc + head trained on stored 512-d features) and the reference path (the
+whole network every epoch) give the same model within float tolerance.
+
+The paper names no optimizer; its lr 0.001 with a step decay follows the PyTorch transfer-
+learning tutorial, whose optimizer is SGD with momentum 0.9: inspector uses that.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from inspector.config import Config
+from inspector.dataset import Dataset
+from inspector.errors import DatasetError, InspectorError
+from inspector.features import (FLIPS, WINDOWED_METHODS, EmbedItem, EmbedStats, FeatureStore, backbone_fingerprint,
+                                embed_dataset, embed_tensor, feature_key, flip_batch, show_progress)
+
+MOMENTUM = 0.9
+
+
+def set_threads(threads: int) -> int:
+    """torch on train.threads CPU threads, or on every core when 0."""
+    n = threads or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+class ImageSource:
+    """A dataset's images: decoded on demand, content sha256 computed once per image."""
+
+    def __init__(self, dataset: Dataset, max_height: int = 10_000, max_width: int = 10_000):
+        self.dataset = dataset
+        self.max_height, self.max_width = max_height, max_width
+        self._sha: dict[int, str] = {}
+        self._bundle_hist: dict[str, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset.samples)
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.dataset.y
+
+    def read16(self, i: int) -> np.ndarray:
+        from inspector.imaging import read_image
+
+        return read_image(self.dataset.samples[i].path, max_height=self.max_height, max_width=self.max_width)
+
+    def bundle_members(self) -> dict[str, set[int]]:
+        members: dict[str, set[int]] = {}
+        for i, s in enumerate(self.dataset.samples):
+            members.setdefault(s.bundle, set()).add(i)
+        return members
+
+    def bundle_histogram(self, bundle: str):
+        """Pixel histogram of one bundle (65536 bins), decoded once and summed per fold."""
+        if bundle not in self._bundle_hist:
+            from inspector.convert import WindowHistogram
+
+            hist = WindowHistogram()
+            for i in sorted(self.bundle_members()[bundle]):
+                hist.add(self.read16(i))
+            self._bundle_hist[bundle] = hist
+        return self._bundle_hist[bundle]
+
+    def sha256(self, i: int) -> str:
+        if i not in self._sha:
+            from inspector.imaging import file_sha256
+
+            self._sha[i] = file_sha256(self.dataset.samples[i].path)
+        return self._sha[i]
+
+
+@dataclass(frozen=True)
+class View:
+    """How images become network input: method, window (None where unused), CLAHE settings."""
+
+    method: str
+    window: tuple[int, int] | None
+    clahe: tuple[float, int] = (2.0, 8)
+
+    def convert(self, img16: np.ndarray) -> np.ndarray:
+        from inspector.convert import Window, convert_image
+
+        window = Window(*self.window) if self.window is not None else None
+        return convert_image(img16, self.method, window=window, clahe_clip_limit=self.clahe[0],
+                             clahe_tile_grid=self.clahe[1])
+
+
+def fit_view(source: ImageSource, idx: Sequence[int], method: str, cfg: Config) -> View:
+    """The conversion for a training set: the global window from these images only (no leakage)."""
+    from inspector.convert import WindowHistogram
+
+    clahe = (cfg.convert.clahe_clip_limit, cfg.convert.clahe_tile_grid)
+    if method not in WINDOWED_METHODS:
+        return View(method, None, clahe)
+    hist = WindowHistogram()
+    wanted = {int(i) for i in idx}
+    for bundle, members in source.bundle_members().items():
+        if members <= wanted:  # a whole bundle: its histogram is counted once for all folds
+            part = source.bundle_histogram(bundle)
+            hist.counts += part.counts
+            hist.images += part.images
+            wanted -= members
+    for i in sorted(wanted):
+        hist.add(source.read16(i))
+    w = hist.window(cfg.convert.low_percentile, cfg.convert.high_percentile, cfg.convert.round_window)
+    return View(method, (int(w.lo), int(w.hi)), clahe)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Per epoch: the order of training samples and each sample's flip index into FLIPS."""
+
+    orders: np.ndarray  # (epochs, n) permutations
+    flips: np.ndarray  # (epochs, n) in 0..3, = h + 2 * v
+
+
+def draw_plan(seed: int, epochs: int, n: int) -> Plan:
+    """Random order and h/v flips at p = 0.5 each, from one seeded generator."""
+    rng = np.random.default_rng(seed)
+    orders, flips = [], []
+    for _ in range(epochs):
+        orders.append(rng.permutation(n))
+        h = rng.random(n) < 0.5
+        v = rng.random(n) < 0.5
+        flips.append(h.astype(np.int64) + 2 * v.astype(np.int64))
+    return Plan(np.array(orders).reshape(epochs, n), np.array(flips).reshape(epochs, n))
+
+
+def class_weight_tensor(y: np.ndarray, mode: str) -> torch.Tensor | None:
+    """'balanced': weight n / (2 n_c), inverse to class frequency; 'none': plain cross-entropy."""
+    if mode == "none":
+        return None
+    counts = np.bincount(y, minlength=2).astype(np.float64)
+    return torch.tensor(len(y) / (2 * counts), dtype=torch.float32)
+
+
+def check_two_classes(y: np.ndarray, what: str) -> None:
+    """A classifier cannot learn a class it never sees."""
+    counts = np.bincount(y, minlength=2)
+    for label, n in zip(("normal", "abnormal"), counts):
+        if n == 0:
+            raise DatasetError(f"{what} holds no {label} electrode; training needs both classes "
+                               "(add labeled images of that class)")
+
+
+def trainable_parameters(net: nn.Module) -> list[nn.Parameter]:
+    return [p for p in net.parameters() if p.requires_grad]
+
+
+def set_train_mode(net: nn.Module, freeze: str) -> None:
+    """Frozen backbone stays in eval mode (fixed BatchNorm statistics), so its features are cacheable."""
+    if freeze == "paper":
+        net.eval()
+        net.fc.train()
+        net.head.train()
+    else:
+        net.train()
+
+
+def train_one_epoch(net: nn.Module, forward: Callable[[np.ndarray, np.ndarray], torch.Tensor], y: torch.Tensor,
+                    order: np.ndarray, flips: np.ndarray, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
+                    batch_size: int) -> float:
+    """One pass over the training set in `order`; forward(indices, flip indices) -> logits."""
+    total, seen = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        logits = forward(idx, flips[idx])
+        loss = loss_fn(logits, y[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(idx)
+        seen += len(idx)
+    return total / max(seen, 1)
+
+
+@dataclass
+class FitResult:
+    """A trained net's history and the backbone passes it cost."""
+
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def fit(net: nn.Module, source: ImageSource, train_idx: np.ndarray, view: View, cfg: Config, device: torch.device,
+        store: FeatureStore | None, use_cache: bool, stats: EmbedStats, desc: str = "train") -> FitResult:
+    """Train fc + head (or all layers with freeze none) for cfg.train.epochs with the paper's schedule."""
+    tc, mc = cfg.train, cfg.model
+    train_idx = np.asarray(train_idx, dtype=np.int64)
+    y_np = source.y[train_idx]
+    check_two_classes(y_np, f"the training set ({len(train_idx)} images)")
+    y = torch.as_tensor(y_np, device=device)
+    plan = draw_plan(tc.seed, tc.epochs, len(train_idx))
+    weight = class_weight_tensor(y_np, tc.class_weights)
+    loss_fn = nn.CrossEntropyLoss(weight=weight.to(device) if weight is not None else None)
+    optimizer = torch.optim.SGD(trainable_parameters(net), lr=tc.learning_rate, momentum=MOMENTUM)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=tc.lr_step_epochs, gamma=tc.lr_gamma)
+    started = time.perf_counter()
+
+    if use_cache:
+        forward = _cached_forward(net, source, train_idx, view, plan, cfg, device, store, stats)
+    else:
+        forward = _full_forward(net, source, train_idx, view, cfg, device, stats)
+    result = FitResult()
+    bar = tqdm(range(tc.epochs), desc=desc, unit="epoch", disable=not show_progress(), leave=False)
+    for epoch in bar:
+        set_train_mode(net, mc.freeze)
+        loss = train_one_epoch(net, forward, y, plan.orders[epoch], plan.flips[epoch], optimizer, loss_fn,
+                               tc.batch_size)
+        scheduler.step()
+        result.losses.append(loss)
+        bar.set_postfix(loss=f"{loss:.4f}")
+    bar.close()
+    net.eval()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _cached_forward(net, source, train_idx, view, plan, cfg, device, store, stats):
+    """Embed every (image, flip) the plan draws once (store first), then classify from memory."""
+    needed = sorted({(int(j), int(f)) for f_row in plan.flips for j, f in enumerate(f_row)})
+    items = [_item(source, int(train_idx[j]), view, FLIPS[f], cfg, net) for j, f in needed]
+    feats = embed_dataset(net, items, lambda i: view.convert(source.read16(i)), cfg.model.input_size, device,
+                          store, stats, batch_size=cfg.train.batch_size, desc="embedding")
+    table = torch.zeros((len(FLIPS), len(train_idx), feats.shape[1]), dtype=torch.float32)
+    for (j, f), feature in zip(needed, feats):
+        table[f, j] = torch.from_numpy(feature)
+    table = table.to(device)
+
+    def forward(idx: np.ndarray, flips: np.ndarray) -> torch.Tensor:
+        f = table[torch.as_tensor(flips, device=device), torch.as_tensor(idx, device=device)]
+        return net.classify(f)
+
+    return forward
+
+
+def _full_forward(net, source, train_idx, view, cfg, device, stats):
+    """The paper-faithful loop: every batch goes through the whole network, flipped as drawn."""
+    from inspector.model import preprocess_batch
+
+    imgs8 = [view.convert(source.read16(int(i))) for i in train_idx]
+    frozen = cfg.model.freeze == "paper"
+
+    def forward(idx: np.ndarray, flips: np.ndarray) -> torch.Tensor:
+        x = preprocess_batch([imgs8[j] for j in idx], cfg.model.input_size)
+        x = flip_batch(x, [FLIPS[f] for f in flips])
+        stats.passes += len(idx)
+        t0 = time.perf_counter()
+        if frozen:
+            with torch.no_grad():
+                f = embed_tensor(net, x, device)
+        else:
+            f = embed_tensor(net, x, device)
+        stats.backbone_seconds += time.perf_counter() - t0
+        return net.classify(f)
+
+    return forward
+
+
+def _item(source: ImageSource, i: int, view: View, flip: str, cfg: Config, net: nn.Module) -> EmbedItem:
+    key = feature_key(source.sha256(i), view.method, view.window, flip, cfg.model.input_size,
+                      backbone_fingerprint(net), view.clahe)
+    return EmbedItem(key, i, flip)
+
+
+def predict_proba(net: nn.Module, source: ImageSource, idx: Sequence[int], view: View, cfg: Config,
+                  device: torch.device, store: FeatureStore | None, stats: EmbedStats) -> np.ndarray:
+    """P(abnormal) per image, unflipped; through the cache when a store is given."""
+    idx = [int(i) for i in idx]
+    if not idx:
+        return np.zeros(0)
+    items = [_item(source, i, view, "none", cfg, net) for i in idx]
+    feats = embed_dataset(net, items, lambda i: view.convert(source.read16(i)), cfg.model.input_size, device,
+                          store, stats, batch_size=cfg.train.batch_size, desc="scoring")
+    net.eval()
+    with torch.inference_mode():
+        logits = net.classify(torch.from_numpy(feats).to(device))
+        return torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy().astype(np.float64)
+
+
+def resolve_cache(cfg: Config, dataset: Dataset, use_cache: bool, warn: Callable[[str], None] | None = None
+                  ) -> tuple[FeatureStore | None, bool]:
+    """The store to use, and whether to; freeze none cannot use it: say so and run the full loop."""
+    from inspector.features import CacheError, default_cache_dir, require_frozen
+
+    if not use_cache:
+        return None, False
+    try:
+        require_frozen(cfg.model.freeze)
+    except CacheError as exc:
+        (warn or (lambda m: print(m, file=sys.stderr)))(f"note: {exc}; running the full forward loop instead")
+        return None, False
+    return FeatureStore(default_cache_dir(cfg.train.cache_dir, dataset.root)), True
+
+
+def build_net(cfg: Config) -> nn.Module:
+    """A fresh detector, seeded so every fold and every run starts from the same weights."""
+    from inspector.model import build_detector
+
+    torch.manual_seed(cfg.train.seed)
+    return build_detector(weights=cfg.model.weights, freeze=cfg.model.freeze)
+
+
+def build_net_on(cfg: Config, device: torch.device) -> nn.Module:
+    """build_net on the device, channels_last on CUDA."""
+    from inspector.features import prepare_for_device
+
+    return prepare_for_device(build_net(cfg), device)
+
+
+def require_method(method: str) -> None:
+    from inspector.config import METHODS
+
+    if method not in METHODS:
+        raise InspectorError(f"unknown conversion method {method!r}; use one of {', '.join(METHODS)}")
+
+
+@dataclass
+class TrainOutcome:
+    """What `inspector train` reports: the file, its sha256, threshold and how it was chosen."""
+
+    path: Path
+    sha256: str
+    meta: object
+    losses: list[float]
+    oof: dict | None = None
+    oof_p: np.ndarray | None = None  # out-of-fold P(abnormal) per image when a target recall was set
+
+
+def fit_quality_gate(source: ImageSource, idx: Sequence[int], view: View, cfg: Config) -> dict:
+    """blur_min = half the 1st percentile of the Laplacian variance over the training images."""
+    if not cfg.quality.enabled:
+        return {}
+    from inspector.convert import Window
+    from inspector.infer import measure_blur
+
+    window = Window(*view.window) if view.window is not None else None
+    variances = [measure_blur(source.read16(int(i)), window) for i in idx]
+    return {"blur_min": 0.5 * float(np.percentile(variances, 1)), "clipped_fraction": cfg.quality.clipped_fraction}
+
+
+def train_model(dataset: Dataset, out: Path, method: str, cfg: Config, device: torch.device, target_recall: float,
+                warn: Callable[[str], None] | None = None) -> TrainOutcome:
+    """Train on every image; with target_recall, the threshold comes from out-of-fold predictions first."""
+    from inspector import metrics
+    from inspector.model import ModelMeta, save_model
+
+    require_method(method)
+    if not 0 <= target_recall <= 1:
+        raise InspectorError(f"--target-recall must be between 0 and 1, got {target_recall}")
+    source = ImageSource(dataset, cfg.imaging.max_height, cfg.imaging.max_width)
+    store, use_cache = resolve_cache(cfg, dataset, True, warn)
+    stats = EmbedStats()
+    threshold, threshold_source, oof_info, p = 0.5, "default 0.5", None, None
+    if target_recall > 0:
+        from inspector.crossval import cross_validate
+
+        res = cross_validate(dataset, [method], cfg, device, use_cache, warn=lambda m: None, stats=stats)
+        y, p = dataset.y, res.methods[method].oof
+        threshold = metrics.threshold_for_recall(y, p, target_recall)
+        at = metrics.counts_at_threshold(y, p, threshold)
+        threshold_source = (f"out-of-fold recall >= {target_recall:g} (leave-one-bundle-out over "
+                            f"{len(dataset.bundles)} bundles; achieved recall {at.recall:.4f})")
+        oof_info = {"target_recall": target_recall, "threshold": threshold, "counts": at.to_dict(),
+                    "roc_auc": metrics.roc_auc(y, p),
+                    "pooled_at_0.5": res.methods[method].pooled.to_dict()}
+    idx = np.arange(len(dataset))
+    view = fit_view(source, idx, method, cfg)
+    net = build_net_on(cfg, device)
+    result = fit(net, source, idx, view, cfg, device, store, use_cache, stats, desc=f"train {method}")
+    meta = ModelMeta(method=method, window=view.window, input_size=tuple(cfg.model.input_size),
+                     threshold=float(threshold), threshold_source=threshold_source, freeze=cfg.model.freeze,
+                     weights=cfg.model.weights, trained=True, train_fingerprint=dataset.fingerprint(),
+                     metrics={"epochs": cfg.train.epochs, "final_loss": result.losses[-1] if result.losses else None,
+                              "class_weights": cfg.train.class_weights, "seed": cfg.train.seed,
+                              "learning_rate": cfg.train.learning_rate, "optimizer": "SGD momentum 0.9",
+                              "images": len(dataset), "bundles": dataset.bundles, "out_of_fold": oof_info},
+                     quality=fit_quality_gate(source, idx, view, cfg),
+                     clahe={"clip_limit": view.clahe[0], "tile_grid": view.clahe[1]})
+    sha = save_model(out, net.cpu(), meta)
+    return TrainOutcome(Path(out), sha, meta, result.losses, oof_info, p)

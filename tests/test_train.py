@@ -1,0 +1,173 @@
+"""Training, cross-validation and the cache on real tiny data: weights none, input 64x32, 1-2 epochs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from inspector import metrics
+from inspector.config import Config
+from inspector.convert import fit_window
+from inspector.crossval import cross_validate
+from inspector.dataset import load_dataset, synthesize
+from inspector.errors import DatasetError, InspectorError
+from inspector.features import EmbedStats, FeatureStore
+from inspector.imaging import read_image
+from inspector.infer import Detector
+from inspector.train import (ImageSource, build_net, check_two_classes, class_weight_tensor, draw_plan, fit, fit_view,
+                             predict_proba, train_model)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    """3 bundles x 4 images, both classes in each, ~82x45 px: a few seconds per run."""
+    root = tmp_path_factory.mktemp("tiny") / "ds"
+    ds = synthesize(root, bundles=3, per_bundle=4, abnormal_rate=0.5, scale=0.04, seed=7, progress=False)
+    assert all(0 < sum(s.y for s in ds.samples if s.bundle == b) < 4 for b in ds.bundles)
+    return root
+
+
+def tiny_config(tmp_path, epochs: int = 2, **train) -> Config:
+    cfg = Config()
+    return dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, weights="none", input_size=(64, 32), device="cpu"),
+        train=dataclasses.replace(cfg.train, epochs=epochs, batch_size=4, cache_dir=str(tmp_path / "cache"), **train),
+        state=dataclasses.replace(cfg.state, dir=tmp_path / "var"))
+
+
+def test_draw_plan_is_seeded_and_flips_both_axes():
+    a, b = draw_plan(3, epochs=50, n=40), draw_plan(3, epochs=50, n=40)
+    assert np.array_equal(a.orders, b.orders) and np.array_equal(a.flips, b.flips)
+    assert not np.array_equal(a.flips, draw_plan(4, epochs=50, n=40).flips)
+    assert all(sorted(row) == list(range(40)) for row in a.orders)
+    h, v = a.flips % 2, a.flips // 2
+    assert 0.4 < h.mean() < 0.6 and 0.4 < v.mean() < 0.6  # p = 0.5 each, 2000 draws
+
+
+def test_class_weights_balanced_is_inverse_frequency():
+    w = class_weight_tensor(np.array([0, 0, 0, 1]), "balanced")
+    assert torch.allclose(w, torch.tensor([4 / 6, 4 / 2]))
+    assert class_weight_tensor(np.array([0, 1]), "none") is None
+
+
+def test_training_set_without_abnormal_is_refused():
+    with pytest.raises(DatasetError, match="the training set \\(3 images\\) holds no abnormal electrode"):
+        check_two_classes(np.array([0, 0, 0]), "the training set (3 images)")
+
+
+def test_fold_window_comes_from_training_images_only(tiny_root, tmp_path):
+    ds = load_dataset(tiny_root)
+    cfg = tiny_config(tmp_path)
+    source = ImageSource(ds)
+    train_idx = [i for i, s in enumerate(ds.samples) if s.bundle != "bundle01"]
+    view = fit_view(source, train_idx, "global", cfg)
+    expected = fit_window(read_image(ds.samples[i].path) for i in train_idx)
+    assert view.window == (expected.lo, expected.hi)
+    all_window = fit_window(read_image(s.path) for s in ds.samples)
+    assert view.window != (all_window.lo, all_window.hi)  # bundle01's pixels did not leak in
+    partial = fit_view(source, train_idx[:-1], "global", cfg)  # not whole bundles: per-image path
+    expected = fit_window(read_image(ds.samples[i].path) for i in train_idx[:-1])
+    assert partial.window == (expected.lo, expected.hi)
+    assert fit_view(source, train_idx, "local", cfg).window is None
+
+
+def test_cache_and_full_loop_give_the_same_model(tiny_root, tmp_path):
+    """Same seed and flips: fc + head trained on cached features == the full forward loop."""
+    ds = load_dataset(tiny_root)
+    cfg = tiny_config(tmp_path, epochs=2)
+    source = ImageSource(ds)
+    idx = np.arange(len(ds))
+    view = fit_view(source, idx, "global", cfg)
+    store = FeatureStore(tmp_path / "cache")
+    out = {}
+    for use_cache in (True, False):
+        stats = EmbedStats()
+        net = build_net(cfg)
+        result = fit(net, source, idx, view, cfg, CPU, store if use_cache else None, use_cache, stats)
+        p = predict_proba(net, source, idx, view, cfg, CPU, store if use_cache else None, stats)
+        out[use_cache] = (result.losses, p, stats.passes)
+    (loss_c, p_c, passes_c), (loss_f, p_f, passes_f) = out[True], out[False]
+    assert np.allclose(loss_c, loss_f, atol=1e-5)
+    assert np.allclose(p_c, p_f, atol=1e-5)
+    assert np.ptp(p_c) > 0  # not a constant output that would match trivially
+    assert passes_f == 2 * len(ds) + len(ds)  # every epoch through the backbone, then scoring
+    assert passes_c <= 4 * len(ds)  # at most one pass per (image, flip)
+
+
+def test_cross_validate_cache_equivalence_and_resume(tiny_root, tmp_path):
+    ds = load_dataset(tiny_root)
+    cfg = tiny_config(tmp_path, epochs=2)
+    cached = cross_validate(ds, ["local"], cfg, CPU, use_cache=True)
+    full = cross_validate(ds, ["local"], cfg, CPU, use_cache=False)
+    assert np.allclose(cached.methods["local"].oof, full.methods["local"].oof, atol=1e-5)
+    assert [f.counts for f in cached.methods["local"].folds] == [f.counts for f in full.methods["local"].folds]
+    assert cached.passes < full.passes
+    # local has no window: the features are shared by all folds, at most 4 passes per image
+    assert cached.passes <= 4 * len(ds)
+    again = cross_validate(ds, ["local"], cfg, CPU, use_cache=True)
+    assert again.passes == 0 and again.hits > 0
+    assert np.array_equal(again.methods["local"].oof, cached.methods["local"].oof)
+
+
+def test_cv_is_repeatable_with_a_seed(tiny_root, tmp_path):
+    ds = load_dataset(tiny_root)
+    runs = []
+    for name in ("a", "b"):  # separate cold caches: both compute everything
+        cfg = tiny_config(tmp_path / name, epochs=1)
+        runs.append(cross_validate(ds, ["naive"], cfg, CPU, use_cache=True))
+    assert runs[0].passes == runs[1].passes > 0
+    assert np.array_equal(runs[0].methods["naive"].oof, runs[1].methods["naive"].oof)
+
+
+def test_train_writes_a_model_the_detector_scores(tiny_root, tmp_path):
+    ds = load_dataset(tiny_root)
+    cfg = tiny_config(tmp_path, epochs=2)
+    out = tmp_path / "model.safetensors"
+    outcome = train_model(ds, out, "global", cfg, CPU, target_recall=0.0)
+    det = Detector.load(out, device="cpu")
+    assert det.sha256 == outcome.sha256
+    meta = det.meta
+    assert meta.trained and meta.method == "global" and meta.input_size == (64, 32)
+    expected = fit_window(read_image(s.path) for s in ds.samples)
+    assert meta.window == (expected.lo, expected.hi)
+    assert meta.threshold == 0.5 and meta.threshold_source == "default 0.5"
+    assert meta.quality["clipped_fraction"] == cfg.quality.clipped_fraction and meta.quality["blur_min"] > 0
+    assert meta.train_fingerprint == ds.fingerprint()
+    preds = det.predict([read_image(s.path) for s in ds.samples[:3]])
+    assert all(p.verdict in ("normal", "abnormal") and 0 <= p.p_abnormal <= 1 for p in preds)
+    # the saved net scores like the trained one
+    source = ImageSource(ds)
+    net = build_net(cfg)
+    fit(net, source, np.arange(len(ds)), fit_view(source, np.arange(len(ds)), "global", cfg), cfg, CPU,
+        FeatureStore(tmp_path / "cache"), True, EmbedStats())
+    p = predict_proba(net, source, [0, 1, 2], fit_view(source, np.arange(len(ds)), "global", cfg), cfg, CPU, None,
+                      EmbedStats())
+    assert np.allclose(p, [pr.p_abnormal for pr in preds], atol=1e-5)
+
+
+def test_target_recall_threshold_meets_recall_out_of_fold(tiny_root, tmp_path):
+    ds = load_dataset(tiny_root)
+    cfg = tiny_config(tmp_path, epochs=2)
+    outcome = train_model(ds, tmp_path / "m.safetensors", "local", cfg, CPU, target_recall=0.8)
+    meta = outcome.meta
+    assert meta.threshold_source.startswith("out-of-fold recall >= 0.8 (leave-one-bundle-out over 3 bundles")
+    oof = outcome.oof_p
+    assert oof.shape == (len(ds),) and np.isfinite(oof).all()
+    assert metrics.counts_at_threshold(ds.y, oof, meta.threshold).recall >= 0.8
+    assert meta.threshold == pytest.approx(metrics.threshold_for_recall(ds.y, oof, 0.8))
+    assert meta.metrics["out_of_fold"]["counts"]["recall"] >= 0.8
+
+
+def test_quality_gate_off_and_bad_target(tiny_root, tmp_path):
+    ds = load_dataset(tiny_root)
+    cfg = tiny_config(tmp_path, epochs=1)
+    cfg = dataclasses.replace(cfg, quality=dataclasses.replace(cfg.quality, enabled=False))
+    outcome = train_model(ds, tmp_path / "m.safetensors", "naive", cfg, CPU, target_recall=0.0)
+    assert outcome.meta.quality == {} and outcome.meta.window is None
+    with pytest.raises(InspectorError, match="--target-recall must be between 0 and 1, got 1.5"):
+        train_model(ds, tmp_path / "m.safetensors", "naive", cfg, CPU, target_recall=1.5)
