@@ -68,8 +68,8 @@ def test_retrain_units_keys(repo_root):
     assert one(svc, "Service", "Type") == "oneshot"
     assert one(svc, "Service", "Nice") == "10"
     argv = one(svc, "Service", "ExecStart").split()
-    assert argv[:4] == ["/opt/inspector/.venv/bin/inspector", "--config", "/etc/inspector/config.toml", "train"]
-    assert "--out" in argv
+    assert argv == ["/opt/inspector/.venv/bin/inspector", "--config", "/etc/inspector/config.toml", "retrain"]
+    assert one(svc, "Service", "SuccessExitStatus") == "3"  # not promoted is a normal night
     for key, value in HARDENING.items():
         assert one(svc, "Service", key) == value, key
     assert "PrivateDevices" not in svc["Service"]

@@ -1,0 +1,239 @@
+"""Exports people and scripts read: one row per image outcome (CSV/JSON) and a self-contained HTML report.
+
+No torch here: the model's conversion is read from its stored metadata (plain JSON), so an
+export runs on a machine without a GPU in well under a minute.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import struct
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from inspector.config import Config
+from inspector.errors import InspectorError
+
+FORMATS = ("csv", "json", "html")
+OUTCOME_FIELDS = ["time", "kind", "outcome", "p_abnormal", "threshold", "reason", "path", "path_raw_hex",
+                  "sha256", "bundle", "status", "duplicate_of", "moved_to", "model_sha256", "method",
+                  "heatmap_path", "review_status", "review_label", "review_anomalies", "reviewed_by",
+                  "reviewed_at", "review_count"]
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.astimezone(timezone.utc).isoformat() if when else None
+
+
+def bundle_of(path: str, rule: str, capture_dir: str | os.PathLike) -> str:
+    """The bundle of a captured file by review.bundle_rule, the same rule export-labels uses."""
+    from inspector.review import UNMATCHED_BUNDLE, bundle_for, parse_bundle_rule
+
+    return bundle_for(path, parse_bundle_rule(rule), os.path.abspath(capture_dir)) or UNMATCHED_BUNDLE
+
+
+def review_status_by_sha(store, shas: set[str]) -> dict[str, dict]:
+    """The newest review of each content (reviews supersede, never overwrite) and how many exist."""
+    from inspector.store import reviews
+
+    out: dict[str, dict] = {}
+    if not shas:
+        return out
+    with store.read() as conn:
+        query = sa.select(reviews).order_by(reviews.c.created_at, reviews.c.id)
+        for row in conn.execute(query):
+            if row.sha256 not in shas:
+                continue
+            count = out.get(row.sha256, {}).get("count", 0) + 1
+            out[row.sha256] = {**dict(row._mapping), "count": count}
+    return out
+
+
+def collect_outcomes(store, cfg: Config, since: datetime | None = None,
+                     until: datetime | None = None) -> list[dict]:
+    """Verdicts and rejections in [since, until), newest first, each with its review status and bundle."""
+    verdict_rows = store.query_verdicts(since=since, until=until)
+    rejection_rows = store.query_rejections(since=since, until=until)
+    shas = {r["sha256"] for r in verdict_rows if r["sha256"]} | {r["sha256"] for r in rejection_rows if r["sha256"]}
+    reviewed = review_status_by_sha(store, shas)
+    from inspector.review import UNMATCHED_BUNDLE, bundle_for, parse_bundle_rule
+
+    rule, capture_root = parse_bundle_rule(cfg.review.bundle_rule), os.path.abspath(cfg.watch.capture_dir)
+    rows: list[dict] = []
+    for r in verdict_rows:
+        rows.append({"when": r["time"], "kind": "verdict", "outcome": r["verdict"] or "pending",
+                     "p_abnormal": r["p_abnormal"], "threshold": r["threshold"], "reason": r["reason"],
+                     "path": r["path"], "path_raw": r["path_raw"], "sha256": r["sha256"], "status": r["status"],
+                     "duplicate_of": r["duplicate_of"], "moved_to": r["moved_to"],
+                     "model_sha256": r["model_sha256"], "method": r["method"], "heatmap_path": r["heatmap_path"]})
+    for r in rejection_rows:
+        rows.append({"when": r["created_at"], "kind": "rejection", "outcome": "rejected", "p_abnormal": None,
+                     "threshold": None, "reason": f"{r['reason']}: {r['message']}", "path": r["path"],
+                     "path_raw": r["path_raw"], "sha256": r["sha256"], "status": "rejected", "duplicate_of": None,
+                     "moved_to": None, "model_sha256": None, "method": None, "heatmap_path": None})
+    for row in rows:
+        review = reviewed.get(row["sha256"]) if row["sha256"] else None
+        if review:
+            row["review_status"] = "reviewed"
+        else:
+            row["review_status"] = "pending" if row["outcome"] in ("abnormal", "rescan") else "not needed"
+        row["review"] = review
+        row["bundle"] = bundle_for(row["path"], rule, capture_root) or UNMATCHED_BUNDLE
+    rows.sort(key=lambda r: (r["when"] or datetime.min.replace(tzinfo=timezone.utc)), reverse=True)
+    return rows
+
+
+def outcome_record(row: dict) -> dict:
+    """A flat, JSON-ready record (UTC ISO times; path_raw_hex gives the exact name bytes back)."""
+    review = row.get("review") or {}
+    return {
+        "time": _iso(row["when"]), "kind": row["kind"], "outcome": row["outcome"], "p_abnormal": row["p_abnormal"],
+        "threshold": row["threshold"], "reason": row["reason"], "path": row["path"],
+        "path_raw_hex": row["path_raw"].hex(), "sha256": row["sha256"], "bundle": row["bundle"],
+        "status": row["status"], "duplicate_of": row["duplicate_of"], "moved_to": row["moved_to"],
+        "model_sha256": row["model_sha256"], "method": row["method"], "heatmap_path": row["heatmap_path"],
+        "review_status": row["review_status"], "review_label": review.get("label"),
+        "review_anomalies": review.get("anomalies") or None, "reviewed_by": review.get("reviewer"),
+        "reviewed_at": _iso(review.get("created_at")), "review_count": review.get("count", 0),
+    }
+
+
+def render_csv(rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=OUTCOME_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(outcome_record(r) for r in rows)
+    return out.getvalue()
+
+
+def render_json(rows: list[dict], since: datetime | None, until: datetime | None) -> str:
+    data = {"kind": "inspector-export", "created": _iso(datetime.now(timezone.utc)), "since": _iso(since),
+            "until": _iso(until), "outcomes": [outcome_record(r) for r in rows]}
+    return json.dumps(data, indent=1, ensure_ascii=False)
+
+
+def summarize(rows: list[dict], key) -> list[dict]:
+    """Counts per group and the pass rate: normal verdicts over every outcome (a rejected file did not pass)."""
+    groups: dict[str, dict] = defaultdict(lambda: {"normal": 0, "abnormal": 0, "rescan": 0, "rejected": 0,
+                                                   "pending": 0})
+    for r in rows:
+        groups[key(r)][r["outcome"]] += 1
+    out = []
+    for name in sorted(groups):
+        g = groups[name]
+        total = sum(g.values())
+        out.append({"group": name, "total": total, **g, "pass_rate": g["normal"] / total if total else None})
+    return out
+
+
+def local_day(row: dict) -> str:
+    return row["when"].astimezone().strftime("%Y-%m-%d") if row["when"] else "unknown"
+
+
+def latest_cv(state_dir: str | os.PathLike) -> tuple[Path, dict] | None:
+    """The newest readable state.dir/cv/cv-*.json that `inspector cv` (or a retrain) kept."""
+    folder = Path(state_dir) / "cv"
+    for path in sorted(folder.glob("cv-*.json"), reverse=True):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("methods"):
+            return path, data
+    return None
+
+
+def read_model_header(path: str | os.PathLike) -> dict | None:
+    """The inspector metadata of a .safetensors file without torch; None when absent or unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return None
+            (n,) = struct.unpack("<Q", head)
+            if n > 100_000_000:
+                return None
+            header = json.loads(fh.read(n).decode("utf-8"))
+        return json.loads(header["__metadata__"]["inspector"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def model_in_use(store, cfg: Config) -> dict:
+    """The model of the newest verdict (from the database) and the file at model.path now."""
+    from inspector.store import models, verdicts
+
+    counts_model = None
+    with store.read() as conn:
+        last = conn.execute(sa.select(verdicts.c.model_sha256).order_by(verdicts.c.created_at.desc(),
+                                                                         verdicts.c.id.desc()).limit(1)).scalar()
+        if last:
+            found = conn.execute(sa.select(models).where(models.c.sha256 == last)).first()
+            counts_model = dict(found._mapping) if found else {"sha256": last, "path": None, "meta_json": None}
+    meta = None
+    if counts_model and counts_model.get("meta_json"):
+        try:
+            meta = json.loads(counts_model["meta_json"])
+        except ValueError:
+            meta = None
+    return {"last_used": counts_model, "last_used_meta": meta, "file": str(cfg.model.path),
+            "file_meta": read_model_header(cfg.model.path)}
+
+
+def model_conversions(store) -> dict[str, dict]:
+    """sha256 -> stored metadata of every model that scored, for thumbnails in its own conversion."""
+    from inspector.store import models
+
+    out = {}
+    with store.read() as conn:
+        for row in conn.execute(sa.select(models.c.sha256, models.c.meta_json)):
+            try:
+                out[row.sha256] = json.loads(row.meta_json)
+            except (TypeError, ValueError):
+                continue
+    return out
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Temp file, fsync, rename: a reader (or a browser refresh) never sees half a report."""
+    path = Path(path)
+    if path.is_dir():
+        raise InspectorError(f"--out {path} is a folder; give a file name such as report.html")
+    if not path.parent.is_dir():
+        raise InspectorError(f"folder {path.parent} for --out does not exist; create it first")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InspectorError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    return path
+
+
+def export_report(store, cfg: Config, fmt: str, out: str | os.PathLike, since: datetime | None = None,
+                  until: datetime | None = None) -> tuple[Path, int]:
+    """Write the export in `fmt`; returns the file and how many outcomes it holds."""
+    if fmt not in FORMATS:
+        raise InspectorError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if since is not None and until is not None and until <= since:
+        raise InspectorError(f"--until ({_iso(until)}) is not after --since ({_iso(since)}); nothing can match")
+    rows = collect_outcomes(store, cfg, since, until)
+    if fmt == "csv":
+        text = render_csv(rows)
+    elif fmt == "json":
+        text = render_json(rows, since, until)
+    else:
+        from inspector.report_html import render_html
+
+        text = render_html(store, cfg, rows, since, until)
+    return write_atomic(out, text), len(rows)

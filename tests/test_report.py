@@ -1,0 +1,230 @@
+"""inspector export: CSV/JSON rows from a known database, and the self-contained, escaped HTML report."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import os
+import re
+from datetime import datetime, timedelta, timezone
+
+import cv2
+import numpy as np
+import pytest
+import sqlalchemy as sa
+import tifffile
+from click.testing import CliRunner
+
+from inspector.cli import cli
+from inspector.config import load_config
+from inspector.errors import InspectorError
+from inspector.imaging import file_sha256
+from inspector.report import bundle_of, collect_outcomes, export_report, read_model_header
+from inspector.store import images, open_store, reviews
+
+MODEL = "ab" * 32
+EVIL_DIR = "<script>alert(1)<"  # with the file below, the path reads .../<script>alert(1)</script>.tif
+EVIL_FILE = "script>.tif"
+META = {"method": "global", "window": [1000, 3000], "input_size": [64, 32], "threshold": 0.5,
+        "threshold_source": "default 0.5", "freeze": "paper", "weights": "none", "trained": True,
+        "clahe": {"clip_limit": 2.0, "tile_grid": 8}, "metrics": {"epochs": 2}}
+
+
+def write_tiff(path, seed: int):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    tifffile.imwrite(path, rng.integers(1000, 3000, size=(96, 48), dtype=np.uint16))
+    return path
+
+
+@pytest.fixture
+def station(tmp_path):
+    """A config, a capture folder with real TIFFs, and a database with every kind of outcome."""
+    cap = tmp_path / "capture"
+    (tmp_path / "var").mkdir()
+    (tmp_path / "config.toml").write_text('[database]\nurl = "sqlite:///station.db"\n[watch]\ncapture_dir = "capture"\n'
+                                          '[state]\ndir = "var"\n[model]\npath = "models/detector.safetensors"\n')
+    normal = write_tiff(cap / "lineA" / "n1.tif", 1)
+    abnormal = write_tiff(cap / "lineA" / "a1.tif", 2)
+    evil = write_tiff(cap / EVIL_DIR / EVIL_FILE, 3)
+    missing = cap / "lineB" / "gone.tif"  # scored, then deleted: the report shows a placeholder
+    heat = tmp_path / "var" / "heatmaps" / "a1.png"
+    heat.parent.mkdir(parents=True)
+    cv2.imwrite(str(heat), np.full((96, 48, 3), (0, 0, 255), np.uint8))
+    shas = {p: file_sha256(p) for p in (normal, abnormal, evil)}
+    shas[missing] = "9" * 64
+    cfg = load_config(tmp_path / "config.toml")
+    with open_store(cfg.database.url) as store:
+        store.record_model(MODEL, "models/detector.safetensors", json.dumps(META))
+        store.record_verdict(str(normal), shas[normal], 10, 1, MODEL, 0.1, "normal", None, 0.5, "global", 0.1, 0.2)
+        store.record_verdict(str(abnormal), shas[abnormal], 10, 1, MODEL, 0.9, "abnormal", None, 0.5, "global", 0.1, 0.2)
+        store.record_verdict(str(evil), shas[evil], 10, 1, MODEL, 0.8, "abnormal", None, 0.5, "global", 0.1, 0.2)
+        store.record_verdict(str(missing), shas[missing], 10, 1, MODEL, None, "rescan", "blurred: variance 1.0", 0.5,
+                             "global", 0.1, 0.2)
+        store.record_rejection(str(cap / "lineB" / "empty.tif"), None, 0, 1, "not_an_image", "the file is empty")
+        store.set_heatmap(shas[abnormal], MODEL, str(heat))
+        now = datetime.now(timezone.utc)
+        with store.write() as conn:
+            for who, label in (("ann", "normal"), ("bob", "abnormal")):  # the second supersedes the first
+                conn.execute(sa.insert(reviews).values(sha256=shas[abnormal], label=label, anomalies="scratch",
+                                                       reviewer=who, note="", model_verdict="abnormal",
+                                                       model_sha256=MODEL, created_at=now))
+            old = now - timedelta(days=3)  # the normal image was seen three days ago
+            conn.execute(sa.update(images).where(images.c.sha256 == shas[normal]).values(first_seen=old))
+    return tmp_path, cfg, shas, {"normal": normal, "abnormal": abnormal, "evil": evil, "missing": missing}
+
+
+def run(tmp_path, *args):
+    return CliRunner().invoke(cli, [*args, "--config", str(tmp_path / "config.toml")])
+
+
+def test_csv_has_one_row_per_outcome_with_review_status(station):
+    tmp_path, cfg, shas, files = station
+    result = run(tmp_path, "export", "--format", "csv", "--out", "out.csv")
+    assert result.exit_code == 0, result.output
+    assert result.output == f"wrote 5 outcome(s) to out.csv (csv)\n"
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "out.csv").read_text())))
+    by_path = {r["path"]: r for r in rows}
+    assert len(rows) == 5
+    a = by_path[str(files["abnormal"])]
+    assert (a["outcome"], a["review_status"], a["review_label"], a["reviewed_by"], a["review_count"]) == \
+        ("abnormal", "reviewed", "abnormal", "bob", "2")
+    assert a["bundle"] == "lineA" and a["heatmap_path"].endswith("a1.png")
+    assert by_path[str(files["evil"])]["review_status"] == "pending"
+    assert by_path[str(files["missing"])]["outcome"] == "rescan"
+    assert by_path[str(files["missing"])]["review_status"] == "pending"
+    assert by_path[str(files["normal"])]["review_status"] == "not needed"
+    rejected = by_path[str(tmp_path / "capture" / "lineB" / "empty.tif")]
+    assert (rejected["kind"], rejected["outcome"], rejected["reason"]) == \
+        ("rejection", "rejected", "not_an_image: the file is empty")
+    assert bytes.fromhex(a["path_raw_hex"]) == os.fsencode(files["abnormal"])
+
+
+def test_json_and_since_filter(station):
+    tmp_path, cfg, shas, files = station
+    result = run(tmp_path, "export", "--format", "json", "--out", "out.json", "--since", "1d")
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert data["kind"] == "inspector-export" and data["since"] is not None
+    paths = {r["path"] for r in data["outcomes"]}
+    assert str(files["normal"]) not in paths  # seen three days ago
+    assert len(data["outcomes"]) == 4
+    result = run(tmp_path, "export", "--format", "json", "--out", "old.json", "--until", "2d")
+    assert [r["path"] for r in json.loads((tmp_path / "old.json").read_text())["outcomes"]] == [str(files["normal"])]
+
+
+def test_export_errors_are_specific(station):
+    tmp_path, cfg, shas, files = station
+    result = run(tmp_path, "export", "--format", "csv", "--out", "nowhere/out.csv")
+    assert result.exit_code == 1
+    assert str(result.exception) == f"folder nowhere for --out does not exist; create it first"
+    result = run(tmp_path, "export", "--format", "csv", "--out", "x.csv", "--since", "1h", "--until", "2h")
+    assert result.exit_code == 1 and "is not after --since" in str(result.exception)
+    result = run(tmp_path, "export", "--format", "pdf", "--out", "x.pdf")
+    assert result.exit_code == 2 and "'pdf' is not one of 'csv', 'json', 'html'" in result.output
+    result = run(tmp_path, "export", "--format", "csv", "--out", "x.csv", "--since", "last tuesday")
+    assert result.exit_code == 2 and "'last tuesday' is not a time" in result.output
+    assert not (tmp_path / "x.csv").exists()
+
+
+def write_cv_result(state_dir, tmp_path):
+    """A real cv JSON written by engineer E's crossval functions (no torch: made-up fold scores)."""
+    from inspector import metrics
+    from inspector.crossval import CvResult, FoldResult, MethodResult, result_to_json, run_settings, save_run
+    from inspector.dataset import leave_one_bundle_out, synthesize
+
+    ds = synthesize(tmp_path / "cvset", bundles=3, per_bundle=4, abnormal_rate=0.5, scale=0.02, progress=False)
+    rng = np.random.default_rng(0)
+    methods = {}
+    for m in ("naive", "global"):
+        res = MethodResult(m, oof=np.clip(ds.y * 0.6 + rng.random(len(ds)) * 0.5, 0, 1))
+        for fold in leave_one_bundle_out(ds.samples):
+            counts = metrics.counts_at_threshold(ds.y[fold.test_idx], res.oof[fold.test_idx], 0.5)
+            res.folds.append(FoldResult(fold.bundle, counts, None, [int(i) for i in fold.test_idx]))
+        methods[m] = res
+    data = result_to_json(CvResult(ds, methods, run_settings(load_config(None), list(methods), True),
+                                   ds.fingerprint()))
+    save_run(data, state_dir)
+    return data
+
+
+def decoded_images(page: str) -> list[tuple[int, int]]:
+    """Decode every embedded image, so a broken data: URI fails the test."""
+    sizes = []
+    for uri in re.findall(r'src="([^"]*)"', page):
+        assert uri.startswith("data:image/png;base64,"), uri[:80]
+        img = cv2.imdecode(np.frombuffer(base64.b64decode(uri.split(",", 1)[1]), np.uint8), cv2.IMREAD_UNCHANGED)
+        assert img is not None
+        sizes.append(img.shape[:2])
+    return sizes
+
+
+def test_html_is_self_contained_escaped_and_complete(station):
+    tmp_path, cfg, shas, files = station
+    cv = write_cv_result(cfg.state.dir, tmp_path)
+    result = run(tmp_path, "export", "--format", "html", "--out", "report.html")
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "report.html").read_text()
+    for section in ("totals", "flagged", "cv", "model"):
+        assert f"id='{section}'" in page
+    # escaped: the file name shows as text, never as markup
+    assert "<script" not in page.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;.tif" in page
+    # self-contained: nothing fetched from outside
+    assert "http://" not in page and "https://" not in page and "<link" not in page
+    assert all(u.startswith("data:") for u in re.findall(r'src="([^"]*)"', page))
+    sizes = decoded_images(page)
+    # 2 thumbnails (abnormal and evil; the rescan file is gone), 1 heat map, ROC, confusion matrix
+    assert len(sizes) == 5
+    assert sum(1 for h, w in sizes if (h, w) == (96, 48)) == 3  # small images are never enlarged
+    assert "source image unavailable" in page and "gone.tif" in page
+    assert "no heat map" in page
+    # Table 1 from the newest cv JSON: every held-out bundle and the Overall row, per method
+    for bundle in cv["dataset"]["bundles"]:
+        assert f"<td class='l'>{bundle}</td>" in page
+    ba = cv["methods"]["global"]["pooled"]["balanced_accuracy"]
+    assert f"{100 * ba:.2f}" in page
+    # review status and the model
+    assert "bob" in page and "pending" in page
+    assert "default 0.5" in page and MODEL[:12] in page
+
+
+def test_totals_per_day_and_bundle(station):
+    tmp_path, cfg, shas, files = station
+    with open_store(cfg.database.url, readonly=True) as store:
+        rows = collect_outcomes(store, cfg)
+    from inspector.report import local_day, summarize
+
+    per_bundle = {s["group"]: s for s in summarize(rows, lambda r: r["bundle"])}
+    assert per_bundle["lineA"]["total"] == 2 and per_bundle["lineA"]["pass_rate"] == 0.5
+    assert per_bundle["lineB"]["rejected"] == 1 and per_bundle["lineB"]["rescan"] == 1
+    assert per_bundle["lineB"]["pass_rate"] == 0.0
+    days = summarize(rows, local_day)
+    assert len(days) == 2 and sum(d["total"] for d in days) == 5
+
+
+def test_bundle_rules(tmp_path):
+    cap = tmp_path / "capture"
+    assert bundle_of(str(cap / "b7" / "x.tif"), "subfolder", cap) == "b7"
+    assert bundle_of(str(cap / "line3" / "b7" / "x.tif"), "subfolder", cap) == "line3/b7"
+    assert bundle_of(str(cap / "e_B12_0001.tif"), r"regex:_(B\d+)_", cap) == "B12"
+    assert bundle_of(str(cap / "nomatch.tif"), r"regex:_(B\d+)_", cap) == "unmatched"
+
+
+def test_read_model_header_without_torch(tmp_path):
+    header = json.dumps({"__metadata__": {"inspector": json.dumps(META)}}).encode()
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+    assert read_model_header(path)["method"] == "global"
+    path.write_bytes(b"\x00" * 4)
+    assert read_model_header(path) is None
+    assert read_model_header(tmp_path / "absent") is None
+
+
+def test_export_report_refuses_a_folder_as_out(station):
+    tmp_path, cfg, shas, files = station
+    with open_store(cfg.database.url, readonly=True) as store:
+        with pytest.raises(InspectorError, match="is a folder"):
+            export_report(store, cfg, "csv", tmp_path)
