@@ -330,6 +330,20 @@ def synth_electrode(seed: int, scale: float = 0.1, abnormal: bool = False) -> np
     return synth_image(rng, character, names, sevs, draw_shape(rng, scale))
 
 
+def synth_bundle_electrode(dataset_seed: int, bundle: int, index: int, scale: float = 0.1,
+                           abnormal: bool = False) -> np.ndarray:
+    """A new electrode from bundle `bundle` (1-based) of the set `synthesize(seed=dataset_seed)` wrote.
+
+    Production goes on with the same coating and ink mix: these are the scans a station sees next.
+    """
+    character = draw_character(np.random.default_rng([dataset_seed, 1, bundle - 1]))
+    rng = np.random.default_rng([dataset_seed, 3, bundle - 1, index])
+    names, sevs = _pick_anomalies(rng, abnormal)
+    if abnormal:
+        sevs = [max(s, 0.6) for s in sevs]
+    return synth_image(rng, character, names, sevs, draw_shape(rng, scale))
+
+
 def _abnormal_count(rng: np.random.Generator, per_bundle: int, rate: float) -> int:
     """About per_bundle * rate, jittered by up to one image so bundles differ a little."""
     expected = per_bundle * rate

@@ -204,3 +204,24 @@ def test_cli_synth_summary_and_refuses_non_empty(tmp_path):
     assert result.output == f"Error: {out} is not empty; choose an empty folder or add --force to write into it\n"
     result = CliRunner().invoke(cli, [*args, "--force"])
     assert result.exit_code == 0, result.output
+
+
+def test_new_electrodes_of_a_bundle_share_its_coating(small_set):
+    """synth_bundle_electrode continues a bundle: its coating level is that bundle's, not another's."""
+    from inspector.synth import synth_bundle_electrode
+
+    def coated_median(img: np.ndarray) -> float:
+        h, w = img.shape
+        return float(np.median(img[h // 4: 3 * h // 4, w // 4: 3 * w // 4]))
+
+    ds, _ = small_set
+    seed, scale = 0, 0.05  # as small_set was written
+    by_bundle: dict[str, list[float]] = {}
+    for s in ds.samples:
+        by_bundle.setdefault(s.bundle, []).append(coated_median(tifffile.imread(s.path)))
+    for number, name in enumerate(sorted(by_bundle), start=1):
+        new = [synth_bundle_electrode(seed, number, index=500 + i, scale=scale) for i in range(5)]
+        assert np.array_equal(new[0], synth_bundle_electrode(seed, number, index=500, scale=scale))
+        ours, theirs = np.array(by_bundle[name]), np.array([coated_median(img) for img in new])
+        spread = max(ours.std(), 3.0)
+        assert abs(np.median(theirs) - np.median(ours)) <= 3 * spread, (name, theirs, ours)
