@@ -17,6 +17,7 @@ import numpy as np
 
 from inspector import metrics
 from inspector.config import Config
+from inspector.durable import write_atomic
 from inspector.dataset import Dataset, leave_one_bundle_out
 from inspector.metrics import Counts
 
@@ -239,14 +240,8 @@ def format_comparison(data: dict, previous: dict) -> str:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Atomic JSON write (temp + replace), so a reader never sees half a file."""
-    import os
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    os.replace(tmp, path)
+    """Atomic JSON write, so a reader never sees half a file."""
+    write_atomic(path, json.dumps(data, indent=1, default=float))
 
 
 def save_roc_png(path: Path, y: np.ndarray, curves: dict[str, np.ndarray], title: str) -> Path | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from inspector.durable import write_atomic
 from inspector.errors import InspectorError, ModelError
 from inspector.model import preprocess_batch
 
@@ -131,17 +131,7 @@ def save_overlay(img8: np.ndarray, cam: np.ndarray, out_png: str | os.PathLike) 
     if not ok:
         raise InspectorError(f"OpenCV could not encode the heat map for {out}")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(buf.tobytes())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(out, buf.tobytes())
     except OSError as exc:
         raise InspectorError(f"cannot write heat map {out}: {exc.strerror}; check the folder exists "
                              f"and is writable (state.dir for the daemon)") from exc

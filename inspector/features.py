@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
-import tempfile
+import io
 import time
 import weakref
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from inspector.durable import write_atomic
 from inspector.errors import InspectorError
 
 FLIPS = ("none", "h", "v", "hv")
@@ -112,11 +112,9 @@ class FeatureStore:
     def save(self, key: str, feature: np.ndarray) -> None:
         path = self.path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, np.asarray(feature, dtype=np.float32).reshape(FEATURE_DIM))
-            os.replace(tmp, path)
+            buf = io.BytesIO()
+            np.save(buf, np.asarray(feature, dtype=np.float32).reshape(FEATURE_DIM))
+            write_atomic(path, buf.getvalue(), durable=False)  # a lost entry is recomputed
         except OSError as exc:
             raise CacheError(f"cannot write the embedding cache at {self.root}: {exc.strerror}; "
                              "free disk space or set train.cache_dir to a writable folder") from exc

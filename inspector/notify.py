@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+from inspector.durable import write_atomic
 from inspector.errors import InspectorError
 
 NOTIFY_VAR = "NOTIFY_SOCKET"
@@ -75,9 +76,7 @@ def write_pid_file(state_dir: Path) -> Path:
         if b"inspector" in cmdline:
             raise InspectorError(f"another inspector watch is running (pid {other}, {pid_path}); "
                                  "stop it first, or remove the pid file if that process is not inspector")
-    tmp = pid_path.with_suffix(".pid.tmp")
-    tmp.write_text(f"{os.getpid()}\n")
-    os.replace(tmp, pid_path)
+    write_atomic(pid_path, f"{os.getpid()}\n")
     return pid_path
 
 

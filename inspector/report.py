@@ -18,6 +18,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from inspector.config import Config
+from inspector.durable import write_atomic
 from inspector.errors import InspectorError
 
 FORMATS = ("csv", "json", "html")
@@ -200,22 +201,16 @@ def model_conversions(store) -> dict[str, dict]:
     return out
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Temp file, fsync, rename: a reader (or a browser refresh) never sees half a report."""
+def write_report(path: str | os.PathLike, text: str) -> Path:
+    """Check --out, then write atomically: a reader (or a browser refresh) never sees half a report."""
     path = Path(path)
     if path.is_dir():
         raise InspectorError(f"--out {path} is a folder; give a file name such as report.html")
     if not path.parent.is_dir():
         raise InspectorError(f"folder {path.parent} for --out does not exist; create it first")
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, text)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise InspectorError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return path
 
@@ -236,4 +231,4 @@ def export_report(store, cfg: Config, fmt: str, out: str | os.PathLike, since: d
         from inspector.report_html import render_html
 
         text = render_html(store, cfg, rows, since, until)
-    return write_atomic(out, text), len(rows)
+    return write_report(out, text), len(rows)

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 
 from inspector import metrics
 from inspector.config import Config
+from inspector.durable import fsync_dir
 from inspector.dataset import LABELS_FILE, Dataset, leave_one_bundle_out, load_dataset
 from inspector.errors import ConfigError, InspectorError, ModelError
 from inspector.store import open_store, retrains, utc_now
@@ -241,14 +242,6 @@ def cross_validate_both(cfg: Config, meta, old: Dataset, new: Dataset, methods: 
 
 
 # ---- promotion ----------------------------------------------------------------------------------
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def place_atomically(src: Path, dest: Path) -> None:
     """dest becomes a copy of src in one rename: hard link (src is never modified) else a fsynced copy."""
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")

@@ -20,6 +20,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from inspector.dataset import ANOMALY_TYPES, LABELS, LABELS_FILE, normalize_anomaly
+from inspector.durable import write_atomic
 from inspector.errors import InspectorError
 from inspector.imaging import file_sha256
 from inspector.store import Store, images, reviews, utc_now, verdicts
@@ -302,16 +303,7 @@ def _write_labels(path: Path, rows: list[ExportedImage]) -> None:
     writer.writerow(["path", "bundle", "label", "anomaly"])
     for r in sorted(rows, key=lambda r: (r.bundle, r.rel)):
         writer.writerow([r.rel, r.bundle, r.label, ";".join(r.anomalies)])
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(buf.getvalue())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, buf.getvalue())
 
 
 def export_labels(store: Store, out: str | os.PathLike, bundle_rule: str,

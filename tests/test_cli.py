@@ -41,7 +41,7 @@ def test_bad_config_is_one_error_line_without_traceback(tmp_path):
     (tmp_path / "config.toml").write_text("[infer]\nbatch_size = 0\n")
     proc = subprocess.run([sys.executable, "-m", "inspector", "status"], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 1
-    assert proc.stderr.strip() == f"Error: infer.batch_size in config.toml: must be positive, got 0"
+    assert proc.stderr.strip() == "Error: infer.batch_size in config.toml: must be positive, got 0"
     assert "Traceback" not in proc.stderr
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import struct
 import urllib.error
 
 import numpy as np

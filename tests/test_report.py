@@ -84,7 +84,7 @@ def test_csv_has_one_row_per_outcome_with_review_status(station):
     tmp_path, cfg, shas, files = station
     result = run(tmp_path, "export", "--format", "csv", "--out", "out.csv")
     assert result.exit_code == 0, result.output
-    assert result.output == f"wrote 5 outcome(s) to out.csv (csv)\n"
+    assert result.output == "wrote 5 outcome(s) to out.csv (csv)\n"
     rows = list(csv.DictReader(io.StringIO((tmp_path / "out.csv").read_text())))
     by_path = {r["path"]: r for r in rows}
     assert len(rows) == 5
@@ -119,7 +119,7 @@ def test_export_errors_are_specific(station):
     tmp_path, cfg, shas, files = station
     result = run(tmp_path, "export", "--format", "csv", "--out", "nowhere/out.csv")
     assert result.exit_code == 1
-    assert str(result.exception) == f"folder nowhere for --out does not exist; create it first"
+    assert str(result.exception) == "folder nowhere for --out does not exist; create it first"
     result = run(tmp_path, "export", "--format", "csv", "--out", "x.csv", "--since", "1h", "--until", "2h")
     assert result.exit_code == 1 and "is not after --since" in str(result.exception)
     result = run(tmp_path, "export", "--format", "pdf", "--out", "x.pdf")
