@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from daemon_helpers import (DaemonProcess, db_count, db_rows, in_process, make_model, running, wait_for,
+from daemon_helpers import (db_count, db_rows, in_process, make_model, running, wait_for,
                             write_config, write_image)
 from image_files import BAD_KINDS, make_bad_file
 from inspector.cli import cli

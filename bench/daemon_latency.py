@@ -1,0 +1,257 @@
+"""Daemon latency and burst throughput against the bare model, measured in the same run.
+
+Latency: the median seconds from file-ready to committed verdict (verdicts.ready_to_commit_seconds)
+of files dropped one at a time, next to Detector.predict on one preloaded image. Burst: N files
+dropped at once, images per second from the first drop to the last commit, next to the bare model's
+batched throughput on preloaded images; and the daemon's peak RSS (VmHWM) for each N.
+Targets: latency <= 1.15x bare forward, burst >= 0.9x bare throughput, memory flat as N grows.
+
+    .venv/bin/python bench/daemon_latency.py [--input-size 512x256] [--bursts 50,200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from convert_read import Figure, describe_machine, format_table  # noqa: E402
+
+LATENCY_TARGET = 1.15
+THROUGHPUT_TARGET = 0.9
+BATCH_SIZE = 4
+
+
+def write_model(path: Path, window: tuple[int, int], input_size: tuple[int, int]) -> None:
+    """An untrained ResNet-34 whose threshold of 1.0 makes every verdict normal: no Grad-CAM heat maps,
+    so the daemon does exactly the work of the bare predict it is compared with."""
+    import torch
+
+    from inspector.model import ModelMeta, build_detector, save_model
+
+    torch.manual_seed(0)
+    meta = ModelMeta(method="global", window=window, input_size=input_size, weights="none", trained=False,
+                     threshold=1.0, threshold_source="bench: every verdict normal (no heat maps)")
+    save_model(path, build_detector("none"), meta)
+
+
+def make_images(base: np.ndarray, count: int, first: int) -> list[np.ndarray]:
+    """Distinct contents (one pixel row stamped with the index) so no file is a duplicate of another."""
+    out = []
+    for i in range(first, first + count):
+        img = base.copy()
+        img[0, :8] = np.frombuffer(i.to_bytes(16, "little"), dtype=np.uint16)
+        out.append(img)
+    return out
+
+
+def stage(folder: Path, images: list[np.ndarray], prefix: str) -> list[Path]:
+    """Write the files beforehand (same file system), so that dropping them costs the daemon's CPU nothing."""
+    import tifffile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, img16 in enumerate(images):
+        path = folder / f"{prefix}-{i:05d}.tif"
+        tifffile.imwrite(path, img16, photometric="minisblack")
+        paths.append(path)
+    return paths
+
+
+def drop(path: Path, capture: Path) -> None:
+    """A rename into the capture folder, as a careful scanner finishes a file."""
+    os.rename(path, capture / path.name)
+
+
+def count_verdicts(db: Path) -> int:
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return con.execute("SELECT count(*) FROM images WHERE verdict_id IS NOT NULL").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        con.close()
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.005)
+
+
+class Station:
+    """`inspector watch` as a subprocess in its own folder, READY awaited on a real notify socket."""
+
+    def __init__(self, folder: Path, model: Path, threads: int):
+        self.folder = folder
+        self.capture = folder / "capture"
+        self.capture.mkdir(parents=True)
+        self.db = folder / "inspector.db"
+        config = folder / "config.toml"
+        config.write_text(
+            f'[watch]\ncapture_dir = "capture"\nsettle_seconds = 0.2\nrescan_seconds = 600.0\nqueue_size = 512\n'
+            f'[model]\npath = "{model}"\ndevice = "cpu"\n[infer]\nbatch_size = {BATCH_SIZE}\n'
+            f'[train]\nthreads = {threads}\n'
+            f'[database]\nurl = "sqlite:///inspector.db"\n[state]\ndir = "var"\n[log]\nlevel = "WARNING"\n')
+        sock_path = Path(tempfile.gettempdir()) / f"inspector-bench-{os.getpid()}-{time.monotonic_ns()}.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(sock_path))
+        self.sock.settimeout(0.05)
+        self.sock_path = sock_path
+        env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), OMP_NUM_THREADS=str(threads))
+        self.log = open(folder / "daemon.log", "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "inspector", "watch", "--config", str(config)],
+                                     cwd=folder, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}: "
+                                   f"{(self.folder / 'daemon.log').read_text()[-2000:]}")
+            try:
+                if b"READY=1" in self.sock.recv(4096):
+                    return
+            except socket.timeout:
+                pass
+        raise RuntimeError("the daemon did not report READY=1")
+
+    def peak_rss_mb(self) -> float:
+        """VmHWM: the highest resident set size of the daemon process so far."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def ready_to_commit(self) -> list[float]:
+        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = con.execute("SELECT ready_to_commit_seconds FROM verdicts WHERE ready_to_commit_seconds IS NOT NULL")
+            return [r[0] for r in rows]
+        finally:
+            con.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        self.sock.close()
+        self.sock_path.unlink(missing_ok=True)
+
+
+def bare_figures(detector, images: list[np.ndarray], repeats: int) -> tuple[float, float]:
+    """(median seconds of predict on one preloaded image, batched images/s on preloaded images)."""
+    for img in images[:5]:  # warm-up: the first calls of each batch shape pay oneDNN/thread-pool set-up
+        detector.predict([img])
+    detector.predict(images)
+    single = []
+    for i in range(max(repeats, 10)):
+        start = time.perf_counter()
+        detector.predict([images[i % len(images)]])
+        single.append(time.perf_counter() - start)
+    rates = []
+    for _ in range(3):
+        start = time.perf_counter()
+        detector.predict(images)
+        rates.append(len(images) / (time.perf_counter() - start))
+    return statistics.median(single), statistics.median(rates)
+
+
+def measure(input_size: tuple[int, int] = (512, 256), bursts: tuple[int, ...] = (50, 200), latency_files: int = 10,
+            image_scale: float = 1.0, threads: int = 0) -> list[Figure]:
+    """Every figure of this benchmark; each daemon figure next to its bare-model reference (same threads)."""
+    import torch
+
+    from inspector.dataset import synth_electrode
+    from inspector.infer import Detector
+
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory(prefix="inspector-bench-daemon-") as tmp:
+        root = Path(tmp)
+        model = root / "detector.safetensors"
+        base = synth_electrode(0, scale=image_scale)
+        lo, hi = np.percentile(base, [0.01, 99.99]).astype(int)
+        write_model(model, (int(lo), int(hi)), input_size)
+        detector = Detector.load(model, device="cpu", batch_size=BATCH_SIZE)
+        threads = threads or os.cpu_count() or 1
+        torch.set_num_threads(threads)
+        bare_images = make_images(base, 16, 10**6)
+        bare_single, _ = bare_figures(detector, bare_images, repeats=latency_files)
+        singles = [bare_single]
+        size = f"{input_size[0]}x{input_size[1]} input, {base.shape[1]}x{base.shape[0]} px, threads={threads}"
+
+        station = Station(root / "latency", model, threads)
+        try:
+            station.wait_ready()
+            for i, path in enumerate(stage(root / "staging", make_images(base, latency_files, 0), "single")):
+                drop(path, station.capture)
+                wait_until(lambda: count_verdicts(station.db) >= i + 1, 120, f"verdict {i + 1}")
+            latency = statistics.median(station.ready_to_commit())
+        finally:
+            station.close()
+        first_peak = 0.0
+        for n in bursts:
+            station = Station(root / f"burst-{n}", model, threads)
+            try:
+                station.wait_ready()
+                paths = stage(root / "staging", make_images(base, n, 10_000 * n), f"burst{n}")
+                start = time.monotonic()
+                for path in paths:
+                    drop(path, station.capture)
+                wait_until(lambda: count_verdicts(station.db) >= n, 60 + 5 * n, f"{n} verdicts")
+                rate = n / (time.monotonic() - start)
+                peak = station.peak_rss_mb()
+            finally:
+                station.close()
+            # The bare reference again, right after the burst: on a shared machine the load drifts.
+            single, batched = bare_figures(detector, bare_images, repeats=3)
+            singles.append(single)
+            figures.append(Figure(f"daemon burst of {n}: images/s ({size})", rate, batched, "images/s",
+                                  f"bare predict, batches of {BATCH_SIZE}", f">= {THROUGHPUT_TARGET}x"))
+            first_peak = first_peak or peak
+            figures.append(Figure(f"daemon burst of {n}: peak RSS (VmHWM)", peak, first_peak, "MB",
+                                  f"peak RSS at N={bursts[0]}", "flat (~1.0x)"))
+    bare = statistics.median(singles)
+    figures.insert(0, Figure(f"daemon ready->commit, one file ({size})", latency, bare, "s/image",
+                             "bare Detector.predict on one image", f"<= {LATENCY_TARGET}x"))
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    from inspector.config import parse_input_size
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input-size", default="512x256", help="model input HEIGHTxWIDTH (the paper: 2000x1000)")
+    parser.add_argument("--bursts", default="50,200", help="comma-separated burst sizes")
+    parser.add_argument("--latency-files", type=int, default=10, help="files dropped one at a time")
+    parser.add_argument("--image-scale", type=float, default=1.0, help="synthetic image size (1.0 = 1145x2072)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads of daemon and bare model; 0 = every core")
+    args = parser.parse_args(argv)
+    figures = measure(parse_input_size(args.input_size), tuple(int(v) for v in args.bursts.split(",")),
+                      args.latency_files, args.image_scale, args.threads)
+    print(f"machine: {describe_machine()}")
+    print(format_table(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
