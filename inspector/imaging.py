@@ -233,14 +233,22 @@ def _check_tiff_segments(page, size: int) -> None:
     height, width, bits = page.imagelength, page.imagewidth, page.bitspersample
     if page.is_tiled:
         unit, tile_h, tile_w = "tile", page.tilelength, page.tilewidth
+        if tile_h <= 0 or tile_w <= 0:
+            raise ImageError("corrupt", f"the TIFF declares {tile_w} x {tile_h} pixel tiles: the file is damaged; "
+                             "rescan it")
         needed = math.ceil(height / tile_h) * math.ceil(width / tile_w)
-        raw_sizes = [tile_h * math.ceil(tile_w * bits / 8)] * needed
+
+        def raw_size(i: int) -> int:
+            return tile_h * math.ceil(tile_w * bits / 8)
     else:
         unit = "strip"
         rows = page.rowsperstrip if 0 < page.rowsperstrip < height else height
         needed = math.ceil(height / rows)
         row_bytes = math.ceil(width * bits / 8)
-        raw_sizes = [min(rows, height - i * rows) * row_bytes for i in range(needed)]
+
+        def raw_size(i: int) -> int:
+            return min(rows, height - i * rows) * row_bytes
+    # compared before anything is sized by `needed`: a 1 x 1 tile on a huge image must cost nothing
     if len(offsets) != needed or len(counts) != needed:
         raise ImageError("truncated", f"the TIFF lists {len(offsets)} {unit} offsets and {len(counts)} byte counts "
                          f"but its {width} x {height} image needs {needed} {unit}s: the file is damaged or cut short")
@@ -250,9 +258,9 @@ def _check_tiff_segments(page, size: int) -> None:
         if offset + count > size:
             raise ImageError("truncated", f"TIFF {unit} {i} of {needed} ends at byte {offset + count} but the file "
                              f"has {size} bytes: the file is truncated (was it still being written?)")
-        if page.compression == 1 and count < raw_sizes[i - 1]:
+        if page.compression == 1 and count < raw_size(i - 1):
             raise ImageError("corrupt", f"uncompressed TIFF {unit} {i} of {needed} holds {count} bytes but needs "
-                             f"{raw_sizes[i - 1]}: the file is damaged; rescan it")
+                             f"{raw_size(i - 1)}: the file is damaged; rescan it")
 
 
 def _raise_logged(messages: list[str], stage: str) -> None:

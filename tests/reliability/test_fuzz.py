@@ -21,7 +21,8 @@ PEAK_BYTES = 64 * 1024 * 1024
 # Known crashes of imaging.read_image, kept as strict xfail reproducers until imaging.py is fixed
 # (then they XPASS and fail: delete them here). All four: a zero TileLength/TileWidth makes
 # _check_tiff_segments divide by zero (ZeroDivisionError instead of ImageError "corrupt").
-KNOWN_CRASHES: dict[int, str] = {
+# Cases that once crashed read_image (ZeroDivisionError on a zero tile size); kept as regressions.
+FOUND_CRASHES: dict[int, str] = {
     5022: "variant=zlib_tiled mutation=flip_header: header: byte 154 ^= 0x5e (TileWidth -> 0)",
     6928: "variant=zlib_tiled mutation=flip_anywhere: bytes 4890, 155, 4232, 3589, 3342, 5165 flipped",
     9918: "variant=zlib_tiled mutation=flip_header: header: byte 154 ^= 0xf8",
@@ -69,8 +70,6 @@ def test_mutated_tiffs_end_as_image_or_known_rejection(tmp_path, bases):
     failures: list[str] = []
     try:
         for seed in range(CASES):
-            if seed in KNOWN_CRASHES:
-                continue
             data, what = build_case(bases, seed)
             try:
                 result, seconds, peak = read_case(tmp_path / "case.tif", data)
@@ -100,16 +99,14 @@ def test_mutated_tiffs_end_as_image_or_known_rejection(tmp_path, bases):
         signal.signal(signal.SIGPROF, previous)
     assert not failures, f"{len(failures)} of {CASES} cases failed:\n" + "\n".join(failures[:40])
     # The mutations must actually reach the rejection paths, not just produce readable files.
-    assert sum(outcomes.values()) == CASES - len([s for s in KNOWN_CRASHES if s < CASES])
+    assert sum(outcomes.values()) == CASES
     assert outcomes.get("truncated", 0) > 0 and outcomes.get("corrupt", 0) > 0, outcomes
 
 
-@pytest.mark.parametrize("seed", sorted(KNOWN_CRASHES))
-@pytest.mark.xfail(strict=True, raises=ZeroDivisionError,
-                   reason="known imaging.read_image crash, reproducer in KNOWN_CRASHES")
-def test_known_crash_reproducers(tmp_path, bases, seed):
+@pytest.mark.parametrize("seed", sorted(FOUND_CRASHES))
+def test_former_crashes_are_rejected_as_corrupt(tmp_path, bases, seed):
     data, what = build_case(bases, seed)
-    assert what.split(" ", 1)[1].startswith(KNOWN_CRASHES[seed].split(":")[0])
+    assert what.split(" ", 1)[1].startswith(FOUND_CRASHES[seed].split(":")[0])
     (tmp_path / "case.tif").write_bytes(data)
     with pytest.raises(ImageError) as info:
         read_image(tmp_path / "case.tif")
