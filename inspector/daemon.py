@@ -102,7 +102,9 @@ class Daemon:
         self.load = load
         self.root = os.path.realpath(cfg.watch.capture_dir)
         self.tracker = Tracker(self.root, cfg.watch.patterns, cfg.watch.settle_seconds, cfg.watch.queue_size)
-        self.scanner = Scanner(self.tracker, store.known_file, cfg.watch.rescan_seconds)
+        self.scanner = Scanner(self.tracker, self._known, cfg.watch.rescan_seconds)
+        # files with a committed outcome still in the capture folder: a move a crash interrupted
+        self.leftovers: queue.Queue = queue.Queue(maxsize=cfg.watch.queue_size)
         self.events: queue.Queue = queue.Queue(maxsize=cfg.watch.queue_size)
         self.ready: queue.Queue = queue.Queue()
         self.rescan = threading.Event()
@@ -162,6 +164,8 @@ class Daemon:
                 self.observer.stop()
                 self.observer.join(timeout=5)
             self.worker.join()
+            if once and code == 0:
+                self._finish_moves()  # the worker has stopped: no other mover is left
             self.heatmaps.close(timeout=HEATMAP_DRAIN_SECONDS)
         log.info("stopped: %s", self.status_line())
         return code
@@ -220,12 +224,41 @@ class Daemon:
         self.reload.set()
 
     # ---- worker thread: score and commit ------------------------------------------------------
+    def _known(self, path_raw: bytes, size: int, mtime_ns: int) -> bool:
+        """The scanner's test; with after = "move" a known file still here is a move to finish."""
+        known = self.store.known_file(path_raw, size, mtime_ns)
+        if known and self.cfg.watch.after == "move":
+            with contextlib.suppress(queue.Full):  # the next rescan offers it again
+                self.leftovers.put_nowait((os.fsdecode(path_raw), size, mtime_ns))
+        return known
+
+    def _finish_moves(self) -> None:
+        """Complete moves that a crash cut short (outcome committed, file not yet moved)."""
+        while True:
+            try:
+                path, size, mtime_ns = self.leftovers.get_nowait()
+            except queue.Empty:
+                return
+            st, _ = stat_candidate(path, self.root)
+            if st is None or (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+                continue  # already moved, or new content under the old name (scored as new)
+            raw = os.fsencode(path)
+            outcome = self._store_call(self.store.file_outcome, raw, size, mtime_ns)
+            if outcome is None:
+                continue
+            log.info("finishing an interrupted move of %s", self._shown(path))
+            if outcome["kind"] == "rejection":
+                self._move(path, ("quarantine",), None)
+            else:
+                self._move(path, ("processed", date.today().isoformat()), (raw, outcome["sha256"]))
+
     def _work(self) -> None:
         batch_size = self.cfg.infer.batch_size
         while not self.stop.is_set():
             if self.reload.is_set():
                 self.reload.clear()
                 self._reload_model()
+            self._finish_moves()
             try:
                 batch = [self.ready.get(timeout=TICK_SECONDS)]
             except queue.Empty:
@@ -369,25 +402,35 @@ class Daemon:
         log.info("verdict %s p=%s %s%s (%.2f s)%s", verdict, p_text, shown, dup, ready_to_commit, extra)
         if verdict == "abnormal" and result == "new" and job.img16 is not None and self.heatmaps is not None:
             self.heatmaps.submit(self.detector, job.img16, job.sha256)  # after the commit: evidence never delays a verdict
-        moved = self._move(item.path, ("processed", date.today().isoformat()), job.sha256)
-        if moved is not None:
-            self._store_call(self.store.record_moved, raw, job.sha256, display_path(moved))
+        self._move(item.path, ("processed", date.today().isoformat()), (raw, job.sha256))
 
     def _shown(self, path: str) -> str:
         return display_path(os.path.join(os.path.basename(self.root), os.path.relpath(path, self.root)))
 
-    def _move(self, path: str, parts: tuple[str, ...], sha256: str | None) -> str | None:
-        """after = "move": rename into processed/DATE or quarantine, never overwriting anything."""
+    def _move(self, path: str, parts: tuple[str, ...], image: tuple[bytes, str] | None) -> str | None:
+        """after = "move": rename into processed/DATE or quarantine, never overwriting anything.
+
+        For a scored image (`image` = path_raw, sha256) the destination is committed before the
+        rename, so the database always says where the file is or is about to be.
+        """
         if self.cfg.watch.after != "move":
             return None
         folder = os.path.join(self.root, *parts)
         try:
             os.makedirs(folder, exist_ok=True)
             dest = unique_destination(folder, os.path.basename(path))
-            os.rename(path, dest)
-            _fault("mid_move")  # renamed, but moved_to not yet committed: the most exposed instant of a move
         except OSError as exc:
             log.error("cannot move %s to %s (%s); it stays in place", self._shown(path), parts[0], exc.strerror)
+            return None
+        if image is not None:
+            self._store_call(self.store.record_moved, image[0], image[1], display_path(dest))
+        try:
+            os.rename(path, dest)
+            _fault("mid_move")  # renamed: the instant right after the most exposed step of a move
+        except OSError as exc:
+            log.error("cannot move %s to %s (%s); it stays in place", self._shown(path), parts[0], exc.strerror)
+            if image is not None:
+                self._store_call(self.store.record_moved, image[0], image[1], None)
             return None
         log.info("moved %s -> %s", self._shown(path), self._shown(dest))
         return dest

@@ -348,11 +348,25 @@ class Store:
         except sa_exc.IntegrityError:
             return "exists"
 
-    def record_moved(self, path_raw: bytes | str, sha256: str, moved_to: str) -> None:
-        """Note where a scored file was moved (after its outcome was committed)."""
+    def record_moved(self, path_raw: bytes | str, sha256: str, moved_to: str | None) -> None:
+        """Note where a scored file is being moved (before the rename; None when the rename failed)."""
         with self.write() as conn:
             conn.execute(sa.update(images).where(images.c.path_raw == to_path_raw(path_raw),
-                                                 images.c.sha256 == sha256).values(moved_to=str(moved_to)))
+                                                 images.c.sha256 == sha256)
+                         .values(moved_to=None if moved_to is None else str(moved_to)))
+
+    def file_outcome(self, path_raw: bytes | str, size: int, mtime_ns: int) -> dict | None:
+        """What is recorded for this exact file: kind 'verdict' (with sha256, moved_to) or 'rejection'."""
+        raw = to_path_raw(path_raw)
+        with self.read() as conn:
+            row = conn.execute(sa.select(images.c.sha256, images.c.moved_to).where(
+                images.c.path_raw == raw, images.c.size == size, images.c.mtime_ns == mtime_ns).limit(1)).first()
+            if row is not None:
+                return {"kind": "verdict", "sha256": row.sha256, "moved_to": row.moved_to}
+            row = conn.execute(sa.select(rejections.c.sha256).where(
+                rejections.c.path_raw == raw, rejections.c.size == size,
+                rejections.c.mtime_ns == mtime_ns).limit(1)).first()
+        return None if row is None else {"kind": "rejection", "sha256": row.sha256, "moved_to": None}
 
     def set_heatmap(self, sha256: str, model_sha256: str, heatmap_path: str) -> None:
         """Attach a Grad-CAM image to a verdict."""

@@ -172,10 +172,43 @@ def test_after_move_moves_only_after_the_commit_and_never_overwrites(tmp_path, s
             wait_for(lambda: len(store.events) == 2, 30, "the commit and the move")
     finally:
         store.close()
-    assert store.events == [("commit", True), ("moved", False, True)]
+    # committed with the file in place; then its destination recorded before the rename (a crash
+    # between the two leaves a record pointing where the restart will put the file)
+    assert store.events == [("commit", True), ("moved", True, False)]
+    assert not (capture / "e1.tif").exists()
     assert (processed / "e1.tif").read_bytes() == b"an older file of the same name"
     assert (processed / "e1-1.tif").stat().st_size > 1000
     assert db_rows(tmp_path / "inspector.db", "SELECT moved_to FROM images")[0][0].endswith("e1-1.tif")
+
+
+def test_a_move_cut_short_by_a_crash_is_finished_at_start(tmp_path, station, detector):
+    """Outcome committed, then the process died before the rename: the restart moves the file."""
+    from inspector.imaging import file_sha256
+    from inspector.store import open_store
+
+    cfg = station(after="move")
+    capture = tmp_path / "capture"
+    good, bad = write_image(capture / "e7.tif", seed=7), capture / "junk.tif"
+    bad.write_bytes(b"not an image")
+    store = open_store(cfg.database.url)
+    try:
+        for path, record in ((good, "verdict"), (bad, "rejection")):
+            st = path.stat()
+            raw, sha = os.fsencode(path.resolve()), file_sha256(path)
+            if record == "verdict":
+                store.record_verdict(raw, sha, st.st_size, st.st_mtime_ns, detector.sha256, 0.1, "normal", None,
+                                     0.5, "global", 0.0, 0.0)
+            else:
+                store.record_rejection(raw, sha, st.st_size, st.st_mtime_ns, "not_an_image", "text")
+        counting = CountingDetector(detector)
+        with in_process(cfg, counting, store=store):
+            wait_for(lambda: not good.exists() and not bad.exists(), 30, "both moves finished")
+    finally:
+        store.close()
+    moved = capture / "processed" / date.today().isoformat() / "e7.tif"
+    assert moved.is_file() and (capture / "quarantine" / "junk.tif").is_file()
+    assert db_rows(tmp_path / "inspector.db", "SELECT moved_to FROM images") == [(str(moved.resolve()),)]
+    assert counting.predicted == 0 and db_count(tmp_path / "inspector.db", VERDICTS) == 1  # nothing scored twice
 
 
 def test_locked_database_pauses_and_resumes_without_moving_files(tmp_path, station, detector):
