@@ -75,6 +75,31 @@ def load_detector(cfg: Config) -> Any:
     return detector
 
 
+def off_main_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args) on a short-lived thread; its result, or its exception re-raised here.
+
+    The daemon keeps every torch call on its worker thread. A model loaded (and self-checked) on
+    the main thread would leave the main thread owning an OpenMP team of its own; with two teams
+    libgomp has more threads than cores and stops spinning between parallel regions, and every
+    forward pass of the worker ran about 30% slower. A thread that ends frees its team.
+    """
+    result: list[Any] = []
+    error: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            result.append(fn(*args))
+        except BaseException as exc:  # handed to the caller, which decides
+            error.append(exc)
+
+    thread = threading.Thread(target=call, name="inspector-load", daemon=True)
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
+
+
 def model_meta_json(detector: Any) -> str:
     meta = detector.meta
     if hasattr(meta, "to_json"):
@@ -114,7 +139,7 @@ class Daemon:
         self.worker: threading.Thread | None = None
         self.counts = {"scored": 0, "abnormal": 0, "rejected": 0}
         self.paused_reason: str | None = None
-        self.heatmaps: Any = None  # explain.HeatmapWorker, started by run()
+        self.heatmaps: Any = None  # explain.HeatmapQueue, made by run(), drawn by the worker when idle
         self.poll_seconds = 1.0
         self._rebuild_at = 0.0
 
@@ -124,9 +149,9 @@ class Daemon:
         handler = EventHandler(self.events, self.rescan)
         if not once:
             self.observer = build_observer(self.root, handler, self.cfg.watch.polling, self.poll_seconds)
-        from inspector.explain import HeatmapWorker
+        from inspector.explain import HeatmapQueue
 
-        self.heatmaps = HeatmapWorker(self.store, self.cfg.state.dir)
+        self.heatmaps = HeatmapQueue(self.store, self.cfg.state.dir)
         self.worker = threading.Thread(target=self._work, name="inspector-worker", daemon=True)
         self.worker.start()
         ready_sent, last_status, next_watchdog = False, "", 0.0
@@ -166,7 +191,6 @@ class Daemon:
             self.worker.join()
             if once and code == 0:
                 self._finish_moves()  # the worker has stopped: no other mover is left
-            self.heatmaps.close(timeout=HEATMAP_DRAIN_SECONDS)
         log.info("stopped: %s", self.status_line())
         return code
 
@@ -253,6 +277,7 @@ class Daemon:
                 self._move(path, ("processed", date.today().isoformat()), (raw, outcome["sha256"]))
 
     def _work(self) -> None:
+        """The only thread that runs the model: scoring first, heat maps in idle time."""
         batch_size = self.cfg.infer.batch_size
         while not self.stop.is_set():
             if self.reload.is_set():
@@ -260,8 +285,11 @@ class Daemon:
                 self._reload_model()
             self._finish_moves()
             try:
-                batch = [self.ready.get(timeout=TICK_SECONDS)]
+                owed = self.heatmaps is not None and len(self.heatmaps) > 0
+                batch = [self.ready.get(timeout=0 if owed else TICK_SECONDS)]
             except queue.Empty:
+                if self.heatmaps is not None:
+                    self.heatmaps.run_one()  # nothing waits to be scored: draw evidence owed
                 continue
             while len(batch) < batch_size:
                 try:
@@ -277,6 +305,8 @@ class Daemon:
             finally:
                 for item in batch:
                     self.tracker.release(item.path)
+        if self.heatmaps is not None:
+            self.heatmaps.drain(HEATMAP_DRAIN_SECONDS)  # verdicts are committed; evidence gets a bounded wait
 
     def _reload_model(self) -> None:
         """SIGHUP: swap to the model at model.path only if it loads, verifies and passes self_check."""
@@ -455,7 +485,7 @@ def run_daemon(cfg: Config, once: bool = False) -> int:
     with contextlib.ExitStack() as stack:
         stack.enter_context(log_to_stderr(cfg.log.level))
         cfg.require_dir("watch.capture_dir")
-        detector = load_detector(cfg)
+        detector = off_main_thread(load_detector, cfg)
         store = stack.enter_context(open_store(cfg.database.url, cfg.database.busy_timeout_seconds))
         store.record_model(detector.sha256, str(cfg.model.path), model_meta_json(detector))
         stack.enter_context(pid_file(Path(cfg.state.dir)))

@@ -21,7 +21,7 @@ from daemon_helpers import (db_count, db_rows, in_process, make_model, running, 
 from image_files import BAD_KINDS, make_bad_file
 from inspector.cli import cli
 from inspector.config import load_config
-from inspector.daemon import unique_destination
+from inspector.daemon import off_main_thread, unique_destination
 
 IMAGES = "SELECT COUNT(*) FROM images"
 VERDICTS = "SELECT COUNT(*) FROM verdicts"
@@ -398,6 +398,20 @@ def test_damaged_model_says_what_to_do(tmp_path, station):
     assert str(result.exception).startswith(f"model file {model}")
     assert str(result.exception).endswith("(train one with `inspector train` or write an untrained one "
                                           "with `inspector model init`)")
+
+
+def test_off_main_thread_returns_raises_and_leaves_the_main_thread():
+    import threading
+
+    from inspector.errors import ModelError
+
+    assert off_main_thread(lambda a, b: (a + b, threading.current_thread().name), 2, 3) == (5, "inspector-load")
+
+    def broken() -> None:
+        raise ModelError("no model at x")
+
+    with pytest.raises(ModelError, match="no model at x"):
+        off_main_thread(broken)
 
 
 def test_unique_destination_never_overwrites(tmp_path):

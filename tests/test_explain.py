@@ -12,8 +12,8 @@ import torch
 
 from image_files import sample_image16
 from inspector.errors import InspectorError
-from inspector.explain import (explain_and_record, explain_image, gradcam, gradcam_logits, heatmap_path,
-                               render_overlay, save_overlay)
+from inspector.explain import (HeatmapQueue, explain_and_record, explain_image, gradcam, gradcam_logits,
+                               heatmap_path, render_overlay, save_overlay)
 from inspector.infer import Detector
 from inspector.model import build_detector, init_model
 from inspector.store import open_store
@@ -176,6 +176,34 @@ def test_explain_and_record_on_a_thread_beside_scoring(detector, tmp_path):
         assert cv2.imread(str(out)).shape == (200, 120, 3)
         (row,) = store.query_verdicts()
         assert row["heatmap_path"] == str(out)
+
+
+def test_heatmap_queue_is_bounded_in_order_and_survives_a_bad_image(detector, tmp_path, caplog):
+    shas = [f"{i:02x}" * 32 for i in range(4)]
+    with open_store(f"sqlite:///{tmp_path / 'db.sqlite'}") as store:
+        for i, sha in enumerate(shas):
+            store.record_verdict(f"/cap/{i}.tif", sha, 10, 1, detector.sha256, 0.9, "abnormal", None, 0.5,
+                                 "global", 0.1, 0.1)
+        owed = HeatmapQueue(store, tmp_path / "state", maxsize=3)
+        assert not owed.run_one() and len(owed) == 0  # nothing owed: nothing drawn
+        assert owed.submit(detector, sample_image16(200, 120, seed=1), shas[0])
+        assert owed.submit(detector, np.zeros((4, 4, 2), np.uint16), shas[1])  # fails when drawn
+        assert owed.submit(detector, sample_image16(200, 120, seed=2), shas[2])
+        assert not owed.submit(detector, sample_image16(200, 120, seed=3), shas[3])  # full: dropped, logged
+        assert "heat map queue full" in caplog.text and len(owed) == 3
+        assert owed.run_one() and owed.done == 1 and heatmap_path(tmp_path / "state", shas[0]).is_file()
+        assert owed.run_one() and owed.failed == 1  # a bad image is logged, never raised
+        assert owed.drain(30.0) == 0 and owed.done == 2 and len(owed) == 0
+        with_maps = {row["sha256"] for row in store.query_verdicts() if row["heatmap_path"]}
+        assert with_maps == {shas[0], shas[2]}
+
+
+def test_heatmap_queue_drain_stops_at_its_deadline(detector, tmp_path):
+    with open_store(f"sqlite:///{tmp_path / 'db.sqlite'}") as store:
+        owed = HeatmapQueue(store, tmp_path / "state")
+        for i in range(3):
+            owed.submit(detector, sample_image16(200, 120, seed=i), f"{i:02x}" * 32)
+        assert owed.drain(0.0) == 3 and owed.done == 0  # no time given: nothing drawn, all still owed
 
 
 @pytest.mark.gpu
