@@ -110,21 +110,8 @@ class Station:
         self.proc = subprocess.Popen([sys.executable, "-m", "inspector", "watch", "--config", str(config)],
                                      cwd=folder, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.proc.returncode}: "
-                                   f"{(self.folder / 'daemon.log').read_text()[-2000:]}")
-            try:
-                if b"READY=1" in self.sock.recv(4096):
-                    return
-            except socket.timeout:
-                pass
-        raise RuntimeError("the daemon did not report READY=1")
-
-    def wait_scored(self, n: int, timeout: float) -> None:
-        """Block on the notify socket until the daemon's STATUS says `scored n` or more.
+    def _wait_notify(self, done, timeout: float, what: str) -> None:
+        """Block on the notify socket until done(message) for a datagram; the daemon's death is an error.
 
         The harness sleeps in recv() instead of polling the database: on a 2-core machine a poller
         waking every few milliseconds takes CPU from the daemon's two torch threads and would be
@@ -135,13 +122,21 @@ class Station:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}: "
                                    f"{(self.folder / 'daemon.log').read_text()[-2000:]}")
             try:
-                message = self.sock.recv(4096).decode(errors="replace")
+                if done(self.sock.recv(4096).decode(errors="replace")):
+                    return
             except socket.timeout:
-                continue
-            scored = [int(m) for m in re.findall(r"scored (\d+)", message)]
-            if scored and max(scored) >= n:
-                return
-        raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {n} verdicts")
+                pass
+        raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        self._wait_notify(lambda message: "READY=1" in message, timeout, "READY=1")
+
+    def wait_scored(self, n: int, timeout: float) -> None:
+        """Until the daemon's STATUS says `scored n` or more."""
+        def done(message: str) -> bool:
+            return any(int(m) >= n for m in re.findall(r"scored (\d+)", message))
+
+        self._wait_notify(done, timeout, f"{n} verdicts")
 
     def peak_rss_mb(self) -> float:
         """VmHWM: the highest resident set size of the daemon process so far."""
@@ -176,24 +171,20 @@ def bare_figures(detector, images: list[np.ndarray], repeats: int) -> tuple[floa
     for img in images[:5]:  # warm-up: the first calls of each batch shape pay oneDNN/thread-pool set-up
         detector.predict([img])
     detector.predict(images)
-    single = []
-    for i in range(max(repeats, 10)):
-        start = time.perf_counter()
-        detector.predict([images[i % len(images)]])
-        single.append(time.perf_counter() - start)
+    single = single_seconds(detector, images, repeats)
     rates = []
     for _ in range(3):
         start = time.perf_counter()
         detector.predict(images)
         rates.append(len(images) / (time.perf_counter() - start))
-    return statistics.median(single), statistics.median(rates)
+    return single, statistics.median(rates)
 
 
-def bare_after_idle(detector, images: list[np.ndarray], repeats: int, idle: float = IDLE_SECONDS) -> float:
-    """Median seconds of predict on one preloaded image after `idle` seconds of doing nothing.
+def single_seconds(detector, images: list[np.ndarray], repeats: int, idle: float = 0.0) -> float:
+    """Median seconds of predict on one preloaded image, each call after `idle` seconds of nothing.
 
-    A file that arrives alone finds the machine idle (sleeping torch threads, cold caches, a vCPU
-    that may have been descheduled); this is the bare model under the same condition."""
+    idle > 0: a file that arrives alone finds the machine idle (sleeping torch threads, cold caches,
+    a vCPU that may have been descheduled); this is the bare model under the same condition."""
     times = []
     for i in range(max(repeats, 10)):
         time.sleep(idle)
@@ -261,7 +252,7 @@ def measure(input_size: tuple[int, int] = (512, 256), bursts: tuple[int, ...] = 
             figures.append(Figure(f"daemon burst of {n}: peak RSS (VmHWM)", peak, first_peak, "MB",
                                   f"peak RSS at N={bursts[0]}", "flat (~1.0x)"))
     bare = statistics.median(singles)
-    idle = bare_after_idle(detector, bare_images, repeats=latency_files)
+    idle = single_seconds(detector, bare_images, latency_files, idle=IDLE_SECONDS)
     figures.insert(0, Figure(f"daemon ready->commit, one file ({size})", latency, bare, "s/image",
                              "bare Detector.predict on one image", f"<= {LATENCY_TARGET}x"))
     figures.insert(1, Figure(f"daemon ready->commit, one file ({size})", latency, idle, "s/image",

@@ -121,6 +121,8 @@ class Daemon:
 
     def __init__(self, cfg: Config, detector: Any, store: Any,
                  load: Callable[[Config], Any] = load_detector):
+        from inspector.explain import HeatmapQueue  # torch and OpenCV: imported once a daemon is made
+
         self.cfg = cfg
         self.detector = detector
         self.store = store
@@ -139,7 +141,7 @@ class Daemon:
         self.worker: threading.Thread | None = None
         self.counts = {"scored": 0, "abnormal": 0, "rejected": 0}
         self.paused_reason: str | None = None
-        self.heatmaps: Any = None  # explain.HeatmapQueue, made by run(), drawn by the worker when idle
+        self.heatmaps = HeatmapQueue(store, cfg.state.dir)  # drawn by the worker when no file waits
         self.poll_seconds = 1.0
         self._rebuild_at = 0.0
 
@@ -149,9 +151,6 @@ class Daemon:
         handler = EventHandler(self.events, self.rescan)
         if not once:
             self.observer = build_observer(self.root, handler, self.cfg.watch.polling, self.poll_seconds)
-        from inspector.explain import HeatmapQueue
-
-        self.heatmaps = HeatmapQueue(self.store, self.cfg.state.dir)
         self.worker = threading.Thread(target=self._work, name="inspector-worker", daemon=True)
         self.worker.start()
         ready_sent, last_status, next_watchdog = False, "", 0.0
@@ -285,11 +284,9 @@ class Daemon:
                 self._reload_model()
             self._finish_moves()
             try:
-                owed = self.heatmaps is not None and len(self.heatmaps) > 0
-                batch = [self.ready.get(timeout=0 if owed else TICK_SECONDS)]
+                batch = [self.ready.get(timeout=0 if len(self.heatmaps) else TICK_SECONDS)]
             except queue.Empty:
-                if self.heatmaps is not None:
-                    self.heatmaps.run_one()  # nothing waits to be scored: draw evidence owed
+                self.heatmaps.run_one()  # nothing waits to be scored: draw evidence owed
                 continue
             while len(batch) < batch_size:
                 try:
@@ -305,8 +302,7 @@ class Daemon:
             finally:
                 for item in batch:
                     self.tracker.release(item.path)
-        if self.heatmaps is not None:
-            self.heatmaps.drain(HEATMAP_DRAIN_SECONDS)  # verdicts are committed; evidence gets a bounded wait
+        self.heatmaps.drain(HEATMAP_DRAIN_SECONDS)  # verdicts are committed; evidence gets a bounded wait
 
     def _reload_model(self) -> None:
         """SIGHUP: swap to the model at model.path only if it loads, verifies and passes self_check."""
@@ -430,7 +426,7 @@ class Daemon:
         extra = f" ({reason})" if reason else ""
         dup = " duplicate content" if result == "duplicate" else ""
         log.info("verdict %s p=%s %s%s (%.2f s)%s", verdict, p_text, shown, dup, ready_to_commit, extra)
-        if verdict == "abnormal" and result == "new" and job.img16 is not None and self.heatmaps is not None:
+        if verdict == "abnormal" and result == "new" and job.img16 is not None:
             self.heatmaps.submit(self.detector, job.img16, job.sha256)  # after the commit: evidence never delays a verdict
         self._move(item.path, ("processed", date.today().isoformat()), (raw, job.sha256))
 

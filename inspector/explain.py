@@ -4,8 +4,8 @@ The backbone is frozen (requires_grad False), so gradients cannot reach layer4's
 through the weights. Instead of hooks, the forward pass is split at layer4: everything
 before it runs under no_grad, layer4's output is detached and made a leaf that requires
 grad, and the rest (pool, fc, head) runs under enable_grad. Nothing on the shared module is
-changed (no hooks, no requires_grad flags, no train/eval switch that stays), so the daemon's
-scoring thread may run inference on the same network while a heat map is computed.
+changed (no hooks, no requires_grad flags, no train/eval switch that stays), so another thread
+may run inference on the same network while a heat map is computed.
 """
 
 from __future__ import annotations
@@ -160,11 +160,10 @@ def explain_and_record(detector, store, img16: np.ndarray, sha256: str, state_di
 class HeatmapQueue:
     """Heat maps owed to committed abnormal verdicts, drawn by the scoring thread when no file waits.
 
-    No thread of its own: on a CPU every torch call of the daemon stays on one thread, because a
-    second thread running torch gets a second OpenMP team, and with more OpenMP threads than cores
-    libgomp stops spinning between parallel regions, which made every forward pass about 30% slower
-    (measured: 0.14 s against 0.11 s per image on 2 cores). Evidence waits for idle time instead; a
-    full queue drops the heat map (logged), never the verdict: `inspector explain` redraws it.
+    No thread of its own: every torch call of the daemon stays on its worker thread (a second
+    thread running torch slowed every forward pass by ~30%, see daemon.off_main_thread). Evidence
+    waits for idle time instead; a full queue drops the heat map (logged), never the verdict:
+    `inspector explain` redraws it.
     """
 
     def __init__(self, store, state_dir: str | os.PathLike, maxsize: int = 32):
