@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(
             base,
             model=dataclasses.replace(base.model, weights="none", input_size=parse_input_size(args.input_size)),
-            train=dataclasses.replace(base.train, epochs=args.epochs, seed=args.seed,
+            train=dataclasses.replace(base.train, epochs=args.epochs, min_steps=0, seed=args.seed,
                                       cache_dir=str(Path(tmp) / "cache")))
         # warm-up: the first convolutions on a fresh process pay one-off allocator/kernel set-up
         warm = build_detector("none").to(device).eval()

@@ -19,6 +19,10 @@ from inspector.errors import ConfigError
 ENV_VAR = "INSPECTOR_CONFIG"
 DEFAULT_NAME = "config.toml"
 METHODS = ("naive", "global", "local", "mix", "clahe")
+STAGES = ("layer1", "layer2", "layer3", "layer4")  # the ResNet stages whose pooled output can feed the head
+POOLINGS = ("mean", "max", "std")
+HEADS = ("linear", "paper")
+OPTIMIZERS = ("adamw", "paper")
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,7 @@ class ImagingConfig:
 
 @dataclass(frozen=True)
 class ConvertConfig:
-    method: str = "global"
+    method: str = "local"
     low_percentile: float = 0.01
     high_percentile: float = 99.99
     round_window: bool = False
@@ -44,6 +48,9 @@ class ModelConfig:
     freeze: str = "paper"
     device: str = "auto"
     input_size: tuple[int, int] = (2000, 1000)
+    features: tuple[str, ...] = ("layer2", "layer3")
+    pooling: tuple[str, ...] = ("mean",)
+    head: str = "linear"
 
 
 @dataclass(frozen=True)
@@ -54,11 +61,14 @@ class InferConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 50
+    optimizer: str = "adamw"
     learning_rate: float = 0.001
+    weight_decay: float = 0.05
+    min_steps: int = 500
     lr_step_epochs: int = 10
     lr_gamma: float = 0.1
     batch_size: int = 16
-    class_weights: str = "none"
+    class_weights: str = "balanced"
     target_recall: float = 0.0
     seed: int = 0
     cache_dir: str = ""
@@ -141,6 +151,8 @@ _OPTIONAL_PATH_KEYS = {("train", "cache_dir"), ("retrain", "base_dataset")}
 _CHOICES = {
     ("convert", "method"): METHODS,
     ("model", "freeze"): ("paper", "none"),
+    ("model", "head"): HEADS,
+    ("train", "optimizer"): OPTIMIZERS,
     ("model", "device"): None,  # checked below: auto, cpu, cuda, cuda:N
     ("train", "class_weights"): ("none", "balanced"),
     ("watch", "after"): ("keep", "move"),
@@ -158,7 +170,8 @@ def _check_value(section: str, name: str, value: object, file: str) -> None:
         if not ok:
             raise ConfigError(f"{value!r} is not auto, cpu, cuda or cuda:N", key, file)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        positive = {"max_height", "max_width", "batch_size", "epochs", "lr_step_epochs", "queue_size", "clahe_tile_grid"}
+        positive = {"max_height", "max_width", "batch_size", "epochs", "lr_step_epochs", "queue_size", "clahe_tile_grid",
+                    "learning_rate"}
         if name in positive and value <= 0:
             raise ConfigError(f"must be positive, got {value}", key, file)
         if value < 0:
@@ -175,6 +188,9 @@ def _check_value(section: str, name: str, value: object, file: str) -> None:
         raise ConfigError(f"{value!r} is not a database URL (e.g. sqlite:///inspector.db)", key, file)
     if (section, name) == ("review", "bundle_rule") and not (value == "subfolder" or value.startswith("regex:")):
         raise ConfigError(f"{value!r} is neither 'subfolder' nor 'regex:PATTERN'", key, file)
+    allowed = {("model", "features"): STAGES, ("model", "pooling"): POOLINGS}.get((section, name))
+    if allowed and (not value or any(v not in allowed for v in value) or len(set(value)) != len(value)):
+        raise ConfigError(f"must be a list of distinct values among {', '.join(allowed)}, got {list(value)}", key, file)
     if (section, name) == ("retrain", "methods"):
         bad = [m for m in value if m not in METHODS]
         if bad or not value:

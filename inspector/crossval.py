@@ -37,6 +37,10 @@ class FoldResult:
     counts: Counts
     window: tuple[int, int] | None
     test_idx: list[int]
+    steps: int = 0
+    final_loss: float = float("nan")
+    prior_loss: float = float("nan")
+    seconds: float = 0.0
 
 
 @dataclass
@@ -93,12 +97,18 @@ def cross_validate(dataset: Dataset, methods: list[str], cfg: Config, device: "t
         for fold in folds:
             view = fit_view(source, fold.train_idx, method, cfg)
             net.load_state_dict(fresh)
-            fit(net, source, fold.train_idx, view, cfg, device, store, use_cache, stats,
-                desc=f"{method} {fold.bundle}")
+            t0 = time.perf_counter()
+            fitted = fit(net, source, fold.train_idx, view, cfg, device, store, use_cache, stats,
+                         desc=f"{method} {fold.bundle}")
             p = predict_proba(net, source, fold.test_idx, view, cfg, device, store if use_cache else None, stats)
             mres.oof[fold.test_idx] = p
             counts = metrics.counts_at_threshold(y[fold.test_idx], p, DEFAULT_THRESHOLD)
-            mres.folds.append(FoldResult(fold.bundle, counts, view.window, [int(i) for i in fold.test_idx]))
+            mres.folds.append(FoldResult(fold.bundle, counts, view.window, [int(i) for i in fold.test_idx],
+                                         fitted.steps, fitted.final_loss, fitted.prior_loss,
+                                         time.perf_counter() - t0))
+            if not fitted.learned:
+                (warn or (lambda m: None))(f"warning: {method}, fold {fold.bundle}: training ended no better than "
+                                           f"the class prior ({fitted.summary()})")
         results[method] = mres
     settings = run_settings(cfg, methods, use_cache)
     return CvResult(dataset, results, settings, dataset.fingerprint(), stats.passes, stats.hits,
@@ -107,11 +117,17 @@ def cross_validate(dataset: Dataset, methods: list[str], cfg: Config, device: "t
 
 def run_settings(cfg: Config, methods: list[str], use_cache: bool) -> dict:
     """The settings a result depends on, recorded with it."""
+    from inspector.train import optimizer_label
+
     tc, mc, cc = cfg.train, cfg.model, cfg.convert
+    paper = mc.head == "paper"
     return {"methods": list(methods), "epochs": tc.epochs, "input_size": list(mc.input_size),
             "weights": mc.weights, "freeze": mc.freeze, "class_weights": tc.class_weights,
-            "learning_rate": tc.learning_rate, "lr_step_epochs": tc.lr_step_epochs, "lr_gamma": tc.lr_gamma,
-            "batch_size": tc.batch_size, "optimizer": "SGD momentum 0.9", "seed": tc.seed, "cache": use_cache,
+            "features": ["layer4"] if paper else list(mc.features), "pooling": ["mean"] if paper else list(mc.pooling),
+            "head": mc.head, "optimizer": tc.optimizer, "optimizer_settings": optimizer_label(cfg),
+            "learning_rate": tc.learning_rate, "weight_decay": tc.weight_decay, "min_steps": tc.min_steps,
+            "lr_step_epochs": tc.lr_step_epochs, "lr_gamma": tc.lr_gamma,
+            "batch_size": tc.batch_size, "seed": tc.seed, "cache": use_cache,
             "low_percentile": cc.low_percentile, "high_percentile": cc.high_percentile,
             "round_window": cc.round_window, "clahe_clip_limit": cc.clahe_clip_limit,
             "clahe_tile_grid": cc.clahe_tile_grid, "threshold": DEFAULT_THRESHOLD}
@@ -128,7 +144,8 @@ def method_summary(y: np.ndarray, mres: MethodResult) -> dict:
                                 for t in RECALL_TARGETS},
         "windows": [list(w) for w in mres.windows],
         "folds": [{"bundle": f.bundle, "images": len(f.test_idx), "window": list(f.window) if f.window else None,
-                   **f.counts.to_dict()} for f in mres.folds],
+                   "steps": f.steps, "final_loss": f.final_loss, "prior_loss": f.prior_loss,
+                   "seconds": round(f.seconds, 3), **f.counts.to_dict()} for f in mres.folds],
     }
 
 
@@ -194,6 +211,16 @@ def format_table(data: dict) -> str:
         lines.append(row)
     lines.append("(precision, recall, F1, ROC AUC in %, pooled; passed@R = share of normal electrodes passed "
                  "automatically at a threshold giving abnormal recall >= R)")
+    cfg = data["config"]
+    lines.append(f"features {'+'.join(cfg['features'])} pooled by {'+'.join(cfg['pooling'])}, head {cfg['head']}, "
+                 f"{cfg['optimizer_settings']}, class weights {cfg['class_weights']}")
+    for m in methods:
+        folds = data["methods"][m]["folds"]
+        if folds and "steps" in folds[0]:
+            lines.append(f"{m}: training per fold {int(np.median([f['steps'] for f in folds]))} steps, final loss "
+                         f"median {np.median([f['final_loss'] for f in folds]):.4f} against "
+                         f"{np.median([f['prior_loss'] for f in folds]):.4f} for the class prior; "
+                         f"{np.median([f['seconds'] for f in folds]):.1f} s per fold")
     for m in methods:
         windows = data["methods"][m]["windows"]
         if windows:

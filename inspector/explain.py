@@ -1,11 +1,13 @@
 """Grad-CAM evidence: where the detector looked when it called an electrode abnormal.
 
-The backbone is frozen (requires_grad False), so gradients cannot reach layer4's output
-through the weights. Instead of hooks, the forward pass is split at layer4: everything
-before it runs under no_grad, layer4's output is detached and made a leaf that requires
-grad, and the rest (pool, fc, head) runs under enable_grad. Nothing on the shared module is
-changed (no hooks, no requires_grad flags, no train/eval switch that stays), so another thread
-may run inference on the same network while a heat map is computed.
+The map follows the stages the head classifies (model.features): each chosen stage's activations
+are made leaves that require grad (the stage that feeds the next one is detached there, so each
+map holds only its own stage's direct share of the decision), the pooling, standardization and
+head run under enable_grad, and each stage's Grad-CAM (channel weights = mean gradient) is
+weighted by its number of positions, so every map is in logit per image area, resized to the
+input and summed. Nothing on the shared module is changed (no hooks, no requires_grad flags, no
+train/eval switch that stays), so another thread may run inference on the same network while a
+heat map is computed.
 """
 
 from __future__ import annotations
@@ -48,37 +50,48 @@ class Explanation:
 
 def _check_resnet(net: torch.nn.Module) -> torch.nn.Module:
     backbone = getattr(net, "backbone", None)
-    needed = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool")
-    if backbone is None or not all(hasattr(backbone, name) for name in needed):
+    needed = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+    if backbone is None or not all(hasattr(backbone, name) for name in needed) or not hasattr(net, "embedding"):
         raise ModelError("Grad-CAM needs an ElectrodeNet whose backbone is a torchvision ResNet "
-                         "(conv1 ... layer4, avgpool); this network has none")
+                         "(conv1 ... layer4); this network has none")
     return backbone
 
 
 def gradcam_logits(net: torch.nn.Module, x: torch.Tensor, target: int = 1) -> tuple[np.ndarray, torch.Tensor]:
-    """Grad-CAM of class `target` on layer4 for one input, and the logits of the same forward pass."""
+    """Grad-CAM of class `target` over the net's feature stages for one input, and the logits of the same pass."""
+    from inspector.model import STAGES, pool_map
+
     if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3:
         raise InspectorError(f"Grad-CAM takes one image as a (1, 3, H, W) tensor, got shape {tuple(x.shape)}")
     b = _check_resnet(net)
+    stages, pooling = net.embedding.stages, net.embedding.pooling
     with _GRADCAM_LOCK:
         was_training = net.training
         net.eval()  # BN running statistics must not move, and dropout (if any) must not fire
         try:
-            with torch.inference_mode(False), torch.no_grad():  # also when a caller sits in inference_mode
-                h = b.maxpool(b.relu(b.bn1(b.conv1(x))))
-                h = b.layer3(b.layer2(b.layer1(h)))
-            with torch.inference_mode(False), torch.enable_grad():
-                acts = b.layer4(h).detach().float().requires_grad_(True)  # (1, 512, h, w), a leaf
-                features = torch.flatten(b.avgpool(acts), 1)
-                features = b.fc(features)  # an Identity in ElectrodeNet; kept for a plain ResNet
-                logits = net.classify(features)
-                grads, = torch.autograd.grad(logits[0, target], acts)
+            acts: dict[str, torch.Tensor] = {}
+            with torch.inference_mode(False):  # also when a caller sits in inference_mode
+                with torch.no_grad():
+                    h = b.maxpool(b.relu(b.bn1(b.conv1(x.detach().clone()))))
+                for stage in STAGES[:STAGES.index(stages[-1]) + 1]:
+                    with torch.no_grad():
+                        h = getattr(b, stage)(h)
+                    if stage in stages:
+                        acts[stage] = h.detach().float().requires_grad_(True)  # a leaf per chosen stage
+                with torch.enable_grad():
+                    features = torch.cat([pool_map(acts[s], pooling) for s in stages], dim=1)
+                    logits = net.classify(features)
+                    grads = torch.autograd.grad(logits[0, target], [acts[s] for s in stages])
         finally:
             net.train(was_training)
         with torch.no_grad():
-            weights = grads.mean(dim=(2, 3), keepdim=True)  # one weight per channel: its mean gradient
-            cam = F.relu((weights * acts).sum(dim=1, keepdim=True))
-            cam = F.interpolate(cam, size=tuple(x.shape[2:]), mode="bilinear", align_corners=False)[0, 0]
+            cam = torch.zeros((1, 1, *x.shape[2:]), dtype=torch.float32, device=x.device)
+            for stage, grad in zip(stages, grads):
+                a = acts[stage].detach()
+                weights = grad.mean(dim=(2, 3), keepdim=True)  # one weight per channel: its mean gradient
+                part = (weights * a).sum(dim=1, keepdim=True) * (a.shape[2] * a.shape[3])
+                cam += F.interpolate(part, size=tuple(x.shape[2:]), mode="bilinear", align_corners=False)
+            cam = F.relu(cam)[0, 0]
             peak = float(cam.max())
             cam = cam / peak if peak > 0 and np.isfinite(peak) else torch.zeros_like(cam)
     out = np.nan_to_num(cam.clamp(0.0, 1.0).cpu().numpy().astype(np.float32), nan=0.0)

@@ -1,9 +1,11 @@
-"""Frozen-backbone embedding cache: the 512-d pooled feature, computed once per key.
+"""Frozen-backbone embedding cache: every stage's pooled features, computed once per key.
 
-Every backbone layer up to the global average pool is frozen, so the feature depends only
-on (image content, conversion method and window, CLAHE settings, flip, input size, backbone
-weights). The key hashes exactly those; one .npy per key, written atomically, so an
-interrupted run resumes and a changed window or weights file never reuses a stale feature.
+The backbone is frozen, so its pooled features depend only on (image content, conversion method
+and window, CLAHE settings, flip, input size, backbone weights). The key hashes exactly those;
+one .npy per key holds the raw (unstandardized) features of all four stages under every pooling
+(model.FULL_DIM values), so changing model.features or model.pooling picks other columns and
+never recomputes the backbone. Written atomically, so an interrupted run resumes and a changed
+window or weights file never reuses a stale feature.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from tqdm import tqdm
 
 from inspector.durable import write_atomic
 from inspector.errors import InspectorError
+from inspector.model import FULL_DIM, preprocess_batch
 
 FLIPS = ("none", "h", "v", "hv")
-FEATURE_DIM = 512
+LAYOUT = "stages1-4 x mean,max,std v2"  # part of every key: a new layout never reads an old entry
 CACHE_FOLDER = ".inspector-cache"
 WINDOWED_METHODS = ("global", "mix", "clahe")
 
@@ -41,7 +44,7 @@ def require_frozen(freeze: str) -> None:
     """The cache holds backbone outputs, valid only while the backbone never changes."""
     if freeze != "paper":
         raise CacheError(
-            f"model.freeze = {freeze!r} trains every backbone layer, so its 512-d features change at each "
+            f"model.freeze = {freeze!r} trains every backbone layer, so its features change at each "
             "step and cannot be cached; use --no-cache (the full forward pass every epoch) or set "
             "model.freeze = 'paper'")
 
@@ -52,8 +55,8 @@ def default_cache_dir(cache_dir: str, dataset_root: Path) -> Path:
 
 
 def _backbone_tensors(net: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """Parameters and buffers of everything that feeds embed(): all but net.fc and net.head."""
-    trainable = {id(t) for m in (net.fc, net.head) for t in (*m.parameters(), *m.buffers())}
+    """Parameters and buffers of everything that feeds embed(): all but standardize, fc and head."""
+    trainable = {id(t) for m in (net.standardize, net.fc, net.head) for t in (*m.parameters(), *m.buffers())}
     named = list(net.named_parameters()) + list(net.named_buffers())
     return sorted(((n, t) for n, t in named if id(t) not in trainable), key=lambda item: item[0])
 
@@ -76,7 +79,7 @@ def backbone_fingerprint(net: torch.nn.Module) -> str:
 def feature_key(content_sha256: str, method: str, window: tuple[int, int] | None, flip: str,
                 input_size: tuple[int, int], backbone_sha256: str,
                 clahe: tuple[float, int] | None = None) -> str:
-    """sha256 of everything that changes the pooled feature; nothing else."""
+    """sha256 of everything that changes the pooled features; nothing else."""
     if flip not in FLIPS:
         raise CacheError(f"unknown flip {flip!r}; one of {', '.join(FLIPS)}")
     fields = {
@@ -87,6 +90,7 @@ def feature_key(content_sha256: str, method: str, window: tuple[int, int] | None
         "flip": flip,
         "input_size": list(input_size),
         "backbone": backbone_sha256,
+        "layout": LAYOUT,
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
@@ -107,13 +111,13 @@ class FeatureStore:
             arr = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError):
             return None
-        return arr if arr.shape == (FEATURE_DIM,) and arr.dtype == np.float32 else None
+        return arr if arr.shape == (FULL_DIM,) and arr.dtype == np.float32 else None
 
     def save(self, key: str, feature: np.ndarray) -> None:
         path = self.path(key)
         try:
             buf = io.BytesIO()
-            np.save(buf, np.asarray(feature, dtype=np.float32).reshape(FEATURE_DIM))
+            np.save(buf, np.asarray(feature, dtype=np.float32).reshape(FULL_DIM))
             write_atomic(path, buf.getvalue(), durable=False)  # a lost entry is recomputed
         except OSError as exc:
             raise CacheError(f"cannot write the embedding cache at {self.root}: {exc.strerror}; "
@@ -159,14 +163,18 @@ def prepare_for_device(net: torch.nn.Module, device: torch.device) -> torch.nn.M
     return net
 
 
-def embed_tensor(net: torch.nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Backbone pass on a preprocessed batch, float32 out; autocast + channels_last on CUDA."""
+def embed_tensor(net: torch.nn.Module, x: torch.Tensor, device: torch.device, full: bool = False) -> torch.Tensor:
+    """Backbone pass on a preprocessed batch, float32 out; autocast + channels_last on CUDA.
+
+    full: every stage under every pooling (the cache's layout) instead of the net's own embedding.
+    """
+    embed = net.embed_all if full else net.embed
     x = x.to(device, non_blocking=True)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.float16):
-            return net.embed(x).float()
-    return net.embed(x).float()
+            return embed(x).float()
+    return embed(x).float()
 
 
 def show_progress() -> bool:
@@ -177,10 +185,8 @@ def show_progress() -> bool:
 def embed_dataset(net: torch.nn.Module, items: Sequence[EmbedItem], load_img8: Callable[[int], np.ndarray],
                 input_size: tuple[int, int], device: torch.device, store: FeatureStore | None,
                 stats: EmbedStats, batch_size: int = 16, desc: str = "embedding") -> np.ndarray:
-    """Features for `items` (len x 512): from the store when there, else batched backbone passes."""
-    from inspector.model import preprocess_batch
-
-    out = np.zeros((len(items), FEATURE_DIM), dtype=np.float32)
+    """Full-layout features for `items` (len x FULL_DIM): from the store when there, else backbone passes."""
+    out = np.zeros((len(items), FULL_DIM), dtype=np.float32)
     missing: dict[str, list[int]] = {}
     for row, item in enumerate(items):
         feature = store.load(item.key) if store is not None else None
@@ -208,7 +214,7 @@ def embed_dataset(net: torch.nn.Module, items: Sequence[EmbedItem], load_img8: C
                 x = preprocess_batch([imgs[it.index] for it in chunk], input_size)
                 x = flip_batch(x, [it.flip for it in chunk])
                 t0 = time.perf_counter()
-                features = embed_tensor(net, x, device).cpu().numpy()
+                features = embed_tensor(net, x, device, full=True).cpu().numpy()
                 stats.backbone_seconds += time.perf_counter() - t0
                 stats.passes += len(chunk)
                 for it, feature in zip(chunk, features):

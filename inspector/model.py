@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from inspector import __version__
-from inspector.config import METHODS
+from inspector.config import HEADS, METHODS, POOLINGS, STAGES
 from inspector.errors import ModelError
 
 CLASS_NAMES = ("normal", "abnormal")
@@ -36,18 +36,128 @@ META_KEY = "inspector"
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit; a larger claim means a damaged file
 
 
-class ElectrodeNet(nn.Module):
-    """ResNet-34 with its own fc kept, then 1000->512->256->2: the paper's network, in two callable halves."""
+STAGE_CHANNELS = {"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}
+DEFAULT_FEATURES = ("layer2", "layer3")
+DEFAULT_POOLING = ("mean",)
+PAPER_FEATURES = ("layer4",)
 
-    def __init__(self, resnet: nn.Module | None = None, freeze: str = "paper"):
+
+@dataclass(frozen=True)
+class Embedding:
+    """Which backbone stages are pooled, and how, into the feature vector the head classifies.
+
+    The cache stores every stage under every pooling in one fixed layout (FULL_DIM columns), so a
+    change of `features` or `pooling` picks other columns instead of recomputing the backbone.
+    """
+
+    stages: tuple[str, ...] = DEFAULT_FEATURES
+    pooling: tuple[str, ...] = DEFAULT_POOLING
+
+    def __post_init__(self) -> None:
+        stages, pooling = tuple(self.stages), tuple(self.pooling)
+        if not stages or any(s not in STAGES for s in stages) or len(set(stages)) != len(stages):
+            raise ModelError(f"model.features = {list(stages)} must name distinct stages among {', '.join(STAGES)}")
+        if not pooling or any(p not in POOLINGS for p in pooling) or len(set(pooling)) != len(pooling):
+            raise ModelError(f"model.pooling = {list(pooling)} must name distinct poolings among {', '.join(POOLINGS)}")
+        object.__setattr__(self, "stages", tuple(s for s in STAGES if s in stages))  # network order
+        object.__setattr__(self, "pooling", tuple(p for p in POOLINGS if p in pooling))
+
+    @property
+    def dim(self) -> int:
+        return sum(STAGE_CHANNELS[s] for s in self.stages) * len(self.pooling)
+
+    @property
+    def last_stage(self) -> str:
+        return self.stages[-1]
+
+    def columns(self) -> list[int]:
+        """This embedding's columns in the full layout (stage-major, then pooling, then channel)."""
+        cols, offset = [], 0
+        for stage in STAGES:
+            for pool in POOLINGS:
+                n = STAGE_CHANNELS[stage]
+                if stage in self.stages and pool in self.pooling:
+                    cols.extend(range(offset, offset + n))
+                offset += n
+        return cols
+
+
+FULL_EMBEDDING = Embedding(STAGES, POOLINGS)
+FULL_DIM = FULL_EMBEDDING.dim
+
+
+def pool_map(acts: torch.Tensor, pooling: Sequence[str]) -> torch.Tensor:
+    """(N, C, h, w) activations -> (N, C * len(pooling)) in float32, one block per pooling."""
+    acts = acts.float()
+    out = []
+    for pool in pooling:
+        if pool == "mean":
+            out.append(acts.mean(dim=(2, 3)))
+        elif pool == "max":
+            out.append(acts.amax(dim=(2, 3)))
+        else:  # std: how uneven the response is, which a local flaw raises and a level shift does not
+            out.append(acts.std(dim=(2, 3), correction=0))
+    return torch.cat(out, dim=1)
+
+
+class Standardize(nn.Module):
+    """Per-feature (x - mean) / std with statistics fitted on training features; buffers, so they are saved.
+
+    A random backbone in eval mode has BatchNorm at its initial statistics (an identity), and its pooled
+    features are nearly one vector with large offsets: the head only sees the differences once they are
+    centred and scaled. A feature constant over the training set gets scale 0: it carries nothing.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit(self, features: torch.Tensor) -> None:
+        f = features.detach().double()
+        std = f.std(dim=0, correction=0)
+        tiny = 1e-6 * (f.abs().mean(dim=0) + 1e-12)
+        self.mean.copy_(f.mean(dim=0).to(self.mean))
+        self.scale.copy_(torch.where(std > tiny, 1.0 / std.clamp_min(1e-30), torch.zeros_like(std)).to(self.scale))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.mean) * self.scale
+
+
+class ElectrodeNet(nn.Module):
+    """A ResNet-34 backbone, pooled stage features, standardization and a head.
+
+    head "linear" (default): the pooled features of `embedding.stages`, standardized, then one linear
+    layer to (normal, abnormal). head "paper": the published network, layer4 pooled, the ResNet's own fc
+    (512 -> 1000) then 1000 -> 512 -> 256 -> 2, unstandardized.
+    """
+
+    def __init__(self, resnet: nn.Module | None = None, freeze: str = "paper",
+                 embedding: Embedding | None = None, head: str = "linear"):
         super().__init__()
         if freeze not in FREEZE_MODES:
             raise ModelError(f"model.freeze = {freeze!r} is unknown; use 'paper' (backbone frozen) or 'none'")
+        if head not in HEADS:
+            raise ModelError(f"model.head = {head!r} is unknown; use one of {', '.join(HEADS)}")
+        embedding = embedding or (Embedding(PAPER_FEATURES, ("mean",)) if head == "paper" else Embedding())
+        if head == "paper" and embedding != Embedding(PAPER_FEATURES, ("mean",)):
+            raise ModelError("model.head = 'paper' is the published network on layer4's mean-pooled 512 features; "
+                             "set model.features = [\"layer4\"] and model.pooling = [\"mean\"], or use head 'linear'")
         resnet = resnet if resnet is not None else torchvision.models.resnet34(weights=None)
-        self.fc = resnet.fc  # the ImageNet classifier 512 -> 1000, trained on as the paper does
+        fc = resnet.fc
         resnet.fc = nn.Identity()
-        self.backbone = resnet  # ends at the global average pool once fc is an identity
-        self.head = nn.Sequential(nn.Linear(1000, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 2))
+        self.backbone = resnet
+        self.embedding = embedding
+        self.head_kind = head
+        self.standardize = Standardize(embedding.dim)
+        if head == "paper":
+            self.fc = fc  # the ImageNet classifier 512 -> 1000, trained on as the paper does
+            self.head = nn.Sequential(nn.Linear(1000, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(),
+                                      nn.Linear(256, 2))
+        else:
+            self.fc = nn.Identity()
+            self.head = nn.Linear(embedding.dim, 2)
         self.freeze = freeze
         self.apply_freeze(freeze)
 
@@ -67,13 +177,35 @@ class ElectrodeNet(nn.Module):
             self.backbone.train(False)
         return self
 
+    def stage_maps(self, x: torch.Tensor, stages: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Activations of the named stages; the backbone runs only as deep as the last one needs."""
+        b = self.backbone
+        h = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        last = max(STAGES.index(s) for s in stages)
+        out = {}
+        for stage in STAGES[:last + 1]:
+            h = getattr(b, stage)(h)
+            if stage in stages:
+                out[stage] = h
+        return out
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) -> (N, 512) pooled features: the cacheable frozen part."""
-        return self.backbone(x)
+        """(N, 3, H, W) -> (N, embedding.dim) raw pooled features: the cacheable frozen part."""
+        maps = self.stage_maps(x, self.embedding.stages)
+        return torch.cat([pool_map(maps[s], self.embedding.pooling) for s in self.embedding.stages], dim=1)
+
+    def embed_all(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, FULL_DIM): every stage under every pooling, the layout the cache keeps."""
+        maps = self.stage_maps(x, STAGES)
+        return torch.cat([pool_map(maps[s], POOLINGS) for s in STAGES], dim=1)
+
+    def select(self, full: torch.Tensor) -> torch.Tensor:
+        """This net's columns of full-layout features."""
+        return full[:, self.embedding.columns()]
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
-        """(N, 512) features -> (N, 2) logits (normal, abnormal)."""
-        return self.head(self.fc(features))
+        """(N, embedding.dim) raw features -> (N, 2) logits (normal, abnormal)."""
+        return self.head(self.fc(self.standardize(features)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.embed(x))
@@ -109,7 +241,8 @@ def _load_weights_file(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def build_detector(weights: str = "none", freeze: str = "paper") -> ElectrodeNet:
+def build_detector(weights: str = "none", freeze: str = "paper", embedding: Embedding | None = None,
+                   head: str = "linear") -> ElectrodeNet:
     """Backbone weights 'imagenet', 'none' (random, seeded by the caller) or a local resnet34 .pth."""
     resnet = torchvision.models.resnet34(weights=None)
     if weights != "none":
@@ -120,7 +253,7 @@ def build_detector(weights: str = "none", freeze: str = "paper") -> ElectrodeNet
             first = str(exc).splitlines()[0] if str(exc) else ""
             raise ModelError(f"model.weights {weights} does not fit a torchvision resnet34 ({first}); "
                              f"expected keys like conv1.weight, layer1.0.conv1.weight, fc.weight") from exc
-    return ElectrodeNet(resnet, freeze=freeze)
+    return ElectrodeNet(resnet, freeze=freeze, embedding=embedding, head=head)
 
 
 def _as_pair(value: Any, name: str) -> tuple[int, int] | None:
@@ -154,6 +287,10 @@ class ModelMeta:
     threshold_source: str = "default 0.5"
     freeze: str = "paper"
     weights: str = "none"
+    # what the head classifies; a file without these fields holds the published network
+    features: tuple[str, ...] = PAPER_FEATURES
+    pooling: tuple[str, ...] = ("mean",)
+    head: str = "paper"
     trained: bool = False
     train_fingerprint: str = ""
     metrics: dict = field(default_factory=dict)
@@ -168,6 +305,11 @@ class ModelMeta:
         set_(self, "window", _as_pair(self.window, "window"))
         set_(self, "input_size", _as_pair(self.input_size, "input_size"))
         set_(self, "class_names", tuple(self.class_names))
+        set_(self, "features", tuple(self.features))
+        set_(self, "pooling", tuple(self.pooling))
+        if self.head not in HEADS:
+            raise ModelError(f"model head {self.head!r} is unknown; use one of {', '.join(HEADS)}")
+        Embedding(self.features, self.pooling)  # raises on an unknown stage or pooling
         if self.method not in METHODS:
             raise ModelError(f"model method {self.method!r} is unknown; use one of {', '.join(METHODS)}")
         if self.method in WINDOW_METHODS and self.window is None:
@@ -186,6 +328,8 @@ class ModelMeta:
         data["window"] = list(self.window) if self.window else None
         data["input_size"] = list(self.input_size)
         data["class_names"] = list(self.class_names)
+        data["features"] = list(self.features)
+        data["pooling"] = list(self.pooling)
         return json.dumps(data, sort_keys=True, default=_jsonable)
 
     @classmethod
@@ -204,6 +348,10 @@ class ModelMeta:
         if missing:
             raise ModelError(f"{source} metadata lacks {', '.join(missing)}; it was not written by inspector")
         return cls(**{k: v for k, v in data.items() if k in names})
+
+    @property
+    def embedding(self) -> Embedding:
+        return Embedding(self.features, self.pooling)
 
 
 @dataclass
@@ -235,6 +383,8 @@ def save_model(path: str | os.PathLike, net: ElectrodeNet, meta: ModelMeta) -> s
     """Write atomically (temp file, fsync, rename) so a reader never sees half a model; returns the file sha256."""
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
+    meta = dataclasses.replace(meta, features=net.embedding.stages, pooling=net.embedding.pooling,
+                               head=net.head_kind)  # the file describes the net it holds, whatever the caller said
     meta = dataclasses.replace(meta, version=__version__,
                                created_at=meta.created_at or datetime.now(timezone.utc).isoformat(timespec="seconds"))
     meta = dataclasses.replace(meta, tensors_sha256=artifact_sha256(tensors, meta))
@@ -328,7 +478,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
         raise _damaged(path, f"cannot decode the tensors: {exc}") from exc
     if artifact_sha256(tensors, meta) != meta.tensors_sha256:
         raise _damaged(path, "checksum mismatch")
-    net = ElectrodeNet(torchvision.models.resnet34(weights=None), freeze=meta.freeze)
+    net = ElectrodeNet(torchvision.models.resnet34(weights=None), freeze=meta.freeze, embedding=meta.embedding,
+                       head=meta.head)
+    if meta.head == "paper" and "standardize.mean" not in tensors:  # written before standardization existed
+        tensors = {**tensors, **{f"standardize.{k}": v for k, v in net.standardize.state_dict().items()}}
     try:
         net.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
@@ -374,10 +527,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def init_model(out: str | os.PathLike, method: str, window: Any, input_size: Sequence[int],
-               weights: str = "none", freeze: str = "paper", seed: int = 0) -> str:
+               weights: str = "none", freeze: str = "paper", seed: int = 0, embedding: Embedding | None = None,
+               head: str = "linear") -> str:
     """An UNTRAINED artifact, so the station and the daemon can be set up before the first training."""
-    meta = ModelMeta(method=method, window=window, input_size=tuple(input_size), weights=weights,
-                     freeze=freeze, trained=False, threshold=0.5, threshold_source="default 0.5")
     torch.manual_seed(seed)
-    net = build_detector(weights, freeze)
+    net = build_detector(weights, freeze, embedding, head)
+    meta = ModelMeta(method=method, window=window, input_size=tuple(input_size), weights=weights,
+                     freeze=freeze, features=net.embedding.stages, pooling=net.embedding.pooling, head=head,
+                     trained=False, threshold=0.5, threshold_source="default 0.5")
     return save_model(out, net, meta)

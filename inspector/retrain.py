@@ -27,7 +27,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from inspector import metrics
-from inspector.config import Config
+from inspector.config import OPTIMIZERS, Config
 from inspector.durable import fsync_dir
 from inspector.dataset import LABELS_FILE, Dataset, leave_one_bundle_out, load_dataset
 from inspector.errors import ConfigError, InspectorError, ModelError
@@ -168,11 +168,14 @@ def run_settings(cfg: Config, meta, epochs: int | None, cache_dir: Path) -> Conf
     if meta is not None:
         m = meta.metrics or {}
         model = dataclasses.replace(model, input_size=tuple(meta.input_size), weights=meta.weights or model.weights,
-                                    freeze=meta.freeze)
+                                    freeze=meta.freeze, features=meta.features, pooling=meta.pooling, head=meta.head)
         train = dataclasses.replace(train, epochs=int(m.get("epochs") or train.epochs),
                                     class_weights=m.get("class_weights") or train.class_weights,
                                     seed=int(m.get("seed", train.seed)),
-                                    learning_rate=float(m.get("learning_rate") or train.learning_rate))
+                                    optimizer=m.get("optimizer") if m.get("optimizer") in OPTIMIZERS else "paper",
+                                    learning_rate=float(m.get("learning_rate") or train.learning_rate),
+                                    weight_decay=float(m.get("weight_decay", train.weight_decay)),
+                                    min_steps=int(m.get("min_steps", train.min_steps)))
     if epochs is not None:
         train = dataclasses.replace(train, epochs=epochs)
     train = dataclasses.replace(train, cache_dir=str(cache_dir))

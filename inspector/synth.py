@@ -22,6 +22,11 @@ from inspector.errors import DatasetError
 
 FULL_HEIGHT = 2072  # mean height at scale 1.0; sizes below are in full-resolution pixels
 MINOR_SHARE = 0.25  # share of normal electrodes that carry one minor, acceptable anomaly
+# A minor instance keeps this share of its contrast against the electrode. Each drawer has a floor
+# (an ink fluctuation at severity 0 is still a 20-count band across the whole strip, as plain under
+# a window as an abnormal one), so severity alone cannot make an instance minor: an operator passes
+# a minor flaw because it is faint, below the coating's own grain.
+MINOR_GAIN = 0.25
 
 
 @dataclass(frozen=True)
@@ -270,8 +275,12 @@ assert tuple(DRAWERS) == ANOMALY_TYPES
 
 
 def synth_image(rng: np.random.Generator, character: Character, anomalies: Sequence[str],
-                severity: float | Sequence[float], shape: tuple[int, int]) -> np.ndarray:
-    """One electrode as 2-D uint16: substrate, coated strip with the bundle's look, then anomalies."""
+                severity: float | Sequence[float], shape: tuple[int, int], minor: bool = False) -> np.ndarray:
+    """One electrode as 2-D uint16: substrate, coated strip with the bundle's look, then anomalies.
+
+    minor: the anomalies are the acceptable kind a normal electrode may carry, drawn at MINOR_GAIN
+    of their contrast.
+    """
     h, w = shape
     unit = h / FULL_HEIGHT
     noise_rng = np.random.default_rng(rng.integers(2**63))  # same noise with or without anomalies
@@ -294,7 +303,10 @@ def synth_image(rng: np.random.Generator, character: Character, anomalies: Seque
     for name, sev in zip(anomalies, sevs):
         if name not in DRAWERS:
             raise DatasetError(f"unknown anomaly type {name!r}; use one of {', '.join(ANOMALY_TYPES)}")
+        before = cv.img.copy() if minor else None
         DRAWERS[name](rng, cv, float(np.clip(sev, 0.0, 1.0)))
+        if before is not None:
+            cv.img -= (1.0 - MINOR_GAIN) * (cv.img - before)  # in place: img is the same array
     grain = noise_rng.standard_normal((h, w), dtype=np.float32)
     sigma = character.grain_sigma * unit
     if sigma >= 0.3:
@@ -327,7 +339,7 @@ def synth_electrode(seed: int, scale: float = 0.1, abnormal: bool = False) -> np
     names, sevs = _pick_anomalies(rng, abnormal)
     if abnormal:
         sevs = [max(s, 0.6) for s in sevs]
-    return synth_image(rng, character, names, sevs, draw_shape(rng, scale))
+    return synth_image(rng, character, names, sevs, draw_shape(rng, scale), minor=not abnormal)
 
 
 def synth_bundle_electrode(dataset_seed: int, bundle: int, index: int, scale: float = 0.1,
@@ -341,7 +353,7 @@ def synth_bundle_electrode(dataset_seed: int, bundle: int, index: int, scale: fl
     names, sevs = _pick_anomalies(rng, abnormal)
     if abnormal:
         sevs = [max(s, 0.6) for s in sevs]
-    return synth_image(rng, character, names, sevs, draw_shape(rng, scale))
+    return synth_image(rng, character, names, sevs, draw_shape(rng, scale), minor=not abnormal)
 
 
 def _abnormal_count(rng: np.random.Generator, per_bundle: int, rate: float) -> int:
@@ -389,7 +401,7 @@ def synthesize(out: str | Path, bundles: int = 12, per_bundle: int = 60, abnorma
                 rng = np.random.default_rng([seed, 2, b, i])
                 is_abn = i in abnormal
                 names, sevs = _pick_anomalies(rng, is_abn)
-                img16 = synth_image(rng, character, names, sevs, draw_shape(rng, scale))
+                img16 = synth_image(rng, character, names, sevs, draw_shape(rng, scale), minor=not is_abn)
                 rel = f"{name}/{name}_{i:04d}.tif"
                 write_tiff(out / rel, img16)
                 rows.append((rel, name, "abnormal" if is_abn else "normal", ";".join(names)))

@@ -1,11 +1,14 @@
-"""Training as plain functions: the paper's schedule on cached features or full forward passes.
+"""Training as plain functions, on cached features or full forward passes.
 
 Both paths draw the same flips and batch order from one seeded generator per fit, so the
-cached path (fc + head trained on stored 512-d features) and the reference path (the
-whole network every epoch) give the same model within float tolerance.
+cached path (the head trained on stored pooled features) and the reference path (the whole
+network every epoch) give the same model within float tolerance. Before the first step the
+standardizer is fitted on the unflipped training features (mean and std per feature).
 
-The paper names no optimizer; its lr 0.001 with a step decay follows the PyTorch transfer-
-learning tutorial, whose optimizer is SGD with momentum 0.9: inspector uses that.
+train.optimizer "adamw" (default): AdamW with a cosine schedule counted in optimizer steps, at
+least train.min_steps of them however small the training set. "paper": the published schedule;
+the paper names no optimizer, and its lr 0.001 with a step decay follows the PyTorch transfer-
+learning tutorial, whose optimizer is SGD with momentum 0.9.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from inspector.dataset import Dataset
 from inspector.errors import DatasetError, InspectorError
 from inspector.features import (FLIPS, WINDOWED_METHODS, EmbedItem, EmbedStats, FeatureStore, backbone_fingerprint,
                                 embed_dataset, embed_tensor, feature_key, flip_batch, show_progress)
+from inspector.model import preprocess_batch
 
 MOMENTUM = 0.9
+NO_BETTER_THAN_PRIOR = 0.95  # a final loss above this share of the prior's loss learned (almost) nothing
 
 
 def set_threads(threads: int) -> int:
@@ -168,13 +173,14 @@ def set_train_mode(net: nn.Module, freeze: str) -> None:
         net.eval()
         net.fc.train()
         net.head.train()
+        net.standardize.eval()
     else:
         net.train()
 
 
 def train_one_epoch(net: nn.Module, forward: Callable[[np.ndarray, np.ndarray], torch.Tensor], y: torch.Tensor,
                     order: np.ndarray, flips: np.ndarray, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
-                    batch_size: int) -> float:
+                    batch_size: int, scheduler=None) -> float:
     """One pass over the training set in `order`; forward(indices, flip indices) -> logits."""
     total, seen = 0.0, 0
     for start in range(0, len(order), batch_size):
@@ -184,6 +190,8 @@ def train_one_epoch(net: nn.Module, forward: Callable[[np.ndarray, np.ndarray], 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         total += float(loss.detach()) * len(idx)
         seen += len(idx)
     return total / max(seen, 1)
@@ -191,39 +199,96 @@ def train_one_epoch(net: nn.Module, forward: Callable[[np.ndarray, np.ndarray], 
 
 @dataclass
 class FitResult:
-    """A trained net's history and the backbone passes it cost."""
+    """A trained net's history: loss per epoch, optimizer steps, and the loss of the class prior."""
 
     losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    prior_loss: float = float("nan")
     seconds: float = 0.0
+
+    @property
+    def final_loss(self) -> float:
+        return self.losses[-1] if self.losses else float("nan")
+
+    @property
+    def learned(self) -> bool:
+        """False when training ended no better than always predicting the class prior."""
+        return self.final_loss < NO_BETTER_THAN_PRIOR * self.prior_loss
+
+    def summary(self) -> str:
+        return (f"{self.steps} steps, final training loss {self.final_loss:.4f} against {self.prior_loss:.4f} "
+                f"for the class prior alone")
+
+
+def prior_loss(y: np.ndarray, weight: torch.Tensor | None) -> float:
+    """Cross-entropy of the best constant prediction: what a head that learned nothing reaches."""
+    counts = np.bincount(y, minlength=2).astype(np.float64)
+    mass = counts * (weight.cpu().numpy().astype(np.float64) if weight is not None else 1.0)
+    q = mass / mass.sum()
+    q = q[q > 0]
+    return float(-(q * np.log(q)).sum())
+
+
+def schedule_epochs(cfg: Config, n: int) -> int:
+    """Epochs to run: train.epochs, and for adamw at least train.min_steps optimizer steps."""
+    tc = cfg.train
+    if tc.optimizer == "paper":
+        return tc.epochs
+    per_epoch = -(-n // tc.batch_size)
+    return max(tc.epochs, -(-tc.min_steps // per_epoch))
+
+
+def make_optimizer(net: nn.Module, cfg: Config, total_steps: int, steps_per_epoch: int):
+    """The optimizer and a scheduler stepped after every optimizer step."""
+    tc = cfg.train
+    params = trainable_parameters(net)
+    if tc.optimizer == "paper":
+        optimizer = torch.optim.SGD(params, lr=tc.learning_rate, momentum=MOMENTUM)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=tc.lr_step_epochs * steps_per_epoch,
+                                                    gamma=tc.lr_gamma)
+        return optimizer, scheduler
+    optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+    return optimizer, scheduler
+
+
+def optimizer_label(cfg: Config) -> str:
+    tc = cfg.train
+    if tc.optimizer == "paper":
+        return f"SGD momentum {MOMENTUM}, lr {tc.learning_rate:g} x{tc.lr_gamma:g} every {tc.lr_step_epochs} epochs"
+    return (f"AdamW lr {tc.learning_rate:g} weight decay {tc.weight_decay:g}, cosine over >= {tc.min_steps} steps")
 
 
 def fit(net: nn.Module, source: ImageSource, train_idx: np.ndarray, view: View, cfg: Config, device: torch.device,
         store: FeatureStore | None, use_cache: bool, stats: EmbedStats, desc: str = "train") -> FitResult:
-    """Train fc + head (or all layers with freeze none) for cfg.train.epochs with the paper's schedule."""
+    """Fit the standardizer, then train the head (or all layers with freeze none) with train.optimizer."""
     tc, mc = cfg.train, cfg.model
     train_idx = np.asarray(train_idx, dtype=np.int64)
     y_np = source.y[train_idx]
     check_two_classes(y_np, f"the training set ({len(train_idx)} images)")
     y = torch.as_tensor(y_np, device=device)
-    plan = draw_plan(tc.seed, tc.epochs, len(train_idx))
+    epochs = schedule_epochs(cfg, len(train_idx))
+    plan = draw_plan(tc.seed, epochs, len(train_idx))
     weight = class_weight_tensor(y_np, tc.class_weights)
     loss_fn = nn.CrossEntropyLoss(weight=weight.to(device) if weight is not None else None)
-    optimizer = torch.optim.SGD(trainable_parameters(net), lr=tc.learning_rate, momentum=MOMENTUM)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=tc.lr_step_epochs, gamma=tc.lr_gamma)
+    steps_per_epoch = -(-len(train_idx) // tc.batch_size)
+    optimizer, scheduler = make_optimizer(net, cfg, epochs * steps_per_epoch, steps_per_epoch)
     started = time.perf_counter()
 
     if use_cache:
-        forward = _cached_forward(net, source, train_idx, view, plan, cfg, device, store, stats)
+        forward, plain = _cached_forward(net, source, train_idx, view, plan, cfg, device, store, stats)
     else:
-        forward = _full_forward(net, source, train_idx, view, cfg, device, stats)
-    result = FitResult()
-    bar = tqdm(range(tc.epochs), desc=desc, unit="epoch", disable=not show_progress(), leave=False)
+        forward, plain = _full_forward(net, source, train_idx, view, cfg, device, stats)
+    if net.head_kind != "paper":  # the published network is unstandardized
+        net.standardize.fit(plain)
+    result = FitResult(prior_loss=prior_loss(y_np, weight))
+    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not show_progress(), leave=False)
     for epoch in bar:
         set_train_mode(net, mc.freeze)
         loss = train_one_epoch(net, forward, y, plan.orders[epoch], plan.flips[epoch], optimizer, loss_fn,
-                               tc.batch_size)
-        scheduler.step()
+                               tc.batch_size, scheduler)
         result.losses.append(loss)
+        result.steps += steps_per_epoch
         bar.set_postfix(loss=f"{loss:.4f}")
     bar.close()
     net.eval()
@@ -232,29 +297,40 @@ def fit(net: nn.Module, source: ImageSource, train_idx: np.ndarray, view: View, 
 
 
 def _cached_forward(net, source, train_idx, view, plan, cfg, device, store, stats):
-    """Embed every (image, flip) the plan draws once (store first), then classify from memory."""
-    needed = sorted({(int(j), int(f)) for f_row in plan.flips for j, f in enumerate(f_row)})
+    """Embed every (image, flip) the plan draws once (store first), then classify from memory.
+
+    Returns forward(indices, flips) and the unflipped training features the standardizer is fitted on.
+    """
+    drawn = {(int(j), int(f)) for f_row in plan.flips for j, f in enumerate(f_row)}
+    needed = sorted(drawn | {(j, 0) for j in range(len(train_idx))})
     items = [_item(source, int(train_idx[j]), view, FLIPS[f], cfg, net) for j, f in needed]
-    feats = embed_dataset(net, items, lambda i: view.convert(source.read16(i)), cfg.model.input_size, device,
-                          store, stats, batch_size=cfg.train.batch_size, desc="embedding")
+    full = embed_dataset(net, items, lambda i: view.convert(source.read16(i)), cfg.model.input_size, device,
+                         store, stats, batch_size=cfg.train.batch_size, desc="embedding")
+    feats = net.select(torch.from_numpy(full))
     table = torch.zeros((len(FLIPS), len(train_idx), feats.shape[1]), dtype=torch.float32)
     for (j, f), feature in zip(needed, feats):
-        table[f, j] = torch.from_numpy(feature)
+        table[f, j] = feature
     table = table.to(device)
 
     def forward(idx: np.ndarray, flips: np.ndarray) -> torch.Tensor:
         f = table[torch.as_tensor(flips, device=device), torch.as_tensor(idx, device=device)]
         return net.classify(f)
 
-    return forward
+    return forward, table[0]
 
 
 def _full_forward(net, source, train_idx, view, cfg, device, stats):
     """The paper-faithful loop: every batch goes through the whole network, flipped as drawn."""
-    from inspector.model import preprocess_batch
-
     imgs8 = [view.convert(source.read16(int(i))) for i in train_idx]
     frozen = cfg.model.freeze == "paper"
+    with torch.no_grad():  # the standardizer's statistics: the unflipped images, before any step
+        was_training = net.training
+        net.eval()
+        plain = torch.cat([embed_tensor(net, preprocess_batch(imgs8[k:k + cfg.train.batch_size],
+                                                              cfg.model.input_size), device)
+                           for k in range(0, len(imgs8), cfg.train.batch_size)])
+        net.train(was_training)
+        stats.passes += len(imgs8)
 
     def forward(idx: np.ndarray, flips: np.ndarray) -> torch.Tensor:
         x = preprocess_batch([imgs8[j] for j in idx], cfg.model.input_size)
@@ -269,7 +345,7 @@ def _full_forward(net, source, train_idx, view, cfg, device, stats):
         stats.backbone_seconds += time.perf_counter() - t0
         return net.classify(f)
 
-    return forward
+    return forward, plain
 
 
 def _item(source: ImageSource, i: int, view: View, flip: str, cfg: Config, net: nn.Module) -> EmbedItem:
@@ -285,11 +361,11 @@ def predict_proba(net: nn.Module, source: ImageSource, idx: Sequence[int], view:
     if not idx:
         return np.zeros(0)
     items = [_item(source, i, view, "none", cfg, net) for i in idx]
-    feats = embed_dataset(net, items, lambda i: view.convert(source.read16(i)), cfg.model.input_size, device,
-                          store, stats, batch_size=cfg.train.batch_size, desc="scoring")
+    full = embed_dataset(net, items, lambda i: view.convert(source.read16(i)), cfg.model.input_size, device,
+                         store, stats, batch_size=cfg.train.batch_size, desc="scoring")
     net.eval()
     with torch.inference_mode():
-        logits = net.classify(torch.from_numpy(feats).to(device))
+        logits = net.classify(net.select(torch.from_numpy(full)).to(device))
         return torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy().astype(np.float64)
 
 
@@ -312,8 +388,12 @@ def build_net(cfg: Config) -> nn.Module:
     """A fresh detector, seeded so every fold and every run starts from the same weights."""
     from inspector.model import build_detector
 
+    from inspector.model import Embedding
+
+    mc = cfg.model
     torch.manual_seed(cfg.train.seed)
-    return build_detector(weights=cfg.model.weights, freeze=cfg.model.freeze)
+    embedding = Embedding(mc.features, mc.pooling) if mc.head != "paper" else None
+    return build_detector(weights=mc.weights, freeze=mc.freeze, embedding=embedding, head=mc.head)
 
 
 def build_net_on(cfg: Config, device: torch.device) -> nn.Module:
@@ -337,7 +417,7 @@ class TrainOutcome:
     path: Path
     sha256: str
     meta: object
-    losses: list[float]
+    fit: FitResult
     oof: dict | None = None
     oof_p: np.ndarray | None = None  # out-of-fold P(abnormal) per image when a target recall was set
 
@@ -383,14 +463,22 @@ def train_model(dataset: Dataset, out: Path, method: str, cfg: Config, device: t
     view = fit_view(source, idx, method, cfg)
     net = build_net_on(cfg, device)
     result = fit(net, source, idx, view, cfg, device, store, use_cache, stats, desc=f"train {method}")
+    if not result.learned:
+        (warn or (lambda m: print(m, file=sys.stderr)))(
+            f"warning: training ended no better than the class prior ({result.summary()}); the detector has "
+            "learned (almost) nothing: check the labels, or try model.features, convert.method or more steps")
     meta = ModelMeta(method=method, window=view.window, input_size=tuple(cfg.model.input_size),
                      threshold=float(threshold), threshold_source=threshold_source, freeze=cfg.model.freeze,
-                     weights=cfg.model.weights, trained=True, train_fingerprint=dataset.fingerprint(),
-                     metrics={"epochs": cfg.train.epochs, "final_loss": result.losses[-1] if result.losses else None,
+                     weights=cfg.model.weights, features=net.embedding.stages, pooling=net.embedding.pooling,
+                     head=net.head_kind, trained=True, train_fingerprint=dataset.fingerprint(),
+                     metrics={"epochs": cfg.train.epochs, "epochs_run": len(result.losses), "steps": result.steps,
+                              "final_loss": result.final_loss, "prior_loss": result.prior_loss,
                               "class_weights": cfg.train.class_weights, "seed": cfg.train.seed,
-                              "learning_rate": cfg.train.learning_rate, "optimizer": "SGD momentum 0.9",
-                              "images": len(dataset), "bundles": dataset.bundles, "out_of_fold": oof_info},
+                              "optimizer": cfg.train.optimizer, "optimizer_settings": optimizer_label(cfg),
+                              "learning_rate": cfg.train.learning_rate, "weight_decay": cfg.train.weight_decay,
+                              "min_steps": cfg.train.min_steps, "images": len(dataset), "bundles": dataset.bundles,
+                              "out_of_fold": oof_info},
                      quality=fit_quality_gate(source, idx, view, cfg),
                      clahe={"clip_limit": view.clahe[0], "tile_grid": view.clahe[1]})
     sha = save_model(out, net.cpu(), meta)
-    return TrainOutcome(Path(out), sha, meta, result.losses, oof_info, p)
+    return TrainOutcome(Path(out), sha, meta, result, oof_info, p)

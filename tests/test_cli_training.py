@@ -14,7 +14,7 @@ from inspector.cli import cli
 from inspector.dataset import synthesize
 from inspector.metrics import Counts
 
-TINY = ["--epochs", "1", "--input-size", "64x32", "--weights", "none"]
+TINY = ["--epochs", "1", "--min-steps", "0", "--input-size", "64x32", "--weights", "none"]
 
 
 @pytest.fixture(scope="module")
@@ -131,10 +131,13 @@ def test_cv_freeze_none_falls_back_to_the_full_loop(dataset_root, config, tmp_pa
     result = CliRunner().invoke(cli, ["cv", str(dataset_root), "--methods", "naive", *TINY,
                                                       "--config", str(config)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert result.stderr == (
-        "note: model.freeze = 'none' trains every backbone layer, so its 512-d features change at each step and "
+    assert result.stderr.splitlines()[0] == (
+        "note: model.freeze = 'none' trains every backbone layer, so its features change at each step and "
         "cannot be cached; use --no-cache (the full forward pass every epoch) or set model.freeze = 'paper'; "
-        "running the full forward loop instead\n")
+        "running the full forward loop instead")
+    # one epoch of every layer is no training: each fold says so rather than passing for a detector
+    assert all(line.startswith("warning: naive, fold bundle0") and "no better than the class prior" in line
+               for line in result.stderr.splitlines()[1:])
     assert ", no cache: " in result.stdout
     assert not (tmp_path / "cache").exists()
 
@@ -143,7 +146,10 @@ def test_train_then_score_and_evaluate(dataset_root, config, tmp_path):
     result = invoke("train", dataset_root, "--out", "m.safetensors", "--method", "global", *TINY,
                     "--class-weights", "balanced", "--seed", "2", "--config", config)
     assert result.exit_code == 0, result.output
-    assert "trained global on 12 images (3 bundles), 1 epochs, input 64x32, weights none" in result.output
+    assert "trained global on 12 images (3 bundles), input 64x32, weights none" in result.output
+    assert "features: layer2+layer3 pooled by mean, head linear; AdamW lr 0.001" in result.output
+    assert "training: 3 steps, final training loss " in result.output  # 1 epoch of 12 images in batches of 16..
+    assert "for the class prior alone" in result.output
     assert "threshold: 0.5 (default 0.5)" in result.output
     assert "wrote m.safetensors (sha256 " in result.output
     info = json.loads(invoke("model", "info", "m.safetensors", "--json", "--config", config).output)

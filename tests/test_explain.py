@@ -46,8 +46,9 @@ def reference_gradcam(net: torch.nn.Module, x: torch.Tensor, target: int) -> np.
     ref(x)[0, target].backward()
     handle.remove()
     a, g = store["a"], store["a"].grad
-    cam = torch.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(1, keepdim=True))
-    cam = torch.nn.functional.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False)[0, 0]
+    cam = (g.mean(dim=(2, 3), keepdim=True) * a).sum(1, keepdim=True)
+    # ReLU after resizing: maps of several stages are summed at the input size before it (explain.py)
+    cam = torch.relu(torch.nn.functional.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False)[0, 0])
     cam = cam.detach()
     return (cam / cam.max()).numpy() if cam.max() > 0 else np.zeros(x.shape[2:], np.float32)
 
@@ -59,8 +60,8 @@ def test_gradcam_map_shape_range_and_untouched_model(net):
     assert cam.shape == INPUT and cam.dtype == np.float32
     assert np.isfinite(cam).all() and cam.min() >= 0.0 and cam.max() == pytest.approx(1.0)
     assert [p.requires_grad for p in net.parameters()] == flags
-    layer4 = net.backbone.layer4
-    assert not layer4._forward_hooks and not layer4._backward_hooks and not layer4._forward_pre_hooks
+    for stage in (net.backbone.layer2, net.backbone.layer3, net.backbone.layer4):
+        assert not stage._forward_hooks and not stage._backward_hooks and not stage._forward_pre_hooks
     assert all(p.grad is None for p in net.parameters())  # no gradient left behind on the weights
     assert net.training is False
 
@@ -74,13 +75,39 @@ def test_gradcam_restores_training_mode_and_leaves_bn_statistics(net):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_gradcam_matches_a_hook_based_reference_and_the_network_output(net):
+def test_gradcam_matches_a_hook_based_reference_and_the_network_output():
+    """The published network (layer4 only): the textbook method, hooks and all, gives the same map."""
+    torch.manual_seed(0)
+    paper = build_detector("none", head="paper").eval()
     x = make_input(1)
     for target in (0, 1):
-        cam, logits = gradcam_logits(net, x, target=target)
-        np.testing.assert_allclose(cam, reference_gradcam(net, x, target), atol=1e-5)
+        cam, logits = gradcam_logits(paper, x, target=target)
+        np.testing.assert_allclose(cam, reference_gradcam(paper, x, target), atol=1e-5)
     with torch.no_grad():
-        torch.testing.assert_close(logits, net(x))
+        torch.testing.assert_close(logits, paper(x))
+
+
+def test_gradcam_follows_the_feature_stages(net):
+    """Linear head on mean-pooled layer2+layer3: the map is each position's share of the logit, in closed form."""
+    fitted = copy.deepcopy(net)
+    with torch.no_grad():
+        fitted.standardize.fit(fitted.embed(torch.cat([make_input(s) for s in range(5)])))
+    x = make_input(1)
+    cam, logits = gradcam_logits(fitted, x, target=1)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, fitted(x))
+        maps = fitted.stage_maps(x, ("layer2", "layer3"))
+        w = fitted.head.weight[1] * fitted.standardize.scale  # d logit / d pooled feature
+        expected = torch.zeros(INPUT)
+        offset = 0
+        for stage in ("layer2", "layer3"):
+            a = maps[stage]
+            part = (w[offset:offset + a.shape[1], None, None] * a[0]).sum(0, keepdim=True)[None]
+            expected += torch.nn.functional.interpolate(part, size=INPUT, mode="bilinear", align_corners=False)[0, 0]
+            offset += a.shape[1]
+        expected = torch.relu(expected)
+        expected = (expected / expected.max()).numpy()
+    np.testing.assert_allclose(cam, expected, atol=1e-4)
 
 
 def test_gradcam_map_changes_with_the_input(net):

@@ -142,7 +142,7 @@ def test_self_check(model_path):
 def test_self_check_catches_a_broken_network(model_path):
     det = Detector.load(model_path, device="cpu")
     with torch.no_grad():
-        det.net.head[4].bias.fill_(math.nan)
+        det.net.head.bias.fill_(math.nan)
     with pytest.raises(ModelError, match="failed its self-check: P\\(abnormal\\) of the check image is nan"):
         det.self_check()
 

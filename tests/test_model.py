@@ -12,8 +12,8 @@ import torchvision
 
 from inspector.errors import ModelError
 from inspector.model import (
-    ElectrodeNet, ModelMeta, build_detector, init_model, load_model, preprocess_batch, read_meta,
-    resolve_device, save_model, tensors_sha256,
+    FULL_DIM, ElectrodeNet, Embedding, ModelMeta, build_detector, init_model, load_model, preprocess_batch,
+    read_meta, resolve_device, save_model, tensors_sha256,
 )
 
 SIZE = (64, 32)
@@ -39,10 +39,63 @@ def test_shapes_and_finite(net):
     with torch.no_grad():
         logits = net(batch(3))
         feats = net.embed(batch(3))
-    assert logits.shape == (3, 2) and feats.shape == (3, 512)
+    assert net.embedding == Embedding(("layer2", "layer3"), ("mean",))  # the default
+    assert logits.shape == (3, 2) and feats.shape == (3, 128 + 256)
     assert torch.isfinite(logits).all() and torch.isfinite(feats).all()
+    assert isinstance(net.head, torch.nn.Linear) and net.head.in_features == 384
+
+
+def test_paper_head_is_the_published_network():
+    net = build_detector("none", "paper", head="paper").eval()
+    with torch.no_grad():
+        assert net.embed(batch(3)).shape == (3, 512) and net(batch(3)).shape == (3, 2)
     assert net.fc.in_features == 512 and net.fc.out_features == 1000
     assert [m.out_features for m in net.head if isinstance(m, torch.nn.Linear)] == [512, 256, 2]
+    with pytest.raises(ModelError, match="head = 'paper' is the published network"):
+        build_detector("none", "paper", Embedding(("layer2",), ("mean",)), head="paper")
+
+
+def test_full_layout_holds_every_embedding(net):
+    """The cache keeps all stages under all poolings; any embedding is a choice of its columns."""
+    x = batch(2, seed=4)
+    with torch.no_grad():
+        full = net.embed_all(x)
+        assert full.shape == (2, FULL_DIM)
+        for emb in (Embedding(("layer4",), ("mean",)), Embedding(("layer1", "layer3"), ("max", "std")),
+                    Embedding(("layer3", "layer2"), ("std", "mean"))):
+            other = build_detector("none", "paper", emb)
+            other.backbone.load_state_dict(net.backbone.state_dict())
+            other.eval()
+            assert torch.allclose(other.select(full), other.embed(x), rtol=1e-5, atol=1e-5), emb
+    with pytest.raises(ModelError, match="model.features"):
+        Embedding(("layer5",), ("mean",))
+    with pytest.raises(ModelError, match="model.pooling"):
+        Embedding(("layer2",), ("median",))
+
+
+def test_backbone_runs_only_as_deep_as_the_features_need(net):
+    shallow = build_detector("none", "paper", Embedding(("layer2",), ("mean",))).eval()
+
+    class Forbidden(torch.nn.Module):
+        def forward(self, x):
+            raise AssertionError("layer3 ran although the features end at layer2")
+
+    shallow.backbone.layer3 = Forbidden()
+    with torch.no_grad():
+        assert shallow(batch(1)).shape == (1, 2)
+
+
+def test_standardize_centres_and_scales_training_features(net):
+    torch.manual_seed(2)
+    fresh = build_detector("none", "paper")
+    feats = torch.randn(40, fresh.embedding.dim) * 30 + 500
+    feats[:, 7] = 3.0  # constant over the training set: carries nothing, must not blow up
+    fresh.standardize.fit(feats)
+    z = fresh.standardize(feats)
+    assert torch.allclose(z.mean(0), torch.zeros(z.shape[1]), atol=1e-3)
+    kept = [i for i in range(z.shape[1]) if i != 7]
+    assert torch.allclose(z.std(0, correction=0)[kept], torch.ones(len(kept)), atol=1e-3)
+    assert fresh.standardize.scale[7] == 0 and torch.isfinite(fresh.standardize(feats + 100)).all()
 
 
 def test_embed_then_classify_equals_forward(net):
@@ -54,8 +107,10 @@ def test_embed_then_classify_equals_forward(net):
 def test_paper_freeze_trains_only_fc_and_head():
     net = build_detector("none", "paper")
     trainable = {n.split(".")[0] for n, p in net.named_parameters() if p.requires_grad}
-    assert trainable == {"fc", "head"}
+    assert trainable == {"head"}  # the linear head has no fc of its own
     assert all(not p.requires_grad for p in net.backbone.parameters())
+    paper = build_detector("none", "paper", head="paper")
+    assert {n.split(".")[0] for n, p in paper.named_parameters() if p.requires_grad} == {"fc", "head"}
 
 
 def test_no_freeze_trains_everything():
@@ -85,7 +140,11 @@ def test_unknown_freeze_is_an_error():
         build_detector("none", "all")
 
 
-def test_round_trip_gives_identical_outputs(net, tmp_path):
+def test_round_trip_gives_identical_outputs(tmp_path):
+    torch.manual_seed(3)
+    net = build_detector("none", "paper", Embedding(("layer1", "layer3"), ("mean", "std"))).eval()
+    with torch.no_grad():
+        net.standardize.fit(net.embed(batch(6, seed=9)))
     path = tmp_path / "m" / "detector.safetensors"
     sha = save_model(path, net, meta_for(threshold=0.3, threshold_source="out-of-fold, target recall 0.95",
                                          quality={"blur_min": 40.0, "clipped_fraction": 0.5}, trained=True,
@@ -96,11 +155,35 @@ def test_round_trip_gives_identical_outputs(net, tmp_path):
     assert loaded.meta.threshold == 0.3 and loaded.meta.quality["blur_min"] == 40.0
     assert loaded.meta.metrics == {"roc_auc": 0.9, "counts": [3, 4]}
     assert loaded.meta.created_at.endswith("+00:00") and len(loaded.meta.tensors_sha256) == 64
+    assert (loaded.meta.features, loaded.meta.pooling, loaded.meta.head) == (("layer1", "layer3"), ("mean", "std"),
+                                                                              "linear")
+    assert torch.equal(loaded.net.standardize.mean, net.standardize.mean)  # the statistics travel in the file
     x = batch(2, seed=5)
     with torch.no_grad():
         assert torch.equal(net(x), loaded.net(x))
     assert read_meta(path) == loaded.meta
     assert [p.name for p in path.parent.iterdir()] == ["detector.safetensors"]  # no temp file left behind
+
+
+def test_paper_model_written_before_standardization_loads(tmp_path):
+    """A file of the published network without standardize tensors (older inspector) still scores."""
+    from safetensors.torch import save_file
+
+    from inspector.model import META_KEY, artifact_sha256
+
+    torch.manual_seed(4)
+    net = build_detector("none", "paper", head="paper").eval()
+    tensors = {k: v.contiguous() for k, v in net.state_dict().items() if not k.startswith("standardize.")}
+    meta = meta_for()  # features, pooling and head absent from old metadata: the paper's defaults
+    meta = ModelMeta.from_json(json.dumps({k: v for k, v in json.loads(meta.to_json()).items()
+                                           if k not in ("features", "pooling", "head")}))
+    import dataclasses
+    meta = dataclasses.replace(meta, tensors_sha256=artifact_sha256(tensors, meta))
+    save_file(tensors, tmp_path / "old.safetensors", metadata={META_KEY: meta.to_json()})
+    loaded = load_model(tmp_path / "old.safetensors")
+    assert loaded.meta.head == "paper"
+    with torch.no_grad():
+        assert torch.equal(loaded.net(batch(2)), net(batch(2)))
 
 
 def _saved(net, tmp_path) -> tuple:
@@ -190,7 +273,9 @@ def test_weights_from_a_resnet34_state_dict(tmp_path):
     torch.save(resnet.state_dict(), path)
     net = build_detector(str(path), "paper")
     assert torch.equal(net.backbone.conv1.weight, resnet.conv1.weight)
-    assert torch.equal(net.fc.weight, resnet.fc.weight)
+    assert torch.equal(net.backbone.layer4[2].conv2.weight, resnet.layer4[2].conv2.weight)
+    paper = build_detector(str(path), "paper", head="paper")
+    assert torch.equal(paper.fc.weight, resnet.fc.weight)  # the published network trains on from the ImageNet fc
 
 
 def test_weights_from_a_wrong_file(tmp_path):

@@ -1,7 +1,9 @@
 """inspector retrain end to end on tiny real data: promotion, refusal, failure, the record and the daemon signal.
 
-Everything is tiny (random backbone, 64x32 input, 3 bundles x 6 synthetic electrodes), so the
-networks learn little beyond the class balance of their training set. The cases are built on
+Everything is tiny (random backbone, 64x32 input, 3 bundles x 6 synthetic electrodes) and trained
+with the published network and schedule (head and optimizer "paper", unweighted loss), so the
+networks learn little beyond the class balance of their training set: the gate, not learning, is
+what these tests are about (tests/test_learning.py is about learning). The cases are built on
 that: reviewed images labeled abnormal keep the candidate predicting abnormal like the current
 model (a tie, which promotes); abnormal electrodes reviewed as "normal" tilt the candidate to
 predict normal everywhere, so its abnormal recall falls below the current model's (refused).
@@ -35,10 +37,13 @@ path = "models/detector.safetensors"
 weights = "none"
 input_size = [64, 32]
 device = "cpu"
+head = "paper"
 [convert]
 method = "local"
 [train]
 epochs = 4
+optimizer = "paper"
+class_weights = "none"
 learning_rate = 0.01
 batch_size = 8
 cache_dir = "{cache}"

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from inspector.cli import cli, with_config
-from inspector.config import METHODS, Config, parse_input_size
+from inspector.config import HEADS, METHODS, OPTIMIZERS, POOLINGS, STAGES, Config, parse_input_size
 from inspector.errors import InspectorError
 
 PAPER_METHODS = "naive,global,local,mix"
@@ -16,14 +16,27 @@ PAPER_METHODS = "naive,global,local,mix"
 
 def apply_overrides(cfg: Config, **given) -> Config:
     """Command-line values over config.toml; None means 'not given'."""
-    train_keys = {"epochs", "class_weights", "seed", "target_recall"}
-    model_keys = {"input_size", "weights"}
+    train_keys = {"epochs", "class_weights", "seed", "target_recall", "optimizer", "min_steps"}
+    model_keys = {"input_size", "weights", "features", "pooling", "head"}
     train = {k: v for k, v in given.items() if k in train_keys and v is not None}
     model = {k: v for k, v in given.items() if k in model_keys and v is not None}
     if "input_size" in model:
         model["input_size"] = parse_input_size(model["input_size"])
+    for key, allowed in (("features", STAGES), ("pooling", POOLINGS)):
+        if key in model:
+            model[key] = parse_list(model[key], f"--{key}", allowed)
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train),
                                model=dataclasses.replace(cfg.model, **model))
+
+
+def parse_list(text: str, option: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """'layer2,layer3' -> ('layer2', 'layer3'), each among `allowed`."""
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in allowed]
+    if bad or not values:
+        raise InspectorError(f"{option} {text!r}: {', '.join(bad) or 'nothing given'} is not allowed; "
+                             f"give a comma-separated list of {', '.join(allowed)}")
+    return tuple(dict.fromkeys(values))
 
 
 def parse_methods(text: str) -> list[str]:
@@ -52,11 +65,24 @@ def warn(message: str) -> None:
 def common_options(func):
     """Options train and cv share; defaults come from config.toml."""
     options = [
-        click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs [default: train.epochs, 50]."),
+        click.option("--epochs", type=click.IntRange(1), default=None,
+                     help="Epochs; adamw runs more when train.min_steps asks for it [default: train.epochs, 50]."),
         click.option("--input-size", default=None, metavar="HxW",
                      help="Network input, height x width [default: model.input_size, 2000x1000]."),
         click.option("--weights", default=None, metavar="imagenet|none|PATH",
                      help="Backbone weights [default: model.weights]; 'none' is random (tests)."),
+        click.option("--features", default=None, metavar="STAGES",
+                     help="Backbone stages pooled into the features, e.g. layer2,layer3 [default: model.features]."),
+        click.option("--pooling", default=None, metavar="POOLS",
+                     help=f"Pooling of each stage, among {', '.join(POOLINGS)} [default: model.pooling]."),
+        click.option("--head", type=click.Choice(HEADS), default=None,
+                     help="'linear' on standardized features, or 'paper' (layer4 -> fc -> 512/256/2) "
+                          "[default: model.head]."),
+        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None,
+                     help="'adamw' (cosine, at least train.min_steps steps) or 'paper' (SGD, step decay) "
+                          "[default: train.optimizer]."),
+        click.option("--min-steps", type=click.IntRange(0), default=None, metavar="N",
+                     help="adamw: at least N optimizer steps however small the set [default: train.min_steps]."),
         click.option("--class-weights", type=click.Choice(["none", "balanced"]), default=None,
                      help="'balanced': cross-entropy weighted inverse to class frequency "
                           "[default: train.class_weights]."),
@@ -79,20 +105,19 @@ def common_options(func):
               help="Choose the threshold from out-of-fold predictions so abnormal recall >= R "
                    "(runs leave-one-bundle-out first); 0 keeps 0.5 [default: train.target_recall].")
 @with_config
-def train_command(cfg: Config, dataset: str, out: str | None, method: str | None, epochs: int | None,
-                  input_size: str | None, weights: str | None, class_weights: str | None, seed: int | None,
-                  target_recall: float | None) -> None:
+def train_command(cfg: Config, dataset: str, out: str | None, method: str | None, target_recall: float | None,
+                  **given) -> None:
     """Train the detector on every image of DATASET and write the model the daemon uses.
 
-    The paper's schedule: cross-entropy, lr 0.001 divided by 10 every 10 epochs, random
-    h/v flips; the global window is fitted on these images and stored in the model.
+    Pooled backbone features (model.features), standardized on these images, then the head,
+    trained with cross-entropy and random h/v flips (train.optimizer); the conversion's window
+    and the standardization are fitted on these images and stored in the model.
     """
     from inspector.dataset import load_dataset
     from inspector.train import train_model
 
     try:
-        cfg = apply_overrides(cfg, epochs=epochs, input_size=input_size, weights=weights,
-                              class_weights=class_weights, seed=seed, target_recall=target_recall)
+        cfg = apply_overrides(cfg, target_recall=target_recall, **given)
         device = prepare_device(cfg)
         ds = load_dataset(dataset)
         method = method or cfg.convert.method
@@ -102,14 +127,16 @@ def train_command(cfg: Config, dataset: str, out: str | None, method: str | None
         raise click.ClickException(str(exc)) from exc
     meta = outcome.meta
     h, w = meta.input_size
-    click.echo(f"trained {method} on {len(ds)} images ({len(ds.bundles)} bundles), {cfg.train.epochs} epochs, "
-               f"input {h}x{w}, weights {cfg.model.weights}, device {device}")
+    click.echo(f"trained {method} on {len(ds)} images ({len(ds.bundles)} bundles), input {h}x{w}, "
+               f"weights {cfg.model.weights}, device {device}")
+    click.echo(f"features: {'+'.join(meta.features)} pooled by {'+'.join(meta.pooling)}, head {meta.head}; "
+               f"{meta.metrics['optimizer_settings']}")
     click.echo(f"window: {list(meta.window) if meta.window else 'none (' + method + ')'}")
     click.echo(f"threshold: {meta.threshold:.6g} ({meta.threshold_source})")
     if meta.quality:
         click.echo(f"quality gate: blur_min {meta.quality['blur_min']:.3g}, "
                    f"clipped_fraction {meta.quality['clipped_fraction']:g}")
-    click.echo(f"final loss: {outcome.losses[-1]:.4f}")
+    click.echo(f"training: {outcome.fit.summary()}")
     click.echo(f"wrote {outcome.path} (sha256 {outcome.sha256})")
 
 
@@ -123,9 +150,7 @@ def train_command(cfg: Config, dataset: str, out: str | None, method: str | None
 @click.option("--no-cache", is_flag=True,
               help="Reference loop: the full forward pass every epoch instead of cached backbone features.")
 @with_config
-def cv_command(cfg: Config, dataset: str, methods: str, epochs: int | None, input_size: str | None,
-               weights: str | None, class_weights: str | None, seed: int | None, json_out: str | None,
-               no_cache: bool) -> None:
+def cv_command(cfg: Config, dataset: str, methods: str, json_out: str | None, no_cache: bool, **given) -> None:
     """Leave-one-bundle-out cross-validation; prints the paper's Table 1 and pooled metrics.
 
     Every bundle is held out once per method; pooled balanced accuracy sums the folds'
@@ -138,8 +163,7 @@ def cv_command(cfg: Config, dataset: str, methods: str, epochs: int | None, inpu
 
     try:
         chosen = parse_methods(methods)
-        cfg = apply_overrides(cfg, epochs=epochs, input_size=input_size, weights=weights,
-                              class_weights=class_weights, seed=seed)
+        cfg = apply_overrides(cfg, **given)
         device = prepare_device(cfg)
         ds = load_dataset(dataset)
         res = cross_validate(ds, chosen, cfg, device, not no_cache, warn=warn)
@@ -153,7 +177,7 @@ def cv_command(cfg: Config, dataset: str, methods: str, epochs: int | None, inpu
         raise click.ClickException(str(exc)) from exc
     click.echo(format_table(data))
     click.echo("")
-    click.echo(f"{len(ds)} images, {len(ds.bundles)} bundles, {cfg.train.epochs} epochs, device {device}, "
+    click.echo(f"{len(ds)} images, {len(ds.bundles)} bundles, device {device}, "
                f"{'cache' if data['config']['cache'] else 'no cache'}: {res.passes} backbone passes, "
                f"{res.hits} cached features reused, {res.seconds:.1f} s")
     click.echo(f"kept: {kept}")

@@ -1,0 +1,157 @@
+"""Does the detector learn? `inspector cv` on the synthetic set with a random backbone, per feature choice.
+
+The set is `inspector synth --bundles 12 --per-bundle 8 --scale 0.5 --seed 3` (made once, kept in
+bench/.work/), cross-validated leave-one-bundle-out at a 1000 x 500 input with `weights = "none"`
+(the only backbone this machine can load). The first row is the published network and schedule
+(layer4 -> fc -> 512/256/2, SGD with step decay, unweighted loss), as inspector trained before;
+the others are the linear head on standardized features with AdamW, per choice of stages and
+pooling. Every variant of one conversion shares the embedding cache (it keeps all stages under all
+poolings), so only the first pays for backbone passes. `global` runs with the window rounded to
+the nearest hundred (the paper's rounding) so that folds share windows and cached features.
+
+Writes bench/LEARNING.md and the block between the `learning` markers in README.md.
+
+    .venv/bin/python bench/learning.py [--quick] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from convert_read import describe_machine  # noqa: E402
+
+OUT = HERE / "LEARNING.md"
+README = HERE.parent / "README.md"
+BEGIN, END = "<!-- learning:begin (written by bench/learning.py) -->", "<!-- learning:end -->"
+SET = {"bundles": 12, "per_bundle": 8, "scale": 0.5, "seed": 3}
+PAPER = {"head": "paper", "optimizer": "paper", "class_weights": "none"}
+VARIANTS = [  # (label, model/train settings); unnamed settings are the shipped defaults
+    ("paper network and schedule (before)", PAPER),
+    ("layer4, mean", {"features": ("layer4",)}),
+    ("layer2+layer3, mean (default)", {}),
+    ("layer1+layer2+layer3, mean", {"features": ("layer1", "layer2", "layer3")}),
+    ("layer2+layer3+layer4, mean", {"features": ("layer2", "layer3", "layer4")}),
+    ("layer2+layer3, mean+std", {"pooling": ("mean", "std")}),
+    ("layer2+layer3, mean+max", {"pooling": ("mean", "max")}),
+]
+METHODS = ("local", "global")
+
+
+def make_config(root: Path, size: tuple[int, int], settings: dict):
+    from inspector.config import Config
+
+    cfg = Config()
+    model_keys = {f.name for f in dataclasses.fields(cfg.model)}
+    model = {k: v for k, v in settings.items() if k in model_keys}
+    train = {k: v for k, v in settings.items() if k not in model_keys}
+    return dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, weights="none", device="cpu", input_size=size, **model),
+        convert=dataclasses.replace(cfg.convert, round_window=True),
+        train=dataclasses.replace(cfg.train, cache_dir=str(root / "cache"), **train),
+        state=dataclasses.replace(cfg.state, dir=root / "var"))
+
+
+def run(quick: bool) -> tuple[list[dict], str]:
+    import torch
+
+    from inspector import metrics
+    from inspector.crossval import cross_validate
+    from inspector.dataset import load_dataset
+    from inspector.features import EmbedStats
+    from inspector.synth import synthesize
+    from inspector.train import set_threads
+
+    set_threads(0)
+    size = (256, 128) if quick else (1000, 500)
+    spec = {**SET, "per_bundle": 4, "scale": 0.15} if quick else SET
+    root = HERE / ".work" / ("learning-quick" if quick else "learning")
+    data = root / "set"
+    if not (data / "labels.csv").exists():
+        synthesize(data, bundles=spec["bundles"], per_bundle=spec["per_bundle"], scale=spec["scale"],
+                   seed=spec["seed"], progress=False)
+    ds = load_dataset(data)
+    y = ds.y
+    rows = []
+    for method in METHODS:
+        for label, settings in VARIANTS:
+            cfg = make_config(root, size, settings)
+            stats = EmbedStats()
+            started = time.perf_counter()
+            res = cross_validate(ds, [method], cfg, torch.device("cpu"), use_cache=True, warn=lambda m: None,
+                                 stats=stats)
+            seconds = time.perf_counter() - started
+            r = res.methods[method]
+            rows.append({"method": method, "variant": label, "ba": r.pooled.balanced_accuracy,
+                         "auc": metrics.roc_auc(y, r.oof), "tp": r.pooled.tp, "fp": r.pooled.fp, "tn": r.pooled.tn,
+                         "fn": r.pooled.fn, "pass95": metrics.pass_rate_at_recall(y, r.oof, 0.95),
+                         "pass99": metrics.pass_rate_at_recall(y, r.oof, 0.99),
+                         "fold_s": float(np.median([f.seconds for f in r.folds])),
+                         "steps": int(np.median([f.steps for f in r.folds])),
+                         "loss": float(np.median([f.final_loss for f in r.folds])),
+                         "prior": float(np.median([f.prior_loss for f in r.folds])),
+                         "passes": stats.passes, "backbone_s": stats.backbone_seconds, "seconds": seconds})
+            print(f"{method:7s} {label:38s} BA {100 * rows[-1]['ba']:5.1f}  AUC {rows[-1]['auc']:.3f}  "
+                  f"passed@95 {100 * rows[-1]['pass95']:5.1f}  passed@99 {100 * rows[-1]['pass99']:5.1f}  "
+                  f"({seconds:.0f} s, {stats.passes} backbone passes)", flush=True)
+    h, w = size
+    setting = (f"`inspector synth --bundles {spec['bundles']} --per-bundle {spec['per_bundle']} --scale "
+               f"{spec['scale']} --seed {spec['seed']}` ({len(ds)} images, {int(y.sum())} abnormal), input {h}x{w}, "
+               f"weights none (random backbone, seed 0), leave-one-bundle-out; machine: "
+               f"{describe_machine()}")
+    return rows, setting
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| conversion | features | pooled BA | ROC AUC | TP/FP/TN/FN | passed @95% | passed @99% | "
+             "steps, final loss (prior) | s per fold |",
+             "|---|---|---:|---:|---|---:|---:|---|---:|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['variant']} | {100 * r['ba']:.1f}% | {r['auc']:.3f} | "
+                     f"{r['tp']}/{r['fp']}/{r['tn']}/{r['fn']} | {100 * r['pass95']:.1f}% | {100 * r['pass99']:.1f}% | "
+                     f"{r['steps']}, {r['loss']:.3f} ({r['prior']:.3f}) | {r['fold_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def write(rows: list[dict], setting: str, command: str) -> None:
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    backbone = "; ".join(f"{m}: {sum(r['passes'] for r in rows if r['method'] == m)} backbone passes in "
+                         f"{sum(r['backbone_s'] for r in rows if r['method'] == m):.0f} s"
+                         for m in METHODS)
+    body = (f"On {setting}; {stamp}; `{command}`.\n\n{table(rows)}\n\n"
+            f"Backbone passes (shared by all variants of a conversion through the cache): {backbone}. "
+            "passed @R: share of normal electrodes passed automatically at the threshold that flags at "
+            "least R of the abnormal ones; s per fold: head training and scoring of one held-out bundle.")
+    OUT.write_text("# Does the detector learn?\n\nWritten by `bench/learning.py`; every figure is measured in the "
+                   "same run.\n\n" + body + "\n")
+    text = README.read_text()
+    if BEGIN in text and END in text:
+        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{body}\n{END}", text,
+                      flags=re.S)
+        README.write_text(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a small set at 256x128 (a check that it runs)")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+    rows, setting = run(args.quick)
+    print(table(rows))
+    if not args.no_write and not args.quick:
+        write(rows, setting, "python bench/learning.py")
+        print(f"wrote {OUT} and the learning block of {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
