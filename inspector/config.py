@@ -19,6 +19,7 @@ from inspector.errors import ConfigError
 ENV_VAR = "INSPECTOR_CONFIG"
 DEFAULT_NAME = "config.toml"
 METHODS = ("naive", "global", "local", "mix", "clahe")
+WINDOWED_METHODS = ("global", "mix", "clahe")  # conversions that need a window fitted on the training images
 STAGES = ("layer1", "layer2", "layer3", "layer4")  # the ResNet stages whose pooled output can feed the head
 POOLINGS = ("mean", "max", "std")
 HEADS = ("linear", "paper")
@@ -36,7 +37,7 @@ class ConvertConfig:
     method: str = "local"
     low_percentile: float = 0.01
     high_percentile: float = 99.99
-    round_window: bool = False
+    round_window: bool = True
     clahe_clip_limit: float = 2.0
     clahe_tile_grid: int = 8
 

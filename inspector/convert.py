@@ -15,9 +15,9 @@ from typing import Iterable
 
 import numpy as np
 
+from inspector.config import METHODS, WINDOWED_METHODS
 from inspector.errors import InspectorError
 
-METHODS = ("naive", "global", "local", "mix", "clahe")
 LOW_PERCENTILE = 0.01  # the paper's window: 0.01th to 99.99th percentile
 HIGH_PERCENTILE = 99.99
 LEVELS = 65536
@@ -78,13 +78,14 @@ class WindowHistogram:
         if low_percentile >= high_percentile:
             raise InspectorError(f"low_percentile {low_percentile} must be below high_percentile {high_percentile}")
         lo, hi = self.percentile(low_percentile), self.percentile(high_percentile)
-        if round_window:
-            lo, hi = _round_hundred(lo), _round_hundred(hi)
+        if round_window and hi > lo:
+            nearest = _round_hundred(lo), _round_hundred(hi)
+            # a range narrower than a hundred would round to nothing: round outwards instead
+            lo, hi = nearest if nearest[1] > nearest[0] else (lo // 100 * 100, min(-(-hi // 100) * 100, 65535))
         if hi <= lo:
             what = "the image has" if self.images == 1 else f"the {self.images} images have"
-            rounded = " after rounding to hundreds" if round_window else ""
             raise InspectorError(f"{what} no contrast: the {low_percentile:g}th and {high_percentile:g}th "
-                                 f"percentiles are {lo} and {hi}{rounded}, so there is no window to stretch "
+                                 f"percentiles are {lo} and {hi}, so there is no window to stretch "
                                  "(check for blank or saturated captures)")
         return Window(lo, hi)
 
@@ -117,7 +118,7 @@ def convert_image(img16: np.ndarray, method: str, window: Window | tuple[int, in
     if method not in METHODS:
         raise InspectorError(f"unknown conversion method {method!r} (known: {', '.join(METHODS)})")
     _require_uint16(img16)
-    if method in ("global", "mix", "clahe"):
+    if method in WINDOWED_METHODS:
         if window is None:
             raise InspectorError(f"method '{method}' needs a window: pass --window LO HI or a model")
         window = _as_window(window)

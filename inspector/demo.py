@@ -55,8 +55,6 @@ def write_config(weights: str) -> None:
 # The demo's configuration: small inputs so that everything runs in minutes on two CPU cores.
 [convert]
 method = "local"
-# the paper's rounding: folds of `inspector cv --methods global` then share windows and cached features
-round_window = true
 
 [model]
 path = "models/detector.safetensors"

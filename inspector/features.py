@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from inspector.config import WINDOWED_METHODS
 from inspector.durable import write_atomic
 from inspector.errors import InspectorError
 from inspector.model import FULL_DIM, preprocess_batch
@@ -31,7 +32,6 @@ from inspector.model import FULL_DIM, preprocess_batch
 FLIPS = ("none", "h", "v", "hv")
 LAYOUT = "stages1-4 x mean,max,std v2"  # part of every key: a new layout never reads an old entry
 CACHE_FOLDER = ".inspector-cache"
-WINDOWED_METHODS = ("global", "mix", "clahe")
 
 _FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
 

@@ -23,12 +23,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from inspector import __version__
-from inspector.config import HEADS, METHODS, POOLINGS, STAGES
+from inspector.config import HEADS, METHODS, POOLINGS, STAGES, WINDOWED_METHODS
 from inspector.errors import ModelError
 
 CLASS_NAMES = ("normal", "abnormal")
 FREEZE_MODES = ("paper", "none")
-WINDOW_METHODS = ("global", "mix", "clahe")  # conversions that cannot run without a fitted window
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 IMAGENET_FILE = "resnet34-b627a593.pth"
@@ -312,7 +311,7 @@ class ModelMeta:
         Embedding(self.features, self.pooling)  # raises on an unknown stage or pooling
         if self.method not in METHODS:
             raise ModelError(f"model method {self.method!r} is unknown; use one of {', '.join(METHODS)}")
-        if self.method in WINDOW_METHODS and self.window is None:
+        if self.method in WINDOWED_METHODS and self.window is None:
             raise ModelError(f"model method {self.method!r} needs a window [lo, hi] fitted on the training images")
         if self.window is not None and self.window[1] <= self.window[0]:
             raise ModelError(f"model window {list(self.window)} is empty: hi must be above lo")

@@ -25,10 +25,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from inspector.config import Config
+from inspector.config import WINDOWED_METHODS, Config
 from inspector.dataset import Dataset
 from inspector.errors import DatasetError, InspectorError
-from inspector.features import (FLIPS, WINDOWED_METHODS, EmbedItem, EmbedStats, FeatureStore, backbone_fingerprint,
+from inspector.features import (FLIPS, EmbedItem, EmbedStats, FeatureStore, backbone_fingerprint,
                                 embed_dataset, embed_tensor, feature_key, flip_batch, show_progress)
 from inspector.model import preprocess_batch
 

@@ -134,8 +134,7 @@ def test_windows_without_contrast_explain_why():
         hist.window()
     hist.add(u16([1760, 1790]))
     assert hist.window(0, 100) == Window(1760, 1790)
-    with pytest.raises(InspectorError, match="1800 and 1800 after rounding to hundreds"):
-        hist.window(0, 100, round_window=True)
+    assert hist.window(0, 100, round_window=True) == Window(1700, 1800)  # outwards, never empty
     with pytest.raises(InspectorError, match="0.01th and 99.99th percentiles are 5 and 5"):
         fit_window([np.full((4, 4), 5, np.uint16), np.full((2, 2), 5, np.uint16)])
 
@@ -239,3 +238,10 @@ def test_convert_out_must_be_png(tmp_path):
     result = CliRunner().invoke(cli, ["convert", str(src), str(tmp_path / "o.jpg"), "--method", "naive"])
     assert result.exit_code == 2
     assert "must end in .png" in result.output
+
+
+def test_rounding_never_empties_a_narrow_window():
+    """A range under a hundred counts would round to one value: the window is rounded outwards instead."""
+    img = np.linspace(1710, 1760, 4096).astype(np.uint16).reshape(64, 64)
+    assert fit_window([img], round_window=True) == Window(1700, 1800)
+    assert fit_window([img], round_window=False) == Window(1710, 1760)

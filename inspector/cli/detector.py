@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from inspector.cli import cli, with_config
-from inspector.config import METHODS, Config, parse_input_size
+from inspector.config import METHODS, WINDOWED_METHODS, Config, parse_input_size
 
 UNTRAINED_WARNING = "warning: this model is UNTRAINED (written by `inspector model init`): its verdicts are random"
 
@@ -164,7 +164,7 @@ def init_command(out: str, method: str | None, window: tuple[int, int] | None, i
                  weights: str | None, seed: int | None, force: bool, cfg: Config) -> None:
     """Write an UNTRAINED model, so a station can be set up and tested before the first training."""
     method = method or cfg.convert.method
-    if method in ("global", "mix", "clahe") and not window:
+    if method in WINDOWED_METHODS and not window:
         raise click.UsageError(f"--method {method} needs --window LO HI (the 16-bit values mapped to 0 and 255)")
     if Path(out).exists() and not force:
         raise click.UsageError(f"{out} already exists; pass --force to overwrite it")

@@ -1,0 +1,36 @@
+"""`make demo` as a user runs it: the whole station on its synthetic set, judged by what it printed and stored."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_demo_detector_passes_most_normals_and_flags_most_abnormals(tmp_path):
+    out = tmp_path / "demo-run"
+    env = {**os.environ, "INSPECTOR_DEMO_DIR": str(out)}
+    proc = subprocess.run([sys.executable, "-m", "inspector.demo"], capture_output=True, text=True, env=env,
+                          timeout=840)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = proc.stdout
+    # the cross-validation it prints is the real one: a local row with pooled counts and an AUC above chance
+    local = re.search(r"^local\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+\S+\s+\S+\s+\S+\s+([\d.]+)", text, re.M)
+    assert local, text
+    assert float(local.group(5)) > 60.0  # ROC AUC in %, held-out bundles
+    truth = re.search(r"(\d+) of (\d+) abnormal electrodes flagged, (\d+) of (\d+) normal electrodes passed", text)
+    assert truth, text
+    flagged, abnormal, passed, normal = (int(v) for v in truth.groups())
+    assert abnormal == 4 and normal == 6
+    assert flagged > abnormal / 2 and passed > normal / 2, truth.group(0)
+    with sqlite3.connect(out / "inspector.db") as con:
+        verdicts = dict(con.execute("SELECT verdict, COUNT(*) FROM verdicts GROUP BY verdict").fetchall())
+        rejected = con.execute("SELECT COUNT(*) FROM rejections").fetchone()[0]
+    assert verdicts.get("normal", 0) >= passed and rejected == 1  # the broken scan, quarantined
+    assert "decision: " in text and (out / "report.html").stat().st_size > 0
