@@ -294,15 +294,33 @@ class Daemon:
                 except queue.Empty:
                     break
             try:
-                self._process(batch)
+                self._process_isolated(batch)
             except _Stopped:
                 log.info("stopping with %d file(s) not committed; they stay in place", len(batch))
-            except Exception:  # a bug must not stop the station: log it, the rescan retries the files
-                log.exception("unexpected error while scoring %d file(s)", len(batch))
             finally:
                 for item in batch:
                     self.tracker.release(item.path)
         self.heatmaps.drain(HEATMAP_DRAIN_SECONDS)  # verdicts are committed; evidence gets a bounded wait
+
+    def _process_isolated(self, batch: list[ReadyFile]) -> None:
+        """_process, and when the batch fails unexpectedly, each file alone: one bad file never holds back the rest."""
+        try:
+            self._process(batch)
+            return
+        except _Stopped:
+            raise
+        except Exception:  # a bug must not stop the station: log it, the rescan retries what stays unscored
+            log.exception("unexpected error while scoring %d file(s)%s", len(batch),
+                          "; scoring them one by one" if len(batch) > 1 else "")
+        if len(batch) == 1:
+            return
+        for item in batch:
+            try:
+                self._process([item])
+            except _Stopped:
+                raise
+            except Exception:
+                log.exception("unexpected error while scoring %s", self._shown(item.path))
 
     def _reload_model(self) -> None:
         """SIGHUP: swap to the model at model.path only if it loads, verifies and passes self_check."""

@@ -67,6 +67,9 @@ def read_image(path: PathLike, max_height: int = 10_000, max_width: int = 10_000
             raise
         except MemoryError:
             raise ImageError("too_large", "there is not enough memory to decode the image", where) from None
+        except Exception as exc:  # anything else a header or decoder throws is this file's fault, not the batch's
+            raise ImageError("corrupt", f"the {FORMAT_NAMES[fmt]} could not be read "
+                             f"({type(exc).__name__}: {exc}); export it again", where) from None
     return img16
 
 
@@ -396,9 +399,21 @@ def _check_dicom_header(ds, max_height: int, max_width: int) -> None:
                          "16-bit pixels with 9 to 16 bits used")
 
 
+def _dicom_number(ds, keyword: str, default: float) -> float:
+    """One numeric header value; text, several values or a missing value where one is needed is corrupt."""
+    try:
+        value = ds.get(keyword, default)  # pydicom converts DS/IS text on access, and may raise there
+        if value is None or value == "":
+            return default
+        return float(value)
+    except (TypeError, ValueError):
+        raise ImageError("corrupt", f"the DICOM {keyword} is {str(value)!r}, not one number; the scanner's "
+                         "export is damaged: export it again") from None
+
+
 def _rescale_dicom(ds, pixels: np.ndarray) -> np.ndarray:
     """Apply Rescale Slope/Intercept; invert MONOCHROME1 so that higher always means brighter."""
-    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    slope, intercept = _dicom_number(ds, "RescaleSlope", 1), _dicom_number(ds, "RescaleIntercept", 0)
     if not (math.isfinite(slope) and math.isfinite(intercept)) or slope == 0:
         raise ImageError("corrupt", f"the DICOM Rescale Slope {slope} / Intercept {intercept} are not usable")
     stored = int(ds.get("BitsStored", 16))

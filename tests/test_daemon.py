@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from daemon_helpers import (db_count, db_rows, in_process, make_model, running, wait_for,
                             write_config, write_image)
-from image_files import BAD_KINDS, make_bad_file
+from image_files import BAD_KINDS, make_bad_file, sample_image16, write_dicom16, write_tiff16
 from inspector.cli import cli
 from inspector.config import load_config
 from inspector.daemon import off_main_thread, unique_destination
@@ -522,3 +522,60 @@ def test_sighup_swaps_a_good_model_and_refuses_a_damaged_one(tmp_path, station):
         assert daemon.wait_exit() == 0
         daemon.notify.wait_for(lambda m: m == "STOPPING=1", 5, "STOPPING=1")
     assert db_count(db, "SELECT COUNT(*) FROM models") == 2
+
+
+# ---- one bad file never holds back its batch -----------------------------------------------------
+
+def test_a_malformed_dicom_never_holds_back_good_scans(tmp_path, station):
+    """A DICOM whose Rescale Slope is text, batched with good TIFFs: a rejection for it, verdicts for them."""
+    cfg = station()
+    capture = tmp_path / "capture"
+    bad = write_dicom16(capture / "slope.dcm", sample_image16(64, 32, seed=9), slope=7.25, intercept=10)
+    data = bad.read_bytes()
+    at = data.index(b"7.25")
+    bad.write_bytes(data[:at - 2] + (4).to_bytes(2, "little") + b"abc " + data[at + 4:])
+    for i in range(3):
+        write_image(capture / f"good-{i}.tif", seed=70 + i)
+    for path in capture.iterdir():
+        os.utime(path, (time.time() - 3600,) * 2)
+    proc = subprocess.run([sys.executable, "-m", "inspector", "--config", cfg.source, "watch", "--once"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    db = tmp_path / "inspector.db"
+    assert db_count(db, IMAGES) == 3
+    (rejection,) = db_rows(db, "SELECT path, reason FROM rejections")
+    assert rejection[0].endswith("slope.dcm") and rejection[1] == "corrupt"
+    assert "RescaleSlope is 'abc'" in proc.stderr and "unexpected" not in proc.stderr
+
+
+class BombDetector:
+    """The real detector, except that an image whose first pixel is 12345 makes predict raise."""
+
+    def __init__(self, detector):
+        self._detector = detector
+
+    def __getattr__(self, name):
+        return getattr(self._detector, name)
+
+    def predict(self, images16, paths=None):
+        if any(int(img[0, 0]) == 12345 for img in images16):
+            raise RuntimeError("boom")
+        return self._detector.predict(images16, paths)
+
+
+def test_a_file_that_breaks_its_batch_is_isolated(tmp_path, station, detector, caplog):
+    cfg = station()
+    capture = tmp_path / "staging"
+    capture.mkdir()
+    bomb = sample_image16(100, 60, seed=5)
+    bomb[0, 0] = 12345
+    write_tiff16(str(capture / "bomb.tif"), bomb)
+    for i in range(3):
+        write_image(capture / f"good-{i}.tif", seed=80 + i)
+    db = tmp_path / "inspector.db"
+    with in_process(cfg, BombDetector(detector)):
+        for path in sorted(capture.iterdir()):  # all four arrive together: one batch of 4
+            os.replace(path, tmp_path / "capture" / path.name)
+        wait_for(lambda: db_count(db, IMAGES) == 3, 30, "verdicts for the three good files")
+    assert "scoring them one by one" in caplog.text
+    assert db_count(db, IMAGES) == 3 and (tmp_path / "capture" / "bomb.tif").exists()

@@ -34,7 +34,7 @@ def open_writer(cfg: Config):
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: model.device in config.toml).")
 @with_config
 def explain(cfg: Config, image: str, model_path: str | None, out_png: str, device: str | None) -> None:
-    """Show where the detector looked: Grad-CAM on its last convolutional block, laid over IMAGE.
+    """Show where the detector looked: Grad-CAM on its feature stages (model.features), laid over IMAGE.
 
     Prints P(abnormal), the verdict and the PNG written. Red marks the regions that pushed the
     verdict towards abnormal most.
