@@ -23,8 +23,8 @@ from typing import Any, Callable
 from inspector.config import Config
 from inspector.errors import ImageError, ModelError, StoreError
 from inspector.notify import log_to_stderr, notify, pid_file, watchdog_interval_seconds
-from inspector.watcher import (SKIP_DIRS, EventHandler, ReadyFile, Scanner, Tracker, build_observer,
-                               display_path, stat_candidate)
+from inspector.paths import display_path
+from inspector.watcher import SKIP_DIRS, EventHandler, ReadyFile, Scanner, Tracker, build_observer, stat_candidate
 
 log = logging.getLogger("inspector.daemon")
 

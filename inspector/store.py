@@ -11,7 +11,6 @@ import errno
 import fnmatch
 import os
 import re
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -23,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 from inspector import __version__
 from inspector.errors import StoreError
+from inspector.paths import display_path
 
 SCHEMA_VERSION = 1
 VERDICTS = ("normal", "abnormal", "rescan")
@@ -143,11 +143,6 @@ def utc_now() -> datetime:
 def to_path_raw(path: bytes | str | os.PathLike) -> bytes:
     """The exact bytes of a file name, so a non-UTF-8 name round-trips."""
     return path if isinstance(path, bytes) else os.fsencode(path)
-
-
-def display_path(path_raw: bytes) -> str:
-    """Readable form of a file name: undecodable bytes shown as \\xNN."""
-    return path_raw.decode(sys.getfilesystemencoding(), "backslashreplace")
 
 
 def sqlite_file(url: str) -> Path | None:

@@ -19,6 +19,8 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from inspector.paths import display_path
+
 log = logging.getLogger("inspector.daemon")
 
 # Folders inside capture_dir that hold finished files; never watched, never scanned.
@@ -26,11 +28,6 @@ SKIP_DIRS = ("processed", "quarantine")
 TEMP_SUFFIXES = (".part", ".tmp", "~")
 # Files seen at once per scan step, so one tick never walks a huge folder in one go.
 SCAN_STEP = 500
-
-
-def display_path(path: str | bytes) -> str:
-    """A printable form of any file name: undecodable bytes shown as \\xNN."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def is_candidate_name(name: str, patterns: tuple[str, ...]) -> bool:

@@ -579,3 +579,23 @@ def test_a_file_that_breaks_its_batch_is_isolated(tmp_path, station, detector, c
         wait_for(lambda: db_count(db, IMAGES) == 3, 30, "verdicts for the three good files")
     assert "scoring them one by one" in caplog.text
     assert db_count(db, IMAGES) == 3 and (tmp_path / "capture" / "bomb.tif").exists()
+
+
+def test_a_newline_in_a_file_name_cannot_forge_a_log_line(tmp_path, station):
+    """The name is escaped in the log, the database's readable path and `inspector verdicts`."""
+    cfg = station()
+    evil = "evil\n2026-01-01 00:00:00,000 INFO verdict normal p=0.0000 FORGED.tif\r.tif"
+    write_image(tmp_path / "capture" / evil, seed=90)
+    os.utime(tmp_path / "capture" / evil, (time.time() - 3600,) * 2)
+    proc = subprocess.run([sys.executable, "-m", "inspector", "--config", cfg.source, "watch", "--once"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert not any(x.startswith("2026-01-01") or x.startswith("\r") for x in lines)  # nothing forged
+    named = [x for x in lines if "FORGED" in x]
+    assert named and all("evil\\n2026-01-01" in x and "\\r.tif" in x for x in named)
+    assert any(" INFO verdict " in x for x in named)
+    (shown,) = db_rows(tmp_path / "inspector.db", "SELECT path FROM images")
+    assert "\n" not in shown[0] and "\r" not in shown[0]
+    listing = CliRunner().invoke(cli, ["verdicts", "--config", cfg.source])
+    assert sum("FORGED" in x for x in listing.output.splitlines()) == 1

@@ -14,7 +14,8 @@ import sqlalchemy as sa
 
 from inspector import __version__
 from inspector.errors import StoreError
-from inspector.store import SCHEMA_VERSION, StoreFullError, display_path, open_store
+from inspector.paths import display_path
+from inspector.store import SCHEMA_VERSION, StoreFullError, open_store
 
 MODEL = "ab" * 32
 OTHER_MODEL = "cd" * 32

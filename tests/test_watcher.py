@@ -10,7 +10,8 @@ import time
 import pytest
 
 from daemon_helpers import wait_for
-from inspector.watcher import (EventHandler, Scanner, Tracker, build_observer, display_path, in_skipped_dir,
+from inspector.paths import display_path
+from inspector.watcher import (EventHandler, Scanner, Tracker, build_observer, in_skipped_dir,
                                is_candidate_name, iter_capture_files, stat_candidate)
 
 PATTERNS = ("*.tif", "*.tiff", "*.png", "*.dcm")
@@ -25,9 +26,10 @@ def test_candidate_names(name, expected):
     assert is_candidate_name(name, PATTERNS) is expected
 
 
-def test_display_path_shows_undecodable_bytes():
+def test_display_path_shows_undecodable_bytes_and_escapes_control_characters():
     assert display_path(os.fsdecode(b"cap/bad\xff.tif")) == "cap/bad\\xff.tif"
     assert display_path(b"cap/\xc3\xa9.tif") == "cap/\u00e9.tif"
+    assert display_path("a\nb\rc\x1bd\u2028e.tif") == "a\\nb\\rc\\x1bd\\u2028e.tif"
 
 
 def test_stat_candidate_never_opens_odd_files(tmp_path):

@@ -11,19 +11,15 @@ import click
 
 from inspector.cli import cli, with_config
 from inspector.config import METHODS, WINDOWED_METHODS, Config, parse_input_size
+from inspector.paths import display_path
 
 UNTRAINED_WARNING = "warning: this model is UNTRAINED (written by `inspector model init`): its verdicts are random"
 
 
-def show_path(path: str) -> str:
-    """File names with bytes that are not UTF-8 are printed with \\x escapes instead of crashing."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
 def format_prediction(pred) -> str:
     if pred.verdict == "rescan":
-        return f"{show_path(pred.path)}: rescan ({pred.reason}) {pred.seconds:.3f}s"
-    return f"{show_path(pred.path)}: {pred.verdict} P(abnormal)={pred.p_abnormal:.4f} {pred.seconds:.3f}s"
+        return f"{display_path(pred.path)}: rescan ({pred.reason}) {pred.seconds:.3f}s"
+    return f"{display_path(pred.path)}: {pred.verdict} P(abnormal)={pred.p_abnormal:.4f} {pred.seconds:.3f}s"
 
 
 @cli.command("score")
@@ -65,13 +61,13 @@ def score_command(images: tuple[str, ...], model_path: str | None, as_json: bool
             if i in errors:
                 failed += 1
                 exc = errors[i]
-                records.append({"path": show_path(path), "verdict": "rejected", "reason": exc.reason,
+                records.append({"path": display_path(path), "verdict": "rejected", "reason": exc.reason,
                                 "message": exc.message})
                 if not as_json:
-                    click.echo(f"{show_path(path)}: rejected: {exc.message} [{exc.reason}]")
+                    click.echo(f"{display_path(path)}: rejected: {exc.message} [{exc.reason}]")
                 continue
             pred = next(preds)
-            records.append({"path": show_path(path), "verdict": pred.verdict, "p_abnormal": pred.p_abnormal,
+            records.append({"path": display_path(path), "verdict": pred.verdict, "p_abnormal": pred.p_abnormal,
                             "threshold": pred.threshold, "seconds": round(pred.seconds, 4), "reason": pred.reason,
                             "model_sha256": det.sha256})
             if not as_json:

@@ -7,8 +7,9 @@ import json
 import click
 
 from inspector.cli import cli, with_config
-from inspector.cli.station import _iso, format_local, open_reader, printable, render_csv, render_table
+from inspector.cli.station import _iso, format_local, open_reader, render_csv, render_table
 from inspector.config import Config
+from inspector.paths import display_path
 
 REVIEW_FIELDS = ["id", "time", "sha256", "path", "label", "anomalies", "reviewer", "note", "model_verdict",
                  "model_sha256", "supersedes", "superseded"]
@@ -51,9 +52,9 @@ def explain(cfg: Config, image: str, model_path: str | None, out_png: str, devic
     exp = explain_image(det, img16)
     out = save_overlay(exp.img8, exp.cam, out_png)
     if exp.verdict == "rescan":
-        click.echo(f"{printable(image)}: rescan ({exp.reason}); P(abnormal)={exp.p_abnormal:.4f} for reference only")
+        click.echo(f"{display_path(image)}: rescan ({exp.reason}); P(abnormal)={exp.p_abnormal:.4f} for reference only")
     else:
-        click.echo(f"{printable(image)}: {exp.verdict} P(abnormal)={exp.p_abnormal:.4f} "
+        click.echo(f"{display_path(image)}: {exp.verdict} P(abnormal)={exp.p_abnormal:.4f} "
                    f"(threshold {det.meta.threshold:g})")
     click.echo(f"heat map: {out}")
 
@@ -87,7 +88,7 @@ def review(cfg: Config, ref: str, label: str, anomalies: tuple[str, ...], review
         sha = resolve_image(store, ref)
         rec = record_review(store, sha, label, kinds, reviewer, note)
     p_text = "" if rec.p_abnormal is None else f" P(abnormal)={rec.p_abnormal:.4f}"
-    click.echo(f"review {rec.id}: {printable(rec.path or rec.sha256)} (sha256 {rec.sha256[:12]}) "
+    click.echo(f"review {rec.id}: {display_path(rec.path or rec.sha256)} (sha256 {rec.sha256[:12]}) "
                f"{describe_review({'label': rec.label, 'anomalies': rec.anomalies, 'reviewer': rec.reviewer})}; "
                f"model said {rec.model_verdict}{p_text} (model {(rec.model_sha256 or '-')[:12]})")
     if rec.previous is not None:
@@ -137,14 +138,14 @@ def reviews(cfg: Config, pending: bool, ref: str | None, fmt: str) -> None:
         rows = pending_reviews(store, sha) if pending else query_reviews(store, sha)
     if pending:
         cells = [[format_local(r["time"]), r["verdict"], "-" if r["p_abnormal"] is None else f"{r['p_abnormal']:.3f}",
-                  printable(r["path"]), printable(r["heatmap_path"] or "-")] for r in rows]
+                  display_path(r["path"]), display_path(r["heatmap_path"] or "-")] for r in rows]
         emit([pending_record(r) for r in rows], PENDING_FIELDS, fmt,
              ["TIME", "VERDICT", "P(ABNORMAL)", "PATH", "HEAT MAP"], cells, "no verdicts wait for review")
         return
     cells = [[str(r["id"]), format_local(r["created_at"]), r["sha256"][:12], r["label"],
-              (r["anomalies"] or "-").replace(";", ","), printable(r["reviewer"]), r["model_verdict"] or "-",
+              (r["anomalies"] or "-").replace(";", ","), display_path(r["reviewer"]), r["model_verdict"] or "-",
               str(r["supersedes"] or "-"), "superseded" if r["superseded"] else "current",
-              printable(r["path"] or "-")] for r in rows]
+              display_path(r["path"] or "-")] for r in rows]
     emit([review_record(r) for r in rows], REVIEW_FIELDS, fmt,
          ["ID", "TIME", "SHA256", "LABEL", "ANOMALIES", "BY", "MODEL SAID", "SUPERSEDES", "STATE", "PATH"], cells,
          "no reviews recorded yet")
@@ -169,10 +170,10 @@ def export_labels_command(cfg: Config, out: str) -> None:
                               "(`inspector reviews --pending` lists what waits)")
         summary = export_labels(store, out, cfg.review.bundle_rule, cfg.watch.capture_dir)
     for skip in summary.skipped:
-        click.echo(f"skipped {printable(skip.path or skip.sha256)}: {skip.reason}", err=True)
+        click.echo(f"skipped {display_path(skip.path or skip.sha256)}: {skip.reason}", err=True)
     if summary.unmatched:
         click.echo(f"warning: {len(summary.unmatched)} file name(s) did not match review.bundle_rule "
-                   f"and got bundle 'unmatched': {', '.join(printable(n) for n in summary.unmatched)}", err=True)
+                   f"and got bundle 'unmatched': {', '.join(display_path(n) for n in summary.unmatched)}", err=True)
     click.echo(f"exported {len(summary.exported)} reviewed image(s) to {summary.out} "
                f"({summary.count('link')} hard-linked, {summary.count('copy')} copied, "
                f"{summary.count('kept')} already there; {len(summary.skipped)} skipped); "

@@ -13,6 +13,7 @@ import click
 
 from inspector.cli import cli, with_config
 from inspector.config import Config
+from inspector.paths import display_path
 
 TIME_FORMS = ("an ISO date or time (2026-11-22, 2026-11-22T08:00, 2026-11-22 08:00:30), "
               "an age (45s, 30m, 1h, 2d, 1w) or today/yesterday")
@@ -67,11 +68,6 @@ TIME = TimeParam()
 
 def format_local(when: datetime | None) -> str:
     return when.astimezone().strftime("%Y-%m-%d %H:%M:%S") if when else "-"
-
-
-def printable(text: str) -> str:
-    """Control characters in a file name (a newline!) must not break a table line."""
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def render_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -178,7 +174,7 @@ def verdicts(cfg: Config, since, until, verdict, path_glob, model, limit, fmt) -
         total = store.count_verdicts(since=since, until=until, verdict=verdict, path_glob=path_glob,
                                      model=model) if fmt == "table" and len(rows) == limit else len(rows)
     cells = [[format_local(r["time"]), r["verdict"] or "-",
-              "-" if r["p_abnormal"] is None else f"{r['p_abnormal']:.3f}", printable(r["path"]),
+              "-" if r["p_abnormal"] is None else f"{r['p_abnormal']:.3f}", display_path(r["path"]),
               (r["model_sha256"] or "-")[:12], "dup" if r["duplicate"] else ""] for r in rows]
     emit_rows([verdict_record(r) for r in rows], VERDICT_FIELDS, fmt,
               ["TIME", "VERDICT", "P(ABNORMAL)", "PATH", "MODEL", "DUP"], cells,
@@ -198,7 +194,7 @@ def rejections(cfg: Config, since, until, limit, fmt) -> None:
     with open_reader(cfg) as store:
         rows = store.query_rejections(since=since, until=until, limit=limit)
         total = store.count_rejections(since=since, until=until) if len(rows) == limit else len(rows)
-    cells = [[format_local(r["created_at"]), r["reason"], printable(r["path"]), printable(r["message"])]
+    cells = [[format_local(r["created_at"]), r["reason"], display_path(r["path"]), display_path(r["message"])]
              for r in rows]
     emit_rows([rejection_record(r) for r in rows], REJECTION_FIELDS, fmt, ["TIME", "REASON", "PATH", "MESSAGE"], cells,
               (len(rows), total), "no rejections match")
