@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from inspector.config import Config
-from inspector.errors import ImageError, ModelError, StoreError
+from inspector.errors import ConfigError, ImageError, ModelError, StoreError
 from inspector.notify import log_to_stderr, notify, pid_file, watchdog_interval_seconds
 from inspector.paths import display_path
 from inspector.watcher import SKIP_DIRS, EventHandler, ReadyFile, Scanner, Tracker, build_observer, stat_candidate
@@ -492,6 +492,22 @@ def unique_destination(folder: str, name: str) -> str:
     return os.path.join(folder, candidate)
 
 
+def require_outside_capture(cfg: Config) -> None:
+    """state.dir and the SQLite file must not lie inside the capture folder: the daemon would score its own files."""
+    from inspector.store import sqlite_file
+
+    capture = os.path.realpath(cfg.watch.capture_dir)
+    places = [("state.dir", Path(cfg.state.dir))]
+    db = sqlite_file(cfg.database.url)
+    if db is not None:
+        places.append(("database.url", db.parent))
+    for key, folder in places:
+        real = os.path.realpath(folder)
+        if os.path.commonpath([real, capture]) == capture:
+            raise ConfigError(f"{folder} lies inside watch.capture_dir ({capture}): the daemon would watch, score and "
+                              "quarantine its own files; move it out of the capture folder", key, cfg.source)
+
+
 def run_daemon(cfg: Config, once: bool = False) -> int:
     """`inspector watch`: start-up checks, signals, serve, clean exit code (0 after SIGTERM)."""
     from inspector.store import open_store
@@ -499,6 +515,7 @@ def run_daemon(cfg: Config, once: bool = False) -> int:
     with contextlib.ExitStack() as stack:
         stack.enter_context(log_to_stderr(cfg.log.level))
         cfg.require_dir("watch.capture_dir")
+        require_outside_capture(cfg)
         detector = off_main_thread(load_detector, cfg)
         store = stack.enter_context(open_store(cfg.database.url, cfg.database.busy_timeout_seconds))
         store.record_model(detector.sha256, str(cfg.model.path), model_meta_json(detector))

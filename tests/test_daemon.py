@@ -379,6 +379,21 @@ def test_missing_capture_dir_exits_1_with_one_error_line(tmp_path, station):
                                    "does not exist; create it or change the key")
 
 
+@pytest.mark.parametrize("key,old,new", [("state.dir", 'dir = "var"', 'dir = "capture/var"'),
+                                          ("database.url", 'url = "sqlite:///inspector.db"',
+                                           'url = "sqlite:///capture/db/inspector.db"')])
+def test_state_or_database_inside_the_capture_folder_is_refused(tmp_path, station, key, old, new):
+    """The daemon would score its own heat-map PNGs (or database files) as scans: refused at start, one line."""
+    cfg = station()
+    Path(cfg.source).write_text(Path(cfg.source).read_text().replace(old, new))
+    proc = subprocess.run([sys.executable, "-m", "inspector", "watch", "--once", "--config", cfg.source],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    (error,) = proc.stderr.strip().splitlines()
+    assert error.startswith(f"Error: {key} in {cfg.source}: ") and "lies inside watch.capture_dir" in error
+    assert not (tmp_path / "capture" / "var").exists() and not (tmp_path / "capture" / "db").exists()
+
+
 def test_missing_model_says_what_to_do(tmp_path, station):
     cfg = station()
     model = tmp_path / "models" / "detector.safetensors"
