@@ -13,6 +13,7 @@ learning tutorial, whose optimizer is SGD with momentum 0.9.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -212,10 +213,12 @@ class FitResult:
 
     @property
     def learned(self) -> bool:
-        """False when training ended no better than always predicting the class prior."""
-        return self.final_loss < NO_BETTER_THAN_PRIOR * self.prior_loss
+        """False when training diverged or ended no better than always predicting the class prior."""
+        return math.isfinite(self.final_loss) and self.final_loss < NO_BETTER_THAN_PRIOR * self.prior_loss
 
     def summary(self) -> str:
+        if not math.isfinite(self.final_loss):
+            return f"{self.steps} steps; the loss diverged to {self.final_loss} (try a lower learning rate)"
         return (f"{self.steps} steps, final training loss {self.final_loss:.4f} against {self.prior_loss:.4f} "
                 f"for the class prior alone")
 

@@ -71,6 +71,8 @@ def test_prior_loss_is_the_entropy_of_the_weighted_prior():
     assert prior_loss(y, torch.tensor([4 / 6, 4 / 2])) == pytest.approx(np.log(2))  # balanced: 50/50
     assert FitResult(losses=[0.2], prior_loss=0.69).learned
     assert not FitResult(losses=[0.68], prior_loss=0.69).learned
+    assert not FitResult(losses=[float("nan")], prior_loss=0.69).learned
+    assert "diverged" in FitResult(losses=[float("nan")], steps=3, prior_loss=0.69).summary()
 
 
 @pytest.fixture(scope="module")
