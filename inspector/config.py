@@ -117,7 +117,7 @@ class ReviewConfig:
 @dataclass(frozen=True)
 class RetrainConfig:
     base_dataset: str = ""
-    methods: tuple[str, ...] = ("global",)
+    methods: tuple[str, ...] = ("local",)
 
 
 @dataclass(frozen=True)
@@ -294,6 +294,8 @@ def _build(data: dict, base: Path, file: str) -> Config:
             else:
                 value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             _check_value(sname, f.name, value, file)
+            if (sname, f.name) in (("model", "features"), ("model", "pooling")):  # network order, as the model keeps it
+                value = tuple(v for v in (STAGES if f.name == "features" else POOLINGS) if v in value)
             if (sname, f.name) in _PATH_KEYS:
                 value = Path(value)
                 value = value if value.is_absolute() else (base / value)

@@ -196,3 +196,16 @@ def test_train_and_evaluate_errors(dataset_root, config, tmp_path):
     result = invoke("train", dataset_root, "--weights", "nothere.pth", "--config", config)
     assert result.exit_code == 1
     assert result.output.startswith("Error: model.weights file nothere.pth does not exist")
+
+
+def test_feature_options_are_checked_and_recorded(dataset_root, config):
+    bad = invoke("cv", dataset_root, "--methods", "local", *TINY, "--features", "layer2,layer9", "--config", config)
+    assert bad.exit_code == 1
+    assert bad.output == ("Error: --features 'layer2,layer9': layer9 is not allowed; give a comma-separated list "
+                          "of layer1, layer2, layer3, layer4\n")
+    result = invoke("cv", dataset_root, "--methods", "local", *TINY, "--features", "layer3,layer1",
+                    "--pooling", "max,mean", "--json", "cv.json", "--config", config)
+    assert result.exit_code == 0, result.output
+    data = json.loads(Path("cv.json").read_text())
+    assert data["config"]["features"] == ["layer1", "layer3"] and data["config"]["pooling"] == ["mean", "max"]
+    assert "features layer1+layer3 pooled by mean+max, head linear" in result.output

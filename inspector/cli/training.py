@@ -24,29 +24,25 @@ def apply_overrides(cfg: Config, **given) -> Config:
         model["input_size"] = parse_input_size(model["input_size"])
     for key, allowed in (("features", STAGES), ("pooling", POOLINGS)):
         if key in model:
-            model[key] = parse_list(model[key], f"--{key}", allowed)
+            chosen = parse_list(model[key], f"--{key}", allowed)
+            model[key] = tuple(v for v in allowed if v in chosen)  # network order, as the model keeps them
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train),
                                model=dataclasses.replace(cfg.model, **model))
 
 
-def parse_list(text: str, option: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
-    """'layer2,layer3' -> ('layer2', 'layer3'), each among `allowed`."""
+def parse_list(text: str, option: str, allowed: tuple[str, ...], what: str = "allowed") -> tuple[str, ...]:
+    """'layer2,layer3' -> ('layer2', 'layer3'), each among `allowed`, duplicates dropped."""
     values = [v.strip() for v in text.split(",") if v.strip()]
     bad = [v for v in values if v not in allowed]
     if bad or not values:
-        raise InspectorError(f"{option} {text!r}: {', '.join(bad) or 'nothing given'} is not allowed; "
+        raise InspectorError(f"{option} {text!r}: {', '.join(bad) or 'nothing given'} is not {what}; "
                              f"give a comma-separated list of {', '.join(allowed)}")
     return tuple(dict.fromkeys(values))
 
 
 def parse_methods(text: str) -> list[str]:
     """'naive,global' -> ['naive', 'global'], each a known conversion method."""
-    methods = [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise InspectorError(f"--methods {text!r}: {', '.join(bad) or 'nothing given'} is not a method; "
-                             f"give a comma-separated list of {', '.join(METHODS)}")
-    return list(dict.fromkeys(methods))
+    return list(parse_list(text, "--methods", METHODS, "a method"))
 
 
 def prepare_device(cfg: Config):
