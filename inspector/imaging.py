@@ -112,13 +112,17 @@ def _require_regular(mode: int, where: str) -> None:
 
 
 def _sniff_format(head: bytes) -> str:
-    """Name the content from its magic bytes; extensions lie, magic numbers rarely do."""
+    """Name the content from its magic bytes; extensions lie, magic numbers rarely do.
+
+    DICM at offset 128 wins: the standard lets the 128-byte preamble hold anything, and dual-personality
+    files from CR/DR devices carry a TIFF header there.
+    """
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
     if head[:4] in TIFF_MAGICS:
         return "tiff"
     if head.startswith(PNG_MAGIC):
         return "png"
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"
     if head.startswith(b"\xff\xd8\xff"):
         return "a JPEG image"
     if head.startswith((b"GIF87a", b"GIF89a")):

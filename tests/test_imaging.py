@@ -277,3 +277,13 @@ def test_dicom_header_fields_of_any_kind_become_a_rejection_of_that_file(tmp_pat
         read_image(path)
     assert err.value.reason in ("corrupt", "too_large", "wrong_dtype", "not_an_image"), err.value
     assert err.value.path == str(path)
+
+
+def test_a_dicom_whose_preamble_holds_a_tiff_header_is_read_as_dicom(tmp_path):
+    """Dual-personality files (TIFF magic in the preamble, DICM at 128) are valid DICOM (issue 12, case 2)."""
+    img16 = sample_image16(40, 24, seed=6)
+    path = write_dicom16(tmp_path / "dual.dcm", img16)
+    data = bytearray(path.read_bytes())
+    data[:8] = b"II*\x00\x08\x00\x00\x00"  # a little-endian TIFF header where the preamble was zeros
+    path.write_bytes(bytes(data))
+    np.testing.assert_array_equal(read_image(path), img16)
