@@ -24,7 +24,8 @@ from inspector.config import Config
 from inspector.errors import ConfigError, ImageError, ModelError, StoreError
 from inspector.notify import log_to_stderr, notify, pid_file, watchdog_interval_seconds
 from inspector.paths import display_path
-from inspector.watcher import SKIP_DIRS, EventHandler, ReadyFile, Scanner, Tracker, build_observer, stat_candidate
+from inspector.watcher import (SKIP_DIRS, EventHandler, ReadyFile, Scanner, Tracker, build_observer, real_dir_inside,
+                               stat_candidate)
 
 log = logging.getLogger("inspector.daemon")
 
@@ -459,12 +460,12 @@ class Daemon:
         """
         if self.cfg.watch.after != "move":
             return None
-        folder = os.path.join(self.root, *parts)
         try:
-            os.makedirs(folder, exist_ok=True)
+            folder = real_dir_inside(self.root, *parts)
             dest = unique_destination(folder, os.path.basename(path))
         except OSError as exc:
-            log.error("cannot move %s to %s (%s); it stays in place", self._shown(path), parts[0], exc.strerror)
+            log.error("cannot move %s to %s (%s); it stays in place", self._shown(path), parts[0],
+                      exc.strerror or exc)
             return None
         if image is not None:
             self._store_call(self.store.record_moved, image[0], image[1], display_path(dest))

@@ -18,7 +18,8 @@ from inspector.convert import Window, convert_image, local_window, to_uint8
 from inspector.errors import ImageError, InspectorError, ModelError
 from inspector.model import ModelMeta, load_model, preprocess_batch, resolve_device
 
-CHECK_SEED = 20220201  # the built-in self-check image must be the same on every machine
+CHECK_SEED = 20220201
+SIZE_SLACK = 0.5  # a capture under half the smallest, or over twice the largest, training size is sent back  # the built-in self-check image must be the same on every machine
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,13 @@ def check_quality(img16: np.ndarray, meta: ModelMeta) -> str | None:
     lo, hi = int(img16.min()), int(img16.max())
     if lo == hi:  # always checked: no conversion can stretch it and no verdict about it means anything
         return f"blank: every pixel has the value {lo}; the capture holds no image"
+    sizes = meta.quality.get("height"), meta.quality.get("width")
+    if all(sizes):
+        (h_lo, h_hi), (w_lo, w_hi) = sizes
+        h, w = img16.shape
+        if not (SIZE_SLACK * h_lo <= h <= h_hi / SIZE_SLACK and SIZE_SLACK * w_lo <= w <= w_hi / SIZE_SLACK):
+            return (f"unexpected size: {h} x {w} px, far from the {h_lo}-{h_hi} x {w_lo}-{w_hi} px of the images "
+                    "the model was trained on (a cropped or wrong capture?)")
     window = model_window(meta)
     clipped_max = meta.quality.get("clipped_fraction")
     if clipped_max is not None and window is not None:

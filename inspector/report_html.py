@@ -268,8 +268,8 @@ def section_cv(cfg: Config) -> str:
 
 
 def meta_rows(meta: dict) -> str:
-    keys = ("method", "window", "input_size", "threshold", "threshold_source", "weights", "freeze", "trained",
-            "created_at", "version", "quality")
+    keys = ("method", "window", "input_size", "features", "pooling", "head", "threshold", "threshold_source",
+            "weights", "freeze", "trained", "created_at", "version", "quality")
     rows = [f"<tr><td class='l'>{esc(k)}</td><td class='l'>{esc(meta.get(k))}</td></tr>" for k in keys if k in meta]
     m = meta.get("metrics") or {}
     rows += [f"<tr><td class='l'>{esc(k)}</td><td class='l'>{esc(m.get(k))}</td></tr>"

@@ -426,15 +426,21 @@ class TrainOutcome:
 
 
 def fit_quality_gate(source: ImageSource, idx: Sequence[int], view: View, cfg: Config) -> dict:
-    """blur_min = half the 1st percentile of the Laplacian variance over the training images."""
+    """blur_min = half the 1st percentile of the Laplacian variance over the training images; their size range."""
     if not cfg.quality.enabled:
         return {}
     from inspector.convert import Window
     from inspector.infer import measure_blur
 
     window = Window(*view.window) if view.window is not None else None
-    variances = [measure_blur(source.read16(int(i)), window) for i in idx]
-    return {"blur_min": 0.5 * float(np.percentile(variances, 1)), "clipped_fraction": cfg.quality.clipped_fraction}
+    variances, heights, widths = [], [], []
+    for i in idx:
+        img16 = source.read16(int(i))
+        variances.append(measure_blur(img16, window))
+        heights.append(img16.shape[0])
+        widths.append(img16.shape[1])
+    return {"blur_min": 0.5 * float(np.percentile(variances, 1)), "clipped_fraction": cfg.quality.clipped_fraction,
+            "height": [min(heights), max(heights)], "width": [min(widths), max(widths)]}
 
 
 def train_model(dataset: Dataset, out: Path, method: str, cfg: Config, device: torch.device, target_recall: float,

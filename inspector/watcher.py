@@ -263,8 +263,22 @@ class Scanner:
                 return
 
 
-def ensure_dir_inside(root: Path, *parts: str) -> Path:
-    """capture_dir/processed/DATE or capture_dir/quarantine, created on demand."""
-    folder = root.joinpath(*parts)
-    folder.mkdir(parents=True, exist_ok=True)
+class OutsideCapture(OSError):
+    """A destination folder is a symlink (or not a folder): moving there could leave the capture folder."""
+
+
+def real_dir_inside(root: str, *parts: str) -> str:
+    """root/parts..., each level a real folder (created when missing), never followed through a symlink."""
+    folder = root
+    for part in parts:
+        folder = os.path.join(folder, part)
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            pass
+        mode = os.lstat(folder).st_mode
+        if not stat.S_ISDIR(mode):
+            kind = "a symlink" if stat.S_ISLNK(mode) else "not a folder"
+            raise OutsideCapture(f"{display_path(folder)} is {kind}; inspector moves files only into real "
+                                 "folders inside the capture folder")
     return folder

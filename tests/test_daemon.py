@@ -614,3 +614,23 @@ def test_a_newline_in_a_file_name_cannot_forge_a_log_line(tmp_path, station):
     assert "\n" not in shown[0] and "\r" not in shown[0]
     listing = CliRunner().invoke(cli, ["verdicts", "--config", cfg.source])
     assert sum("FORGED" in x for x in listing.output.splitlines()) == 1
+
+
+def test_moves_never_follow_a_symlinked_processed_or_quarantine_folder(tmp_path, station, detector, caplog):
+    """processed/ and quarantine/ made symlinks to folders elsewhere: nothing leaves the capture folder."""
+    cfg = station(after="move")
+    capture = tmp_path / "capture"
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "p").mkdir(parents=True)
+    (elsewhere / "q").mkdir()
+    os.symlink(elsewhere / "p", capture / "processed")
+    os.symlink(elsewhere / "q", capture / "quarantine")
+    db = tmp_path / "inspector.db"
+    with in_process(cfg, detector):
+        write_image(capture / "good.tif", seed=91)
+        make_bad_file(capture / "bad.tif", "empty")
+        wait_for(lambda: db_count(db, IMAGES) == 1 and db_count(db, REJECTIONS) == 1, 30, "both outcomes")
+        wait_for(lambda: caplog.text.count("is a symlink") >= 2, 10, "both refusals logged")
+    assert (capture / "good.tif").exists() and (capture / "bad.tif").exists()
+    assert list((elsewhere / "p").rglob("*")) == [] and list((elsewhere / "q").rglob("*")) == []
+    assert db_rows(db, "SELECT moved_to FROM images") == [(None,)]

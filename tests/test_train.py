@@ -142,6 +142,12 @@ def test_train_writes_a_model_the_detector_scores(tiny_root, tmp_path):
     assert meta.threshold == 0.5 and meta.threshold_source == "default 0.5"
     assert meta.quality["clipped_fraction"] == cfg.quality.clipped_fraction and meta.quality["blur_min"] > 0
     assert meta.train_fingerprint == ds.fingerprint()
+    heights = [read_image(s.path).shape[0] for s in ds.samples]
+    assert meta.quality["height"] == [min(heights), max(heights)]
+    # a 1x2, 2x2 or 1x10000 "image" is no electrode: sent back for a rescan, never given a verdict
+    tiny = [np.array([[1000, 3000]], np.uint16), np.array([[1000, 3000], [2000, 2500]], np.uint16),
+            np.arange(10000, dtype=np.uint16).reshape(1, 10000)]
+    assert [(p.verdict, p.reason.split(":")[0]) for p in det.predict(tiny)] == [("rescan", "unexpected size")] * 3
     preds = det.predict([read_image(s.path) for s in ds.samples[:3]])
     assert all(p.verdict in ("normal", "abnormal") and 0 <= p.p_abnormal <= 1 for p in preds)
     # the saved net scores like the trained one

@@ -90,7 +90,11 @@ def file_sha256(path: Path) -> str:
 
 def describe_quality(quality: dict) -> str:
     limits = {k: v for k, v in (quality or {}).items() if v is not None}
-    return ", ".join(f"{k} {v:g}" for k, v in sorted(limits.items())) if limits else "off"
+
+    def show(v: object) -> str:  # a limit, or a [low, high] range of the training images
+        return "-".join(f"{x:g}" for x in v) if isinstance(v, (list, tuple)) else f"{v:g}"
+
+    return ", ".join(f"{k} {show(v)}" for k, v in sorted(limits.items())) if limits else "off"
 
 
 def describe_metrics(metrics: dict) -> str:

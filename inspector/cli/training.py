@@ -130,8 +130,10 @@ def train_command(cfg: Config, dataset: str, out: str | None, method: str | None
     click.echo(f"window: {list(meta.window) if meta.window else 'none (' + method + ')'}")
     click.echo(f"threshold: {meta.threshold:.6g} ({meta.threshold_source})")
     if meta.quality:
+        (h_lo, h_hi), (w_lo, w_hi) = meta.quality["height"], meta.quality["width"]
         click.echo(f"quality gate: blur_min {meta.quality['blur_min']:.3g}, "
-                   f"clipped_fraction {meta.quality['clipped_fraction']:g}")
+                   f"clipped_fraction {meta.quality['clipped_fraction']:g}, "
+                   f"trained on {h_lo}-{h_hi} x {w_lo}-{w_hi} px")
     click.echo(f"training: {outcome.fit.summary()}")
     click.echo(f"wrote {outcome.path} (sha256 {outcome.sha256})")
 
