@@ -42,6 +42,20 @@ class Figure:
         return self.measured / self.reference if self.reference else float("nan")
 
 
+def write_readme_block(name: str, script: str, body: str) -> bool:
+    """Replace README.md's text between the `name` markers with `body`; False when the markers are missing."""
+    import re
+
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    begin, end = f"<!-- {name}:begin (written by bench/{script}) -->", f"<!-- {name}:end -->"
+    text = readme.read_text()
+    if begin not in text or end not in text:
+        return False
+    readme.write_text(re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: f"{begin}\n{body}\n{end}", text,
+                             flags=re.S))
+    return True
+
+
 def describe_machine() -> str:
     """CPU model, cores, torch version and the device the model would run on."""
     cpu = platform.processor() or platform.machine()

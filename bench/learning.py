@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import sys
 import time
 from datetime import datetime, timezone
@@ -28,11 +27,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from convert_read import describe_machine  # noqa: E402
+from convert_read import describe_machine, write_readme_block  # noqa: E402
 
 OUT = HERE / "LEARNING.md"
-README = HERE.parent / "README.md"
-BEGIN, END = "<!-- learning:begin (written by bench/learning.py) -->", "<!-- learning:end -->"
 SET = {"bundles": 12, "per_bundle": 8, "scale": 0.5, "seed": 3}
 PAPER = {"head": "paper", "optimizer": "paper", "class_weights": "none"}
 VARIANTS = [  # (label, model/train settings); unnamed settings are the shipped defaults
@@ -133,11 +130,7 @@ def write(rows: list[dict], setting: str, command: str) -> None:
             "least R of the abnormal ones; s per fold: head training and scoring of one held-out bundle.")
     OUT.write_text("# Does the detector learn?\n\nWritten by `bench/learning.py`; every figure is measured in the "
                    "same run.\n\n" + body + "\n")
-    text = README.read_text()
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{body}\n{END}", text,
-                      flags=re.S)
-        README.write_text(text)
+    write_readme_block("learning", "learning.py", body)
 
 
 def main() -> int:
@@ -149,7 +142,7 @@ def main() -> int:
     print(table(rows))
     if not args.no_write and not args.quick:
         write(rows, setting, "python bench/learning.py")
-        print(f"wrote {OUT} and the learning block of {README}")
+        print(f"wrote {OUT} and the learning block of README.md")
     return 0
 
 

@@ -23,19 +23,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from convert_read import Figure, describe_machine  # noqa: E402
+from convert_read import Figure, describe_machine, write_readme_block  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
-README = HERE.parent / "README.md"
-BEGIN, END = "<!-- bench:begin (written by bench/run_all.py) -->", "<!-- bench:end -->"
-
-
-def write_readme_block(body: str) -> None:
-    """The README's benchmark figures are this run's, between the bench markers."""
-    text = README.read_text()
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{body}\n{END}", text, flags=re.S)
-        README.write_text(text)
 
 
 def cv_cache_figures(quick: bool) -> tuple[list[Figure], str]:
@@ -180,9 +170,9 @@ def main(argv: list[str] | None = None) -> int:
             f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}\n- machine: {machine}\n"
             f"- command: `{command}` (`make bench` runs it without options)\n\n{table}\n"
             + "".join(f"\n- {n}" for n in notes) + "\n")
-        write_readme_block(f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, {machine}, "
+        write_readme_block("bench", "run_all.py", f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, {machine}, "
                            f"`{command}`:\n\n{table}\n" + "".join(f"\n- {n}" for n in notes))
-        print(f"wrote {RESULTS} and the bench block of {README}")
+        print(f"wrote {RESULTS} and the bench block of README.md")
     return 0
 
 
