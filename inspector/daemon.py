@@ -145,6 +145,8 @@ class Daemon:
         self.heatmaps = HeatmapQueue(store, cfg.state.dir)  # drawn by the worker when no file waits
         self.poll_seconds = 1.0
         self._rebuild_at = 0.0
+        self._root_id = folder_identity(self.root)  # a deleted and re-created folder is another folder
+        self.folder_note: str | None = None  # the capture folder's absence or re-creation, for STATUS
 
     # ---- main thread: scan, settle, supervise -------------------------------------------------
     def run(self, once: bool = False) -> int:
@@ -181,6 +183,9 @@ class Daemon:
                     next_watchdog = now + watchdog_seconds
                 if once and self.scanner.passes and len(self.tracker) == 0 and self.events.empty():
                     break
+                if once and self._root_id is None:  # one pass over a folder that is gone cannot finish
+                    code = 1
+                    break
                 self.stop.wait(TICK_SECONDS)
         finally:
             notify("STOPPING=1")
@@ -194,8 +199,31 @@ class Daemon:
         log.info("stopped: %s", self.status_line())
         return code
 
+    def _check_folder(self, handler: EventHandler) -> bool:
+        """Notice the capture folder deleted or re-created (an observer on the old one sees nothing); False while gone."""
+        current = folder_identity(self.root)
+        if current == self._root_id:
+            return True
+        stamp = time.strftime("%H:%M:%S")
+        if current is None:
+            if self._root_id is not None:
+                log.error("the capture folder %s is gone; waiting for it to come back", display_path(self.root))
+                self.folder_note = f"capture folder missing since {stamp}"
+                self._root_id = None
+            return False
+        log.warning("the capture folder %s was re-created (%s); watching the new one and rescanning",
+                    display_path(self.root), self.folder_note or "replaced")
+        self.folder_note = f"capture folder re-created at {stamp}; files dropped while it was gone were lost"
+        self._root_id = current
+        if self.observer is not None:
+            self._rebuild_observer(handler, "the capture folder was re-created")
+        self.rescan.set()
+        return True
+
     def _tick(self, now: float, handler: EventHandler) -> None:
-        """Supervise the observer, take in events, advance the scan, hand settled files to the worker."""
+        """Supervise the folder and the observer, take in events, advance the scan, hand settled files on."""
+        if not self._check_folder(handler):
+            return
         if self.observer is not None and not self.observer.is_alive() and now >= self._rebuild_at:
             self._rebuild_at = now + REBUILD_SECONDS
             self._rebuild_observer(handler)
@@ -214,14 +242,15 @@ class Daemon:
         queued = len(self.tracker)
         text = (f"scored {self.counts['scored']}, abnormal {self.counts['abnormal']}, "
                 f"rejected {self.counts['rejected']}, queued {queued}")
+        text = f"{self.folder_note}; {text}" if self.folder_note else text
         return f"paused: {self.paused_reason}; {text}" if self.paused_reason else text
 
     def _threads_alive(self) -> bool:
         observer_ok = self.observer is None or self.observer.is_alive()
         return observer_ok and self.worker is not None and self.worker.is_alive()
 
-    def _rebuild_observer(self, handler: EventHandler) -> None:
-        log.warning("the file observer stopped; rebuilding it and rescanning %s", display_path(self.root))
+    def _rebuild_observer(self, handler: EventHandler, why: str = "the file observer stopped") -> None:
+        log.warning("%s; rebuilding the observer and rescanning %s", why, display_path(self.root))
         try:
             self.observer.stop()
         except Exception:  # already dead: nothing to stop
@@ -479,6 +508,15 @@ class Daemon:
             return None
         log.info("moved %s -> %s", self._shown(path), self._shown(dest))
         return dest
+
+
+def folder_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of a folder, None when it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def unique_destination(folder: str, name: str) -> str:

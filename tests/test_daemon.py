@@ -346,7 +346,7 @@ def test_dead_observer_is_rebuilt(tmp_path, station, detector, caplog):
         wait_for(lambda: daemon.observer is not old and daemon.observer.is_alive(), 10, "a new observer")
         write_image(tmp_path / "capture" / "after-rebuild.tif", seed=41)
         wait_for(lambda: db_count(db, IMAGES) == 1, 30, "the verdict seen by the new observer")
-    assert "the file observer stopped; rebuilding it" in caplog.text
+    assert "the file observer stopped; rebuilding the observer" in caplog.text
 
 
 # ---- the command: --once, start-up errors, pid file ----------------------------------------------
@@ -634,3 +634,18 @@ def test_moves_never_follow_a_symlinked_processed_or_quarantine_folder(tmp_path,
     assert (capture / "good.tif").exists() and (capture / "bad.tif").exists()
     assert list((elsewhere / "p").rglob("*")) == [] and list((elsewhere / "q").rglob("*")) == []
     assert db_rows(db, "SELECT moved_to FROM images") == [(None,)]
+
+
+def test_a_capture_folder_deleted_and_re_created_is_watched_again(tmp_path, station, detector, caplog):
+    """The observer on the dead folder saw nothing; now the new folder is noticed within seconds, not at the rescan."""
+    cfg = station()  # rescan every 600 s: only noticing the new folder can find the file in time
+    capture = tmp_path / "capture"
+    db = tmp_path / "inspector.db"
+    with in_process(cfg, detector) as daemon:
+        shutil.rmtree(capture)
+        wait_for(lambda: "capture folder missing since" in daemon.status_line(), 10, "the folder's absence noticed")
+        capture.mkdir()
+        wait_for(lambda: "re-created" in daemon.status_line(), 10, "the new folder noticed")
+        write_image(capture / "after.tif", seed=95)
+        wait_for(lambda: db_count(db, IMAGES) == 1, 15, "a verdict for a file in the re-created folder")
+    assert "the capture folder" in caplog.text and "was re-created" in caplog.text
