@@ -141,10 +141,12 @@ def test_model_info_of_a_trained_model(models):
 
 def test_model_init_defaults_from_config_and_refuses_to_overwrite(tmp_path):
     (tmp_path / "config.toml").write_text('[convert]\nmethod = "naive"\n[model]\nweights = "none"\n'
-                                          'input_size = [48, 24]\n')
+                                          'input_size = [48, 24]\nfeatures = ["layer3", "layer1"]\n'
+                                          'pooling = ["max"]\n')
     assert run("model", "init", "--out", "d.safetensors").exit_code == 0
     meta = read_meta("d.safetensors")
     assert (meta.method, meta.window, meta.input_size, meta.weights) == ("naive", None, (48, 24), "none")
+    assert (meta.features, meta.pooling, meta.head) == (("layer1", "layer3"), ("max",), "linear")
     again = run("model", "init", "--out", "d.safetensors")
     assert again.exit_code == 2
     assert "Error: d.safetensors already exists; pass --force to overwrite it" in again.output

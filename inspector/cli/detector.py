@@ -169,13 +169,14 @@ def init_command(out: str, method: str | None, window: tuple[int, int] | None, i
     if Path(out).exists() and not force:
         raise click.UsageError(f"{out} already exists; pass --force to overwrite it")
     from inspector.convert import Window
-    from inspector.model import init_model
+    from inspector.model import Embedding, init_model
 
     win = Window(*window) if window else None
     size = parse_input_size(input_size) if input_size else tuple(cfg.model.input_size)
     weights = weights or cfg.model.weights
+    embedding = Embedding(cfg.model.features, cfg.model.pooling) if cfg.model.head != "paper" else None
     sha = init_model(out, method, win, size, weights=weights, freeze=cfg.model.freeze,
-                     seed=cfg.train.seed if seed is None else seed)
+                     seed=cfg.train.seed if seed is None else seed, embedding=embedding, head=cfg.model.head)
     used = f", window {win.lo}-{win.hi}" if win else ""
     click.echo(f"wrote {out}: method {method}{used}, input {size[0]}x{size[1]}, weights {weights}, sha256 {sha}")
     click.echo("this model is UNTRAINED: its verdicts are random until `inspector train` writes a trained one")
