@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from inspector.convert import METHODS, convert_image, fit_window
-from inspector.dataset import synth_electrode
+from inspector.synth import synth_electrode
 from inspector.imaging import read_image
 
 COMPRESSIONS = ("none", "zlib")

@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from inspector.config import Config, parse_input_size
     from inspector.crossval import cross_validate
-    from inspector.dataset import load_dataset, synthesize
+    from inspector.dataset import load_dataset
+    from inspector.synth import synthesize
     from inspector.model import build_detector, resolve_device
     from inspector.train import set_threads
 

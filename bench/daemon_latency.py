@@ -199,7 +199,7 @@ def measure(input_size: tuple[int, int] = (512, 256), bursts: tuple[int, ...] = 
     """Every figure of this benchmark; each daemon figure next to its bare-model reference (same threads)."""
     import torch
 
-    from inspector.dataset import synth_electrode
+    from inspector.synth import synth_electrode
     from inspector.infer import Detector
 
     figures: list[Figure] = []

@@ -51,7 +51,7 @@ def gpu_figures(device: str = "cuda", input_size: tuple[int, int] = (2000, 1000)
     against a forward pass of the same net on data already on the device (the ceiling)."""
     import torch
 
-    from inspector.dataset import synth_electrode
+    from inspector.synth import synth_electrode
     from inspector.infer import Detector
     from inspector.model import init_model, preprocess_batch
 

@@ -3,7 +3,7 @@
 A dataset is a folder holding labels.csv with the header ``path,bundle,label[,anomaly]``:
 ``path`` relative to the folder, ``label`` normal|abnormal, ``anomaly`` an optional
 ``;``-separated list of anomaly types (a normal electrode may list a minor one).
-The synthetic electrode generator lives in inspector/synth.py and is re-exported here.
+The synthetic electrode generator (inspector/synth.py) builds on this module, never the reverse.
 """
 
 from __future__ import annotations
@@ -308,18 +308,3 @@ def check_dataset(root: str | Path, max_height: int = 10_000, max_width: int = 1
                 "reports its TPR alone and marks it; its counts still enter the pooled totals")
     return report
 
-
-def synthesize(out: str | Path, bundles: int = 12, per_bundle: int = 60, abnormal_rate: float = 0.21,
-               scale: float = 1.0, seed: int = 0, progress: bool = True) -> Dataset:
-    """Write a synthetic labeled set of 16-bit electrode TIFFs; see inspector.synth.synthesize."""
-    from inspector.synth import synthesize as _synthesize
-
-    return _synthesize(out, bundles=bundles, per_bundle=per_bundle, abnormal_rate=abnormal_rate,
-                       scale=scale, seed=seed, progress=progress)
-
-
-def synth_electrode(seed: int, scale: float = 0.1, abnormal: bool = False) -> np.ndarray:
-    """One synthetic 16-bit electrode (for capture-folder tests and demos); see inspector.synth."""
-    from inspector.synth import synth_electrode as _synth_electrode
-
-    return _synth_electrode(seed, scale=scale, abnormal=abnormal)

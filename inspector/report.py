@@ -28,7 +28,7 @@ OUTCOME_FIELDS = ["time", "kind", "outcome", "p_abnormal", "threshold", "reason"
                   "reviewed_at", "review_count"]
 
 
-def _iso(when: datetime | None) -> str | None:
+def iso_time(when: datetime | None) -> str | None:
     return when.astimezone(timezone.utc).isoformat() if when else None
 
 
@@ -94,14 +94,14 @@ def outcome_record(row: dict) -> dict:
     """A flat, JSON-ready record (UTC ISO times; path_raw_hex gives the exact name bytes back)."""
     review = row.get("review") or {}
     return {
-        "time": _iso(row["when"]), "kind": row["kind"], "outcome": row["outcome"], "p_abnormal": row["p_abnormal"],
+        "time": iso_time(row["when"]), "kind": row["kind"], "outcome": row["outcome"], "p_abnormal": row["p_abnormal"],
         "threshold": row["threshold"], "reason": row["reason"], "path": row["path"],
         "path_raw_hex": row["path_raw"].hex(), "sha256": row["sha256"], "bundle": row["bundle"],
         "status": row["status"], "duplicate_of": row["duplicate_of"], "moved_to": row["moved_to"],
         "model_sha256": row["model_sha256"], "method": row["method"], "heatmap_path": row["heatmap_path"],
         "review_status": row["review_status"], "review_label": review.get("label"),
         "review_anomalies": review.get("anomalies") or None, "reviewed_by": review.get("reviewer"),
-        "reviewed_at": _iso(review.get("created_at")), "review_count": review.get("count", 0),
+        "reviewed_at": iso_time(review.get("created_at")), "review_count": review.get("count", 0),
     }
 
 
@@ -114,8 +114,8 @@ def render_csv(rows: list[dict]) -> str:
 
 
 def render_json(rows: list[dict], since: datetime | None, until: datetime | None) -> str:
-    data = {"kind": "inspector-export", "created": _iso(datetime.now(timezone.utc)), "since": _iso(since),
-            "until": _iso(until), "outcomes": [outcome_record(r) for r in rows]}
+    data = {"kind": "inspector-export", "created": iso_time(datetime.now(timezone.utc)), "since": iso_time(since),
+            "until": iso_time(until), "outcomes": [outcome_record(r) for r in rows]}
     return json.dumps(data, indent=1, ensure_ascii=False)
 
 
@@ -214,21 +214,3 @@ def write_report(path: str | os.PathLike, text: str) -> Path:
         raise InspectorError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return path
 
-
-def export_report(store, cfg: Config, fmt: str, out: str | os.PathLike, since: datetime | None = None,
-                  until: datetime | None = None) -> tuple[Path, int]:
-    """Write the export in `fmt`; returns the file and how many outcomes it holds."""
-    if fmt not in FORMATS:
-        raise InspectorError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
-    if since is not None and until is not None and until <= since:
-        raise InspectorError(f"--until ({_iso(until)}) is not after --since ({_iso(since)}); nothing can match")
-    rows = collect_outcomes(store, cfg, since, until)
-    if fmt == "csv":
-        text = render_csv(rows)
-    elif fmt == "json":
-        text = render_json(rows, since, until)
-    else:
-        from inspector.report_html import render_html
-
-        text = render_html(store, cfg, rows, since, until)
-    return write_report(out, text), len(rows)

@@ -309,7 +309,7 @@ def train_candidate(cfg: Config, new: Dataset, best: Score, current: Score | Non
     """fit on all data, then stamp the OOF threshold and the comparison into the artifact's metadata."""
     from inspector.infer import Detector
     from inspector.model import load_model, resolve_device, save_model
-    from inspector.train import train_model
+    from inspector.build import train_model
 
     train_model(new, out, best.method, cfg, device, 0.0, warn=lambda m: None)
     loaded = load_model(out, "cpu")

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from inspector.cli import cli
-from inspector.dataset import synthesize
+from inspector.synth import synthesize
 from inspector.metrics import Counts
 
 TINY = ["--epochs", "1", "--min-steps", "0", "--input-size", "64x32", "--weights", "none"]

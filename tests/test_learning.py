@@ -28,7 +28,8 @@ from inspector.dataset import LABELS_FILE, load_dataset
 from inspector.imaging import read_image
 from inspector.infer import Detector
 from inspector.synth import draw_character, draw_shape, synth_image, write_tiff
-from inspector.train import FitResult, prior_loss, train_model
+from inspector.build import train_model
+from inspector.train import FitResult, prior_loss
 
 CPU = torch.device("cpu")
 CLEAR = ("missing_ink", "edge_cut", "smudge", "line")  # large at this scale; specks and scratches are not

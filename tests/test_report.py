@@ -21,7 +21,8 @@ from inspector.cli import cli
 from inspector.config import load_config
 from inspector.errors import InspectorError
 from inspector.imaging import file_sha256
-from inspector.report import bundle_of, collect_outcomes, export_report, read_model_header
+from inspector.export import export_report
+from inspector.report import bundle_of, collect_outcomes, read_model_header
 from inspector.store import images, open_store, reviews
 
 MODEL = "ab" * 32
@@ -133,7 +134,8 @@ def write_cv_result(state_dir, tmp_path):
     """A real cv JSON written by engineer E's crossval functions (no torch: made-up fold scores)."""
     from inspector import metrics
     from inspector.crossval import CvResult, FoldResult, MethodResult, result_to_json, run_settings, save_run
-    from inspector.dataset import leave_one_bundle_out, synthesize
+    from inspector.dataset import leave_one_bundle_out
+    from inspector.synth import synthesize
 
     ds = synthesize(tmp_path / "cvset", bundles=3, per_bundle=4, abnormal_rate=0.5, scale=0.02, progress=False)
     rng = np.random.default_rng(0)

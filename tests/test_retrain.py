@@ -27,7 +27,7 @@ from click.testing import CliRunner
 
 from inspector.cli import cli
 from inspector.config import load_config
-from inspector.dataset import synth_electrode, synthesize
+from inspector.synth import synth_electrode, synthesize
 from inspector.imaging import file_sha256
 from inspector.store import open_store, retrains
 

@@ -12,9 +12,9 @@ import tifffile
 from click.testing import CliRunner
 
 from inspector.cli import cli
-from inspector.dataset import ANOMALY_TYPES, load_dataset, synth_electrode, synthesize
+from inspector.dataset import ANOMALY_TYPES, load_dataset
 from inspector.errors import DatasetError
-from inspector.synth import draw_character, summarize, synth_image
+from inspector.synth import draw_character, summarize, synth_electrode, synth_image, synthesize
 
 
 @pytest.fixture(scope="module")

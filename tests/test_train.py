@@ -11,14 +11,16 @@ import torch
 from inspector import metrics
 from inspector.config import Config
 from inspector.convert import fit_window
+from inspector.build import train_model
 from inspector.crossval import cross_validate
-from inspector.dataset import load_dataset, synthesize
+from inspector.dataset import load_dataset
+from inspector.synth import synthesize
 from inspector.errors import DatasetError, InspectorError
 from inspector.features import EmbedStats, FeatureStore
 from inspector.imaging import read_image
 from inspector.infer import Detector
 from inspector.train import (ImageSource, build_net, check_two_classes, class_weight_tensor, draw_plan, fit, fit_view,
-                             predict_proba, train_model)
+                             predict_proba)
 
 CPU = torch.device("cpu")
 

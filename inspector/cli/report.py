@@ -26,7 +26,7 @@ def export_command(cfg: Config, fmt: str, out: str, since, until) -> None:
     and the model in use. The database is opened read-only.
     """
     from inspector.cli.station import open_reader
-    from inspector.report import export_report
+    from inspector.export import export_report
 
     with open_reader(cfg) as store:
         path, n = export_report(store, cfg, fmt, out, since, until)

@@ -110,7 +110,7 @@ def train_command(cfg: Config, dataset: str, out: str | None, method: str | None
     and the standardization are fitted on these images and stored in the model.
     """
     from inspector.dataset import load_dataset
-    from inspector.train import train_model
+    from inspector.build import train_model
 
     try:
         cfg = apply_overrides(cfg, target_recall=target_recall, **given)

@@ -1,0 +1,101 @@
+"""Train the detector the station uses: the threshold from out-of-fold predictions (crossval), the
+fit on every image (train), the quality gate, and the artifact (model).
+
+Above crossval and train, so that neither imports the other the wrong way round.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from inspector import metrics
+from inspector.config import Config
+from inspector.convert import Window
+from inspector.crossval import cross_validate
+from inspector.dataset import Dataset
+from inspector.errors import InspectorError
+from inspector.features import EmbedStats
+from inspector.train import (FitResult, ImageSource, View, build_net_on, fit, fit_view, optimizer_label, require_method,
+                             resolve_cache)
+
+
+@dataclass
+class TrainOutcome:
+    """What `inspector train` reports: the file, its sha256, threshold and how it was chosen."""
+
+    path: Path
+    sha256: str
+    meta: object
+    fit: FitResult
+    oof: dict | None = None
+    oof_p: np.ndarray | None = None  # out-of-fold P(abnormal) per image when a target recall was set
+
+
+def fit_quality_gate(source: ImageSource, idx: Sequence[int], view: View, cfg: Config) -> dict:
+    """blur_min = half the 1st percentile of the Laplacian variance over the training images; their size range."""
+    if not cfg.quality.enabled:
+        return {}
+    from inspector.infer import measure_blur
+
+    window = Window(*view.window) if view.window is not None else None
+    variances, heights, widths = [], [], []
+    for i in idx:
+        img16 = source.read16(int(i))
+        variances.append(measure_blur(img16, window))
+        heights.append(img16.shape[0])
+        widths.append(img16.shape[1])
+    return {"blur_min": 0.5 * float(np.percentile(variances, 1)), "clipped_fraction": cfg.quality.clipped_fraction,
+            "height": [min(heights), max(heights)], "width": [min(widths), max(widths)]}
+
+
+def train_model(dataset: Dataset, out: Path, method: str, cfg: Config, device: torch.device, target_recall: float,
+                warn: Callable[[str], None] | None = None) -> TrainOutcome:
+    """Train on every image; with target_recall, the threshold comes from out-of-fold predictions first."""
+    from inspector.model import ModelMeta, save_model
+
+    require_method(method)
+    if not 0 <= target_recall <= 1:
+        raise InspectorError(f"--target-recall must be between 0 and 1, got {target_recall}")
+    source = ImageSource(dataset, cfg.imaging.max_height, cfg.imaging.max_width)
+    store, use_cache = resolve_cache(cfg, dataset, True, warn)
+    stats = EmbedStats()
+    threshold, threshold_source, oof_info, p = 0.5, "default 0.5", None, None
+    if target_recall > 0:
+        res = cross_validate(dataset, [method], cfg, device, use_cache, warn=lambda m: None, stats=stats)
+        y, p = dataset.y, res.methods[method].oof
+        threshold = metrics.threshold_for_recall(y, p, target_recall)
+        at = metrics.counts_at_threshold(y, p, threshold)
+        threshold_source = (f"out-of-fold recall >= {target_recall:g} (leave-one-bundle-out over "
+                            f"{len(dataset.bundles)} bundles; achieved recall {at.recall:.4f})")
+        oof_info = {"target_recall": target_recall, "threshold": threshold, "counts": at.to_dict(),
+                    "roc_auc": metrics.roc_auc(y, p),
+                    "pooled_at_0.5": res.methods[method].pooled.to_dict()}
+    idx = np.arange(len(dataset))
+    view = fit_view(source, idx, method, cfg)
+    net = build_net_on(cfg, device)
+    result = fit(net, source, idx, view, cfg, device, store, use_cache, stats, desc=f"train {method}")
+    if not result.learned:
+        (warn or (lambda m: print(m, file=sys.stderr)))(
+            f"warning: training ended no better than the class prior ({result.summary()}); the detector has "
+            "learned (almost) nothing: check the labels, or try model.features, convert.method or more steps")
+    meta = ModelMeta(method=method, window=view.window, input_size=tuple(cfg.model.input_size),
+                     threshold=float(threshold), threshold_source=threshold_source, freeze=cfg.model.freeze,
+                     weights=cfg.model.weights, features=net.embedding.stages, pooling=net.embedding.pooling,
+                     head=net.head_kind, trained=True, train_fingerprint=dataset.fingerprint(),
+                     metrics={"epochs": cfg.train.epochs, "epochs_run": len(result.losses), "steps": result.steps,
+                              "final_loss": result.final_loss, "prior_loss": result.prior_loss,
+                              "class_weights": cfg.train.class_weights, "seed": cfg.train.seed,
+                              "optimizer": cfg.train.optimizer, "optimizer_settings": optimizer_label(cfg),
+                              "learning_rate": cfg.train.learning_rate, "weight_decay": cfg.train.weight_decay,
+                              "min_steps": cfg.train.min_steps, "images": len(dataset), "bundles": dataset.bundles,
+                              "out_of_fold": oof_info},
+                     quality=fit_quality_gate(source, idx, view, cfg),
+                     clahe={"clip_limit": view.clahe[0], "tile_grid": view.clahe[1]})
+    sha = save_model(out, net.cpu(), meta)
+    return TrainOutcome(Path(out), sha, meta, result, oof_info, p)

@@ -1,0 +1,33 @@
+"""`inspector export`: the outcomes of a period as CSV, JSON or the HTML report, written atomically.
+
+Above both report.py (collecting, CSV, JSON) and report_html.py (the page), so that neither needs the other
+the wrong way round.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+
+from inspector.config import Config
+from inspector.errors import InspectorError
+from inspector.report import FORMATS, collect_outcomes, iso_time, render_csv, render_json, write_report
+from inspector.report_html import render_html
+
+
+def export_report(store, cfg: Config, fmt: str, out: str | os.PathLike, since: datetime | None = None,
+                  until: datetime | None = None) -> tuple[Path, int]:
+    """Write the export in `fmt`; returns the file and how many outcomes it holds."""
+    if fmt not in FORMATS:
+        raise InspectorError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if since is not None and until is not None and until <= since:
+        raise InspectorError(f"--until ({iso_time(until)}) is not after --since ({iso_time(since)}); nothing can match")
+    rows = collect_outcomes(store, cfg, since, until)
+    if fmt == "csv":
+        text = render_csv(rows)
+    elif fmt == "json":
+        text = render_json(rows, since, until)
+    else:
+        text = render_html(store, cfg, rows, since, until)
+    return write_report(out, text), len(rows)
