@@ -35,25 +35,12 @@ HEATMAP_DRAIN_SECONDS = 10.0  # on stop, heat maps still queued get this long; v
 REBUILD_SECONDS = 2.0  # at most one observer rebuild attempt this often
 
 
-_FAULT_SEEN: dict[str, int] = {}
+def fault_point(point: str) -> None:
+    """A named instant in a file's handling (after_read, after_infer, after_commit, mid_move, store:NAME).
 
-
-def _fault(point: str) -> None:
-    """TEST-ONLY fault injection for tests/reliability; does nothing unless $INSPECTOR_FAULT is set.
-
-    INSPECTOR_FAULT=after_read|after_infer|after_commit|mid_move (INSPECTOR_FAULT_AFTER=N passes spared):
-    SIGKILL this process there. INSPECTOR_FAULT=enospc: store writes fail as a full disk while the file
-    $INSPECTOR_FAULT_FILE exists (for machines where no small file system can be mounted)."""
-    fault = os.environ.get("INSPECTOR_FAULT")
-    if not fault:
-        return
-    full = fault == "enospc" and os.path.exists(os.environ.get("INSPECTOR_FAULT_FILE", ""))
-    if full and point.startswith("store:record_"):
-        raise StoreError("database: disk full (simulated by INSPECTOR_FAULT=enospc); free space on its disk")
-    if fault == point:
-        _FAULT_SEEN[point] = _FAULT_SEEN.get(point, 0) + 1
-        if _FAULT_SEEN[point] > int(os.environ.get("INSPECTOR_FAULT_AFTER") or 0):
-            os.kill(os.getpid(), signal.SIGKILL)
+    Does nothing. The reliability tests run the daemon through tests/fault_runner.py, which replaces this
+    function to kill the process or fail a store write there; the service itself reads no test settings.
+    """
 
 
 class _Stopped(Exception):
@@ -369,7 +356,7 @@ class Daemon:
         delay = 0.5
         while True:
             try:
-                _fault(f"store:{getattr(fn, '__name__', '')}")
+                fault_point(f"store:{getattr(fn, '__name__', '')}")
                 result = fn(*args)
             except StoreError as exc:
                 if self.paused_reason is None:
@@ -400,7 +387,7 @@ class Daemon:
                 job.outcome = self._store_call(self.store.outcome_for, job.sha256, model_sha)
                 if job.outcome is None:
                     job.img16 = read_image(item.path, self.cfg.imaging.max_height, self.cfg.imaging.max_width)
-                    _fault("after_read")
+                    fault_point("after_read")
             except ImageError as exc:
                 if not os.path.lexists(item.path):
                     continue  # moved or deleted meanwhile: nothing to record
@@ -410,7 +397,7 @@ class Daemon:
             jobs.append(job)
         predictions = self._predict([j for j in jobs if j.img16 is not None])
         if predictions:
-            _fault("after_infer")
+            fault_point("after_infer")
         inferred: set[str] = set()
         for job in jobs:
             first = job.sha256 not in inferred  # a second name for the same content costs no inference
@@ -449,7 +436,7 @@ class Daemon:
         if job.rejection is not None:
             reason, message = job.rejection
             self._store_call(self.store.record_rejection, raw, job.sha256, item.size, item.mtime_ns, reason, message)
-            _fault("after_commit")
+            fault_point("after_commit")
             self.counts["rejected"] += 1
             log.warning("rejected %s %s: %s", reason, shown, message)
             self._move(item.path, ("quarantine",), None)
@@ -465,7 +452,7 @@ class Daemon:
         ready_to_commit = time.monotonic() - item.ready_at
         result = self._store_call(self.store.record_verdict, raw, job.sha256, item.size, item.mtime_ns, model_sha,
                                   p_abnormal, verdict, reason, threshold, method, ready_to_commit, inference_seconds)
-        _fault("after_commit")
+        fault_point("after_commit")
         if result == "exists":
             return
         self.counts["scored"] += 1
@@ -500,7 +487,7 @@ class Daemon:
             self._store_call(self.store.record_moved, image[0], image[1], display_path(dest))
         try:
             os.rename(path, dest)
-            _fault("mid_move")  # renamed: the instant right after the most exposed step of a move
+            fault_point("mid_move")  # renamed: the instant right after the most exposed step of a move
         except OSError as exc:
             log.error("cannot move %s to %s (%s); it stays in place", self._shown(path), parts[0], exc.strerror)
             if image is not None:

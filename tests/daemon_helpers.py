@@ -138,7 +138,9 @@ class DaemonProcess:
         env = dict(os.environ, NOTIFY_SOCKET=str(self.notify.path), OMP_NUM_THREADS="1", **(extra_env or {}))
         env.pop("INSPECTOR_DEBUG", None)
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "inspector", "watch", "--config", str(config), *args],
+        # faults are injected by the test-only runner; the service itself reads no fault settings
+        program = [str(Path(__file__).with_name("fault_runner.py"))] if "INSPECTOR_FAULT" in env else ["-m", "inspector"]
+        self.proc = subprocess.Popen([sys.executable, *program, "watch", "--config", str(config), *args],
                                      cwd=tmp_path, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 60) -> None:
