@@ -294,8 +294,8 @@ def _build(data: dict, base: Path, file: str) -> Config:
             else:
                 value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             _check_value(sname, f.name, value, file)
-            if (sname, f.name) in (("model", "features"), ("model", "pooling")):  # network order, as the model keeps it
-                value = tuple(v for v in (STAGES if f.name == "features" else POOLINGS) if v in value)
+            if (sname, f.name) in (("model", "features"), ("model", "pooling")):
+                value = network_order(f.name, value)
             if (sname, f.name) in _PATH_KEYS:
                 value = Path(value)
                 value = value if value.is_absolute() else (base / value)
@@ -310,6 +310,11 @@ def _build(data: dict, base: Path, file: str) -> Config:
             values[f.name] = value
         built[sname] = cls(**values)
     return Config(**built, source=file)  # type: ignore[arg-type]
+
+
+def network_order(key: str, values: tuple[str, ...]) -> tuple[str, ...]:
+    """model.features or model.pooling in the order the network computes them, as the model records them."""
+    return tuple(v for v in (STAGES if key == "features" else POOLINGS) if v in values)
 
 
 def parse_input_size(text: str) -> tuple[int, int]:

@@ -231,13 +231,12 @@ def prior_loss(y: np.ndarray, weight: torch.Tensor | None) -> float:
     return float(-(q * np.log(q)).sum())
 
 
-def schedule_epochs(cfg: Config, n: int) -> int:
+def schedule_epochs(cfg: Config, steps_per_epoch: int) -> int:
     """Epochs to run: train.epochs, and for adamw at least train.min_steps optimizer steps."""
     tc = cfg.train
     if tc.optimizer == "paper":
         return tc.epochs
-    per_epoch = -(-n // tc.batch_size)
-    return max(tc.epochs, -(-tc.min_steps // per_epoch))
+    return max(tc.epochs, -(-tc.min_steps // steps_per_epoch))
 
 
 def make_optimizer(net: nn.Module, cfg: Config, total_steps: int, steps_per_epoch: int):
@@ -269,11 +268,11 @@ def fit(net: nn.Module, source: ImageSource, train_idx: np.ndarray, view: View, 
     y_np = source.y[train_idx]
     check_two_classes(y_np, f"the training set ({len(train_idx)} images)")
     y = torch.as_tensor(y_np, device=device)
-    epochs = schedule_epochs(cfg, len(train_idx))
+    steps_per_epoch = -(-len(train_idx) // tc.batch_size)
+    epochs = schedule_epochs(cfg, steps_per_epoch)
     plan = draw_plan(tc.seed, epochs, len(train_idx))
     weight = class_weight_tensor(y_np, tc.class_weights)
     loss_fn = nn.CrossEntropyLoss(weight=weight.to(device) if weight is not None else None)
-    steps_per_epoch = -(-len(train_idx) // tc.batch_size)
     optimizer, scheduler = make_optimizer(net, cfg, epochs * steps_per_epoch, steps_per_epoch)
     started = time.perf_counter()
 

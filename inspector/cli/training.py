@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from inspector.cli import cli, with_config
-from inspector.config import HEADS, METHODS, OPTIMIZERS, POOLINGS, STAGES, Config, parse_input_size
+from inspector.config import HEADS, METHODS, OPTIMIZERS, POOLINGS, STAGES, Config, network_order, parse_input_size
 from inspector.errors import InspectorError
 
 PAPER_METHODS = "naive,global,local,mix"
@@ -24,8 +24,7 @@ def apply_overrides(cfg: Config, **given) -> Config:
         model["input_size"] = parse_input_size(model["input_size"])
     for key, allowed in (("features", STAGES), ("pooling", POOLINGS)):
         if key in model:
-            chosen = parse_list(model[key], f"--{key}", allowed)
-            model[key] = tuple(v for v in allowed if v in chosen)  # network order, as the model keeps them
+            model[key] = network_order(key, parse_list(model[key], f"--{key}", allowed))
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train),
                                model=dataclasses.replace(cfg.model, **model))
 
