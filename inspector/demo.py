@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import sqlite3
@@ -203,11 +204,12 @@ def main() -> int:
 
     say("6. An operator reviews the flagged electrodes")
     run("reviews", "--pending")
-    flagged = pending_shas(OUT / "inspector.db")
-    for i, sha in enumerate(flagged[:2]):
-        label = "abnormal" if i == 0 else "normal"
-        extra = ["--anomaly", "scratch"] if label == "abnormal" else ["--note", "minor smudge, acceptable"]
-        run("review", sha, "--label", label, "--by", "demo-operator", *extra)
+    # the operator confirms one true defect and clears one false alarm (the demo knows which is which)
+    flagged = flagged_truth(OUT / "inspector.db")
+    for truth, extra in (("abnormal", ["--anomaly", "scratch"]), ("normal", ["--note", "minor smudge, acceptable"])):
+        sha = next((s for s, abnormal in flagged if abnormal == (truth == "abnormal")), None)
+        if sha is not None:
+            run("review", sha, "--label", truth, "--by", "demo-operator", *extra)
     run("reviews")
 
     say("7. Nightly retraining: promotes the candidate only if it is not worse")
@@ -221,10 +223,17 @@ def main() -> int:
     return 0
 
 
-def pending_shas(db: Path) -> list[str]:
+def flagged_truth(db: Path) -> list[tuple[str, bool]]:
+    """(sha256, truly abnormal) of every scan the demo made that the daemon flagged, oldest first."""
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-        rows = con.execute("SELECT sha256 FROM verdicts WHERE verdict IN ('abnormal', 'rescan') ORDER BY created_at").fetchall()
-    return [r[0] for r in rows]
+        rows = con.execute("SELECT v.sha256, i.path FROM verdicts v JOIN images i ON i.verdict_id = v.id "
+                           "WHERE v.verdict IN ('abnormal', 'rescan') ORDER BY v.created_at").fetchall()
+    out = []
+    for sha, path in rows:
+        match = re.search(r"-electrode-(\d{3})", Path(path).name)
+        if match and sha not in {s for s, _ in out}:
+            out.append((sha, is_abnormal(int(match.group(1)))))
+    return out
 
 
 if __name__ == "__main__":
