@@ -24,7 +24,9 @@ from inspector import __version__
 from inspector.errors import StoreError
 from inspector.paths import display_path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# The Alembic revision (inspector/migrations/versions) that each schema version is.
+SCHEMA_REVISIONS = {1: "0001", 2: "0002"}
 VERDICTS = ("normal", "abnormal", "rescan")
 
 
@@ -87,7 +89,12 @@ images = sa.Table(
     sa.Column("moved_to", sa.Text, nullable=True),
     # Which verdict this path shows (the same content may have verdicts from several models).
     sa.Column("verdict_id", sa.Integer, sa.ForeignKey("verdicts.id"), nullable=True),
-    sa.UniqueConstraint("path_raw", "sha256", name="uq_images_path_content"),
+    # The file version's identity beyond its stat: a rename over the name brings a new inode, a
+    # rewrite in place a new ctime. NULL in rows of schema 1 (they match any).
+    sa.Column("inode", sa.BigInteger, nullable=True),
+    sa.Column("ctime_ns", sa.BigInteger, nullable=True),
+    # One row per file version: the same content exported again under the same name gets its own row.
+    sa.UniqueConstraint("path_raw", "sha256", "mtime_ns", "inode", name="uq_images_file_version"),
     sa.Index("ix_images_path_size_mtime", "path_raw", "size", "mtime_ns"),
 )
 models = sa.Table(
@@ -108,7 +115,9 @@ rejections = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("message", sa.Text, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False, index=True),
-    sa.UniqueConstraint("path_raw", "size", "mtime_ns", name="uq_rejections_file"),
+    sa.Column("inode", sa.BigInteger, nullable=True),
+    sa.Column("ctime_ns", sa.BigInteger, nullable=True),
+    sa.UniqueConstraint("path_raw", "size", "mtime_ns", "inode", name="uq_rejections_file_version"),
 )
 reviews = sa.Table(
     "reviews", metadata,
@@ -241,15 +250,20 @@ class Store:
                          f"install inspector {by} or newer")
 
     def ensure_schema(self) -> str:
-        """Create the tables, or migrate an older schema; returns 'created', 'migrated' or 'current'."""
+        """Create the tables, or migrate an older schema with Alembic; returns 'created', 'migrated' or 'current'."""
         version = self.schema_version()
         if version is not None and version > SCHEMA_VERSION:
             self._refuse_newer(version)
         if version == SCHEMA_VERSION:
             return "current"
         with self.write() as conn:
-            metadata.create_all(conn, checkfirst=True)  # missing tables and their indexes
-            _add_missing_columns(conn)
+            if version is None:
+                metadata.create_all(conn)  # a new database: today's schema at once (Alembic's cookbook)
+                _alembic(conn, "stamp", SCHEMA_REVISIONS[SCHEMA_VERSION])
+            else:
+                if version in SCHEMA_REVISIONS and _alembic_revision(conn) is None:
+                    _alembic(conn, "stamp", SCHEMA_REVISIONS[version])  # made before inspector used Alembic
+                _alembic(conn, "upgrade", SCHEMA_REVISIONS[SCHEMA_VERSION])
             conn.execute(sa.delete(schema_info))
             conn.execute(sa.insert(schema_info).values(version=SCHEMA_VERSION, inspector_version=__version__,
                                                        upgraded_at=utc_now()))
@@ -273,16 +287,39 @@ class Store:
                 conn.execute(sa.insert(models).values(sha256=sha256, path=str(path), meta_json=meta_json,
                                                       first_used=utc_now()))
 
-    def known_file(self, path_raw: bytes | str, size: int, mtime_ns: int) -> bool:
-        """True when this exact path/size/mtime already has an outcome (the rescan skips hashing it)."""
+    def known_file(self, path_raw: bytes | str, size: int, mtime_ns: int, inode: int | None = None,
+                   ctime_ns: int | None = None) -> bool:
+        """True when this exact file version already has an outcome (the rescan skips hashing it).
+
+        Path, size and mtime must match; so must inode and ctime when given and recorded: new content
+        renamed over an old name with its mtime kept (`cp -p`, `rsync -t`) has another inode, a rewrite
+        in place another ctime. Such a file is not known: the worker hashes it and decides.
+        """
         raw = to_path_raw(path_raw)
         with self.read() as conn:
             for table in (images, rejections):
-                hit = conn.execute(sa.select(table.c.id).where(
-                    table.c.path_raw == raw, table.c.size == size, table.c.mtime_ns == mtime_ns).limit(1)).first()
-                if hit is not None:
+                query = sa.select(table.c.id).where(table.c.path_raw == raw, table.c.size == size,
+                                                    table.c.mtime_ns == mtime_ns)
+                for column, value in ((table.c.inode, inode), (table.c.ctime_ns, ctime_ns)):
+                    if value is not None:
+                        query = query.where(sa.or_(column.is_(None), column == value))
+                if conn.execute(query.limit(1)).first() is not None:
                     return True
         return False
+
+    def known_files(self, stats: list[tuple[bytes, int, int]]) -> set[tuple[bytes, int, int]]:
+        """Which of many (path_raw, size, mtime_ns) have an outcome, in a few queries (for `status`)."""
+        found: set[tuple[bytes, int, int]] = set()
+        wanted = set(stats)
+        paths = sorted({raw for raw, _, _ in wanted})
+        with self.read() as conn:
+            for start in range(0, len(paths), 500):
+                chunk = paths[start:start + 500]
+                for table in (images, rejections):
+                    rows = conn.execute(sa.select(table.c.path_raw, table.c.size, table.c.mtime_ns)
+                                        .where(table.c.path_raw.in_(chunk)))
+                    found.update(key for key in ((bytes(r[0]), r[1], r[2]) for r in rows) if key in wanted)
+        return found
 
     def outcome_for(self, sha256: str, model_sha256: str) -> dict | None:
         """The verdict already given to this content by this model (one inference per content)."""
@@ -294,21 +331,29 @@ class Store:
     def record_verdict(self, path_raw: bytes | str, sha256: str, size: int, mtime_ns: int, model_sha256: str,
                        p_abnormal: float | None, verdict: str, reason: str | None, threshold: float,
                        method: str, ready_to_commit_seconds: float | None,
-                       inference_seconds: float | None) -> str:
-        """Record an image and its verdict in one transaction: 'new', 'duplicate' or 'exists'."""
+                       inference_seconds: float | None, inode: int | None = None,
+                       ctime_ns: int | None = None) -> str:
+        """Record an image and its verdict in one transaction: 'new', 'duplicate' or 'exists'.
+
+        'exists': this file version (path, content, mtime, inode) is already recorded; its ctime is
+        refreshed. The same content under the same name but another mtime or inode (exported again)
+        is a 'duplicate' row of its own.
+        """
         if verdict not in VERDICTS:
             raise StoreError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
         raw = to_path_raw(path_raw)
         try:
             with self.write() as conn:
-                if conn.execute(sa.select(images.c.id).where(
-                        images.c.path_raw == raw, images.c.sha256 == sha256)).first() is not None:
+                same = sa.and_(images.c.path_raw == raw, images.c.sha256 == sha256, images.c.mtime_ns == mtime_ns,
+                               sa.or_(images.c.inode.is_(None), images.c.inode == inode))
+                if conn.execute(sa.select(images.c.id).where(same).limit(1)).first() is not None:
+                    conn.execute(sa.update(images).where(same).values(inode=inode, ctime_ns=ctime_ns))
                     return "exists"
                 prior = conn.execute(sa.select(verdicts.c.id).where(
                     verdicts.c.sha256 == sha256, verdicts.c.model_sha256 == model_sha256)).first()
                 now = utc_now()
                 row = dict(path=display_path(raw), path_raw=raw, sha256=sha256, size=size, mtime_ns=mtime_ns,
-                           first_seen=now)
+                           inode=inode, ctime_ns=ctime_ns, first_seen=now)
                 if prior is not None:
                     first = conn.execute(sa.select(images.c.path).where(images.c.sha256 == sha256)
                                          .order_by(images.c.id).limit(1)).scalar()
@@ -327,18 +372,20 @@ class Store:
             return "exists"
 
     def record_rejection(self, path_raw: bytes | str, sha256: str | None, size: int, mtime_ns: int,
-                         reason: str, message: str) -> str:
-        """Record why a file was not scored; idempotent on path/size/mtime ('new' or 'exists')."""
+                         reason: str, message: str, inode: int | None = None, ctime_ns: int | None = None) -> str:
+        """Record why a file was not scored; idempotent per file version ('new' or 'exists')."""
         raw = to_path_raw(path_raw)
         try:
             with self.write() as conn:
-                if conn.execute(sa.select(rejections.c.id).where(
-                        rejections.c.path_raw == raw, rejections.c.size == size,
-                        rejections.c.mtime_ns == mtime_ns)).first() is not None:
+                same = sa.and_(rejections.c.path_raw == raw, rejections.c.size == size,
+                               rejections.c.mtime_ns == mtime_ns,
+                               sa.or_(rejections.c.inode.is_(None), rejections.c.inode == inode))
+                if conn.execute(sa.select(rejections.c.id).where(same).limit(1)).first() is not None:
+                    conn.execute(sa.update(rejections).where(same).values(inode=inode, ctime_ns=ctime_ns))
                     return "exists"
                 conn.execute(sa.insert(rejections).values(
                     path=display_path(raw), path_raw=raw, sha256=sha256, size=size, mtime_ns=mtime_ns,
-                    reason=reason, message=message, created_at=utc_now()))
+                    inode=inode, ctime_ns=ctime_ns, reason=reason, message=message, created_at=utc_now()))
                 return "new"
         except sa_exc.IntegrityError:
             return "exists"
@@ -350,18 +397,19 @@ class Store:
                                                  images.c.sha256 == sha256)
                          .values(moved_to=None if moved_to is None else str(moved_to)))
 
-    def file_outcome(self, path_raw: bytes | str, size: int, mtime_ns: int) -> dict | None:
-        """What is recorded for this exact file: kind 'verdict' (with sha256, moved_to) or 'rejection'."""
+    def file_outcome(self, path_raw: bytes | str, size: int, mtime_ns: int, inode: int | None = None) -> dict | None:
+        """What is recorded for this file version: kind 'verdict' (with sha256, moved_to) or 'rejection'."""
         raw = to_path_raw(path_raw)
         with self.read() as conn:
-            row = conn.execute(sa.select(images.c.sha256, images.c.moved_to).where(
-                images.c.path_raw == raw, images.c.size == size, images.c.mtime_ns == mtime_ns).limit(1)).first()
-            if row is not None:
-                return {"kind": "verdict", "sha256": row.sha256, "moved_to": row.moved_to}
-            row = conn.execute(sa.select(rejections.c.sha256).where(
-                rejections.c.path_raw == raw, rejections.c.size == size,
-                rejections.c.mtime_ns == mtime_ns).limit(1)).first()
-        return None if row is None else {"kind": "rejection", "sha256": row.sha256, "moved_to": None}
+            for kind, table in (("verdict", images), ("rejection", rejections)):
+                query = sa.select(table.c.sha256, *([table.c.moved_to] if table is images else [])).where(
+                    table.c.path_raw == raw, table.c.size == size, table.c.mtime_ns == mtime_ns)
+                if inode is not None:
+                    query = query.where(sa.or_(table.c.inode.is_(None), table.c.inode == inode))
+                row = conn.execute(query.order_by(table.c.id.desc()).limit(1)).first()
+                if row is not None:
+                    return {"kind": kind, "sha256": row.sha256, "moved_to": getattr(row, "moved_to", None)}
+        return None
 
     def set_heatmap(self, sha256: str, model_sha256: str, heatmap_path: str) -> None:
         """Attach a Grad-CAM image to a verdict."""
@@ -481,15 +529,21 @@ class Store:
             }
 
 
-def _add_missing_columns(conn: Connection) -> None:
-    """Migration step: add columns a table of an older schema lacks (all of them are nullable there)."""
-    inspector = sa.inspect(conn)
-    for table in metadata.sorted_tables:
-        have = {c["name"] for c in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name not in have:
-                ctype = column.type.compile(dialect=conn.dialect)
-                conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {ctype}'))
+def _alembic(conn: Connection, command_name: str, revision: str) -> None:
+    """Run an Alembic command (stamp, upgrade) inside the writer's open transaction."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    config = AlembicConfig()
+    config.set_main_option("script_location", "inspector:migrations")
+    config.attributes["connection"] = conn
+    getattr(command, command_name)(config, revision)
+
+
+def _alembic_revision(conn: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(conn).get_current_revision()
 
 
 def _install_sqlite_listeners(engine: Engine, readonly: bool, busy_timeout_seconds: float) -> None:

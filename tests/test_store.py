@@ -37,8 +37,9 @@ def store(db_url):
 
 
 def record(store, path: bytes, content: int, model: str = MODEL, verdict: str = "normal", p: float | None = 0.1,
-           size: int = 100, mtime_ns: int = 7) -> str:
-    return store.record_verdict(path, sha(content), size, mtime_ns, model, p, verdict, None, 0.5, "global", 0.25, 0.5)
+           size: int = 100, mtime_ns: int = 7, inode: int | None = None, ctime_ns: int | None = None) -> str:
+    return store.record_verdict(path, sha(content), size, mtime_ns, model, p, verdict, None, 0.5, "global", 0.25, 0.5,
+                                inode=inode, ctime_ns=ctime_ns)
 
 
 def test_pragmas_are_set_on_the_writer(store, tmp_path):
@@ -98,15 +99,15 @@ def test_same_content_new_model_is_a_new_verdict(store):
 
 
 def test_unique_constraints_hold_against_raw_inserts(store):
-    record(store, b"/cap/a.tif", 1)
+    record(store, b"/cap/a.tif", 1, inode=5)
     with pytest.raises(sa.exc.IntegrityError):
         with store.write() as conn:
             conn.execute(sa.text("INSERT INTO verdicts (sha256, model_sha256, verdict, threshold, method, created_at)"
                                  " VALUES (:s, :m, 'normal', 0.5, 'global', '2026-01-01')"), {"s": sha(1), "m": MODEL})
     with pytest.raises(sa.exc.IntegrityError):
         with store.write() as conn:
-            conn.execute(sa.text("INSERT INTO images (path, path_raw, sha256, size, mtime_ns, first_seen, status)"
-                                 " VALUES ('x', :p, :s, 1, 1, '2026-01-01', 'scored')"), {"p": b"/cap/a.tif", "s": sha(1)})
+            conn.execute(sa.text("INSERT INTO images (path, path_raw, sha256, size, mtime_ns, inode, first_seen, status)"
+                                 " VALUES ('x', :p, :s, 1, 7, 5, '2026-01-01', 'scored')"), {"p": b"/cap/a.tif", "s": sha(1)})
 
 
 def test_rejections_are_idempotent_and_known(store):
@@ -126,6 +127,35 @@ def test_known_file_matches_exact_path_size_mtime(store):
     assert not store.known_file(b"/cap/a.tif", 101, 7)
     assert not store.known_file(b"/cap/a.tif", 100, 8)
     assert not store.known_file(b"/cap/b.tif", 100, 7)
+
+
+def test_a_new_file_under_an_old_name_is_not_known(store):
+    """Issue 12 case 4: same path, size and mtime (cp -p, rsync -t) but another inode or ctime is a new version."""
+    record(store, b"/cap/a.tif", 1, size=100, mtime_ns=7, inode=11, ctime_ns=70)
+    assert store.known_file(b"/cap/a.tif", 100, 7, 11, 70)
+    assert store.known_file(b"/cap/a.tif", 100, 7)  # without inode and ctime: the old test
+    assert not store.known_file(b"/cap/a.tif", 100, 7, 12, 70)  # renamed over: another inode
+    assert not store.known_file(b"/cap/a.tif", 100, 7, 11, 71)  # rewritten in place (or chmod): another ctime
+    # the worker hashes such a file: the same content and version refreshes the ctime, adds nothing
+    assert record(store, b"/cap/a.tif", 1, size=100, mtime_ns=7, inode=11, ctime_ns=71) == "exists"
+    assert store.known_file(b"/cap/a.tif", 100, 7, 11, 71)
+    # new content under the old name: its own verdict
+    assert record(store, b"/cap/a.tif", 2, size=100, mtime_ns=7, inode=12, ctime_ns=72) == "new"
+    # the same content exported again under the same name: a duplicate row of its own
+    assert record(store, b"/cap/a.tif", 1, size=100, mtime_ns=9, inode=13, ctime_ns=73) == "duplicate"
+    statuses = sorted((r["sha256"][-1], r["status"]) for r in store.query_verdicts())
+    assert statuses == [("1", "duplicate"), ("1", "scored"), ("2", "scored")]
+    assert store.file_outcome(b"/cap/a.tif", 100, 7, 12)["sha256"] == sha(2)
+    assert store.known_files([(b"/cap/a.tif", 100, 9), (b"/cap/a.tif", 100, 8), (b"/cap/b.tif", 100, 7)]) == {
+        (b"/cap/a.tif", 100, 9)}
+
+
+def test_rejections_are_per_file_version(store):
+    assert store.record_rejection(b"/cap/bad.tif", "aa", 10, 5, "corrupt", "x", inode=1, ctime_ns=2) == "new"
+    assert store.record_rejection(b"/cap/bad.tif", "aa", 10, 5, "corrupt", "x", inode=1, ctime_ns=3) == "exists"
+    assert store.known_file(b"/cap/bad.tif", 10, 5, 1, 3)
+    assert store.record_rejection(b"/cap/bad.tif", "bb", 10, 5, "corrupt", "y", inode=2, ctime_ns=4) == "new"
+    assert len(store.query_rejections()) == 2
 
 
 def test_non_utf8_name_round_trips(store, tmp_path):
@@ -205,10 +235,10 @@ def test_readonly_never_writes(store, db_url):
 def test_newer_schema_is_refused(db_url, tmp_path):
     open_store(db_url).close()
     raw = sqlite3.connect(tmp_path / "inspector.db")
-    raw.execute("UPDATE schema_info SET version = 2, inspector_version = '0.4.0'")
+    raw.execute("UPDATE schema_info SET version = ?, inspector_version = '0.4.0'", (SCHEMA_VERSION + 1,))
     raw.commit()
     raw.close()
-    expected = (f"database {tmp_path / 'inspector.db'} has schema version 2, written by inspector 0.4.0; "
+    expected = (f"database {tmp_path / 'inspector.db'} has schema version {SCHEMA_VERSION + 1}, written by inspector 0.4.0; "
                 f"this is inspector {__version__} (schema {SCHEMA_VERSION}): install inspector 0.4.0 or newer")
     for readonly in (False, True):
         with pytest.raises(StoreError) as err:
@@ -245,6 +275,46 @@ def test_older_schema_is_migrated(db_url, tmp_path):
         assert "reviews" in sa.inspect(store.engine).get_table_names()
     with open_store(db_url) as again:
         assert again.schema_action == "current"
+
+
+def test_schema_1_is_migrated_by_alembic(db_url, tmp_path):
+    """A database inspector wrote before Alembic (schema 1) is stamped and upgraded; its rows keep working."""
+    from inspector.migrations import schema_v1
+    from inspector.store import SCHEMA_REVISIONS
+
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        schema_v1.metadata.create_all(conn)
+        conn.execute(sa.insert(schema_v1.schema_info).values(version=1, inspector_version="0.1.0",
+                                                             upgraded_at=datetime(2026, 1, 1)))
+        conn.execute(sa.insert(schema_v1.images).values(path="/cap/a.tif", path_raw=b"/cap/a.tif", sha256=sha(1),
+                                                        size=5, mtime_ns=6, first_seen=datetime(2026, 1, 1),
+                                                        status="scored"))
+        conn.execute(sa.insert(schema_v1.rejections).values(path="/cap/e.tif", path_raw=b"/cap/e.tif", size=0,
+                                                            mtime_ns=6, reason="not_an_image", message="empty",
+                                                            created_at=datetime(2026, 1, 1)))
+    engine.dispose()
+    with open_store(db_url) as store:
+        assert store.schema_action == "migrated" and store.schema_version() == SCHEMA_VERSION
+        with store.read() as conn:
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == \
+                SCHEMA_REVISIONS[SCHEMA_VERSION]
+        uniques = {u["name"]: u["column_names"] for u in sa.inspect(store.engine).get_unique_constraints("images")}
+        assert uniques["uq_images_file_version"] == ["path_raw", "sha256", "mtime_ns", "inode"]
+        # rows of schema 1 have no inode: they match any, as the old path + size + mtime test did
+        assert store.known_file(b"/cap/a.tif", 5, 6, 99, 100) and store.known_file(b"/cap/e.tif", 0, 6, 99, 100)
+        assert record(store, b"/cap/a.tif", 1, size=5, mtime_ns=6, inode=99) == "exists"
+        assert record(store, b"/cap/a.tif", 1, size=5, mtime_ns=8, inode=98) == "new"  # no verdict row in the fixture
+    with open_store(db_url) as again:
+        assert again.schema_action == "current"
+        # the migrated database is the schema a new one gets: Alembic's own comparison finds no difference
+        from alembic.autogenerate import compare_metadata
+        from alembic.runtime.migration import MigrationContext
+
+        from inspector.store import metadata
+        with again.engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": False}), metadata)
+        assert [d for d in diff if d[0] not in ("remove_table",)] == []
 
 
 def test_busy_writer_gives_a_store_error(store, tmp_path, db_url):
