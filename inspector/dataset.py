@@ -2,15 +2,19 @@
 
 A dataset is a folder holding labels.csv with the header ``path,bundle,label[,anomaly]``:
 ``path`` relative to the folder, ``label`` normal|abnormal, ``anomaly`` an optional
-``;``-separated list of anomaly types (a normal electrode may list a minor one).
+``;``-separated list of anomaly types (a normal electrode may list a minor one). The paper's
+eleven types are ANOMALY_TYPES; a plant's own taxonomy may add any other name (see anomaly_name).
 The synthetic electrode generator (inspector/synth.py) builds on this module, never the reverse.
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
+import io
 import re
+import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -38,15 +42,73 @@ ANOMALY_TYPES = (
 )
 
 
-def normalize_anomaly(name: str) -> str | None:
-    """Map METHOD.md's spellings ("Scratches", "edge cuts", "ink entry/exit") to a snake_case type."""
-    key = re.sub(r"[\s/\-]+", "_", name.strip().lower()).strip("_")
+_SEPARATORS = re.compile(r"[\s/\-_]+")
+# refused inside a name besides "," and ";": characters that end a line or are invisible controls (tab, NUL)
+_BREAKING_CATEGORIES = {"Cc": "a control character", "Zl": "a line separator", "Zp": "a paragraph separator"}
+
+
+def _known(key: str) -> str | None:
     if key in ANOMALY_TYPES:
         return key
     for plural in ("s", "es"):
         if key.endswith(plural) and key[: -len(plural)] in ANOMALY_TYPES:
             return key[: -len(plural)]
     return None
+
+
+def anomaly_name(name: str) -> str:
+    """Any anomaly name -> its snake_case type; DatasetError for an empty name or one that breaks labels.csv.
+
+    METHOD.md's spellings ("Scratches", "edge cuts", "ink entry/exit") map to the paper's eleven
+    types (ANOMALY_TYPES). Another name is a plant's own type: lower-cased, with runs of spaces,
+    '-', '/' and '_' turned into one '_' ("Edge Burr" -> "edge_burr"); no plural is dropped from it.
+    A name holding ',' or ';' (the separators of labels.csv and of its anomaly column) or a control
+    or line-breaking character (a newline, a tab) is refused, saying which character.
+    """
+    text = name.strip()
+    for ch in text:
+        if ch in ",;":
+            raise DatasetError(f"anomaly type {text!r} contains {ch!r}; separate anomaly types with ';' "
+                               f"(a name may not hold ',' or ';')")
+        what = _BREAKING_CATEGORIES.get(unicodedata.category(ch))
+        if what is not None:
+            raise DatasetError(f"anomaly type {text!r} contains {what} ({ch!r}); an anomaly name must be one line "
+                               "of visible text")
+    key = _SEPARATORS.sub("_", unicodedata.normalize("NFC", text.lower())).strip("_")
+    if not key:
+        raise DatasetError(f"anomaly type {text!r} is empty once spaces, '-', '/' and '_' are dropped; "
+                           "leave the anomaly empty when there is none")
+    return _known(key) or key
+
+
+def normalize_anomaly(name: str) -> str | None:
+    """One of the paper's eleven types for METHOD.md's spellings ("Scratches", "edge cuts"); None for any other name."""
+    try:
+        return _known(anomaly_name(name))
+    except DatasetError:
+        return None
+
+
+def close_known_anomaly(name: str) -> str | None:
+    """The paper's type a new name is likely a typo of ("scrach" -> "scratch"), else None."""
+    if name in ANOMALY_TYPES:
+        return None
+    match = difflib.get_close_matches(name, ANOMALY_TYPES, n=1, cutoff=0.8)
+    return match[0] if match else None
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def unknown_anomalies_note(counts: dict[str, int]) -> str:
+    """The `dataset check` note on types outside the paper's eleven, with the samples carrying each."""
+    listed = ", ".join(f"{name} ({_plural(n, 'sample')})" for name, n in counts.items())
+    text = f"{_plural(len(counts), 'anomaly type')} outside the paper's eleven: {listed}"
+    typos = [(name, close) for name in counts if (close := close_known_anomaly(name)) is not None]
+    if typos:
+        text += "; " + ", ".join(f"{name} is close to {close}" for name, close in typos) + ": fix it if it is a typo"
+    return text
 
 
 @dataclass(frozen=True)
@@ -133,6 +195,20 @@ def _labels_path(root: Path) -> Path:
     return path
 
 
+def _records(reader, path: Path):
+    """(first line number, record) for each record after the header; a record may span lines."""
+    end = reader.line_num
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DatasetError(f"{path} line {reader.line_num}: {exc}; check the quotes") from None
+        yield end + 1, record
+        end = reader.line_num
+
+
 def _parse_labels(root: Path) -> tuple[list[tuple[int, Sample]], list[Problem]]:
     """Every row of labels.csv as a Sample, or as a Problem saying what to fix on which line."""
     path = _labels_path(root)
@@ -142,8 +218,11 @@ def _parse_labels(root: Path) -> tuple[list[tuple[int, Sample]], list[Problem]]:
         raise DatasetError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
     except OSError as exc:
         raise DatasetError(f"{path} cannot be read: {exc.strerror}") from None
-    reader = csv.reader(text.splitlines())
-    header = next(reader, None)
+    reader = csv.reader(io.StringIO(text))  # a quoted field keeps its line break (split by lines, it lost it)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise DatasetError(f"{path} line {reader.line_num}: {exc}; check the quotes") from None
     if header is None:
         raise DatasetError(f"{path} is empty; its first line must be the header path,bundle,label[,anomaly]")
     columns = [h.strip().lower() for h in header]
@@ -154,7 +233,7 @@ def _parse_labels(root: Path) -> tuple[list[tuple[int, Sample]], list[Problem]]:
     rows: list[tuple[int, Sample]] = []
     problems: list[Problem] = []
     seen: dict[str, int] = {}
-    for lineno, record in enumerate(reader, start=2):
+    for lineno, record in _records(reader, path):
         if not record or all(not v.strip() for v in record):
             continue
         where = f"{path} line {lineno}"
@@ -181,11 +260,14 @@ def _parse_labels(root: Path) -> tuple[list[tuple[int, Sample]], list[Problem]]:
         raw_anomaly = record[index["anomaly"]] if "anomaly" in index else ""
         bad = False
         for name in (n for n in raw_anomaly.split(";") if n.strip()):
-            norm = normalize_anomaly(name)
-            if norm is None:
-                problems.append(Problem("unknown_anomaly", f"{where}: unknown anomaly type '{name.strip()}'; use one of {', '.join(ANOMALY_TYPES)}", lineno, rel))
+            try:
+                norm = anomaly_name(name)
+            except DatasetError as exc:
+                hint = "; is a '\"' left open on this line?" if "\n" in name.strip() or "\r" in name.strip() else ""
+                problems.append(Problem("bad_anomaly", f"{where}: {exc}{hint}", lineno, rel))
                 bad = True
-            elif norm not in anomalies:
+                continue
+            if norm not in anomalies:
                 anomalies.append(norm)
         if bad:
             continue
@@ -230,6 +312,7 @@ class CheckReport:
     problems: list[Problem] = field(default_factory=list)
     duplicates: list[list[str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    unknown_anomalies: dict[str, int] = field(default_factory=dict)  # type outside the paper's eleven -> samples
 
     @property
     def ok(self) -> bool:
@@ -245,6 +328,7 @@ class CheckReport:
             "problems": [{"kind": p.kind, "line": p.line, "path": p.rel, "message": p.message} for p in self.problems],
             "duplicate_content": self.duplicates,
             "notes": self.notes,
+            "unknown_anomalies": self.unknown_anomalies,
         }
 
     def totals(self) -> dict[str, int]:
@@ -306,5 +390,9 @@ def check_dataset(root: str | Path, max_height: int = 10_000, max_width: int = 1
             report.notes.append(
                 f"balanced accuracy is undefined for bundle {bundle} (no normal example); cross-validation "
                 "reports its TPR alone and marks it; its counts still enter the pooled totals")
+    unknown = Counter(a for _, sample in rows for a in sample.anomalies if a not in ANOMALY_TYPES)
+    report.unknown_anomalies = {name: unknown[name] for name in sorted(unknown)}
+    if unknown:
+        report.notes.append(unknown_anomalies_note(report.unknown_anomalies))
     return report
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from inspector.dataset import ANOMALY_TYPES, LABELS, LABELS_FILE, normalize_anomaly
+from inspector.dataset import LABELS, LABELS_FILE, anomaly_name
 from inspector.durable import write_atomic
-from inspector.errors import InspectorError
+from inspector.errors import DatasetError, InspectorError
 from inspector.imaging import file_sha256
 from inspector.store import Store, images, reviews, utc_now, verdicts
 
@@ -87,13 +87,19 @@ class ExportSummary:
 
 
 def parse_anomalies(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """METHOD.md spellings ("Scratches", "edge cuts") -> snake_case types, each once, in the order given."""
+    """Anomaly names -> snake_case types as load_dataset reads them, each once, in the order given.
+
+    ';' and ',' separate names. METHOD.md spellings ("Scratches", "edge cuts") map to the paper's
+    eleven types; any other name is a new type, normalized by dataset.anomaly_name (a name with a
+    control or line-breaking character is a ReviewError).
+    """
     out: list[str] = []
     for name in names:
         for part in (p for p in re.split(r"[;,]", name) if p.strip()):
-            norm = normalize_anomaly(part)
-            if norm is None:
-                raise ReviewError(f"unknown anomaly type {part.strip()!r}; use one of {', '.join(ANOMALY_TYPES)}")
+            try:
+                norm = anomaly_name(part)
+            except DatasetError as exc:
+                raise ReviewError(str(exc)) from None
             if norm not in out:
                 out.append(norm)
     return tuple(out)

@@ -302,7 +302,8 @@ def synth_image(rng: np.random.Generator, character: Character, anomalies: Seque
     sevs = [severity] * len(anomalies) if np.isscalar(severity) else list(severity)
     for name, sev in zip(anomalies, sevs):
         if name not in DRAWERS:
-            raise DatasetError(f"unknown anomaly type {name!r}; use one of {', '.join(ANOMALY_TYPES)}")
+            raise DatasetError(f"unknown anomaly type {name!r}; use one of {', '.join(ANOMALY_TYPES)} "
+                               "(the generator draws only the paper's eleven types)")
         before = cv.img.copy() if minor else None
         DRAWERS[name](rng, cv, float(np.clip(sev, 0.0, 1.0)))
         if before is not None:
@@ -428,8 +429,8 @@ def summarize(dataset: Dataset) -> dict:
     y = dataset.y
     counts = {name: {"abnormal": 0, "normal": 0} for name in ANOMALY_TYPES}
     for s in dataset.samples:
-        for a in s.anomalies:
-            counts[a][s.label] += 1
+        for a in s.anomalies:  # a plant's own type (a loaded set, not a synthetic one) follows the eleven
+            counts.setdefault(a, {"abnormal": 0, "normal": 0})[s.label] += 1
     return {
         "images": len(dataset),
         "bundles": len(dataset.bundles),

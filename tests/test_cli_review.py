@@ -93,9 +93,10 @@ def test_reviews_filtered_by_sha_and_empty_states(station):
 
 
 def test_review_errors_have_exact_text(station, tmp_path):
-    bad = run(station, "review", station.sha["e1"], "--label", "abnormal", "--anomaly", "dent")
+    bad = run(station, "review", station.sha["e1"], "--label", "abnormal", "--anomaly", "edge\nburr")
     assert bad.exit_code == 1 and isinstance(bad.exception, ReviewError)
-    assert str(bad.exception).startswith("unknown anomaly type 'dent'; use one of scratch, line, edge_cut,")
+    assert str(bad.exception) == ("anomaly type 'edge\\nburr' contains a control character ('\\n'); an anomaly "
+                                  "name must be one line of visible text")
     unknown = run(station, "review", str(tmp_path / "gone.tif"), "--label", "normal")
     assert unknown.exit_code == 1
     assert str(unknown.exception) == (f"no verdict for {tmp_path / 'gone.tif'}; "
@@ -145,6 +146,31 @@ def test_export_labels_round_trip(station, tmp_path):
                                                                             ("b1", "normal", ())]
     again = run(station, "export-labels", str(tmp_path / "ds"))
     assert again.exit_code == 1 and "already holds labels.csv" in str(again.exception)
+
+
+def test_review_with_a_new_anomaly_type_from_the_command_line(station, tmp_path):
+    first = run(station, "review", station.sha["e1"], "--label", "abnormal", "--anomaly", "Edge Burr",
+                "--anomaly", "scratch", "--by", "x")
+    assert first.exit_code == 0, first.output
+    assert first.stdout.startswith(f"review 1: {station.files['e1']} (sha256 {station.sha['e1'][:12]}) abnormal "
+                                   "[edge_burr, scratch] by x; model said abnormal")
+    assert first.stderr == "note: edge_burr is not one of the paper's eleven anomaly types; recorded as a new type\n"
+    typo = run(station, "review", station.sha["e4"], "--label", "abnormal", "--anomaly", "scrach", "--by", "x")
+    assert typo.exit_code == 0, typo.output
+    assert typo.stderr == ("note: scrach is not one of the paper's eleven anomaly types; recorded as a new type "
+                           "(did you mean scratch? record the review again to correct it)\n")
+    known = run(station, "review", station.sha["e2"], "--label", "normal", "--anomaly", "smudges", "--by", "x")
+    assert known.exit_code == 0 and known.stderr == ""
+    assert json.loads(run(station, "reviews", "--format", "json").output)[-1]["anomalies"] == "edge_burr;scratch"
+
+    exported = run(station, "export-labels", str(tmp_path / "ds"))
+    assert exported.exit_code == 0, exported.output
+    ds = load_dataset(tmp_path / "ds")
+    assert sorted(s.anomalies for s in ds.samples) == [("edge_burr", "scratch"), ("scrach",), ("smudge",)]
+    check = CliRunner().invoke(cli, ["dataset", "check", str(tmp_path / "ds"), "--config", str(station.config)])
+    assert check.exit_code == 0, check.output
+    assert "2 anomaly types outside the paper's eleven: edge_burr (1 sample), scrach (1 sample); scrach is close " \
+           "to scratch: fix it if it is a typo" in check.stdout
 
 
 def test_export_labels_regex_rule_warns(station, tmp_path):

@@ -12,8 +12,8 @@ import tifffile
 from click.testing import CliRunner
 
 from inspector.cli import cli
-from inspector.dataset import (ANOMALY_TYPES, Sample, check_dataset, leave_one_bundle_out, load_dataset,
-                               normalize_anomaly)
+from inspector.dataset import (ANOMALY_TYPES, Sample, anomaly_name, check_dataset, leave_one_bundle_out,
+                               load_dataset, normalize_anomaly)
 from inspector.errors import DatasetError
 
 
@@ -58,6 +58,63 @@ def test_anomaly_types_and_spellings():
                  "missing ink", "agglomerate", "ink fluctuations", "ink entry/exit"]
     assert tuple(normalize_anomaly(s) for s in spellings) == ANOMALY_TYPES
     assert normalize_anomaly("scrach") is None
+    assert tuple(anomaly_name(s) for s in spellings) == ANOMALY_TYPES  # known names keep their normalization
+    assert anomaly_name("Edge__Cuts") == "edge_cut"
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("Delamination", "delamination"), (" Edge Burr ", "edge_burr"), ("edge-burr", "edge_burr"),
+    ("pin/hole", "pin_hole"), ("edge_burrs", "edge_burrs"), ("Scrach", "scrach"), ("Rißbildung", "rißbildung"),
+])
+def test_anomaly_name_accepts_a_plants_own_types(name, expected):
+    assert anomaly_name(name) == expected
+    assert anomaly_name(expected) == expected  # written back to labels.csv, it reads the same
+    assert normalize_anomaly(name) is None
+
+
+@pytest.mark.parametrize("name, message", [
+    ("edge, burr", "anomaly type 'edge, burr' contains ','; separate anomaly types with ';' "
+                   "(a name may not hold ',' or ';')"),
+    ("edge;burr", "anomaly type 'edge;burr' contains ';'; separate anomaly types with ';' "
+                  "(a name may not hold ',' or ';')"),
+    ("edge\nburr", "anomaly type 'edge\\nburr' contains a control character ('\\n'); an anomaly name must be "
+                   "one line of visible text"),
+    ("edge\tburr", "anomaly type 'edge\\tburr' contains a control character ('\\t'); an anomaly name must be "
+                   "one line of visible text"),
+    ("edge\u2028burr", "anomaly type 'edge\\u2028burr' contains a line separator ('\\u2028'); an anomaly name "
+                       "must be one line of visible text"),
+    (" - / ", "anomaly type '- /' is empty once spaces, '-', '/' and '_' are dropped; leave the anomaly empty "
+              "when there is none"),
+])
+def test_anomaly_name_refuses_empty_names_and_ones_that_break_the_csv(name, message):
+    with pytest.raises(DatasetError) as err:
+        anomaly_name(name)
+    assert str(err.value) == message
+    assert normalize_anomaly(name) is None
+
+
+def test_labels_with_anomaly_types_outside_the_eleven_load(tmp_path):
+    root = make_set(tmp_path / "ds", [
+        "a/1.tif,b1,abnormal,Delamination",
+        "a/2.tif,b1,abnormal,edge burr;Scratches;edge-burr",
+        "b/3.tif,b2,normal,delamination",
+        "b/4.tif,b2,normal,",
+    ])
+    ds = load_dataset(root)
+    assert [s.anomalies for s in ds.samples] == [("delamination",), ("edge_burr", "scratch"), ("delamination",), ()]
+
+
+def test_anomaly_with_a_quoted_line_break_is_refused_on_its_line(tmp_path):
+    root = make_set(tmp_path / "ds", ["x.tif,b1,normal,", 'y.tif,b1,abnormal,"edge\nburr"', "z.tif,b2,maybe,",
+                                      "w.tif,b2,abnormal,"])
+    f = root / "labels.csv"
+    with pytest.raises(DatasetError) as err:
+        load_dataset(root)
+    assert str(err.value) == (f"{f} line 3: anomaly type 'edge\\nburr' contains a control character ('\\n'); an "
+                              "anomaly name must be one line of visible text; is a '\"' left open on this line? "
+                              f"(1 more problem(s); run `inspector dataset check {root}` to list all)")
+    report = check_dataset(root)
+    assert [(p.kind, p.line) for p in report.problems] == [("bad_anomaly", 3), ("unknown_label", 5)]
 
 
 def test_anomaly_column_is_optional(tmp_path):
@@ -69,8 +126,9 @@ def test_anomaly_column_is_optional(tmp_path):
 @pytest.mark.parametrize("rows, header, message", [
     (["x.tif,b1,normal"], "path,label", "{f} line 1: missing column 'bundle'; the header must be path,bundle,label[,anomaly]"),
     (["x.tif,b1,normal", "y.tif,b1,broken,"], None, "{f} line 3: label 'broken' is not normal or abnormal; fix the label"),
-    (["x.tif,b1,normal", "y.tif,b1,abnormal,scratch;scrach"], None,
-     "{f} line 3: unknown anomaly type 'scrach'; use one of " + ", ".join(ANOMALY_TYPES)),
+    (["x.tif,b1,normal", 'y.tif,b1,abnormal,"scratch, bubble"'], None,
+     "{f} line 3: anomaly type 'scratch, bubble' contains ','; separate anomaly types with ';' "
+     "(a name may not hold ',' or ';')"),
     (["x.tif,b1,normal", "y.tif,b1,normal", "x.tif,b2,abnormal"], None,
      "{f} line 4: path x.tif already listed on line 2; remove one row"),
     (["x.tif,,normal"], None, "{f} line 2: empty bundle; fill it in or remove the row"),
@@ -158,7 +216,7 @@ def test_fingerprint_misses_same_size_same_mtime_rewrite(tmp_path):
 
 @pytest.fixture
 def flawed_set(tmp_path) -> Path:
-    """Two bundles; one without abnormals, a truncated TIFF, a copied file, an unknown label."""
+    """Two bundles; one without abnormals, a truncated TIFF, a copied file, an unknown label, a bad anomaly."""
     root = make_set(tmp_path / "flawed", [
         "b1/ok1.tif,b1,normal,",
         "b1/ok2.tif,b1,abnormal,scratch",
@@ -166,7 +224,7 @@ def flawed_set(tmp_path) -> Path:
         "b2/n1.tif,b2,normal,",
         "b2/broken.tif,b2,normal,",
         "b2/odd.tif,b2,maybe,",
-        "b2/n2.tif,b2,normal,blob",
+        'b2/n2.tif,b2,normal,"blob, smear"',
     ])
     (root / "b1/copy.tif").write_bytes((root / "b1/ok1.tif").read_bytes())
     data = (root / "b2/broken.tif").read_bytes()
@@ -181,7 +239,7 @@ def test_check_finds_every_problem(flawed_set):
     assert report.counts == {"b1": {"normal": 2, "abnormal": 1}, "b2": {"normal": 1, "abnormal": 0}}
     kinds = [(p.kind, p.line, p.rel) for p in report.problems]
     assert kinds == [("unreadable", 6, "b2/broken.tif"), ("unknown_label", 7, "b2/odd.tif"),
-                     ("unknown_anomaly", 8, "b2/n2.tif")]
+                     ("bad_anomaly", 8, "b2/n2.tif")]
     assert report.problems[0].message.startswith(f"{f} line 6: image b2/broken.tif is unusable: ")
     assert report.problems[0].message.endswith("; replace or remove it")
     assert report.duplicates == [["b1/ok1.tif", "b1/copy.tif"]]
@@ -208,6 +266,59 @@ def test_check_one_bundle_is_a_problem(tmp_path):
     report = check_dataset(root)
     assert not report.ok
     assert [p.kind for p in report.problems] == ["one_bundle"]
+
+
+def new_types_set(root: Path) -> Path:
+    """A clean set whose anomaly column names types outside the paper's eleven (one a likely typo)."""
+    return make_set(root, [
+        "b1/1.tif,b1,abnormal,Delamination",
+        "b1/2.tif,b1,normal,edge burr",
+        "b1/3.tif,b1,abnormal,delamination;scratches",
+        "b2/4.tif,b2,abnormal,Scrach",
+        "b2/5.tif,b2,normal,",
+        "b2/6.tif,b2,abnormal,delaminations",
+    ])
+
+
+NEW_TYPES_NOTE = ("4 anomaly types outside the paper's eleven: delamination (2 samples), delaminations (1 sample), "
+                  "edge_burr (1 sample), scrach (1 sample); scrach is close to scratch: fix it if it is a typo")
+
+
+def test_check_notes_anomaly_types_outside_the_eleven(tmp_path):
+    report = check_dataset(new_types_set(tmp_path / "ds"))
+    assert report.ok and report.problems == []
+    assert report.unknown_anomalies == {"delamination": 2, "delaminations": 1, "edge_burr": 1, "scrach": 1}
+    assert report.notes == [NEW_TYPES_NOTE]
+    assert f"notes:\n  {NEW_TYPES_NOTE}\n" in report.format_text()
+    d = report.to_dict()
+    assert d["ok"] is True and d["unknown_anomalies"] == report.unknown_anomalies and d["notes"] == [NEW_TYPES_NOTE]
+    one = make_set(tmp_path / "one", ["a.tif,b1,abnormal,Edge Burr", "b.tif,b2,normal,"])
+    assert check_dataset(one).notes[-1] == "1 anomaly type outside the paper's eleven: edge_burr (1 sample)"
+    assert check_dataset(make_set(tmp_path / "known", ["a.tif,b1,abnormal,scratch", "b.tif,b2,normal,"])
+                         ).unknown_anomalies == {}
+
+
+def test_cli_check_notes_new_anomaly_types_and_exits_0(tmp_path):
+    root = new_types_set(tmp_path / "ds")
+    result = CliRunner().invoke(cli, ["dataset", "check", str(root)])
+    assert result.exit_code == 0, result.output
+    assert f"  {NEW_TYPES_NOTE}\n" in result.stdout and result.stderr == ""
+    assert result.stdout.rstrip().endswith("OK: ready for training")
+    result = CliRunner().invoke(cli, ["dataset", "check", "--json", str(root)])
+    assert result.exit_code == 0, result.output
+    d = json.loads(result.stdout)
+    assert d["ok"] is True and d["notes"] == [NEW_TYPES_NOTE]
+    assert d["unknown_anomalies"] == {"delamination": 2, "delaminations": 1, "edge_burr": 1, "scrach": 1}
+
+
+def test_summarize_counts_new_anomaly_types_after_the_eleven(tmp_path):
+    from inspector.synth import summarize
+
+    info = summarize(load_dataset(new_types_set(tmp_path / "ds")))
+    assert list(info["anomalies"])[:11] == list(ANOMALY_TYPES)
+    assert info["anomalies"]["delamination"] == {"abnormal": 2, "normal": 0}
+    assert info["anomalies"]["edge_burr"] == {"abnormal": 0, "normal": 1}
+    assert info["anomalies"]["scratch"] == {"abnormal": 1, "normal": 0}
 
 
 def test_cli_check_exit_codes(flawed_set, tmp_path):

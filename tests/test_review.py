@@ -162,9 +162,14 @@ def test_ambiguous_prefix_lists_the_candidates(tmp_path):
 def test_parse_anomalies_accepts_method_spellings_and_names_bad_ones():
     assert parse_anomalies(["Scratches", "ink entry/exit", "bubbles;scratch"]) == ("scratch", "ink_entry_exit",
                                                                                     "bubble")
+    assert parse_anomalies(["scratch", "Dents", "Edge Burr, delamination;dents"]) == (
+        "scratch", "dents", "edge_burr", "delamination")  # a plant's own types, normalized like load_dataset
     with pytest.raises(ReviewError) as err:
-        parse_anomalies(["scratch", "dents"])
-    assert str(err.value).startswith("unknown anomaly type 'dents'; use one of scratch, line, edge_cut,")
+        parse_anomalies(["scratch", "edge\nburr"])
+    assert str(err.value) == ("anomaly type 'edge\\nburr' contains a control character ('\\n'); an anomaly name "
+                              "must be one line of visible text")
+    with pytest.raises(ReviewError, match=r"^anomaly type '- /' is empty once spaces, '-', '/' and '_' are dropped"):
+        parse_anomalies([" - / "])
     with pytest.raises(ReviewError, match="label 'maybe' is not normal or abnormal"):
         record_review(None, "0" * 64, "maybe")  # type: ignore[arg-type]
 
@@ -198,6 +203,23 @@ def test_export_subfolder_rule_round_trip(station, store, tmp_path):
     assert os.stat(e1.path).st_ino == os.stat(station.files["e1"]).st_ino  # hard-linked on one filesystem
     assert summary.count("link") == 4
     assert sorted(dataset.bundles) == ["b1", "b2", "capture"]
+
+
+def test_review_with_a_new_anomaly_type_is_recorded_and_exported(station, store, tmp_path):
+    from inspector.dataset import check_dataset
+
+    rec = record_review(store, station.sha["e1"], "abnormal", ["Edge Burr", "scratches"], reviewer="alice")
+    assert rec.anomalies == ("edge_burr", "scratch")
+    assert query_reviews(store)[0]["anomalies"] == "edge_burr;scratch"
+    record_review(store, station.sha["e2"], "normal", ["delamination"], reviewer="alice")
+    out = tmp_path / "export"
+    summary = export_labels(store, out, "subfolder", station.capture)
+    assert summary.skipped == []
+    assert sorted(r["anomaly"] for r in read_labels(out).values()) == ["delamination", "edge_burr;scratch"]
+    by_sha = {file_sha256(s.path): s for s in load_dataset(out).samples}
+    assert by_sha[station.sha["e1"]].anomalies == ("edge_burr", "scratch")
+    assert by_sha[station.sha["e2"]].anomalies == ("delamination",)
+    assert check_dataset(out).unknown_anomalies == {"delamination": 1, "edge_burr": 1}
 
 
 def test_export_regex_rule_warns_about_unmatched_names(station, store, tmp_path):

@@ -70,7 +70,8 @@ def describe_review(row: dict) -> str:
               help="The final decision on the electrode.")
 @click.option("--anomaly", "anomalies", multiple=True, metavar="TYPE",
               help="Anomaly seen (repeatable): scratch, line, edge_cut, edge_tension, smudge, edge_ink_flow, "
-                   "bubble, missing_ink, agglomerate, ink_fluctuation, ink_entry_exit (METHOD.md spellings too).")
+                   "bubble, missing_ink, agglomerate, ink_fluctuation, ink_entry_exit (METHOD.md spellings too), "
+                   "or a plant's own type (any other name, recorded as a new type with a note).")
 @click.option("--by", "reviewer", default=None, help="Who decided (default: $USER, else 'unknown').")
 @click.option("--note", default="", help="Free text kept with the review.")
 @with_config
@@ -81,6 +82,7 @@ def review(cfg: Config, ref: str, label: str, anomalies: tuple[str, ...], review
     after the file was moved), or its sha256 (a unique prefix of at least 8 digits). Reviews
     are never overwritten: a new review supersedes the previous one and both are kept.
     """
+    from inspector.dataset import ANOMALY_TYPES, close_known_anomaly
     from inspector.review import parse_anomalies, record_review, resolve_image
 
     kinds = parse_anomalies(list(anomalies))  # a typo fails before the database is touched
@@ -96,6 +98,12 @@ def review(cfg: Config, ref: str, label: str, anomalies: tuple[str, ...], review
         prev_kinds = tuple(a for a in (prev["anomalies"] or "").split(";") if a)
         click.echo(f"supersedes review {prev['id']}: "
                    f"{describe_review(dict(prev, anomalies=prev_kinds))} at {format_local(prev['created_at'])}")
+    for kind in rec.anomalies:
+        if kind not in ANOMALY_TYPES:
+            close = close_known_anomaly(kind)
+            hint = f" (did you mean {close}? record the review again to correct it)" if close else ""
+            click.echo(f"note: {kind} is not one of the paper's eleven anomaly types; recorded as a new type{hint}",
+                       err=True)
 
 
 def review_record(row: dict) -> dict:
