@@ -82,6 +82,9 @@ class WatchConfig:
     patterns: tuple[str, ...] = ("*.tif", "*.tiff", "*.png", "*.dcm")
     polling: bool = False
     settle_seconds: float = 2.0
+    # A file read as cut short gets no outcome until it changes (judged again) or stays as it is
+    # this long (then `truncated`): a writer may pause longer than settle_seconds.
+    incomplete_retry_seconds: float = 300.0
     rescan_seconds: float = 60.0
     after: str = "keep"
     queue_size: int = 256

@@ -14,6 +14,7 @@ import logging
 import os
 import queue
 import signal
+import stat
 import threading
 import time
 from datetime import date
@@ -24,8 +25,8 @@ from inspector.config import Config
 from inspector.errors import ConfigError, ImageError, ModelError, StoreError
 from inspector.notify import log_to_stderr, notify, pid_file, watchdog_interval_seconds
 from inspector.paths import display_path
-from inspector.watcher import (SKIP_DIRS, EventHandler, ReadyFile, Scanner, Tracker, build_observer, real_dir_inside,
-                               stat_candidate)
+from inspector.watcher import (SKIP_DIRS, EventHandler, FileStamp, ReadyFile, Scanner, Tracker, build_observer, probe,
+                               real_dir_inside)
 
 log = logging.getLogger("inspector.daemon")
 
@@ -116,7 +117,8 @@ class Daemon:
         self.store = store
         self.load = load
         self.root = os.path.realpath(cfg.watch.capture_dir)
-        self.tracker = Tracker(self.root, cfg.watch.patterns, cfg.watch.settle_seconds, cfg.watch.queue_size)
+        self.tracker = Tracker(self.root, cfg.watch.patterns, cfg.watch.settle_seconds, cfg.watch.queue_size,
+                               cfg.watch.incomplete_retry_seconds)
         self.scanner = Scanner(self.tracker, self._known, cfg.watch.rescan_seconds)
         # files with a committed outcome still in the capture folder: a move a crash interrupted
         self.leftovers: queue.Queue = queue.Queue(maxsize=cfg.watch.queue_size)
@@ -134,11 +136,13 @@ class Daemon:
         self._rebuild_at = 0.0
         self._root_id = folder_identity(self.root)  # a deleted and re-created folder is another folder
         self.folder_note: str | None = None  # the capture folder's absence or re-creation, for STATUS
+        self.once = False  # one pass (`watch --once`): an incomplete file is left for a later run
 
     # ---- main thread: scan, settle, supervise -------------------------------------------------
     def run(self, once: bool = False) -> int:
         """Serve until stop is set (or, with once, until everything waiting has an outcome)."""
         handler = EventHandler(self.events, self.rescan)
+        self.once = once
         if not once:
             self.observer = build_observer(self.root, handler, self.cfg.watch.polling, self.poll_seconds)
         self.worker = threading.Thread(target=self._work, name="inspector-worker", daemon=True)
@@ -226,9 +230,11 @@ class Daemon:
 
     def status_line(self) -> str:
         """The systemd STATUS text: what has been done and what is waiting."""
-        queued = len(self.tracker)
+        queued, incomplete = len(self.tracker), self.tracker.incomplete()
         text = (f"scored {self.counts['scored']}, abnormal {self.counts['abnormal']}, "
                 f"rejected {self.counts['rejected']}, queued {queued}")
+        if incomplete:
+            text += f" ({incomplete} incomplete, waiting to grow)"
         text = f"{self.folder_note}; {text}" if self.folder_note else text
         return f"paused: {self.paused_reason}; {text}" if self.paused_reason else text
 
@@ -264,33 +270,34 @@ class Daemon:
         self.reload.set()
 
     # ---- worker thread: score and commit ------------------------------------------------------
-    def _known(self, path_raw: bytes, size: int, mtime_ns: int) -> bool:
+    def _known(self, path_raw: bytes, stamp: FileStamp) -> bool:
         """The scanner's test; with after = "move" a known file still here is a move to finish."""
-        known = self.store.known_file(path_raw, size, mtime_ns)
+        known = self.store.known_file(path_raw, *stamp)
         if known and self.cfg.watch.after == "move":
             with contextlib.suppress(queue.Full):  # the next rescan offers it again
-                self.leftovers.put_nowait((os.fsdecode(path_raw), size, mtime_ns))
+                self.leftovers.put_nowait((os.fsdecode(path_raw), stamp))
         return known
 
     def _finish_moves(self) -> None:
         """Complete moves that a crash cut short (outcome committed, file not yet moved)."""
         while True:
             try:
-                path, size, mtime_ns = self.leftovers.get_nowait()
+                path, stamp = self.leftovers.get_nowait()
             except queue.Empty:
                 return
-            st, _ = stat_candidate(path, self.root)
-            if st is None or (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
-                continue  # already moved, or new content under the old name (scored as new)
+            found = probe(path, self.root)
+            if found is None or found[0] != stamp:
+                continue  # already moved, or a new version under the old name (judged as new)
             raw = os.fsencode(path)
-            outcome = self._store_call(self.store.file_outcome, raw, size, mtime_ns)
+            outcome = self._store_call(self.store.file_outcome, raw, stamp.size, stamp.mtime_ns, stamp.inode)
             if outcome is None:
                 continue
             log.info("finishing an interrupted move of %s", self._shown(path))
+            item = ReadyFile(path, stamp, time.monotonic(), problem=found[1])
             if outcome["kind"] == "rejection":
-                self._move(path, ("quarantine",), None)
+                self._move(item, ("quarantine",), outcome["sha256"], None)
             else:
-                self._move(path, ("processed", date.today().isoformat()), (raw, outcome["sha256"]))
+                self._move(item, ("processed", date.today().isoformat()), outcome["sha256"], raw)
 
     def _work(self) -> None:
         """The only thread that runs the model: scoring first, heat maps in idle time."""
@@ -379,9 +386,14 @@ class Daemon:
         jobs: list[_Job] = []
         for item in batch:
             if not self._unchanged(item) or self._store_call(self.store.known_file, os.fsencode(item.path),
-                                                             item.size, item.mtime_ns):
+                                                             *item.stamp):
                 continue
             job = _Job(item)
+            if item.problem:  # never opened: a FIFO could block, a link could lead anywhere
+                job.rejection = ("unreadable", f"{item.problem}: inspector reads only regular files inside the "
+                                 "capture folder; put the image file itself there")
+                jobs.append(job)
+                continue
             try:
                 job.sha256 = file_sha256(item.path)  # the identity is the content, hashed before decoding
                 job.outcome = self._store_call(self.store.outcome_for, job.sha256, model_sha)
@@ -394,6 +406,9 @@ class Daemon:
                 job.rejection = (exc.reason, exc.message)
             if not self._unchanged(item):
                 continue  # written to while we read it: judge it again once it settles
+            if job.rejection is not None and job.rejection[0] == "truncated" and not item.final:
+                self._hold(item, job.rejection[1])
+                continue
             jobs.append(job)
         predictions = self._predict([j for j in jobs if j.img16 is not None])
         if predictions:
@@ -404,11 +419,22 @@ class Daemon:
             inferred.add(job.sha256 or "")
             self._commit(job, predictions.get(job.sha256 or ""), first, model_sha)
 
+    def _hold(self, item: ReadyFile, message: str) -> None:
+        """A file read as cut short gets no outcome yet: its writer may only have paused."""
+        retry = self.cfg.watch.incomplete_retry_seconds
+        if self.once:
+            log.info("incomplete %s (%s); left without an outcome for a later run", self._shown(item.path), message)
+            return
+        log.info("incomplete %s (%s); judged again when it changes, quarantined as truncated if it stays "
+                 "like this for %g s (watch.incomplete_retry_seconds)", self._shown(item.path), message, retry)
+        self.tracker.hold(item)
+
     def _unchanged(self, item: ReadyFile) -> bool:
-        st, _ = stat_candidate(item.path, self.root)
-        if st is None:
+        """The file is still the version that was judged ready; if not, it is offered to the tracker again."""
+        found = probe(item.path, self.root)
+        if found is None:
             return False
-        if (st.st_size, st.st_mtime_ns) != (item.size, item.mtime_ns):
+        if found[0] != item.stamp:
             try:
                 self.events.put_nowait((item.path, False))
             except queue.Full:
@@ -430,16 +456,21 @@ class Daemon:
         return dict(zip(shas, predictions))
 
     def _commit(self, job: _Job, pred: Any, first: bool, model_sha: str) -> None:
-        item = job.ready
+        item, stamp = job.ready, job.ready.stamp
         raw = os.fsencode(item.path)
         shown = self._shown(item.path)
+        if not self._unchanged(item):
+            return  # deleted or rewritten while it was scored: nothing to record, or a new version to judge
+        identity = (stamp.inode, stamp.ctime_ns)
         if job.rejection is not None:
             reason, message = job.rejection
-            self._store_call(self.store.record_rejection, raw, job.sha256, item.size, item.mtime_ns, reason, message)
+            result = self._store_call(self.store.record_rejection, raw, job.sha256, stamp.size, stamp.mtime_ns,
+                                      reason, message, *identity)
             fault_point("after_commit")
-            self.counts["rejected"] += 1
-            log.warning("rejected %s %s: %s", reason, shown, message)
-            self._move(item.path, ("quarantine",), None)
+            if result == "new":  # "exists": recorded before (a restart, or another inspector on this folder)
+                self.counts["rejected"] += 1
+                log.warning("rejected %s %s: %s", reason, shown, message)
+            self._move(item, ("quarantine",), job.sha256, None)
             return
         meta = self.detector.meta
         if job.outcome is not None:
@@ -450,51 +481,91 @@ class Daemon:
                       getattr(meta, "method", ""), pred.seconds if first else 0.0)
         p_abnormal, verdict, reason, threshold, method, inference_seconds = fields
         ready_to_commit = time.monotonic() - item.ready_at
-        result = self._store_call(self.store.record_verdict, raw, job.sha256, item.size, item.mtime_ns, model_sha,
-                                  p_abnormal, verdict, reason, threshold, method, ready_to_commit, inference_seconds)
+        result = self._store_call(self.store.record_verdict, raw, job.sha256, stamp.size, stamp.mtime_ns, model_sha,
+                                  p_abnormal, verdict, reason, threshold, method, ready_to_commit, inference_seconds,
+                                  *identity)
         fault_point("after_commit")
-        if result == "exists":
-            return
-        self.counts["scored"] += 1
-        self.counts["abnormal"] += verdict == "abnormal"
-        p_text = "-" if p_abnormal is None else f"{p_abnormal:.4f}"
-        extra = f" ({reason})" if reason else ""
-        dup = " duplicate content" if result == "duplicate" else ""
-        log.info("verdict %s p=%s %s%s (%.2f s)%s", verdict, p_text, shown, dup, ready_to_commit, extra)
-        if verdict == "abnormal" and result == "new" and job.img16 is not None:
-            self.heatmaps.submit(self.detector, job.img16, job.sha256)  # after the commit: evidence never delays a verdict
-        self._move(item.path, ("processed", date.today().isoformat()), (raw, job.sha256))
+        if result != "exists":
+            self.counts["scored"] += 1
+            self.counts["abnormal"] += verdict == "abnormal"
+            p_text = "-" if p_abnormal is None else f"{p_abnormal:.4f}"
+            extra = f" ({reason})" if reason else ""
+            dup = " duplicate content" if result == "duplicate" else ""
+            log.info("verdict %s p=%s %s%s (%.2f s)%s", verdict, p_text, shown, dup, ready_to_commit, extra)
+            if verdict == "abnormal" and result == "new" and job.img16 is not None:
+                self.heatmaps.submit(self.detector, job.img16, job.sha256)  # after the commit: never delays a verdict
+        self._move(item, ("processed", date.today().isoformat()), job.sha256, raw)
 
     def _shown(self, path: str) -> str:
         return display_path(os.path.join(os.path.basename(self.root), os.path.relpath(path, self.root)))
 
-    def _move(self, path: str, parts: tuple[str, ...], image: tuple[bytes, str] | None) -> str | None:
+    def _move(self, item: ReadyFile, parts: tuple[str, ...], sha256: str | None, image_raw: bytes | None) -> str | None:
         """after = "move": rename into processed/DATE or quarantine, never overwriting anything.
 
-        For a scored image (`image` = path_raw, sha256) the destination is committed before the
-        rename, so the database always says where the file is or is about to be.
+        Only the version that was judged is moved, and the moved file is checked to be it. For a
+        scored image (`image_raw`) the destination is committed before the rename, so the database
+        always says where the file is or is about to be.
         """
         if self.cfg.watch.after != "move":
             return None
+        path, shown = item.path, self._shown(item.path)
         try:
             folder = real_dir_inside(self.root, *parts)
             dest = unique_destination(folder, os.path.basename(path))
         except OSError as exc:
-            log.error("cannot move %s to %s (%s); it stays in place", self._shown(path), parts[0],
-                      exc.strerror or exc)
+            log.error("cannot move %s to %s (%s); it stays in place", shown, parts[0], exc.strerror or exc)
             return None
-        if image is not None:
-            self._store_call(self.store.record_moved, image[0], image[1], display_path(dest))
+        if not self._unchanged(item):
+            if os.path.lexists(path):
+                log.warning("%s changed after it was read; it stays in place and is judged again", shown)
+            return None
+        if image_raw is not None:
+            self._store_call(self.store.record_moved, image_raw, sha256, display_path(dest))
         try:
             os.rename(path, dest)
             fault_point("mid_move")  # renamed: the instant right after the most exposed step of a move
         except OSError as exc:
-            log.error("cannot move %s to %s (%s); it stays in place", self._shown(path), parts[0], exc.strerror)
-            if image is not None:
-                self._store_call(self.store.record_moved, image[0], image[1], None)
+            if isinstance(exc, FileNotFoundError) and not os.path.lexists(path):
+                log.info("%s is gone before it could be moved (deleted, or moved by another inspector)", shown)
+            else:
+                log.error("cannot move %s to %s (%s); it stays in place", shown, parts[0], exc.strerror)
+            if image_raw is not None:
+                self._store_call(self.store.record_moved, image_raw, sha256, None)
             return None
-        log.info("moved %s -> %s", self._shown(path), self._shown(dest))
+        if not _is_version(dest, item.stamp, sha256):
+            log.error("%s changed while it was being moved: it is not the content its outcome was recorded for; "
+                      "putting it back to be judged again", shown)
+            with contextlib.suppress(OSError):
+                if not os.path.lexists(path):
+                    os.rename(dest, path)
+            if image_raw is not None:
+                self._store_call(self.store.record_moved, image_raw, sha256, None)
+            return None
+        log.info("moved %s -> %s", shown, self._shown(dest))
         return dest
+
+
+def _is_version(path: str, stamp: FileStamp, sha256: str | None) -> bool:
+    """The file at path is the version with this stamp (a rename changes only its ctime) and content.
+
+    A symlink's entry is what was moved (its target never is): it is not compared.
+    """
+    from inspector.imaging import file_sha256
+
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if stat.S_ISLNK(st.st_mode):
+        return True
+    if (st.st_size, st.st_mtime_ns, st.st_ino) != (stamp.size, stamp.mtime_ns, stamp.inode):
+        return False
+    if sha256 is None or not stat.S_ISREG(st.st_mode):
+        return True
+    try:
+        return file_sha256(path) == sha256
+    except Exception:  # unreadable now: not what was recorded
+        return False
 
 
 def folder_identity(path: str) -> tuple[int, int] | None:

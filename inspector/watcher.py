@@ -10,8 +10,7 @@ import stat
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 from watchdog.events import (DirCreatedEvent, DirMovedEvent, FileClosedEvent, FileMovedEvent,
                              FileSystemEvent, FileSystemEventHandler)
@@ -46,15 +45,46 @@ def stat_candidate(path: str, root: str) -> tuple[os.stat_result | None, str]:
         return None, "gone"
     if stat.S_ISLNK(st.st_mode):
         target = os.path.realpath(path)
-        if os.path.commonpath([target, root]) != root:
-            return None, "symlink pointing outside the capture folder"
         try:
-            st = os.stat(target)
+            target_st = os.stat(target)
         except OSError:
             return None, "dangling symlink"
+        if os.path.commonpath([target, root]) != root:
+            return None, "symlink pointing outside the capture folder"
+        st = target_st
     if not stat.S_ISREG(st.st_mode):
         return None, "not a regular file"
     return st, ""
+
+
+class FileStamp(NamedTuple):
+    """What stat says of one version of a file: a change in any field is a new version."""
+    size: int
+    mtime_ns: int
+    inode: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> "FileStamp":
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+def probe(path: str, root: str) -> tuple[FileStamp, str] | None:
+    """(stamp, problem) of a candidate, None when it is gone; never opens it.
+
+    A regular file (or a symlink to one inside the capture folder) has problem "" and the stamp of
+    its content. A FIFO, device, dangling or outward symlink has the problem in words and the stamp
+    of the entry itself (lstat): it gets an `unreadable` outcome without being opened.
+    """
+    st, why = stat_candidate(path, root)
+    if st is not None:
+        return FileStamp.of(st), ""
+    if why == "gone":
+        return None
+    try:
+        return FileStamp.of(os.lstat(path)), why
+    except OSError:
+        return None
 
 
 def in_skipped_dir(path: str, root: str) -> bool:
@@ -121,35 +151,51 @@ def build_observer(root: str, handler: EventHandler, polling: bool, poll_seconds
 
 @dataclass
 class ReadyFile:
-    """A file judged complete: its stat then, and when it was judged ready (for ready_to_commit_seconds)."""
+    """A file judged complete: its stamp then, since when it was unchanged and when it was judged ready.
+
+    `problem` names why it cannot be opened (it gets `unreadable`); `final` is set once a file found
+    incomplete has stayed unchanged for watch.incomplete_retry_seconds (its `truncated` is then final).
+    """
     path: str
-    size: int
-    mtime_ns: int
+    stamp: FileStamp
     ready_at: float
+    stable_since: float = 0.0
+    problem: str = ""
+    final: bool = False
+
+    @property
+    def size(self) -> int:
+        return self.stamp.size
+
+    @property
+    def mtime_ns(self) -> int:
+        return self.stamp.mtime_ns
 
 
 @dataclass
 class _Entry:
-    size: int
-    mtime_ns: int
+    stamp: FileStamp
     stable_since: float
+    problem: str = ""
     closed_at: float | None = None
+    incomplete: bool = False  # read as cut short: ready again when it changes, or final after the retry time
 
 
 class Tracker:
     """Files waiting to settle plus files handed to the worker; together at most `capacity` (back-pressure)."""
 
-    def __init__(self, root: str, patterns: tuple[str, ...], settle_seconds: float, capacity: int):
+    def __init__(self, root: str, patterns: tuple[str, ...], settle_seconds: float, capacity: int,
+                 incomplete_retry_seconds: float = 300.0):
         self.root = root
         self.patterns = patterns
         self.settle_seconds = settle_seconds
+        self.incomplete_retry_seconds = incomplete_retry_seconds
         # After a close event the file is stat-ed once more this much later: a scanner may reopen it.
         self.close_guard_seconds = min(settle_seconds, 0.25)
         self.capacity = capacity
         self.pending: dict[str, _Entry] = {}
         self._claimed: set[str] = set()
         self._lock = threading.Lock()
-        self._ignored: set[str] = set()
 
     def __len__(self) -> int:
         with self._lock:
@@ -162,10 +208,20 @@ class Tracker:
         with self._lock:
             return path in self.pending or path in self._claimed
 
+    def incomplete(self) -> int:
+        """Files read as cut short, waiting to grow (or for their retry time to pass)."""
+        return sum(entry.incomplete for entry in list(self.pending.values()))
+
     def release(self, path: str) -> None:
         """The worker is done with a file (outcome committed, or dropped)."""
         with self._lock:
             self._claimed.discard(path)
+
+    def hold(self, item: ReadyFile) -> None:
+        """The worker read `item` as incomplete: wait for it to change, or to stay as it is long enough."""
+        with self._lock:
+            self._claimed.discard(item.path)
+            self.pending[item.path] = _Entry(item.stamp, item.stable_since, item.problem, incomplete=True)
 
     def note(self, path: str, closed: bool, now: float | None = None) -> bool:
         """Record an event or a scan hit; False when the file is no candidate or there is no room."""
@@ -175,14 +231,14 @@ class Tracker:
         entry = self.pending.get(path)
         if entry is None and not self.has_room():
             return False
-        st = self._stat(path)
-        if st is None:
+        found = probe(path, self.root)
+        if found is None:
             self.pending.pop(path, None)
             return True
-        if entry is None or (entry.size, entry.mtime_ns) != (st.st_size, st.st_mtime_ns):
+        stamp, problem = found
+        if entry is None or entry.stamp != stamp:
             # A file last modified long ago (dropped while we were down) counts as settled already.
-            age = max(0.0, time.time() - st.st_mtime_ns / 1e9)
-            entry = _Entry(st.st_size, st.st_mtime_ns, now - min(age, self.settle_seconds))
+            entry = _Entry(stamp, now - min(_age(stamp), self.settle_seconds), problem)
             self.pending[path] = entry
         if closed:
             entry.closed_at = now
@@ -197,35 +253,40 @@ class Tracker:
                 busy = path in self._claimed
             if busy:
                 continue  # the worker still has the previous version; judge it after release
-            st = self._stat(path)
-            if st is None:
+            found = probe(path, self.root)
+            if found is None:
                 del self.pending[path]
                 continue
-            if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
-                self.pending[path] = _Entry(st.st_size, st.st_mtime_ns, now)
+            stamp, problem = found
+            if stamp != entry.stamp:
+                self.pending[path] = _Entry(stamp, now, problem)  # it changed: settle again (an incomplete one grew)
                 continue
-            closed_ok = entry.closed_at is not None and now - entry.closed_at >= self.close_guard_seconds
-            if closed_ok or now - entry.stable_since >= self.settle_seconds:
-                del self.pending[path]
-                with self._lock:
-                    self._claimed.add(path)
-                ready.append(ReadyFile(path, st.st_size, st.st_mtime_ns, now))
+            unchanged = now - entry.stable_since
+            if entry.incomplete:
+                final = max(unchanged, _age(stamp)) >= self.incomplete_retry_seconds
+                if not final:
+                    continue
+            else:
+                final = False
+                closed_ok = entry.closed_at is not None and now - entry.closed_at >= self.close_guard_seconds
+                if not closed_ok and unchanged < self.settle_seconds:
+                    continue
+            del self.pending[path]
+            with self._lock:
+                self._claimed.add(path)
+            ready.append(ReadyFile(path, stamp, now, entry.stable_since, entry.problem, final))
         return ready
 
-    def _stat(self, path: str) -> os.stat_result | None:
-        st, why = stat_candidate(path, self.root)
-        if st is None and why != "gone" and path not in self._ignored:
-            if len(self._ignored) > 10_000:
-                self._ignored.clear()
-            self._ignored.add(path)
-            log.warning("ignored %s: %s", display_path(path), why)
-        return st
+
+def _age(stamp: FileStamp) -> float:
+    """Seconds since the file was last modified (0 for a modification time in the future)."""
+    return max(0.0, time.time() - stamp.mtime_ns / 1e9)
 
 
 class Scanner:
     """The startup scan and the periodic rescan: walks the folder in steps, queuing files with no outcome."""
 
-    def __init__(self, tracker: Tracker, known: Callable[[bytes, int, int], bool], rescan_seconds: float):
+    def __init__(self, tracker: Tracker, known: Callable[[bytes, FileStamp], bool], rescan_seconds: float):
         self.tracker = tracker
         self.known = known
         self.rescan_seconds = rescan_seconds
@@ -255,8 +316,8 @@ class Scanner:
                 return
             if self.tracker.is_tracked(path):
                 continue
-            st, _ = stat_candidate(path, self.tracker.root)
-            if st is None or self.known(os.fsencode(path), st.st_size, st.st_mtime_ns):
+            found = probe(path, self.tracker.root)
+            if found is None or self.known(os.fsencode(path), found[0]):
                 continue
             if not self.tracker.note(path, closed=False, now=now):
                 self._held = path  # the scanner waits for room (back-pressure)

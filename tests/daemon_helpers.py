@@ -52,7 +52,8 @@ def write_image(path: Path | bytes, seed: int) -> Path | bytes:
 
 def write_config(tmp_path: Path, **watch: object) -> Path:
     """config.toml in tmp_path: capture/, a tiny CPU model, the db and state beside it; watch keys overridable."""
-    settings = {"settle_seconds": 0.5, "rescan_seconds": 600.0, "queue_size": 64, "after": "keep", "polling": False}
+    # a file read as cut short is final after 1 s unchanged (300 s in production): bad files are quarantined quickly
+    settings = {"settle_seconds": 0.5, "incomplete_retry_seconds": 1.0, "rescan_seconds": 600.0, "queue_size": 64, "after": "keep", "polling": False}
     settings.update(watch)
     (tmp_path / "capture").mkdir(exist_ok=True)
     lines = ["[watch]", 'capture_dir = "capture"']

@@ -232,24 +232,41 @@ def test_locked_database_pauses_and_resumes_without_moving_files(tmp_path, stati
     assert not (capture / "held.tif").exists()
 
 
-def test_symlink_out_fifo_and_folder_are_ignored_without_blocking(tmp_path, station, detector, caplog):
-    cfg = station()
+@pytest.mark.parametrize("after", ["keep", "move"])
+def test_fifo_dangling_and_outward_symlinks_get_one_unreadable_outcome_without_being_opened(tmp_path, station,
+                                                                                            detector, after):
+    """Issue 12 case 6: they were never opened (good) but got no outcome at all; now each gets one `unreadable`."""
+    cfg = station(after=after)
     capture = tmp_path / "capture"
     db = tmp_path / "inspector.db"
     outside = write_image(tmp_path / "outside.tif", seed=6)
     with in_process(cfg, detector):
         (capture / "link.tif").symlink_to(outside)
-        os.mkfifo(capture / "pipe.tif")
+        (capture / "dangling.tif").symlink_to(tmp_path / "nowhere.tif")
+        os.mkfifo(capture / "pipe.tif")  # opening it for reading would block the worker for ever
         (capture / "folder.tif").mkdir()
         (capture / "2024-05-01").mkdir()
         write_image(capture / "2024-05-01" / "nested.tif", seed=7)
         write_image(capture / "after.tif", seed=8)
-        wait_for(lambda: db_count(db, IMAGES) == 2, 30, "verdicts for nested.tif and after.tif")
+        wait_for(lambda: db_count(db, IMAGES) == 2 and db_count(db, REJECTIONS) == 3, 30,
+                 "verdicts for nested.tif and after.tif, rejections for the link, the dangling link and the FIFO")
     names = sorted(os.path.basename(p) for (p,) in db_rows(db, "SELECT path FROM images"))
     assert names == ["after.tif", "nested.tif"]
-    assert db_count(db, REJECTIONS) == 0
-    assert "symlink pointing outside the capture folder" in caplog.text
-    assert "pipe.tif: not a regular file" in caplog.text
+    rejected = {os.path.basename(p): (r, m) for p, r, m in db_rows(db, "SELECT path, reason, message FROM rejections")}
+    assert {n: r for n, (r, _) in rejected.items()} == {"link.tif": "unreadable", "dangling.tif": "unreadable",
+                                                        "pipe.tif": "unreadable"}
+    assert rejected["link.tif"][1].startswith("symlink pointing outside the capture folder: inspector reads only")
+    assert rejected["dangling.tif"][1].startswith("dangling symlink")
+    assert rejected["pipe.tif"][1].startswith("not a regular file")
+    listing = CliRunner().invoke(cli, ["rejections", "--config", cfg.source])
+    assert listing.exit_code == 0 and all(name in listing.output for name in rejected), listing.output
+    if after == "move":  # moved as entries: the link itself, never its target
+        assert sorted(os.listdir(capture / "quarantine")) == ["dangling.tif", "link.tif", "pipe.tif"]
+        assert (capture / "quarantine" / "link.tif").is_symlink() and outside.exists()
+    with in_process(cfg, detector):  # a restart finds them known: still one outcome each
+        write_image(capture / "sentinel.tif", seed=9)
+        wait_for(lambda: db_count(db, IMAGES) == 3, 30, "the sentinel's verdict")
+    assert db_count(db, REJECTIONS) == 3
 
 
 def test_odd_names_round_trip(tmp_path, station, detector):

@@ -106,7 +106,7 @@ def test_tracker_close_event_needs_one_more_unchanged_stat(tmp_path):
     assert [r.size for r in tracker.settle(now=12.3)] == [11]
 
 
-def test_tracker_old_file_is_ready_at_once_and_ignores_odd_ones(tmp_path):
+def test_tracker_old_file_is_ready_at_once_and_ignores_hidden_and_temporary_names(tmp_path):
     old = tmp_path / "old.tif"
     old.write_bytes(b"1")
     _old(old)
@@ -116,8 +116,31 @@ def test_tracker_old_file_is_ready_at_once_and_ignores_odd_ones(tmp_path):
     tracker.note(str(tmp_path / "pipe.tif"), closed=False, now=50.0)
     tracker.note(str(tmp_path / ".hidden.tif"), closed=True, now=50.0)
     tracker.note(str(tmp_path / "x.tif.part"), closed=True, now=50.0)
-    assert [r.path for r in tracker.settle(now=50.0)] == [str(old)]
-    assert len(tracker) == 1
+    assert [(r.path, r.problem) for r in tracker.settle(now=50.0)] == [(str(old), "")]
+    assert len(tracker) == 2  # old.tif handed on, the FIFO settling like any file
+    # the FIFO is handed on too, never opened, with its problem named: it gets an `unreadable` outcome
+    assert [(r.path, r.problem) for r in tracker.settle(now=52.5)] == [(str(tmp_path / "pipe.tif"),
+                                                                        "not a regular file")]
+
+
+def test_tracker_holds_an_incomplete_file_until_it_grows_or_its_retry_time_passes(tmp_path):
+    path = tmp_path / "scan.tif"
+    path.write_bytes(b"half")
+    tracker = Tracker(str(tmp_path), PATTERNS, settle_seconds=1.0, capacity=10, incomplete_retry_seconds=30.0)
+    tracker.note(str(path), closed=False, now=100.0)
+    (item,) = tracker.settle(now=101.5)
+    tracker.hold(item)  # the worker read it as cut short
+    assert tracker.incomplete() == 1 and len(tracker) == 1
+    assert tracker.settle(now=110.0) == []  # unchanged, but not for 30 s yet: no outcome
+    with open(path, "ab") as fh:  # the writer resumes
+        fh.write(b" and the rest")
+    assert tracker.settle(now=111.0) == [] and tracker.incomplete() == 0  # it grew: settling again
+    (again,) = tracker.settle(now=112.5)
+    assert (again.size, again.final) == (17, False)
+    tracker.hold(again)  # still cut short: now it stays unchanged
+    assert tracker.settle(now=140.0) == []
+    (last,) = tracker.settle(now=142.6)  # unchanged for 30 s since it last grew (111): its `truncated` is final
+    assert last.final
 
 
 def test_tracker_capacity_is_back_pressure(tmp_path):
@@ -140,7 +163,7 @@ def test_scanner_skips_known_files_and_waits_for_room(tmp_path):
         _old(p)
     known = {os.fsencode(tmp_path / "1.tif")}
     tracker = Tracker(str(tmp_path), PATTERNS, settle_seconds=1.0, capacity=2)
-    scanner = Scanner(tracker, lambda raw, size, mtime_ns: raw in known, rescan_seconds=60.0)
+    scanner = Scanner(tracker, lambda raw, stamp: raw in known, rescan_seconds=60.0)
     scanner.step(now=0.0)
     assert sorted(os.path.basename(p) for p in tracker.pending) == ["0.tif", "2.tif"]
     assert scanner.active and scanner.passes == 0
