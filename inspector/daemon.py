@@ -26,7 +26,7 @@ from inspector.errors import ConfigError, ImageError, ModelError, StoreError
 from inspector.notify import log_to_stderr, notify, pid_file, watchdog_interval_seconds
 from inspector.paths import display_path
 from inspector.watcher import (SKIP_DIRS, EventHandler, FileStamp, ReadyFile, Scanner, Tracker, build_observer, probe,
-                               real_dir_inside)
+                               OutsideCapture, real_dir_inside)
 
 log = logging.getLogger("inspector.daemon")
 
@@ -136,6 +136,7 @@ class Daemon:
         self._rebuild_at = 0.0
         self._root_id = folder_identity(self.root)  # a deleted and re-created folder is another folder
         self.folder_note: str | None = None  # the capture folder's absence or re-creation, for STATUS
+        self.degraded: dict[str, str] = {}  # folder -> why moves there are refused (not a real folder inside)
         self.once = False  # one pass (`watch --once`): an incomplete file is left for a later run
 
     # ---- main thread: scan, settle, supervise -------------------------------------------------
@@ -236,6 +237,8 @@ class Daemon:
         if incomplete:
             text += f" ({incomplete} incomplete, waiting to grow)"
         text = f"{self.folder_note}; {text}" if self.folder_note else text
+        if self.degraded:
+            text = f"degraded: {'; '.join(self.degraded.values())}; {text}"
         return f"paused: {self.paused_reason}; {text}" if self.paused_reason else text
 
     def _threads_alive(self) -> bool:
@@ -509,18 +512,22 @@ class Daemon:
         if self.cfg.watch.after != "move":
             return None
         path, shown = item.path, self._shown(item.path)
+        version = (item.stamp.mtime_ns, item.stamp.inode)
         try:
             folder = real_dir_inside(self.root, *parts)
             dest = unique_destination(folder, os.path.basename(path))
         except OSError as exc:
             log.error("cannot move %s to %s (%s); it stays in place", shown, parts[0], exc.strerror or exc)
+            if isinstance(exc, OutsideCapture):
+                self.degraded[parts[0]] = f"{parts[0]}/ is not a real folder inside the capture folder, files stay in place"
             return None
+        self.degraded.pop(parts[0], None)
         if not self._unchanged(item):
             if os.path.lexists(path):
                 log.warning("%s changed after it was read; it stays in place and is judged again", shown)
             return None
         if image_raw is not None:
-            self._store_call(self.store.record_moved, image_raw, sha256, display_path(dest))
+            self._store_call(self.store.record_moved, image_raw, sha256, display_path(dest), *version)
         try:
             os.rename(path, dest)
             fault_point("mid_move")  # renamed: the instant right after the most exposed step of a move
@@ -530,7 +537,7 @@ class Daemon:
             else:
                 log.error("cannot move %s to %s (%s); it stays in place", shown, parts[0], exc.strerror)
             if image_raw is not None:
-                self._store_call(self.store.record_moved, image_raw, sha256, None)
+                self._store_call(self.store.record_moved, image_raw, sha256, None, *version)
             return None
         if not _is_version(dest, item.stamp, sha256):
             log.error("%s changed while it was being moved: it is not the content its outcome was recorded for; "
@@ -539,7 +546,7 @@ class Daemon:
                 if not os.path.lexists(path):
                     os.rename(dest, path)
             if image_raw is not None:
-                self._store_call(self.store.record_moved, image_raw, sha256, None)
+                self._store_call(self.store.record_moved, image_raw, sha256, None, *version)
             return None
         log.info("moved %s -> %s", shown, self._shown(dest))
         return dest

@@ -390,12 +390,20 @@ class Store:
         except sa_exc.IntegrityError:
             return "exists"
 
-    def record_moved(self, path_raw: bytes | str, sha256: str, moved_to: str | None) -> None:
-        """Note where a scored file is being moved (before the rename; None when the rename failed)."""
+    def record_moved(self, path_raw: bytes | str, sha256: str, moved_to: str | None, mtime_ns: int | None = None,
+                     inode: int | None = None) -> None:
+        """Note where a scored file is being moved (before the rename; None when the rename failed).
+
+        With mtime and inode only that file version's row changes: the same content exported again
+        under the same name is another row, moved to another place.
+        """
+        where = [images.c.path_raw == to_path_raw(path_raw), images.c.sha256 == sha256]
+        if mtime_ns is not None:
+            where.append(images.c.mtime_ns == mtime_ns)
+        if inode is not None:
+            where.append(sa.or_(images.c.inode.is_(None), images.c.inode == inode))
         with self.write() as conn:
-            conn.execute(sa.update(images).where(images.c.path_raw == to_path_raw(path_raw),
-                                                 images.c.sha256 == sha256)
-                         .values(moved_to=None if moved_to is None else str(moved_to)))
+            conn.execute(sa.update(images).where(*where).values(moved_to=None if moved_to is None else str(moved_to)))
 
     def file_outcome(self, path_raw: bytes | str, size: int, mtime_ns: int, inode: int | None = None) -> dict | None:
         """What is recorded for this file version: kind 'verdict' (with sha256, moved_to) or 'rejection'."""

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from inspector.cli import cli
 from inspector.cli.station import TIME_FORMS, parse_time
 from inspector.errors import StoreError
-from inspector.store import open_store
+from inspector.store import SCHEMA_VERSION, open_store
 
 MODEL = "ab" * 32
 ODD_NAME = b"bad \xff\xfe name.tif"
@@ -83,9 +83,9 @@ def test_error_line_from_the_real_entry_point(config, tmp_path):
 def test_db_upgrade_creates_then_reports_current(config, tmp_path):
     result = run(config, "db", "upgrade")
     assert result.exit_code == 0, result.output
-    assert result.output == f"database {tmp_path / 'station.db'}: schema created (version 1)\n"
+    assert result.output == f"database {tmp_path / 'station.db'}: schema created (version {SCHEMA_VERSION})\n"
     again = run(config, "db", "upgrade")
-    assert again.output == f"database {tmp_path / 'station.db'}: schema current (version 1)\n"
+    assert again.output == f"database {tmp_path / 'station.db'}: schema current (version {SCHEMA_VERSION})\n"
     empty = run(config, "verdicts")
     assert empty.exit_code == 0 and empty.output == "no verdicts match\n"
 
@@ -104,6 +104,39 @@ def test_verdicts_table(filled, tmp_path):
     # Columns line up: every row has its path at the header's PATH offset.
     start = lines[0].index("PATH")
     assert all(line[start:].startswith(str(tmp_path / "capture")) for line in lines[1:])
+
+
+def test_verdicts_table_says_where_a_moved_file_is_now(filled, tmp_path):
+    cap = os.fsencode(tmp_path / "capture")
+    with open_store(f"sqlite:///{tmp_path / 'station.db'}") as store:
+        store.record_moved(cap + b"/a.tif", "1" * 64, str(tmp_path / "capture/processed/2026-11-29/a.tif"))
+    lines = run(filled, "verdicts").output.splitlines()
+    assert lines[0].split() == ["TIME", "VERDICT", "P(ABNORMAL)", "PATH", "MODEL", "DUP", "NOW", "AT"]
+    moved = next(line for line in lines if "/a.tif" in line)
+    assert moved.endswith(str(tmp_path / "capture/processed/2026-11-29/a.tif"))
+    assert next(line for line in lines if "a copy.tif" in line).endswith("dup  -")
+
+
+def test_status_counts_thousands_of_waiting_files_in_a_few_queries(config, tmp_path):
+    """It made one query per waiting file (3-9 s for 5000); now one per few hundred."""
+    import sqlalchemy as sa
+
+    from inspector.cli.station import count_waiting
+    from inspector.config import load_config
+
+    capture = tmp_path / "capture"
+    capture.mkdir(exist_ok=True)
+    for i in range(1200):
+        (capture / f"scan-{i:04d}.tif").write_bytes(b"x")
+    cfg = load_config(config)
+    with open_store(f"sqlite:///{tmp_path / 'station.db'}") as store:
+        st = (capture / "scan-0000.tif").stat()
+        store.record_verdict(os.fsencode(capture / "scan-0000.tif"), "1" * 64, st.st_size, st.st_mtime_ns, MODEL,
+                             0.1, "normal", None, 0.5, "global", 0.1, 0.1)
+        queries = []
+        sa.event.listen(store.engine, "before_cursor_execute", lambda *args: queries.append(args[2]))
+        assert count_waiting(cfg, store) == 1199
+    assert len([q for q in queries if q.lstrip().upper().startswith("SELECT")]) <= 10
 
 
 def test_verdicts_json_recovers_exact_name(filled, tmp_path):

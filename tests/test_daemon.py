@@ -643,11 +643,16 @@ def test_moves_never_follow_a_symlinked_processed_or_quarantine_folder(tmp_path,
     os.symlink(elsewhere / "p", capture / "processed")
     os.symlink(elsewhere / "q", capture / "quarantine")
     db = tmp_path / "inspector.db"
-    with in_process(cfg, detector):
+    with in_process(cfg, detector) as daemon:
         write_image(capture / "good.tif", seed=91)
         make_bad_file(capture / "bad.tif", "empty")
         wait_for(lambda: db_count(db, IMAGES) == 1 and db_count(db, REJECTIONS) == 1, 30, "both outcomes")
         wait_for(lambda: caplog.text.count("is a symlink") >= 2, 10, "both refusals logged")
+        assert daemon.status_line().startswith("degraded: processed/ is not a real folder inside the capture folder")
+        assert "quarantine/ is not a real folder" in daemon.status_line()
+    status = CliRunner().invoke(cli, ["status", "--config", cfg.source])
+    assert status.exit_code == 0
+    assert f"degraded       {capture / 'processed'} is a symlink: files stay in the capture folder" in status.output
     assert (capture / "good.tif").exists() and (capture / "bad.tif").exists()
     assert list((elsewhere / "p").rglob("*")) == [] and list((elsewhere / "q").rglob("*")) == []
     assert db_rows(db, "SELECT moved_to FROM images") == [(None,)]

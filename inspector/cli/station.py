@@ -163,7 +163,8 @@ def verdicts(cfg: Config, since, until, verdict, path_glob, model, limit, fmt) -
     """List verdicts, newest first, one row per image file.
 
     Times are shown in local time. Duplicates (same content under another name, scored once)
-    are marked "dup". In csv/json, path_raw_hex holds the exact bytes of the file name
+    are marked "dup". PATH is where the file was scored; with watch.after = "move" a NOW AT column
+    says where it was moved (processed/DATE/...). In csv/json, path_raw_hex holds the exact bytes of the file name
     (bytes.fromhex) so names that are not UTF-8 can be recovered; path shows them as \\xNN.
     """
     if fmt == "table" and limit is None:
@@ -176,8 +177,12 @@ def verdicts(cfg: Config, since, until, verdict, path_glob, model, limit, fmt) -
     cells = [[format_local(r["time"]), r["verdict"] or "-",
               "-" if r["p_abnormal"] is None else f"{r['p_abnormal']:.3f}", display_path(r["path"]),
               (r["model_sha256"] or "-")[:12], "dup" if r["duplicate"] else ""] for r in rows]
-    emit_rows([verdict_record(r) for r in rows], VERDICT_FIELDS, fmt,
-              ["TIME", "VERDICT", "P(ABNORMAL)", "PATH", "MODEL", "DUP"], cells,
+    headers = ["TIME", "VERDICT", "P(ABNORMAL)", "PATH", "MODEL", "DUP"]
+    if any(r["moved_to"] for r in rows):  # after = "move": where each file is now
+        headers.append("NOW AT")
+        for row, cell in zip(rows, cells):
+            cell.append(display_path(row["moved_to"]) if row["moved_to"] else "-")
+    emit_rows([verdict_record(r) for r in rows], VERDICT_FIELDS, fmt, headers, cells,
               (len(rows), total), "no verdicts match")
 
 
@@ -201,18 +206,41 @@ def rejections(cfg: Config, since, until, limit, fmt) -> None:
 
 
 def count_waiting(cfg: Config, store) -> int | None:
-    """Files in the capture folder with no outcome yet; None when the folder does not exist."""
-    from inspector.watcher import iter_capture_files, stat_candidate
+    """Files in the capture folder with no outcome yet; None when the folder does not exist.
+
+    One query per few hundred files (a folder of thousands waiting answers in well under a second).
+    """
+    from inspector.watcher import iter_capture_files, probe
 
     if not os.path.isdir(cfg.watch.capture_dir):
         return None
     root = os.path.realpath(cfg.watch.capture_dir)  # the daemon records paths under the real path
-    waiting = 0
+    stats = []
     for path in iter_capture_files(root, cfg.watch.patterns):
-        st, _ = stat_candidate(path, root)
-        if st is not None and not store.known_file(os.fsencode(path), st.st_size, st.st_mtime_ns):
-            waiting += 1
-    return waiting
+        found = probe(path, root)
+        if found is not None:
+            stats.append((os.fsencode(path), found[0].size, found[0].mtime_ns))
+    return len(set(stats) - store.known_files(stats))
+
+
+def degraded_folders(cfg: Config) -> list[str]:
+    """With after = "move": processed/ or quarantine/ that are not real folders (the daemon refuses to move there)."""
+    import stat as stat_module
+
+    if cfg.watch.after != "move":
+        return []
+    problems = []
+    for name in ("processed", "quarantine"):
+        folder = os.path.join(cfg.watch.capture_dir, name)
+        try:
+            mode = os.lstat(folder).st_mode
+        except OSError:
+            continue  # created on the first move
+        if not stat_module.S_ISDIR(mode):
+            kind = "a symlink" if stat_module.S_ISLNK(mode) else "not a folder"
+            problems.append(f"{display_path(folder)} is {kind}: files stay in the capture folder until it is "
+                            "a real folder inside it")
+    return problems
 
 
 @cli.command()
@@ -224,15 +252,18 @@ def status(cfg: Config, fmt: str) -> None:
     with open_reader(cfg) as store:
         counts = store.status_counts(local_midnight(datetime.now(timezone.utc)).astimezone(timezone.utc))
         waiting = count_waiting(cfg, store)
+    degraded = degraded_folders(cfg)
     model = counts["model"]
     if fmt == "json":
-        out = dict(counts, last_verdict_at=_iso(counts["last_verdict_at"]), files_waiting=waiting,
+        out = dict(counts, last_verdict_at=_iso(counts["last_verdict_at"]), files_waiting=waiting, degraded=degraded,
                    capture_dir=str(cfg.watch.capture_dir), database=store.where)
         if model:
             out["model"] = dict(model, first_used=_iso(model["first_used"]))
         click.echo(json.dumps(out, indent=2, ensure_ascii=False))
         return
     click.echo(f"database       {store.where}")
+    for problem in degraded:
+        click.echo(f"degraded       {problem}")
     click.echo(f"model          {model['sha256'][:12]}  {model['path'] or '(path not recorded)'}" if model
                else "model          none yet (no verdicts)")
     for label in ("verdicts", "rejections"):
