@@ -269,6 +269,53 @@ def test_fifo_dangling_and_outward_symlinks_get_one_unreadable_outcome_without_b
     assert db_count(db, REJECTIONS) == 3
 
 
+def test_two_daemons_on_one_capture_folder_log_each_rejection_once_and_no_false_move_errors(tmp_path, station,
+                                                                                          detector, caplog):
+    """Two stations (separate state folders) on one folder logged every rejection twice and printed false
+    "cannot move ... stays in place" errors: the rejection insert's answer was ignored."""
+    import dataclasses
+
+    cfg = station(after="move")
+    other = dataclasses.replace(cfg, state=dataclasses.replace(cfg.state, dir=tmp_path / "var2"))
+    capture = tmp_path / "capture"
+    db = tmp_path / "inspector.db"
+    kinds = ["text", "empty", "corrupt_deflate", "png8"]
+    with in_process(cfg, detector), in_process(other, detector):
+        for i, kind in enumerate(kinds):
+            make_bad_file(capture / _bad_name(kind), kind)
+            write_image(capture / f"good-{i}.tif", seed=40 + i)
+        wait_for(lambda: db_count(db, REJECTIONS) == len(kinds) and db_count(db, IMAGES) == len(kinds), 60,
+                 "one outcome per file")
+        wait_for(lambda: len(os.listdir(capture / "quarantine")) == len(kinds), 10, "bad files quarantined")
+        wait_for(lambda: not any(p.is_file() for p in capture.iterdir()), 10, "every file moved")
+    rejected = [r for r in caplog.records if r.getMessage().startswith("rejected ")]
+    assert sorted(r.getMessage().split()[2].rstrip(":") for r in rejected) == sorted(f"capture/{_bad_name(k)}" for k in kinds)
+    assert "cannot move" not in caplog.text
+    assert db_count(db, VERDICTS) == len(kinds)
+
+
+def test_a_file_deleted_while_it_is_scored_gets_no_verdict_and_no_false_move_error(tmp_path, station, detector,
+                                                                                   caplog):
+    class DeletingDetector(CountingDetector):
+        """The real detector; the operator deletes the scan while the network runs on it."""
+
+        def predict(self, images16, paths=None):
+            for path in list(capture.glob("doomed*.tif")):
+                path.unlink()
+            return super().predict(images16, paths)
+
+    cfg = station(after="move")
+    capture = tmp_path / "capture"
+    db = tmp_path / "inspector.db"
+    with in_process(cfg, DeletingDetector(detector)):
+        write_image(capture / "doomed.tif", seed=60)
+        wait_for(lambda: not (capture / "doomed.tif").exists(), 30, "the file deleted while it is scored")
+        write_image(capture / "after.tif", seed=61)
+        wait_for(lambda: db_count(db, IMAGES) == 1, 30, "the next file's verdict")
+    assert [os.path.basename(p) for (p,) in db_rows(db, "SELECT path FROM images")] == ["after.tif"]
+    assert "cannot move" not in caplog.text and db_count(db, REJECTIONS) == 0
+
+
 def test_odd_names_round_trip(tmp_path, station, detector):
     cfg = station()
     capture = os.fsencode(tmp_path / "capture")
