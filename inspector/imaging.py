@@ -51,8 +51,12 @@ def read_image(path: PathLike, max_height: int = 10_000, max_width: int = 10_000
         size = os.fstat(fh.fileno()).st_size
         if size == 0:
             raise ImageError("not_an_image", "the file is empty (0 bytes): the scanner wrote nothing; rescan it", where)
-        fmt = _sniff_format(fh.read(132))
+        head = fh.read(132)
+        fmt = _sniff_format(head)
         fh.seek(0)
+        if fmt not in FORMAT_NAMES and not head.strip(b"\0"):
+            raise ImageError("truncated", "the file starts with zero bytes where its header belongs: a writer has "
+                             "reserved the space but not written it yet", where)
         expected = EXTENSION_FORMATS.get(Path(where).suffix.lower())
         if fmt not in FORMAT_NAMES:
             raise ImageError("not_an_image", f"the file holds {fmt}, not a 16-bit TIFF, PNG or DICOM image", where)
@@ -187,6 +191,7 @@ def _read_tiff(fh: BinaryIO, size: int, max_height: int, max_width: int) -> np.n
             _check_tiff_header(page, pages, max_height, max_width)
             _raise_logged(log.messages, "reading the TIFF header")
             _check_tiff_segments(page, size)
+            _check_tiff_zero_tail(fh, page)
             img = page.asarray(maxworkers=1)
             _raise_logged(log.messages, "decoding the TIFF")
     except ImageError:
@@ -268,6 +273,44 @@ def _check_tiff_segments(page, size: int) -> None:
         if page.compression == 1 and count < raw_size(i - 1):
             raise ImageError("corrupt", f"uncompressed TIFF {unit} {i} of {needed} holds {count} bytes but needs "
                              f"{raw_size(i - 1)}: the file is damaged; rescan it")
+
+
+ZERO_TAIL_MIN_BYTES = 512  # an uncompressed tail this long (and at least one row) of exact zeros is unwritten space
+ZERO_TAIL_COMPRESSED_BYTES = 64  # no deflate, LZW or JPEG stream ends in this many zero bytes
+
+
+def _check_tiff_zero_tail(fh: BinaryIO, page) -> None:
+    """Image data that ends in zero-filled space is a file still being filled in (SMB clients set the
+    full size first): `truncated`, which the daemon treats as provisional, never a verdict on zeros.
+
+    The last segment in file order is read back from its end; uncompressed data must end in at
+    least a whole row (and 512 bytes) of exact zeros, compressed data in 64 zero bytes.
+    """
+    offsets, counts = page.dataoffsets, page.databytecounts
+    if not offsets:
+        return
+    last = max(range(len(offsets)), key=lambda i: offsets[i])
+    if page.compression == 1:
+        row_bytes = math.ceil((page.tilewidth if page.is_tiled else page.imagewidth) * page.bitspersample / 8)
+        needed = max(row_bytes, ZERO_TAIL_MIN_BYTES)
+    else:
+        needed = ZERO_TAIL_COMPRESSED_BYTES
+    if counts[last] < needed:
+        return
+    fh.seek(offsets[last] + counts[last] - needed)
+    if fh.read(needed).strip(b"\0"):
+        return
+    zeros, end = needed, offsets[last] + counts[last]  # measure the whole zero run, for the message
+    while zeros < counts[last]:
+        step = min(1 << 16, counts[last] - zeros)
+        fh.seek(end - zeros - step)
+        chunk = fh.read(step)
+        kept = len(chunk.rstrip(b"\0"))
+        zeros += step - kept
+        if kept:
+            break
+    raise ImageError("truncated", f"the TIFF's image data ends in {zeros} zero bytes: the file has its full size "
+                     "but is still being filled in (or its writer stopped); it is judged again when it changes")
 
 
 def _raise_logged(messages: list[str], stage: str) -> None:
