@@ -8,6 +8,7 @@ ones by truncating or patching bytes, so the readers meet what a scanner could p
 from __future__ import annotations
 
 import struct
+import warnings
 from pathlib import Path
 
 import cv2
@@ -113,6 +114,49 @@ def write_dicom16(path: str | Path, arr: np.ndarray, monochrome1: bool = False,
         ds.RescaleIntercept = f"{intercept:g}"
     ds.PixelData = np.ascontiguousarray(arr).astype("u1" if bits_allocated == 8 else "<u2").tobytes()
     ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+# Header fields a scanner or a broken export could get wrong, as (keyword, value): text where a number
+# belongs, several values, huge, zero or negative numbers, an unknown photometric interpretation.
+DICOM_FIELD_MUTATIONS: list[tuple[str, object]] = [
+    ("RescaleSlope", "abc"), ("RescaleSlope", "1\\2"), ("RescaleIntercept", "x"), ("RescaleIntercept", "1\\2\\3"),
+    ("RescaleSlope", "1e999"), ("RescaleSlope", "-0"), ("RescaleSlope", "0"), ("RescaleIntercept", "-1e300"),
+    ("RescaleSlope", "-5"), ("Rows", 0), ("Rows", 65535), ("Rows", [16, 16]), ("Columns", 0), ("BitsStored", 0),
+    ("BitsStored", 40), ("BitsAllocated", 12), ("PhotometricInterpretation", "abc"),
+    ("PhotometricInterpretation", "RGB"), ("SamplesPerPixel", 3),
+]
+
+
+def write_dicom_mutated(path: str | Path, keyword: str, value: object, seed: int = 1) -> Path:
+    """A 16-bit DICOM with one header element set to `value`, however invalid (see DICOM_FIELD_MUTATIONS).
+
+    Text for a Rescale value is patched into the bytes, as no DICOM library would write it; other
+    values are written by pydicom with its validation switched off.
+    """
+    import pydicom
+    from pydicom import config
+
+    slope, intercept = (7.25, 10) if keyword == "RescaleSlope" else (2, 7.25)
+    path = write_dicom16(path, sample_image16(32, 16, seed=seed), slope=slope, intercept=intercept)
+    if keyword in ("RescaleSlope", "RescaleIntercept"):
+        data = path.read_bytes()
+        assert data.count(b"7.25") == 1
+        raw = str(value).encode()
+        raw += b" " * (len(raw) % 2)  # DICOM values have even lengths
+        at = data.index(b"7.25")
+        path.write_bytes(data[:at - 2] + len(raw).to_bytes(2, "little") + raw + data[at + 4:])
+        return path
+    old = config.settings.writing_validation_mode
+    config.settings.writing_validation_mode = config.IGNORE
+    try:
+        ds = pydicom.dcmread(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # pydicom's "invalid value" warning: invalid on purpose
+            ds[keyword].value = value
+        ds.save_as(path)
+    finally:
+        config.settings.writing_validation_mode = old
     return path
 
 

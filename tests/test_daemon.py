@@ -18,7 +18,8 @@ from click.testing import CliRunner
 
 from daemon_helpers import (db_count, db_rows, in_process, make_model, running, wait_for,
                             write_config, write_image)
-from image_files import BAD_KINDS, make_bad_file, sample_image16, write_dicom16, write_tiff16
+from image_files import (BAD_KINDS, DICOM_FIELD_MUTATIONS, make_bad_file, sample_image16,
+                         write_dicom_mutated, write_tiff16)
 from inspector.cli import cli
 from inspector.config import load_config
 from inspector.daemon import off_main_thread, unique_destination
@@ -605,15 +606,15 @@ def test_sighup_swaps_a_good_model_and_refuses_a_damaged_one(tmp_path, station):
 
 # ---- one bad file never holds back its batch -----------------------------------------------------
 
-def test_a_malformed_dicom_never_holds_back_good_scans(tmp_path, station):
-    """A DICOM whose Rescale Slope is text, batched with good TIFFs: a rejection for it, verdicts for them."""
+def test_malformed_dicom_headers_never_hold_back_good_scans(tmp_path, station):
+    """DICOMs with every kind of bad header field (text, several values, huge, zero, negative numbers,
+    odd photometric), batched with good TIFFs: a rejection for each of them, verdicts for the good ones.
+    Before, a Rescale Slope of "abc" dropped its whole batch at every rescan."""
     cfg = station()
     capture = tmp_path / "capture"
-    bad = write_dicom16(capture / "slope.dcm", sample_image16(64, 32, seed=9), slope=7.25, intercept=10)
-    data = bad.read_bytes()
-    at = data.index(b"7.25")
-    bad.write_bytes(data[:at - 2] + (4).to_bytes(2, "little") + b"abc " + data[at + 4:])
-    for i in range(3):
+    for i, (keyword, value) in enumerate(DICOM_FIELD_MUTATIONS):
+        write_dicom_mutated(capture / f"bad-{i:02d}-{keyword}.dcm", keyword, value, seed=i)
+    for i in range(6):
         write_image(capture / f"good-{i}.tif", seed=70 + i)
     for path in capture.iterdir():
         os.utime(path, (time.time() - 3600,) * 2)
@@ -621,9 +622,11 @@ def test_a_malformed_dicom_never_holds_back_good_scans(tmp_path, station):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     db = tmp_path / "inspector.db"
-    assert db_count(db, IMAGES) == 3
-    (rejection,) = db_rows(db, "SELECT path, reason FROM rejections")
-    assert rejection[0].endswith("slope.dcm") and rejection[1] == "corrupt"
+    assert sorted(os.path.basename(p) for (p,) in db_rows(db, "SELECT path FROM images")) == \
+        [f"good-{i}.tif" for i in range(6)]
+    rejected = {os.path.basename(p): r for p, r in db_rows(db, "SELECT path, reason FROM rejections")}
+    assert sorted(rejected) == sorted(p.name for p in capture.glob("bad-*.dcm"))
+    assert set(rejected.values()) <= {"corrupt", "too_large", "wrong_dtype", "not_grayscale", "not_an_image"}
     assert "RescaleSlope is 'abc'" in proc.stderr and "unexpected" not in proc.stderr
 
 
