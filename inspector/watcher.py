@@ -238,7 +238,7 @@ class Tracker:
         stamp, problem = found
         if entry is None or entry.stamp != stamp:
             # A file last modified long ago (dropped while we were down) counts as settled already.
-            entry = _Entry(stamp, now - min(_age(stamp), self.settle_seconds), problem)
+            entry = _Entry(stamp, now - min(age_seconds(stamp), self.settle_seconds), problem)
             self.pending[path] = entry
         if closed:
             entry.closed_at = now
@@ -263,7 +263,7 @@ class Tracker:
                 continue
             unchanged = now - entry.stable_since
             if entry.incomplete:
-                final = max(unchanged, _age(stamp)) >= self.incomplete_retry_seconds
+                final = max(unchanged, age_seconds(stamp)) >= self.incomplete_retry_seconds
                 if not final:
                     continue
             else:
@@ -278,7 +278,7 @@ class Tracker:
         return ready
 
 
-def _age(stamp: FileStamp) -> float:
+def age_seconds(stamp: FileStamp) -> float:
     """Seconds since the file was last modified (0 for a modification time in the future)."""
     return max(0.0, time.time() - stamp.mtime_ns / 1e9)
 

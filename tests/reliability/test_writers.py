@@ -199,3 +199,26 @@ def test_new_content_under_an_old_name_gets_its_own_outcome(tmp_path, model_file
         assert not scan.exists()
     else:
         assert sha(scan.read_bytes()) == sha(second)
+
+
+def test_watch_once_leaves_a_fresh_cut_short_file_for_a_later_run_and_rejects_an_old_one(tmp_path, model_file):
+    """`watch --once` (cron) never waits out the retry time: a cut-short file younger than it gets no outcome
+    yet, one older than it (its writer long gone) is quarantined as truncated."""
+    import subprocess
+    import sys
+
+    config = station(tmp_path, model_file, "move")
+    capture, db = tmp_path / "capture", tmp_path / "inspector.db"
+    data = image_bytes(tmp_path, seed=4)
+    (capture / "fresh.tif").write_bytes(data[: len(data) // 2])
+    (capture / "old.tif").write_bytes(data[: len(data) // 3])
+    hour_ago = time.time() - 3600
+    os.utime(capture / "old.tif", (hour_ago, hour_ago))
+    proc = subprocess.run([sys.executable, "-m", "inspector", "watch", "--once", "--config", str(config)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert outcomes_of(db, "fresh.tif") == ([], [])
+    assert "capture/fresh.tif" in proc.stderr and "left without an outcome for a later run" in proc.stderr
+    assert [r for r, _ in outcomes_of(db, "old.tif")[1]] == ["truncated"]
+    assert places(capture, "fresh.tif") == [capture / "fresh.tif"]
+    assert places(capture, "old.tif") == [capture / "quarantine" / "old.tif"]
