@@ -32,6 +32,7 @@ IMAGE_REASONS = (
     "multi_page",
     "too_large",
     "unreadable",
+    "unsupported_encoding",  # a valid compression no installed decoder reads (the station's gap, not the file's)
 )
 
 

@@ -9,11 +9,15 @@ any warning a decoder emits is an error.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import math
 import os
+import signal
 import stat
 import struct
+import subprocess
+import sys
 import threading
 import warnings
 import zlib
@@ -406,18 +410,61 @@ def _check_png_stream(idat: bytes, raw_bytes: int | None) -> None:
 
 # --- DICOM --------------------------------------------------------------------------------------
 
+# pydicom decodes each compressed transfer syntax with plugins (pydicom.pixels.get_decoder(uid)
+# .available_plugins: those whose packages are installed). inspector tries the available ones of these, in
+# this order, in its own process; only where none of them is available does it run the others (GDCM: the
+# one permissive JPEG Lossless decoder) in a child process, because GDCM aborts or crashes the whole process
+# (SIGABRT, SIGSEGV) on some damaged JPEG Lossless, JPEG-LS and JPEG 2000 headers, where these raise an
+# exception. "pydicom" is pydicom's own RLE Lossless decoder.
+DICOM_IN_PROCESS_PLUGINS = ("pydicom", "pyjpegls", "pillow", "pylibjpeg")
+# pip packages of the plugins inspector depends on (pyproject.toml), for the operator's advice.
+DICOM_PLUGIN_PACKAGES = {"gdcm": "python-gdcm", "pyjpegls": "pyjpegls", "pillow": "pillow"}
+# A file the child decoder takes longer than this on is refused, not waited for.
+CHILD_DECODE_SECONDS = 120.0
+_EXPORT_ADVICE = "uncompressed (Explicit VR Little Endian), JPEG-LS, JPEG 2000 or JPEG Lossless"
+_PYDICOM_PREAMBLE = "Unable to decode as exceptions were raised by all available plugins:"
+_CHILD_DECODER = r"""
+import io, os, sys
+sys.path[:] = sys.argv[2:]
+result = os.fdopen(os.dup(1), "wb")
+os.dup2(2, 1)  # the C libraries print to stdout: only this program may write the result there
+try:
+    import numpy as np, pydicom
+    from pydicom.pixels import pixel_array
+except Exception as exc:
+    result.write(("BROKEN %s: %s" % (type(exc).__name__, exc)).encode())
+    sys.exit(0)
+ds = pydicom.dcmread(io.BytesIO(sys.stdin.buffer.read()))
+failures = []
+for plugin in sys.argv[1].split(","):
+    try:
+        pixels = np.ascontiguousarray(pixel_array(ds, decoding_plugin=plugin))
+    except Exception as exc:
+        text = " ".join(str(exc).split())
+        failures.append("GDCM could not decode the data" if "'NoneType' object has no attribute 'encode'" in text
+                        else text or type(exc).__name__)
+        continue
+    result.write(("OK %s %s\n" % (pixels.dtype.str, " ".join(map(str, pixels.shape)))).encode())
+    result.write(pixels.tobytes())
+    sys.exit(0)
+result.write(("FAILED " + "\n".join(failures)).encode())
+"""
+
+
 def _read_dicom(fh: BinaryIO, size: int, max_height: int, max_width: int) -> np.ndarray:
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        header = pydicom.dcmread(fh, stop_before_pixels=True)
-        _check_dicom_header(header, max_height, max_width)
         fh.seek(0)
-        ds = pydicom.dcmread(fh)
+        data = fh.read()
+        _check_dicom_header(_dcmread(data, stop_before_pixels=True), max_height, max_width)
+        ds = _dcmread(data)
         if "PixelData" not in ds:
             raise ImageError("not_an_image", "the DICOM file holds no pixel data (it is not an image)")
-        pixels = ds.pixel_array
+        in_process, in_child = _dicom_decoders(ds)
+        if in_process or in_child:
+            _check_dicom_stream_end(ds)
+        pixels = _decode_dicom(ds, data, in_process, in_child)
     except ImageError:
         raise
     except MemoryError:
@@ -427,6 +474,168 @@ def _read_dicom(fh: BinaryIO, size: int, max_height: int, max_width: int) -> np.
     if pixels.ndim != 2:
         raise ImageError("multi_page", f"the DICOM pixel data has shape {pixels.shape}, not one 2-D image")
     return _rescale_dicom(ds, pixels)
+
+
+def _dcmread(data: bytes, stop_before_pixels: bool = False):
+    """The dataset; one that ends inside an element (pydicom warns and reads on) is `truncated`.
+
+    Read from memory: pydicom names the file in that warning, and a file opened by descriptor has a
+    number for a name, which made pydicom raise a TypeError instead.
+    """
+    import pydicom
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels)
+    for warning in caught:
+        text = str(warning.message)
+        if text.startswith("End of file reached"):
+            raise ImageError("truncated", f"the DICOM file ends inside its data ({text.split(' in file ')[0]}): "
+                             "the file is truncated (was it still being written?)")
+    return ds
+
+
+def _dicom_decoders(ds) -> tuple[list[str], list[str]]:
+    """The pydicom plugins to decode this file with (in process, in a child), asked of pydicom before decoding.
+
+    A valid encoding that no installed plugin decodes is `unsupported_encoding`, naming the transfer syntax:
+    the file may well be fine, and re-exporting the same scan would not help. Uncompressed data needs none.
+    """
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID, JPEGExtended12Bit
+
+    meta = getattr(ds, "file_meta", None)
+    value = meta.get("TransferSyntaxUID") if meta is not None else None
+    if value is None:
+        return [], []  # pydicom guesses an uncompressed syntax from the data, or refuses the file
+    uid = UID(str(value))
+    if not uid.is_valid:
+        raise ImageError("corrupt", f"the DICOM transfer syntax {str(uid)!r} is not a valid UID: the header is "
+                         "damaged; export it again")
+    if uid.type not in ("", "Transfer Syntax"):
+        raise ImageError("corrupt", f"the DICOM names {uid} ({uid.name}, a {uid.type} UID) as its transfer "
+                         "syntax: the header is damaged; export it again")
+    if not uid.type:
+        raise ImageError("unsupported_encoding", f"the DICOM pixel data is encoded in transfer syntax {uid}, a "
+                         "private or newer syntax the installed pydicom does not know: the file may well be fine; "
+                         f"have the scanner export it {_EXPORT_ADVICE}")
+    named = f"{uid.name} (transfer syntax {uid})"
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        raise ImageError("unsupported_encoding", f"the DICOM pixel data is encoded as {named}, which pydicom has "
+                         f"no decoder for: the file may well be fine; have the scanner export it {_EXPORT_ADVICE}"
+                         ) from None
+    if not decoder.is_encapsulated:
+        return [], []
+    plugins = list(decoder.available_plugins)
+    bits = int(ds.get("BitsStored", 8))
+    if uid == JPEGExtended12Bit and bits > 8:
+        plugins = [p for p in plugins if p not in ("gdcm", "pillow")]  # pydicom: both read 8-bit samples only
+        if not plugins:
+            raise ImageError("unsupported_encoding", f"the DICOM pixel data is encoded as {named} with {bits}-bit "
+                             "samples, which no installed decoder reads (pydicom's only one, pylibjpeg-libjpeg, is "
+                             "GPL-licensed and not part of inspector): the file may well be fine; have the scanner "
+                             f"export it {_EXPORT_ADVICE}")
+    if not plugins:
+        missing = {m.split(" - ")[0]: m for m in decoder.missing_dependencies}  # "label - requires ..."
+        ours = [DICOM_PLUGIN_PACKAGES[p] for p in (*DICOM_IN_PROCESS_PLUGINS, *DICOM_PLUGIN_PACKAGES)
+                if p in missing and p in DICOM_PLUGIN_PACKAGES]
+        if ours:
+            todo = (f"install {' or '.join(dict.fromkeys(ours))} into inspector's Python environment (inspector "
+                    "depends on them: `pip install -e .` installs them)")
+        else:
+            todo = f"install a decoder pydicom can use for it ({'; '.join(missing.values())})"
+        raise ImageError("unsupported_encoding", f"the DICOM pixel data is encoded as {named} and no decoder for "
+                         f"it is installed: the file may well be fine; {todo}, or have the scanner export it "
+                         f"{_EXPORT_ADVICE}")
+    in_process = [p for p in DICOM_IN_PROCESS_PLUGINS if p in plugins]
+    return (in_process, []) if in_process else ([], plugins)
+
+
+def _check_dicom_stream_end(ds) -> None:
+    """A JPEG, JPEG-LS or JPEG 2000 codestream ends with its end marker (FF D9, then at most padding zeros).
+
+    One without it was cut short, typically a file still being written: decoders would fill it out with
+    made-up pixels, or (CharLS, for JPEG-LS) spend seconds failing on it. RLE has no end marker.
+    """
+    from pydicom import uid as uids
+    from pydicom.encaps import generate_frames
+
+    syntax = ds.file_meta.TransferSyntaxUID
+    if syntax not in (*uids.JPEGTransferSyntaxes, *uids.JPEGLSTransferSyntaxes, *uids.JPEG2000TransferSyntaxes):
+        return
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1), b"")
+    if not frame.rstrip(b"\0").endswith(b"\xff\xd9"):
+        raise ImageError("truncated", f"the DICOM's {syntax.name} data ({len(frame)} bytes) ends without its "
+                         "end-of-image marker: the file is truncated (was it still being written?)")
+
+
+def _decode_dicom(ds, data: bytes, in_process: list[str], in_child: list[str]) -> np.ndarray:
+    """Decode with each plugin in turn, as pydicom would, but never let a decoder crash take the process."""
+    from pydicom.pixels import pixel_array
+
+    if not in_process and not in_child:
+        return ds.pixel_array
+    failures = []
+    for plugin in in_process:
+        try:
+            return pixel_array(ds, decoding_plugin=plugin)
+        except MemoryError:
+            raise
+        except Exception as exc:  # the plugin's own words, whatever it raises
+            failures.append(_plugin_failure(exc))
+    if in_child:
+        pixels, failure = _decode_in_child(data, in_child)
+        if pixels is not None:
+            return pixels
+        failures.append(failure)
+    raise _decode_error("DICOM", RuntimeError("; ".join(failures)))
+
+
+def _plugin_failure(exc: BaseException | str) -> str:
+    """One plugin's complaint on one line, without pydicom's preamble and cut to a readable length."""
+    text = " ".join(str(exc).replace(_PYDICOM_PREAMBLE, "").split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
+def _decode_in_child(data: bytes, plugins: list[str]) -> tuple[np.ndarray | None, str]:
+    """Run pydicom's `plugins` on the file in a child Python: (pixels, "") or (None, what went wrong).
+
+    A decoder that crashes, hangs or fails there costs this one file (`corrupt`), never the process.
+    """
+    names = ", ".join(plugins)
+    command = [sys.executable, "-I", "-c", _CHILD_DECODER, ",".join(plugins), *[p for p in sys.path if p]]
+    try:
+        proc = subprocess.run(command, input=data, capture_output=True, timeout=CHILD_DECODE_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise ImageError("corrupt", f"the {names} decoder took more than {CHILD_DECODE_SECONDS:g} s on the DICOM "
+                         "pixel data and was stopped: the file is probably damaged; export it again") from None
+    except OSError as exc:
+        raise ImageError("unsupported_encoding", f"the {names} decoder process cannot be started ({exc}): the "
+                         "file may well be fine; it is the station that cannot decode it now") from None
+    if proc.returncode < 0:
+        try:
+            what = signal.Signals(-proc.returncode).name
+        except ValueError:
+            what = f"signal {-proc.returncode}"
+        return None, f"the {names} decoder crashed ({what}) on the compressed data"
+    status, _, rest = proc.stdout.partition(b" ")
+    if status == b"BROKEN":
+        raise ImageError("unsupported_encoding", f"the {names} decoder cannot be loaded "
+                         f"({rest.decode('utf-8', 'replace')}): the file may well be fine; repair inspector's "
+                         "Python environment (`pip install -e .`)")
+    if status == b"FAILED":
+        return None, "; ".join(_plugin_failure(line) for line in rest.decode("utf-8", "replace").splitlines())
+    head, _, payload = rest.partition(b"\n")
+    fields = head.decode("ascii", "replace").split()
+    if status != b"OK" or not fields:
+        last = (proc.stderr.decode("utf-8", "replace").strip().splitlines() or ["no output"])[-1]
+        return None, f"the {names} decoder process failed (exit status {proc.returncode}: {last})"
+    dtype, shape = np.dtype(fields[0]), tuple(int(n) for n in fields[1:])
+    if dtype.kind not in "ui" or len(payload) != dtype.itemsize * math.prod(shape):
+        return None, f"the {names} decoder returned {len(payload)} bytes of {dtype} for shape {shape}"
+    return np.frombuffer(payload, dtype).reshape(shape), ""
 
 
 def _check_dicom_header(ds, max_height: int, max_width: int) -> None:

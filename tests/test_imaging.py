@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import random
+import subprocess
+import sys
 import time
 import tracemalloc
+import warnings
+from pathlib import Path
 
+import imagecodecs
 import numpy as np
+import pydicom
 import pytest
 import tifffile
 from image_files import (BAD_KINDS, make_bad_file, patch_tiff_tag, sample_image16, write_dicom16, write_png16,
                          write_tiff16)
 
-from inspector.errors import ImageError
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.pixels import get_decoder, pixel_array
+from pydicom.pixels.encoders import RLELosslessEncoder
+from pydicom.uid import (UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, HTJ2KLossless, ImplicitVRLittleEndian,
+                         JPEG2000, JPEG2000Lossless, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
+                         JPEGLSLossless, JPEGLSNearLossless, RLELossless)
+
+from inspector import imaging
+from inspector.errors import IMAGE_REASONS, ImageError
 from inspector.imaging import file_sha256, read_image
 
 PNG_KINDS = {"tiff_as_png", "huge_png", "png8", "png_rgb16", "truncated_png", "corrupt_png"}
@@ -287,3 +303,367 @@ def test_a_dicom_whose_preamble_holds_a_tiff_header_is_read_as_dicom(tmp_path):
     data[:8] = b"II*\x00\x08\x00\x00\x00"  # a little-endian TIFF header where the preamble was zeros
     path.write_bytes(bytes(data))
     np.testing.assert_array_equal(read_image(path), img16)
+
+
+# --- DICOM transfer syntaxes: every compression pydicom ships test data for, and the decoders behind them ----
+
+PYDICOM_TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"  # shipped in the wheel; no download
+MR_SMALL = "MR_small.dcm"  # Explicit VR Little Endian; every MR_small_<syntax>.dcm holds this same image
+# What read_image must answer for the bundled files that do not read to an image; the others must.
+BUNDLED_REJECTIONS = {
+    "MR_truncated.dcm": "truncated",
+    "JPEG2000-embedded-sequence-delimiter.dcm": "corrupt",  # a delimiter cuts its J2K codestream short
+    # signed pixels that stay below zero after Rescale Slope/Intercept: decoded, then refused for their values
+    "CT_small.dcm": "wrong_dtype",
+    "693_J2KI.dcm": "wrong_dtype",
+    "J2K_pixelrep_mismatch.dcm": "wrong_dtype",
+    "JPEG2000.dcm": "wrong_dtype",
+    # 12-bit JPEG Extended: GDCM and Pillow read it only at 8 bits; the one decoder left is GPL
+    "JPEG-lossy.dcm": "unsupported_encoding",
+    "JPGExtended.dcm": "unsupported_encoding",
+}
+
+
+def _bundled_16bit_monochrome() -> list[str]:
+    """Names of pydicom's bundled single-frame, 16-bit allocated MONOCHROME images (read from their headers)."""
+    names = []
+    for path in sorted(PYDICOM_TEST_FILES.glob("*.dcm")):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - pydicom ships deliberately unreadable files too
+            continue
+        if (ds.get("BitsAllocated") == 16 and ds.get("SamplesPerPixel") == 1
+                and str(ds.get("PhotometricInterpretation", "")).startswith("MONOCHROME")
+                and int(ds.get("NumberOfFrames", 1) or 1) == 1 and "TransferSyntaxUID" in ds.file_meta):
+            names.append(path.name)
+    return names
+
+
+BUNDLED = _bundled_16bit_monochrome()
+
+
+def _syntax(path) -> UID:
+    return pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+
+
+def _rescaled(path, pixels: np.ndarray) -> np.ndarray:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return pixels.astype(np.float64) * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
+
+
+def _pydicom_default_decode(path) -> np.ndarray:
+    """pydicom's own choice of plugin (GDCM first), in this process: a second decoder for known-good files."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pixel_array(str(path))
+
+
+def test_the_bundled_files_cover_every_syntax_inspector_decodes():
+    syntaxes = {_syntax(PYDICOM_TEST_FILES / name) for name in BUNDLED}
+    assert syntaxes >= {ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian, RLELossless,
+                        JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, JPEGExtended12Bit}, syntaxes
+    assert set(BUNDLED_REJECTIONS) <= set(BUNDLED)
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_16_bit_monochrome_dicoms_read_in_every_transfer_syntax(name):
+    path = PYDICOM_TEST_FILES / name
+    syntax = _syntax(path)
+    if name not in BUNDLED_REJECTIONS:
+        out = read_image(path)
+        assert out.dtype == np.uint16 and out.ndim == 2, syntax.name
+        if name.startswith("MR_small"):  # lossless: the very same pixels as the uncompressed reference
+            np.testing.assert_array_equal(out, read_image(PYDICOM_TEST_FILES / MR_SMALL), err_msg=syntax.name)
+        elif syntax == JPEGLSNearLossless:  # no original ships; CharLS through imagecodecs decodes it alike
+            frame = next(generate_frames(pydicom.dcmread(path).PixelData, number_of_frames=1))
+            np.testing.assert_array_equal(out, imagecodecs.jpegls_decode(frame))
+        else:
+            np.testing.assert_array_equal(out, _rescaled(path, _pydicom_default_decode(path)))
+        return
+    err = reason_of(path)
+    assert err.reason == BUNDLED_REJECTIONS[name], str(err)
+    if err.reason == "wrong_dtype":  # fully decoded (by Pillow) before the values were refused; GDCM agrees
+        values = np.floor(_rescaled(path, _pydicom_default_decode(path)) + 0.5)
+        assert f"span {values.min():g} to {values.max():g}," in err.message
+    if err.reason == "unsupported_encoding":
+        assert f"{syntax.name} (transfer syntax {syntax})" in err.message
+        assert "12-bit samples" in err.message and "export it uncompressed" in err.message
+
+
+# Encoders for a lossless 16-bit frame in each compressed syntax (imagecodecs: libjpeg-turbo, CharLS, OpenJPEG).
+NEAR = 3  # the JPEG-LS near-lossless bound: every decoded value within NEAR of the original
+ENCODERS = {
+    JPEGLossless: lambda a: imagecodecs.jpeg8_encode(a, lossless=True, predictor=6, bitspersample=16),
+    JPEGLosslessSV1: lambda a: imagecodecs.jpeg8_encode(a, lossless=True, predictor=1, bitspersample=16),
+    JPEGLSLossless: lambda a: imagecodecs.jpegls_encode(a),
+    JPEGLSNearLossless: lambda a: imagecodecs.jpegls_encode(a, level=NEAR),
+    JPEG2000Lossless: lambda a: imagecodecs.jpeg2k_encode(a, codecformat="J2K", reversible=True),
+    JPEG2000: lambda a: imagecodecs.jpeg2k_encode(a, codecformat="J2K", reversible=True),
+    RLELossless: lambda a: RLELosslessEncoder.encode(  # pydicom's own RLE encoder
+        a, rows=a.shape[0], columns=a.shape[1], samples_per_pixel=1, bits_allocated=16, bits_stored=16,
+        pixel_representation=0, photometric_interpretation="MONOCHROME2", number_of_frames=1),
+    HTJ2KLossless: lambda a: imagecodecs.htj2k_encode(a),
+    JPEGExtended12Bit: lambda a: imagecodecs.jpeg8_encode(a, level=95, bitspersample=12),
+}
+
+
+def write_dicom_encoded(path, img16: np.ndarray, syntax: str, bits_stored: int = 16) -> Path:
+    """A single-frame DICOM whose pixel data is `img16` compressed in `syntax`, encapsulated by pydicom."""
+    path = write_dicom16(path, img16, bits_stored=bits_stored)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PixelData = encapsulate([ENCODERS[syntax](img16)])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def full_range_image16(height: int = 48, width: int = 40, seed: int = 11) -> np.ndarray:
+    """Every bit of 16 in use: smooth gradient plus noise, with 0 and 65535 present."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 65535, height * width).reshape(height, width)
+    img = np.clip(ramp + rng.normal(0, 900, (height, width)), 0, 65535).astype(np.uint16)
+    img[0, 0], img[-1, -1] = 0, 65535
+    return img
+
+
+@pytest.mark.parametrize("syntax", [JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless,
+                                    JPEG2000Lossless, JPEG2000, RLELossless], ids=lambda uid: uid.keyword)
+def test_every_compressed_syntax_reads_back_the_16_bit_image(tmp_path, syntax):
+    img16 = full_range_image16()
+    out = read_image(write_dicom_encoded(tmp_path / "scan.dcm", img16, syntax))
+    assert out.dtype == np.uint16 and out.shape == img16.shape
+    if syntax == JPEGLSNearLossless:
+        assert np.abs(out.astype(np.int64) - img16).max() <= NEAR
+    else:
+        np.testing.assert_array_equal(out, img16)
+
+
+def test_12_bit_jpeg_extended_is_an_unsupported_encoding_not_a_corrupt_file(tmp_path):
+    img12 = full_range_image16() >> 4
+    path = write_dicom_encoded(tmp_path / "scan.dcm", img12, JPEGExtended12Bit, bits_stored=12)
+    if "pylibjpeg" in get_decoder(JPEGExtended12Bit).available_plugins:
+        pytest.skip("pylibjpeg-libjpeg is installed here and decodes 12-bit JPEG Extended")
+    err = reason_of(path)
+    assert err.reason == "unsupported_encoding"
+    assert err.message.startswith("the DICOM pixel data is encoded as JPEG Extended (Process 2 and 4) (transfer "
+                                  "syntax 1.2.840.10008.1.2.4.51) with 12-bit samples, which no installed decoder "
+                                  "reads")
+
+
+_WITHOUT_DECODERS = """
+import json, sys
+for name in sys.argv[1].split(","):
+    sys.modules[name] = None  # `import name` now raises ImportError: the package is not installed
+from inspector.errors import ImageError
+from inspector.imaging import read_image
+answers = {}
+for path in sys.argv[2:]:
+    try:
+        read_image(path)
+        answers[path] = ["read", ""]
+    except ImageError as exc:
+        answers[path] = [exc.reason, exc.message]
+print(json.dumps(answers))
+"""
+
+
+def read_without(modules: list[str], *paths) -> dict[str, tuple[str, str]]:
+    """read_image in a fresh Python where `modules` cannot be imported: decoders missing for real."""
+    proc = subprocess.run([sys.executable, "-c", _WITHOUT_DECODERS, ",".join(modules), *map(str, paths)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return {Path(p).name: tuple(answer) for p, answer in json.loads(proc.stdout.splitlines()[-1]).items()}
+
+
+def test_a_missing_decoder_is_unsupported_encoding_naming_the_syntax_and_the_package(tmp_path):
+    """GDCM, pyjpegls and Pillow not installed: JPEG-LS, JPEG Lossless and JPEG 2000 are refused as what they
+    are (the station's gap), not as corrupt files; RLE and uncompressed data need no plugin and still read."""
+    img16 = full_range_image16()
+    paths = [write_dicom_encoded(tmp_path / f"{uid.keyword}.dcm", img16, uid)
+             for uid in (JPEGLSLossless, JPEGLosslessSV1, JPEG2000Lossless, RLELossless)]
+    paths.append(write_dicom16(tmp_path / "plain.dcm", img16, bits_stored=16))
+    answers = read_without(["gdcm", "jpeg_ls", "PIL"], *paths)
+    advice = ("and no decoder for it is installed: the file may well be fine; install {} into inspector's Python "
+              "environment (inspector depends on them: `pip install -e .` installs them), or have the scanner "
+              "export it uncompressed (Explicit VR Little Endian), JPEG-LS, JPEG 2000 or JPEG Lossless")
+    assert answers == {
+        "JPEGLSLossless.dcm": ("unsupported_encoding", "the DICOM pixel data is encoded as JPEG-LS Lossless Image "
+                               "Compression (transfer syntax 1.2.840.10008.1.2.4.80) "
+                               + advice.format("pyjpegls or python-gdcm")),
+        "JPEGLosslessSV1.dcm": ("unsupported_encoding", "the DICOM pixel data is encoded as JPEG Lossless, "
+                                "Non-Hierarchical, First-Order Prediction (Process 14 [Selection Value 1]) "
+                                "(transfer syntax 1.2.840.10008.1.2.4.70) " + advice.format("python-gdcm")),
+        "JPEG2000Lossless.dcm": ("unsupported_encoding", "the DICOM pixel data is encoded as JPEG 2000 Image "
+                                 "Compression (Lossless Only) (transfer syntax 1.2.840.10008.1.2.4.90) "
+                                 + advice.format("pillow or python-gdcm")),
+        "RLELossless.dcm": ("read", ""),
+        "plain.dcm": ("read", ""),
+    }
+
+
+def test_a_syntax_no_installed_plugin_decodes_is_unsupported_encoding(tmp_path):
+    """HTJ2K: pydicom decodes it only through pylibjpeg-openjpeg, which inspector does not install."""
+    if get_decoder(HTJ2KLossless).is_available:
+        pytest.skip("a HTJ2K decoder is installed here")
+    err = reason_of(write_dicom_encoded(tmp_path / "scan.dcm", full_range_image16(), HTJ2KLossless))
+    assert err.reason == "unsupported_encoding"
+    assert err.message.startswith("the DICOM pixel data is encoded as High-Throughput JPEG 2000 Image Compression "
+                                  "(Lossless Only) (transfer syntax 1.2.840.10008.1.2.4.201) and no decoder for it "
+                                  "is installed: the file may well be fine; install a decoder pydicom can use for "
+                                  "it (pylibjpeg - requires pylibjpeg")
+
+
+def patch_transfer_syntax(path: Path, uid: str) -> Path:
+    """Write `uid` as the file's Transfer Syntax UID, byte for byte, as no DICOM library would let us."""
+    data = bytearray(path.read_bytes())
+    tag = b"\x02\x00\x10\x00UI"
+    at = data.index(tag)
+    old_length = int.from_bytes(data[at + 6:at + 8], "little")
+    value = uid.encode() + b"\0" * (len(uid) % 2)
+    data[at + 6:at + 8 + old_length] = len(value).to_bytes(2, "little") + value
+    group = data.index(b"\x02\x00\x00\x00UL")  # File Meta Information Group Length
+    length = int.from_bytes(data[group + 8:group + 12], "little") + len(value) - old_length
+    data[group + 8:group + 12] = length.to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("uid,reason,words", [
+    ("1.2.840.10008.1.2.4.100", "unsupported_encoding",
+     "encoded as MPEG2 Main Profile / Main Level (transfer syntax 1.2.840.10008.1.2.4.100), which pydicom has no "
+     "decoder for"),
+    ("1.2.826.0.1.3680043.9.7", "unsupported_encoding",
+     "encoded in transfer syntax 1.2.826.0.1.3680043.9.7, a private or newer syntax the installed pydicom does "
+     "not know"),
+    ("1.2.840.10008.5.1.4.1.1.7", "corrupt",
+     "names 1.2.840.10008.5.1.4.1.1.7 (Secondary Capture Image Storage, a SOP Class UID) as its transfer syntax"),
+    ("1.2.840.10008.1.2.4.x9", "corrupt", "transfer syntax '1.2.840.10008.1.2.4.x9' is not a valid UID"),
+], ids=["known-no-decoder", "private", "not-a-syntax", "not-a-uid"])
+def test_transfer_syntaxes_pydicom_cannot_decode(tmp_path, uid, reason, words):
+    path = write_dicom_encoded(tmp_path / "scan.dcm", full_range_image16(), JPEGLSLossless)
+    err = reason_of(patch_transfer_syntax(path, uid))
+    assert (err.reason, words in err.message) == (reason, True), str(err)
+
+
+def _damaged_jpeg_ls(tmp_path, damage: str) -> Path:
+    """MR_small's JPEG-LS stream, damaged; re-encapsulated by pydicom so that only the codestream is wrong."""
+    ds = pydicom.dcmread(PYDICOM_TEST_FILES / "MR_small_jpeg_ls_lossless.dcm")
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    frame = {"cut_in_half": frame[:len(frame) // 2],
+             "cut_before_end_marker": frame[:-2],
+             "zero_tail": frame[:2000] + bytes(len(frame) - 2000),
+             "garbled": frame[:1000] + bytes(range(64)) + frame[1064:],
+             "garbled_header": frame[:6] + b"\x00\x00" + frame[8:],  # sample precision 0
+             "cut_end_marker_kept": frame[:len(frame) // 2] + b"\xff\xd9"}[damage]
+    ds.PixelData = encapsulate([frame])
+    ds.save_as(tmp_path / "scan.dcm")
+    return tmp_path / "scan.dcm"
+
+
+@pytest.mark.parametrize("damage", ["garbled", "garbled_header", "cut_end_marker_kept"])
+def test_a_garbled_jpeg_ls_stream_with_its_decoder_present_is_corrupt(tmp_path, damage):
+    assert "pyjpegls" in get_decoder(JPEGLSLossless).available_plugins  # a dependency of inspector
+    err = reason_of(_damaged_jpeg_ls(tmp_path, damage))
+    assert err.reason == "corrupt", str(err)
+    assert err.message.startswith("the DICOM data cannot be decoded (pyjpegls: Decoding error: Invalid JPEG-LS "
+                                  "stream")
+
+
+@pytest.mark.parametrize("damage", ["cut_in_half", "cut_before_end_marker", "zero_tail"])
+def test_a_jpeg_ls_stream_cut_short_is_truncated_at_once(tmp_path, damage):
+    """Without its end marker the stream was cut short (a file still being written): `truncated`, found
+    before CharLS would spend seconds failing on it."""
+    path = _damaged_jpeg_ls(tmp_path, damage)
+    started = time.perf_counter()
+    err = reason_of(path)
+    assert err.reason == "truncated", str(err)
+    assert err.message.startswith("the DICOM's JPEG-LS Lossless Image Compression data (")
+    assert err.message.endswith("bytes) ends without its end-of-image marker: the file is truncated (was it still "
+                                "being written?)")
+    assert time.perf_counter() - started < 1.0
+
+
+def test_a_decoder_crash_costs_the_file_not_the_process(tmp_path):
+    """GDCM (the one permissive JPEG Lossless decoder) dies with SIGSEGV on this damaged SOF3 header (sample
+    precision 17): it runs in a child process, so the file is corrupt and the reader lives on."""
+    path = write_dicom_encoded(tmp_path / "scan.dcm", sample_image16(64, 32, seed=3), JPEGLosslessSV1)
+    data = bytearray(path.read_bytes())
+    sof3 = data.index(b"\xff\xc3\x00\x0b\x10")
+    data[sof3 + 4] = 0x11
+    path.write_bytes(bytes(data))
+    err = reason_of(path)
+    assert err.reason == "corrupt", str(err)
+    assert err.message.startswith("the DICOM data cannot be decoded (the gdcm decoder crashed (SIG")
+    assert read_image(write_dicom_encoded(tmp_path / "good.dcm", sample_image16(), JPEGLosslessSV1)).shape == (64, 32)
+
+
+@pytest.mark.parametrize("child,reason,words", [
+    ("import os; os.abort()", "corrupt", "the gdcm decoder crashed (SIGABRT) on the compressed data"),
+    ("import time; time.sleep(30)", "corrupt", "the gdcm decoder took more than 1 s on the DICOM pixel data"),
+    ("import os; os.write(1, b'BROKEN ImportError: no module gdcm')", "unsupported_encoding",
+     "the gdcm decoder cannot be loaded (ImportError: no module gdcm): the file may well be fine"),
+    ("import os; os.write(1, b'FAILED GDCM could not decode the data')", "corrupt",
+     "the DICOM data cannot be decoded (GDCM could not decode the data): the file is corrupt"),
+    ("import sys; sys.exit(5)", "corrupt", "the gdcm decoder process failed (exit status 5: no output)"),
+], ids=["abort", "hang", "broken-install", "failed", "exit"])
+def test_every_end_of_the_child_decoder_is_a_rejection(tmp_path, monkeypatch, child, reason, words):
+    path = write_dicom_encoded(tmp_path / "scan.dcm", sample_image16(), JPEGLossless)
+    monkeypatch.setattr(imaging, "_CHILD_DECODER", child)
+    monkeypatch.setattr(imaging, "CHILD_DECODE_SECONDS", 1.0)
+    started = time.perf_counter()
+    err = reason_of(path)
+    assert (err.reason, words in err.message) == (reason, True), str(err)
+    assert time.perf_counter() - started < 10
+
+
+@pytest.mark.parametrize("syntax", [JPEGLSLossless, RLELossless], ids=lambda uid: uid.keyword)
+def test_a_compressed_dicom_cut_short_is_truncated(tmp_path, syntax):
+    """A file still being written ends inside its encapsulated pixel data: pydicom warns and reads on (it
+    raised a TypeError on files opened by descriptor); read_image says truncated."""
+    path = write_dicom_encoded(tmp_path / "scan.dcm", full_range_image16(), syntax)
+    data = path.read_bytes()
+    for keep in (len(data) // 2, len(data) - 9):
+        path.write_bytes(data[:keep])
+        err = reason_of(path)
+        assert err.reason == "truncated", str(err)
+        assert err.message == ("the DICOM file ends inside its data (End of file reached before delimiter "
+                               "(FFFE,E0DD) found): the file is truncated (was it still being written?)")
+
+
+@pytest.mark.parametrize("syntax,cases", [(JPEGLSLossless, 60), (JPEG2000Lossless, 60), (RLELossless, 60),
+                                          (JPEGLosslessSV1, 12)], ids=lambda v: getattr(v, "keyword", str(v)))
+def test_mutated_compressed_dicoms_end_as_image_or_known_rejection(tmp_path, syntax, cases):
+    """Bits flipped in the codestream header or anywhere, bytes garbled, the file cut: every read ends as a
+    uint16 image or an ImageError with a known reason, quickly, and never takes the process down."""
+    base = write_dicom_encoded(tmp_path / "base.dcm", full_range_image16(96, 80), syntax).read_bytes()
+    start = base.index(b"\xfe\xff\x00\xe0", base.index(b"\xe0\x7f\x10\x00")) + 8  # after the offset table item
+    rng = random.Random(f"{syntax}-7")
+    outcomes: dict[str, int] = {}
+    for i in range(cases):
+        data = bytearray(base)
+        if i % 4 == 0:
+            data[rng.randrange(start, start + 120)] ^= 1 << rng.randrange(8)
+        elif i % 4 == 1:
+            data[rng.randrange(start, len(data))] ^= 1 << rng.randrange(8)
+        elif i % 4 == 2:
+            at = rng.randrange(start, len(data) - 16)
+            data[at:at + 16] = rng.randbytes(16)
+        else:
+            del data[rng.randrange(start, len(data)):]
+        path = tmp_path / "case.dcm"
+        path.write_bytes(bytes(data))
+        started = time.perf_counter()
+        try:
+            out = read_image(path)
+            assert out.dtype == np.uint16 and out.shape == (96, 80)
+            outcome = "image"
+        except ImageError as exc:
+            assert exc.reason in IMAGE_REASONS
+            outcome = exc.reason
+        assert time.perf_counter() - started < 5.0, f"case {i}: {outcome}"
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    assert outcomes.get("corrupt", 0) and outcomes.get("truncated", 0), outcomes
