@@ -235,13 +235,19 @@ def test_links_out_of_the_capture_folder_are_not_followed(capture_with_links):
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in outside.rglob("*.tif")} == before
 
 
-def test_tracker_never_queues_a_link_out(capture_with_links):
+def test_tracker_hands_a_link_out_on_only_as_a_problem_never_as_a_file_to_read(capture_with_links):
+    """Links out, dangling links and folder links are handed on with their problem named (the worker records
+    them `unreadable` without opening them); only the real file and the link inside are files to read."""
     root, _ = capture_with_links
     tracker = Tracker(root, PATTERNS, settle_seconds=0.0, capacity=16)
     for path in iter_capture_files(root, PATTERNS):
         assert tracker.note(path, closed=True, now=0.0)
-    ready = sorted(os.path.relpath(r.path, root) for r in tracker.settle(now=10.0))
-    assert ready == ["inside-link.tif", "real.tif"]
+    ready = {os.path.relpath(r.path, root): r.problem for r in tracker.settle(now=10.0)}
+    assert sorted(name for name, problem in ready.items() if not problem) == ["inside-link.tif", "real.tif"]
+    assert ready == {"inside-link.tif": "", "real.tif": "", "abs-out.tif": "symlink pointing outside the capture folder",
+                     "rel-out.tif": "symlink pointing outside the capture folder",
+                     "sub/chain-out.tif": "symlink pointing outside the capture folder",
+                     "folder.tif": "symlink pointing outside the capture folder", "dangling.tif": "dangling symlink"}
 
 
 # ---- the daemon itself: where it writes, what it opens --------------------------------------------
@@ -267,6 +273,7 @@ def test_daemon_writes_only_under_its_folders_and_never_follows_links_or_opens_f
     (station / "models" / "detector.safetensors").write_bytes(model_bytes)
     config = station / "config.toml"
     config.write_text(f'[watch]\ncapture_dir = "{capture}"\nsettle_seconds = 0.2\nafter = "move"\n'
+                      'incomplete_retry_seconds = 1.0\n'
                       f'[model]\npath = "{station}/models/detector.safetensors"\ndevice = "cpu"\n'
                       f'[database]\nurl = "sqlite:///{db}"\n[state]\ndir = "{state}"\n')
     outside = tmp_path / "outside"
@@ -296,26 +303,32 @@ def test_daemon_writes_only_under_its_folders_and_never_follows_links_or_opens_f
         os.symlink(secret, capture / "late-link.tif")  # through an inotify event, not the start-up scan
         write_tiff16(capture / "after.tif", sample_image16(seed=12))  # dropped after the FIFO: still scored
         make_bad_file(capture / "bad.tif", "truncated_strip")
+        specials = {"abs-link.tif", "rel-link.tif", "late-link.tif", "pipe.tif"} | (
+            {"zero.tif"} if os.path.lexists(capture / "zero.tif") else set())
         wait_for(lambda: db_count(db, "SELECT COUNT(*) FROM images") == 1
-                 and db_count(db, "SELECT COUNT(*) FROM rejections") == 1, 60, "after.tif and bad.tif")
-        wait_for(lambda: (capture / "quarantine" / "bad.tif").exists(), 10, "bad.tif quarantined")
+                 and db_count(db, "SELECT COUNT(*) FROM rejections") == 1 + len(specials), 60,
+                 "after.tif, bad.tif, and an unreadable record for each link out and special file")
+        wait_for(lambda: all(os.path.lexists(capture / "quarantine" / n) for n in specials | {"bad.tif"}), 10,
+                 "bad.tif and the special entries quarantined")
         assert daemon.proc.poll() is None
         log = daemon.log()
     finally:
         daemon.close()
     assert not opened.is_set(), "the daemon opened the FIFO"
-    fd = os.open(capture / "pipe.tif", os.O_RDONLY | os.O_NONBLOCK)  # release the writer thread
+    fd = os.open(capture / "quarantine" / "pipe.tif", os.O_RDONLY | os.O_NONBLOCK)  # release the writer thread
     assert opened.wait(5)
     os.close(fd)
     writer.join(5)
 
     assert "symlink pointing outside the capture folder" in log
-    for link in ("abs-link.tif", "rel-link.tif", "late-link.tif"):
-        assert (capture / link).is_symlink(), f"{link} was moved"  # a followed link would be in processed/
+    for link in ("abs-link.tif", "rel-link.tif", "late-link.tif"):  # the link itself moved, never its target
+        assert (capture / "quarantine" / link).is_symlink(), f"{link} was followed"
+    assert stat.S_ISFIFO(os.lstat(capture / "quarantine" / "pipe.tif").st_mode)
     assert (secret.stat().st_mtime_ns, secret.read_bytes()) == secret_before
     assert snapshot(outside) == {"secret.tif"}
-    paths = {os.path.basename(p) for (p,) in db_rows(db, "SELECT path FROM images UNION SELECT path FROM rejections")}
-    assert paths == {"after.tif", "bad.tif"}
+    assert {os.path.basename(p) for (p,) in db_rows(db, "SELECT path FROM images")} == {"after.tif"}
+    rejected = {os.path.basename(p): r for p, r in db_rows(db, "SELECT path, reason FROM rejections")}
+    assert rejected == {"bad.tif": "truncated", **{n: "unreadable" for n in specials}}
 
     # Everything new lies under capture/, state.dir or beside the database; nothing in the daemon's cwd
     # but the test's own log and notify socket; nothing beside tmp_path.
