@@ -153,9 +153,9 @@ class SpyStore:
         self.events.append(("commit", os.path.exists(path_raw)))
         return self._store.record_verdict(path_raw, *args)
 
-    def record_moved(self, path_raw, sha256, moved_to):
+    def record_moved(self, path_raw, sha256, moved_to, *version):
         self.events.append(("moved", os.path.exists(path_raw), os.path.exists(moved_to)))
-        return self._store.record_moved(path_raw, sha256, moved_to)
+        return self._store.record_moved(path_raw, sha256, moved_to, *version)
 
 
 def test_after_move_moves_only_after_the_commit_and_never_overwrites(tmp_path, station, detector):
