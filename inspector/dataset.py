@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from inspector.durable import write_atomic
 from inspector.errors import DatasetError, ImageError
 from inspector.imaging import file_sha256, read_image
 
@@ -45,6 +46,19 @@ ANOMALY_TYPES = (
 _SEPARATORS = re.compile(r"[\s/\-_]+")
 # refused inside a name besides "," and ";": characters that end a line or are invisible controls (tab, NUL)
 _BREAKING_CATEGORIES = {"Cc": "a control character", "Zl": "a line separator", "Zp": "a paragraph separator"}
+
+
+LABELS_HEADER = ("path", "bundle", "label", "anomaly")
+
+
+def write_labels(path: Path, rows) -> None:
+    """Write labels.csv (atomically): rows of (path, bundle, label, anomalies), anomalies a list or a ';' string."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(LABELS_HEADER)
+    for rel, bundle, label, anomalies in rows:
+        writer.writerow([rel, bundle, label, anomalies if isinstance(anomalies, str) else ";".join(anomalies)])
+    write_atomic(path, buf.getvalue())
 
 
 def _known(key: str) -> str | None:

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 import urllib.error
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,6 +23,7 @@ from torch import nn
 
 from inspector import __version__
 from inspector.config import HEADS, METHODS, POOLINGS, STAGES, WINDOWED_METHODS
+from inspector.durable import atomic_target
 from inspector.errors import ModelError
 
 CLASS_NAMES = ("normal", "abnormal")
@@ -387,30 +387,13 @@ def save_model(path: str | os.PathLike, net: ElectrodeNet, meta: ModelMeta) -> s
     meta = dataclasses.replace(meta, version=__version__,
                                created_at=meta.created_at or datetime.now(timezone.utc).isoformat(timespec="seconds"))
     meta = dataclasses.replace(meta, tensors_sha256=artifact_sha256(tensors, meta))
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model is shared with the daemon's user
-        save_file(tensors, tmp, metadata={META_KEY: meta.to_json()})
-        digest = hashlib.sha256()
-        with open(tmp, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        with atomic_target(path) as tmp:
+            save_file(tensors, str(tmp), metadata={META_KEY: meta.to_json()})
+            with open(tmp, "rb") as fh:
+                digest = hashlib.file_digest(fh, "sha256")
     except OSError as exc:
         raise ModelError(f"cannot write model file {path}: {exc.strerror or exc}; check the folder and free space") from exc
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
     return digest.hexdigest()
 
 

@@ -10,9 +10,7 @@ not lower. A run that fails or refuses leaves the model file and the daemon unto
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import os
 import shutil
@@ -28,8 +26,8 @@ import sqlalchemy as sa
 
 from inspector import metrics
 from inspector.config import OPTIMIZERS, Config
-from inspector.durable import fsync_dir
-from inspector.dataset import LABELS_FILE, Dataset, leave_one_bundle_out, load_dataset
+from inspector.durable import atomic_target
+from inspector.dataset import LABELS_FILE, Dataset, leave_one_bundle_out, load_dataset, write_labels
 from inspector.errors import ConfigError, InspectorError, ModelError
 from inspector.store import open_store, retrains, utc_now
 
@@ -124,14 +122,6 @@ def compare(current: Score | None, candidate: Score) -> list[str]:
 
 
 # ---- the training set -------------------------------------------------------------------------
-def write_labels(path: Path, rows: list[tuple[str, str, str, str]]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "bundle", "label", "anomaly"])
-    writer.writerows(rows)
-    path.write_text(buf.getvalue(), encoding="utf-8")
-
-
 def build_training_set(cfg: Config, store, work: Path, say: Callable[[str], None]) -> tuple[Dataset, Dataset, int]:
     """work/ becomes a dataset: base/ (a link to the base dataset) plus reviewed/ (export-labels)."""
     from inspector.review import export_labels
@@ -247,19 +237,12 @@ def cross_validate_both(cfg: Config, meta, old: Dataset, new: Dataset, methods: 
 # ---- promotion ----------------------------------------------------------------------------------
 def place_atomically(src: Path, dest: Path) -> None:
     """dest becomes a copy of src in one rename: hard link (src is never modified) else a fsynced copy."""
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
+    with atomic_target(dest, mode=None) as tmp:
+        tmp.unlink()
         try:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def previous_path(model_path: Path) -> Path:

@@ -7,20 +7,17 @@ is the label; export_labels writes those images as a dataset folder load_dataset
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy as sa
 
-from inspector.dataset import LABELS, LABELS_FILE, anomaly_name
-from inspector.durable import write_atomic
+from inspector.dataset import LABELS, LABELS_FILE, anomaly_name, write_labels
+from inspector.durable import atomic_target
 from inspector.errors import DatasetError, InspectorError
 from inspector.imaging import file_sha256
 from inspector.store import Store, images, reviews, utc_now, verdicts
@@ -292,24 +289,9 @@ def _place(src: str, dest: Path, sha256: str) -> str:
         return "link"
     except OSError:  # EXDEV across filesystems, EPERM on some shares, or links unsupported
         pass
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
+    with atomic_target(dest, durable=False, mode=None) as tmp:
         shutil.copy2(src, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return "copy"
-
-
-def _write_labels(path: Path, rows: list[ExportedImage]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "bundle", "label", "anomaly"])
-    for r in sorted(rows, key=lambda r: (r.bundle, r.rel)):
-        writer.writerow([r.rel, r.bundle, r.label, ";".join(r.anomalies)])
-    write_atomic(path, buf.getvalue())
 
 
 def export_labels(store: Store, out: str | os.PathLike, bundle_rule: str,
@@ -354,5 +336,6 @@ def export_labels(store: Store, out: str | os.PathLike, bundle_rule: str,
             continue
         anomalies = tuple(a for a in (review["anomalies"] or "").split(";") if a)
         summary.exported.append(ExportedImage(sha, source, rel, bundle, review["label"], anomalies, how))
-    _write_labels(labels_csv, summary.exported)
+    write_labels(labels_csv, [(r.rel, r.bundle, r.label, r.anomalies)
+                              for r in sorted(summary.exported, key=lambda r: (r.bundle, r.rel))])
     return summary

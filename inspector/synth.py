@@ -8,7 +8,6 @@ so a window or model fitted on one bundle is off for another. numpy + OpenCV onl
 
 from __future__ import annotations
 
-import csv
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from inspector.dataset import ANOMALY_TYPES, LABELS_FILE, Dataset, load_dataset
+from inspector.dataset import ANOMALY_TYPES, LABELS_FILE, Dataset, load_dataset, write_labels
 from inspector.errors import DatasetError
 
 FULL_HEIGHT = 2072  # mean height at scale 1.0; sizes below are in full-resolution pixels
@@ -409,10 +408,7 @@ def synthesize(out: str | Path, bundles: int = 12, per_bundle: int = 60, abnorma
                 bar.update(1)
     finally:
         bar.close()
-    with open(out / LABELS_FILE, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["path", "bundle", "label", "anomaly"])
-        writer.writerows(rows)
+    write_labels(out / LABELS_FILE, rows)
     return load_dataset(out)
 
 
