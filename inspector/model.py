@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import struct
 import urllib.error
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,6 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from inspector import __version__
+from inspector.artifact import MAX_HEADER_BYTES, META_KEY, HeaderError, head_length, inspector_metadata, read_head
 from inspector.config import HEADS, METHODS, POOLINGS, STAGES, WINDOWED_METHODS
 from inspector.durable import atomic_target
 from inspector.errors import ModelError
@@ -31,8 +31,6 @@ FREEZE_MODES = ("paper", "none")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 IMAGENET_FILE = "resnet34-b627a593.pth"
-META_KEY = "inspector"
-MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit; a larger claim means a damaged file
 
 
 STAGE_CHANNELS = {"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}
@@ -403,17 +401,11 @@ def _damaged(path: Path | str, detail: str) -> ModelError:
 
 
 def _parse_header(path: Path, head: bytes, size: int) -> ModelMeta:
-    if len(head) < 8:
-        raise _damaged(path, "too short for a safetensors header")
-    (n,) = struct.unpack("<Q", head[:8])
-    if n > MAX_HEADER_BYTES or 8 + n > size or len(head) < 8 + n:
-        raise _damaged(path, "header length does not fit the file")
     try:
-        header = json.loads(head[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise _damaged(path, "header is not valid JSON") from None
-    text = header.get("__metadata__", {}).get(META_KEY) if isinstance(header, dict) else None
-    if not isinstance(text, str):
+        text = inspector_metadata(head, size)
+    except HeaderError as exc:
+        raise _damaged(path, str(exc)) from None
+    if text is None:
         raise ModelError(f"model file {path} is a safetensors file without inspector metadata; "
                          f"write models with `inspector train` or `inspector model init`")
     return ModelMeta.from_json(text, source=f"model file {path}")
@@ -428,12 +420,7 @@ def read_meta(path: str | os.PathLike) -> ModelMeta:
     """Only the header: the settings of a model without loading its 90 MB of weights."""
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            head = fh.read(8)
-            if len(head) == 8:
-                (n,) = struct.unpack("<Q", head)
-                head += fh.read(min(n, MAX_HEADER_BYTES + 1))
+        head, size = read_head(path)
     except FileNotFoundError:
         raise _missing(path) from None
     except OSError as exc:
@@ -452,8 +439,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
         raise ModelError(f"model path {path} is a folder; give the .safetensors file") from None
     except OSError as exc:
         raise ModelError(f"cannot read model file {path}: {exc.strerror or exc}") from exc
-    n = struct.unpack("<Q", data[:8])[0] if len(data) >= 8 else 0
-    meta = _parse_header(path, data[:8 + min(n, MAX_HEADER_BYTES + 1)], len(data))
+    meta = _parse_header(path, data[:8 + min(head_length(data), MAX_HEADER_BYTES + 1)], len(data))
     try:
         tensors = load_safetensors_bytes(data)
     except Exception as exc:  # SafetensorError on truncation or a bad layout

@@ -10,13 +10,13 @@ import csv
 import io
 import json
 import os
-import struct
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
 import sqlalchemy as sa
 
+from inspector.artifact import inspector_metadata, read_head
 from inspector.config import Config
 from inspector.durable import write_atomic
 from inspector.errors import InspectorError
@@ -153,16 +153,9 @@ def latest_cv(state_dir: str | os.PathLike) -> tuple[Path, dict] | None:
 def read_model_header(path: str | os.PathLike) -> dict | None:
     """The inspector metadata of a .safetensors file without torch; None when absent or unreadable."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                return None
-            (n,) = struct.unpack("<Q", head)
-            if n > 100_000_000:
-                return None
-            header = json.loads(fh.read(n).decode("utf-8"))
-        return json.loads(header["__metadata__"]["inspector"])
-    except (OSError, ValueError, KeyError, TypeError):
+        text = inspector_metadata(*read_head(path))
+        return json.loads(text) if text is not None else None
+    except (OSError, ValueError):  # HeaderError is a ValueError
         return None
 
 
