@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from inspector import metrics
+from inspector import metrics, plots
 from inspector.config import Config
 from inspector.durable import write_atomic
 from inspector.dataset import Dataset, leave_one_bundle_out
@@ -272,25 +272,11 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def save_roc_png(path: Path, y: np.ndarray, curves: dict[str, np.ndarray], title: str) -> Path | None:
-    """ROC curve per method in one PNG (matplotlib Agg); None when a class is missing."""
-    if not ((y == 1).any() and (y == 0).any()):
+    """ROC curve per method in one PNG; None when a class is missing."""
+    fig = plots.roc_figure(y, curves, title)
+    if fig is None:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
-    for name, p in curves.items():
-        fpr, tpr, _ = metrics.roc_curve(y, p)
-        ax.plot(fpr, tpr, label=f"{name} (AUC {metrics.roc_auc(y, p):.3f})")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    ax.set(xlabel="false positive rate (normal flagged)", ylabel="true positive rate (abnormal recall)",
-           title=title, xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    path.write_bytes(plots.figure_png(fig))
     return path
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import os
 from datetime import datetime, timezone
 
@@ -15,6 +14,7 @@ import cv2
 import numpy as np
 
 from inspector import metrics
+from inspector.plots import figure_png, pyplot, roc_figure
 from inspector.config import Config
 from inspector.errors import ImageError, InspectorError
 from inspector.report import latest_cv, local_day, model_conversions, model_in_use, summarize
@@ -99,44 +99,17 @@ def heatmap(row: dict) -> str:
     return img_tag(encode_png(img), f"heat map of {os.path.basename(row['path'])}", "heat")
 
 
-def figure_png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def roc_png(cv: dict) -> bytes | None:
     """ROC of each method's out-of-fold probabilities; None when a class is missing."""
     oof = cv.get("oof") or []
     y = np.array([int(r.get("label") == "abnormal") for r in oof], dtype=np.int64)
-    if not ((y == 1).any() and (y == 0).any()):
-        return None
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=90)
+    curves = {}
     for method in cv["methods"]:
         p = np.array([float(r["p_abnormal"].get(method, np.nan)) for r in oof])
-        if np.isnan(p).any():
-            continue
-        fpr, tpr, _ = metrics.roc_curve(y, p)
-        ax.plot(fpr, tpr, label=f"{method} (AUC {metrics.roc_auc(y, p):.3f})")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    ax.set(xlabel="false positive rate", ylabel="abnormal recall", title="ROC, out-of-fold", xlim=(0, 1),
-           ylim=(0, 1.01))
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    return figure_png(fig)
+        if not np.isnan(p).any():
+            curves[method] = p
+    fig = roc_figure(y, curves, "ROC, out-of-fold", size=4.5, dpi=90, legend_size=8)
+    return None if fig is None else figure_png(fig)
 
 
 def confusion_png(cv: dict) -> bytes:
