@@ -7,7 +7,8 @@ import json
 import click
 
 from inspector.cli import cli, with_config
-from inspector.cli.station import _iso, format_local, open_reader, render_csv, render_table
+from inspector.cli.station import format_local, open_reader, render_csv, render_table
+from inspector.report import iso_time
 from inspector.config import Config
 from inspector.paths import display_path
 
@@ -108,7 +109,7 @@ def review(cfg: Config, ref: str, label: str, anomalies: tuple[str, ...], review
 
 def review_record(row: dict) -> dict:
     return {
-        "id": row["id"], "time": _iso(row["created_at"]), "sha256": row["sha256"], "path": row["path"],
+        "id": row["id"], "time": iso_time(row["created_at"]), "sha256": row["sha256"], "path": row["path"],
         "label": row["label"], "anomalies": row["anomalies"], "reviewer": row["reviewer"], "note": row["note"],
         "model_verdict": row["model_verdict"], "model_sha256": row["model_sha256"],
         "supersedes": row["supersedes"], "superseded": row["superseded"],
@@ -116,7 +117,7 @@ def review_record(row: dict) -> dict:
 
 
 def pending_record(row: dict) -> dict:
-    return {"time": _iso(row["time"]), **{k: row[k] for k in PENDING_FIELDS if k != "time"}}
+    return {"time": iso_time(row["time"]), **{k: row[k] for k in PENDING_FIELDS if k != "time"}}
 
 
 def emit(records: list[dict], fields: list[str], fmt: str, headers: list[str], cells: list[list[str]],

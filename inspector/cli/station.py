@@ -14,6 +14,7 @@ import click
 from inspector.cli import cli, with_config
 from inspector.config import Config
 from inspector.paths import display_path
+from inspector.report import iso_time
 
 TIME_FORMS = ("an ISO date or time (2026-11-22, 2026-11-22T08:00, 2026-11-22 08:00:30), "
               "an age (45s, 30m, 1h, 2d, 1w) or today/yesterday")
@@ -88,10 +89,6 @@ def render_csv(rows: list[dict], fields: list[str]) -> str:
     return out.getvalue()
 
 
-def _iso(when: datetime | None) -> str | None:
-    return when.astimezone(timezone.utc).isoformat() if when else None
-
-
 def open_reader(cfg: Config):
     from inspector.store import open_store
 
@@ -101,7 +98,7 @@ def open_reader(cfg: Config):
 def verdict_record(row: dict) -> dict:
     """A verdict row for csv/json: UTC ISO times; path_raw_hex gives the exact name bytes back."""
     return {
-        "time": _iso(row["time"]), "verdict": row["verdict"], "p_abnormal": row["p_abnormal"],
+        "time": iso_time(row["time"]), "verdict": row["verdict"], "p_abnormal": row["p_abnormal"],
         "reason": row["reason"], "path": row["path"], "path_raw_hex": row["path_raw"].hex(),
         "sha256": row["sha256"], "size": row["size"], "mtime_ns": row["mtime_ns"], "status": row["status"],
         "duplicate": row["duplicate"], "duplicate_of": row["duplicate_of"], "moved_to": row["moved_to"],
@@ -119,7 +116,7 @@ REJECTION_FIELDS = ["time", "reason", "message", "path", "path_raw_hex", "sha256
 
 def rejection_record(row: dict) -> dict:
     return {
-        "time": _iso(row["created_at"]), "reason": row["reason"], "message": row["message"], "path": row["path"],
+        "time": iso_time(row["created_at"]), "reason": row["reason"], "message": row["message"], "path": row["path"],
         "path_raw_hex": row["path_raw"].hex(), "sha256": row["sha256"], "size": row["size"],
         "mtime_ns": row["mtime_ns"],
     }
@@ -255,10 +252,10 @@ def status(cfg: Config, fmt: str) -> None:
     degraded = degraded_folders(cfg)
     model = counts["model"]
     if fmt == "json":
-        out = dict(counts, last_verdict_at=_iso(counts["last_verdict_at"]), files_waiting=waiting, degraded=degraded,
+        out = dict(counts, last_verdict_at=iso_time(counts["last_verdict_at"]), files_waiting=waiting, degraded=degraded,
                    capture_dir=str(cfg.watch.capture_dir), database=store.where)
         if model:
-            out["model"] = dict(model, first_used=_iso(model["first_used"]))
+            out["model"] = dict(model, first_used=iso_time(model["first_used"]))
         click.echo(json.dumps(out, indent=2, ensure_ascii=False))
         return
     click.echo(f"database       {store.where}")
