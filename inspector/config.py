@@ -57,6 +57,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class InferConfig:
     batch_size: int = 4
+    threads: int = 0  # CPU threads of the daemon's forward passes; 0: every core
 
 
 @dataclass(frozen=True)

@@ -67,15 +67,10 @@ def write_pid_file(state_dir: Path) -> Path:
     """state.dir/inspector.pid; refuses to start beside a live inspector, replaces a stale file."""
     state_dir.mkdir(parents=True, exist_ok=True)
     pid_path = state_dir / PID_NAME
-    other = read_pid(pid_path)
+    other = running_inspector(pid_path)
     if other and other != os.getpid():
-        try:
-            cmdline = Path(f"/proc/{other}/cmdline").read_bytes()
-        except OSError:
-            cmdline = b""  # no such process: the file is stale
-        if b"inspector" in cmdline:
-            raise InspectorError(f"another inspector watch is running (pid {other}, {pid_path}); "
-                                 "stop it first, or remove the pid file if that process is not inspector")
+        raise InspectorError(f"another inspector watch is running (pid {other}, {pid_path}); "
+                             "stop it first, or remove the pid file if that process is not inspector")
     write_atomic(pid_path, f"{os.getpid()}\n")
     return pid_path
 
@@ -85,6 +80,18 @@ def read_pid(pid_path: Path) -> int | None:
         return int(pid_path.read_text().strip())
     except (OSError, ValueError):
         return None
+
+
+def running_inspector(pid_path: Path) -> int | None:
+    """The pid in the file when that process is alive and is inspector; None for a stale or missing file."""
+    pid = read_pid(pid_path)
+    if not pid:
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None  # no such process: the file is stale
+    return pid if b"inspector" in cmdline else None
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from inspector import metrics
 from inspector.config import OPTIMIZERS, Config
 from inspector.durable import atomic_target
+from inspector.notify import PID_NAME, running_inspector
 from inspector.dataset import LABELS_FILE, Dataset, leave_one_bundle_out, load_dataset, write_labels
 from inspector.errors import ConfigError, InspectorError, ModelError
 from inspector.store import open_store, retrains, utc_now
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 EXIT_PROMOTED, EXIT_NOT_PROMOTED, EXIT_FAILED = 0, 3, 4
 WORK_FOLDER = "retrain"
 MARKER = ".inspector-retrain"
-PID_NAME = "inspector.pid"
 EPS = 1e-12
 
 
@@ -261,13 +261,8 @@ def swap_in(candidate: Path, model_path: Path) -> Path | None:
 
 def reload_daemon(state_dir: Path) -> str:
     """SIGHUP to the daemon in the pid file, else `systemctl reload inspector`, else say none runs."""
-    pid_path = Path(state_dir) / PID_NAME
-    try:
-        pid = int(pid_path.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        pid, cmdline = 0, b""
-    if pid and b"inspector" in cmdline:
+    pid = running_inspector(Path(state_dir) / PID_NAME)
+    if pid:
         try:
             os.kill(pid, signal.SIGHUP)
             return f"asked the daemon (pid {pid}) to reload: SIGHUP sent"

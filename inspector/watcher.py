@@ -20,7 +20,7 @@ from watchdog.observers.polling import PollingObserver
 
 from inspector.paths import display_path
 
-log = logging.getLogger("inspector.daemon")
+log = logging.getLogger("inspector.watcher")
 
 # Folders inside capture_dir that hold finished files; never watched, never scanned.
 SKIP_DIRS = ("processed", "quarantine")

@@ -60,7 +60,7 @@ def write_config(tmp_path: Path, **watch: object) -> Path:
     for key, value in settings.items():
         lines.append(f"{key} = {_toml(value)}")
     lines += ["[model]", 'path = "models/detector.safetensors"', 'device = "cpu"', "input_size = [64, 32]",
-              'weights = "none"', "[infer]", "batch_size = 4", "[train]", "threads = 1",
+              'weights = "none"', "[infer]", "batch_size = 4", "threads = 1", "[train]", "threads = 1",
               "[database]", 'url = "sqlite:///inspector.db"', "busy_timeout_seconds = 0.5",
               "[state]", 'dir = "var"', "[log]", 'level = "DEBUG"']
     path = tmp_path / "config.toml"

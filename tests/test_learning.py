@@ -119,7 +119,7 @@ def test_the_daemon_records_the_p_that_score_reports(clear_set, trained, tmp_pat
         os.utime(capture / f"{s.bundle}-{s.path.name}", (1e9, 1e9))  # settled long ago
     config = tmp_path / "config.toml"
     config.write_text(f'[model]\npath = "{outcome.path}"\ndevice = "cpu"\n[watch]\ncapture_dir = "capture"\n'
-                      '[database]\nurl = "sqlite:///inspector.db"\n[state]\ndir = "var"\n[train]\nthreads = 1\n')
+                      '[database]\nurl = "sqlite:///inspector.db"\n[state]\ndir = "var"\n[infer]\nthreads = 1\n')
     exe = [sys.executable, "-m", "inspector", "--config", str(config)]
     watch = subprocess.run([*exe, "watch", "--once"], capture_output=True, text=True, timeout=300)
     assert watch.returncode == 0, watch.stderr

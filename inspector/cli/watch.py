@@ -26,6 +26,6 @@ def watch(cfg: Config, once: bool) -> None:
 
     from inspector.daemon import run_daemon
 
-    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.infer.threads or os.cpu_count() or 1)
     code = run_daemon(cfg, once=once)
     click.get_current_context().exit(code)
