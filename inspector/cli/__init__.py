@@ -21,7 +21,20 @@ def debug_enabled() -> bool:
     return os.environ.get(DEBUG_VAR, "") not in ("", "0")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class InspectorGroup(click.Group):
+    """Every command's domain error (InspectorError) becomes click's `Error: ...`, exit 1, in one place:
+    for the console entry point and for click's own runner alike (the traceback with INSPECTOR_DEBUG=1)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except InspectorError as exc:
+            if debug_enabled():
+                traceback.print_exc()
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=InspectorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Config file (else $INSPECTOR_CONFIG, else ./config.toml, else built-in defaults).")
 @click.version_option(__version__, prog_name="inspector")
@@ -51,7 +64,7 @@ def with_config(func: Callable) -> Callable:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: domain errors become `Error: ...` and exit 1, no traceback."""
+    """Console entry point: `Error: ...` and exit 1 for domain errors (InspectorGroup), no traceback."""
     try:
         # standalone_mode=False returns ctx.exit(N) codes instead of exiting: pass them on
         rc = cli.main(args=argv, prog_name="inspector", standalone_mode=False)
@@ -63,11 +76,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except InspectorError as exc:
-        if debug_enabled():
-            traceback.print_exc()
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)

@@ -9,7 +9,6 @@ import click
 
 from inspector.cli import cli, with_config
 from inspector.config import Config
-from inspector.errors import InspectorError
 
 
 @cli.command("synth")
@@ -35,12 +34,9 @@ def synth_command(cfg: Config, out: str, bundles: int, per_bundle: int, abnormal
     path = Path(out)
     if path.exists() and any(path.iterdir()) and not force:
         raise click.ClickException(f"{path} is not empty; choose an empty folder or add --force to write into it")
-    try:
-        ds = synthesize(path, bundles=bundles, per_bundle=per_bundle, abnormal_rate=abnormal_rate,
-                        scale=scale, seed=seed, progress=True)
-        info = summarize(ds)
-    except InspectorError as exc:
-        raise click.ClickException(str(exc)) from exc
+    ds = synthesize(path, bundles=bundles, per_bundle=per_bundle, abnormal_rate=abnormal_rate,
+                    scale=scale, seed=seed, progress=True)
+    info = summarize(ds)
     h, w = info["height"], info["width"]
     click.echo(f"wrote {info['images']} images in {info['bundles']} bundles to {path}")
     click.echo(f"abnormal: {info['abnormal']} ({info['abnormal_share']:.1%})")
@@ -67,10 +63,7 @@ def check_command(cfg: Config, root: str, as_json: bool) -> None:
     """
     from inspector.dataset import check_dataset
 
-    try:
-        report = check_dataset(root, max_height=cfg.imaging.max_height, max_width=cfg.imaging.max_width)
-    except InspectorError as exc:
-        raise click.ClickException(str(exc)) from exc
+    report = check_dataset(root, max_height=cfg.imaging.max_height, max_width=cfg.imaging.max_width)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format_text())
     if not report.ok:
         n = len(report.problems) + len(report.duplicates)

@@ -30,10 +30,7 @@ def convert_command(image: str, out: str, method: str | None, window: tuple[int,
     """
     if Path(out).suffix.lower() != ".png":
         raise click.BadParameter(f"{out!r} must end in .png", param_hint="OUT")
-    try:
-        line = _convert_to_png(image, out, method, window, model_path, cfg)
-    except InspectorError as exc:
-        raise click.ClickException(str(exc)) from exc
+    line = _convert_to_png(image, out, method, window, model_path, cfg)
     click.echo(line)
 
 

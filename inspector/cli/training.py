@@ -111,15 +111,12 @@ def train_command(cfg: Config, dataset: str, out: str | None, method: str | None
     from inspector.dataset import load_dataset
     from inspector.build import train_model
 
-    try:
-        cfg = apply_overrides(cfg, target_recall=target_recall, **given)
-        device = prepare_device(cfg)
-        ds = load_dataset(dataset)
-        method = method or cfg.convert.method
-        path = Path(out) if out else cfg.model.path
-        outcome = train_model(ds, path, method, cfg, device, cfg.train.target_recall, warn=warn)
-    except InspectorError as exc:
-        raise click.ClickException(str(exc)) from exc
+    cfg = apply_overrides(cfg, target_recall=target_recall, **given)
+    device = prepare_device(cfg)
+    ds = load_dataset(dataset)
+    method = method or cfg.convert.method
+    path = Path(out) if out else cfg.model.path
+    outcome = train_model(ds, path, method, cfg, device, cfg.train.target_recall, warn=warn)
     meta = outcome.meta
     h, w = meta.input_size
     click.echo(f"trained {method} on {len(ds)} images ({len(ds.bundles)} bundles), input {h}x{w}, "
@@ -158,20 +155,17 @@ def cv_command(cfg: Config, dataset: str, methods: str, json_out: str | None, no
                                     save_run, write_json)
     from inspector.dataset import load_dataset
 
-    try:
-        chosen = parse_methods(methods)
-        cfg = apply_overrides(cfg, **given)
-        device = prepare_device(cfg)
-        ds = load_dataset(dataset)
-        res = cross_validate(ds, chosen, cfg, device, not no_cache, warn=warn)
-        data = result_to_json(res)
-        kept, previous = save_run(data, cfg.state.dir)
-        if json_out:
-            write_json(Path(json_out), data)
-        png = save_roc_png(kept.with_suffix(".png"), ds.y, {m: r.oof for m, r in res.methods.items()},
-                           f"ROC, leave-one-bundle-out, {ds.root.name}")
-    except InspectorError as exc:
-        raise click.ClickException(str(exc)) from exc
+    chosen = parse_methods(methods)
+    cfg = apply_overrides(cfg, **given)
+    device = prepare_device(cfg)
+    ds = load_dataset(dataset)
+    res = cross_validate(ds, chosen, cfg, device, not no_cache, warn=warn)
+    data = result_to_json(res)
+    kept, previous = save_run(data, cfg.state.dir)
+    if json_out:
+        write_json(Path(json_out), data)
+    png = save_roc_png(kept.with_suffix(".png"), ds.y, {m: r.oof for m, r in res.methods.items()},
+                       f"ROC, leave-one-bundle-out, {ds.root.name}")
     click.echo(format_table(data))
     click.echo("")
     click.echo(f"{len(ds)} images, {len(ds.bundles)} bundles, device {device}, "
@@ -203,14 +197,11 @@ def evaluate_command(cfg: Config, model: str, dataset: str, json_out: str | None
     from inspector.crossval import evaluate_model, format_evaluation
     from inspector.train import set_threads
 
-    try:
-        set_threads(cfg.train.threads)
-        ds = load_dataset(dataset)
-        data = evaluate_model(Path(model), ds, cfg)
-        if json_out:
-            write_json(Path(json_out), data)
-    except InspectorError as exc:
-        raise click.ClickException(str(exc)) from exc
+    set_threads(cfg.train.threads)
+    ds = load_dataset(dataset)
+    data = evaluate_model(Path(model), ds, cfg)
+    if json_out:
+        write_json(Path(json_out), data)
     click.echo(format_evaluation(data))
     if json_out:
         click.echo(f"wrote {json_out}")
