@@ -443,6 +443,20 @@ class Store:
             query = query.where(verdicts.c.model_sha256.like(model.lower() + "%"))
         return query
 
+    def _glob(self, query: sa.Select, path_glob: str | None) -> tuple[sa.Select, str | None]:
+        """Filter by a shell pattern over the whole path in SQL: GLOB on SQLite, LIKE elsewhere.
+
+        Returns the query and the pattern left for Python (a [...] class on a database without GLOB).
+        """
+        if path_glob is None:
+            return query, None
+        if self.engine.dialect.name == "sqlite":
+            return query.where(images.c.path.op("GLOB")(path_glob)), None
+        if "[" in path_glob:
+            return query, path_glob
+        like = "".join({"*": "%", "?": "_", "%": "\\%", "_": "\\_", "\\": "\\\\"}.get(c, c) for c in path_glob)
+        return query.where(images.c.path.like(like, escape="\\")), None
+
     def query_verdicts(self, since: datetime | None = None, until: datetime | None = None,
                        verdict: str | None = None, path_glob: str | None = None, model: str | None = None,
                        limit: int | None = None) -> list[dict]:
@@ -452,14 +466,14 @@ class Store:
                 verdicts.c.model_sha256, verdicts.c.p_abnormal, verdicts.c.verdict, verdicts.c.reason,
                 verdicts.c.threshold, verdicts.c.method, verdicts.c.ready_to_commit_seconds,
                 verdicts.c.inference_seconds, verdicts.c.heatmap_path, verdicts.c.created_at.label("verdict_time")]
-        query = self._verdict_select(since, until, verdict, model, cols)
+        query, left = self._glob(self._verdict_select(since, until, verdict, model, cols), path_glob)
         query = query.order_by(images.c.first_seen.desc(), images.c.id.desc())
-        if path_glob is None and limit is not None:
+        if left is None and limit is not None:
             query = query.limit(limit)
         out = []
         with self.read() as conn:
             for row in conn.execute(query):
-                if path_glob is not None and not fnmatch.fnmatchcase(row.path, path_glob):
+                if left is not None and not fnmatch.fnmatchcase(row.path, left):
                     continue
                 item = dict(row._mapping)
                 item["duplicate"] = row.status == "duplicate"
@@ -471,13 +485,11 @@ class Store:
     def count_verdicts(self, since: datetime | None = None, until: datetime | None = None,
                        verdict: str | None = None, path_glob: str | None = None, model: str | None = None) -> int:
         """How many rows query_verdicts would return without a limit (for "50 of N shown")."""
-        if path_glob is not None:
-            query = self._verdict_select(since, until, verdict, model, [images.c.path])
-            with self.read() as conn:
-                return sum(fnmatch.fnmatchcase(p, path_glob) for p in conn.execute(query).scalars())
-        query = self._verdict_select(since, until, verdict, model, [sa.func.count()])
+        query, left = self._glob(self._verdict_select(since, until, verdict, model, [images.c.path]), path_glob)
         with self.read() as conn:
-            return int(conn.execute(query).scalar_one())
+            if left is not None:
+                return sum(fnmatch.fnmatchcase(p, left) for p in conn.execute(query).scalars())
+            return int(conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one())
 
     def _rejection_filter(self, query: sa.Select, since: datetime | None, until: datetime | None) -> sa.Select:
         if since is not None:

@@ -215,6 +215,22 @@ def test_query_filters_and_limit(store):
         store.query_verdicts(model="xyz")
 
 
+def test_path_glob_is_filtered_in_sql_with_shell_pattern_meaning(store):
+    """--path GLOB runs in the database (it read every row into Python); it keeps fnmatchcase's meaning."""
+    import fnmatch
+
+    paths = ["/cap/A/Scan_1.tif", "/cap/a/scan_1.tif", "/cap/a/scan%1.tif", "/cap/b/x?.tif", "/cap/b/deep/er.TIF"]
+    for i, path in enumerate(paths):
+        record(store, path.encode(), i)
+    queries = []
+    sa.event.listen(store.engine, "before_cursor_execute", lambda *args: queries.append(args[2]))
+    for pattern in ("*/a/*", "*/A/*", "*scan_1*", "*%*", "*/?/*", "*.tif", "*[Ab]/*", "/cap/b/*"):
+        expected = {p for p in paths if fnmatch.fnmatchcase(p, pattern)}
+        assert {r["path"] for r in store.query_verdicts(path_glob=pattern)} == expected, pattern
+        assert store.count_verdicts(path_glob=pattern) == len(expected), pattern
+    assert all("GLOB" in q for q in queries if "FROM images" in q)
+
+
 def test_readonly_open_of_missing_file(tmp_path):
     with pytest.raises(StoreError) as err:
         open_store(f"sqlite:///{tmp_path / 'none.db'}", readonly=True)
