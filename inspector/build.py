@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from inspector import metrics
+from inspector import metrics, quality
 from inspector.config import Config
 from inspector.convert import Window
 from inspector.crossval import cross_validate
@@ -38,20 +38,11 @@ class TrainOutcome:
 
 
 def fit_quality_gate(source: ImageSource, idx: Sequence[int], view: View, cfg: Config) -> dict:
-    """blur_min = half the 1st percentile of the Laplacian variance over the training images; their size range."""
+    """The quality gate's limits over the training images (quality.fit); {} when the gate is off."""
     if not cfg.quality.enabled:
         return {}
-    from inspector.infer import measure_blur
-
     window = Window(*view.window) if view.window is not None else None
-    variances, heights, widths = [], [], []
-    for i in idx:
-        img16 = source.read16(int(i))
-        variances.append(measure_blur(img16, window))
-        heights.append(img16.shape[0])
-        widths.append(img16.shape[1])
-    return {"blur_min": 0.5 * float(np.percentile(variances, 1)), "clipped_fraction": cfg.quality.clipped_fraction,
-            "height": [min(heights), max(heights)], "width": [min(widths), max(widths)]}
+    return quality.fit((source.read16(int(i)) for i in idx), window, cfg.quality.clipped_fraction)
 
 
 def train_model(dataset: Dataset, out: Path, method: str, cfg: Config, device: torch.device, target_recall: float,

@@ -1,0 +1,80 @@
+"""The quality gate: captures a verdict would mean nothing for (blank, far off the training sizes, badly
+exposed, blurred) are answered `rescan`; its limits are fitted on the training images and stored in the model.
+
+Torch-free: infer and explain apply it, build fits it.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import cv2
+import numpy as np
+
+from inspector.convert import Window, local_window, to_uint8
+from inspector.errors import InspectorError
+
+SIZE_SLACK = 0.5  # a capture under half the smallest, or over twice the largest, training size is sent back
+
+
+def gate_image(img16: np.ndarray, window: Window | None) -> np.ndarray:
+    """The 8-bit gray image the quality gate judges: the model's window, else the image's own."""
+    if window is None:
+        try:
+            window = local_window(img16)
+        except InspectorError:  # almost every pixel one value: nothing to stretch, nothing sharp
+            return np.zeros(img16.shape, np.uint8)
+    return to_uint8(img16, window)
+
+
+def measure_blur(img16: np.ndarray, window: Window | None) -> float:
+    """Variance of the Laplacian: low means few sharp edges, i.e. a blurred capture."""
+    return float(cv2.Laplacian(gate_image(img16, window), cv2.CV_64F).var())
+
+
+def measure_clipping(img16: np.ndarray, window: Window) -> tuple[float, float]:
+    """Shares of pixels at or below the window's low end and at or above its high end."""
+    n = img16.size
+    return float(np.count_nonzero(img16 <= window.lo)) / n, float(np.count_nonzero(img16 >= window.hi)) / n
+
+
+def fit(images16: Iterable[np.ndarray], window: Window | None, clipped_fraction: float) -> dict:
+    """The gate's limits from the training images: blur_min = half the 1st percentile of their Laplacian
+    variance, their height and width range, and the configured clipped share."""
+    variances, heights, widths = [], [], []
+    for img16 in images16:
+        variances.append(measure_blur(img16, window))
+        heights.append(img16.shape[0])
+        widths.append(img16.shape[1])
+    return {"blur_min": 0.5 * float(np.percentile(variances, 1)), "clipped_fraction": clipped_fraction,
+            "height": [min(heights), max(heights)], "width": [min(widths), max(widths)]}
+
+
+def check(img16: np.ndarray, limits: dict, window: Window | None) -> str | None:
+    """The reason a capture should be rescanned, or None; a gate is on only where the model sets its limit."""
+    lo, hi = int(img16.min()), int(img16.max())
+    if lo == hi:  # always checked: no conversion can stretch it and no verdict about it means anything
+        return f"blank: every pixel has the value {lo}; the capture holds no image"
+    sizes = limits.get("height"), limits.get("width")
+    if all(sizes):
+        (h_lo, h_hi), (w_lo, w_hi) = sizes
+        h, w = img16.shape
+        if not (SIZE_SLACK * h_lo <= h <= h_hi / SIZE_SLACK and SIZE_SLACK * w_lo <= w <= w_hi / SIZE_SLACK):
+            return (f"unexpected size: {h} x {w} px, far from the {h_lo}-{h_hi} x {w_lo}-{w_hi} px of the images "
+                    "the model was trained on (a cropped or wrong capture?)")
+    clipped_max = limits.get("clipped_fraction")
+    if clipped_max is not None and window is not None:
+        low, high = measure_clipping(img16, window)
+        if low > clipped_max or high > clipped_max:
+            end, share = ("low", low) if low >= high else ("high", high)
+            return f"badly exposed: {share:.0%} of pixels clipped at the window's {end} end"
+        if low + high > clipped_max:
+            return f"badly exposed: {low + high:.0%} of pixels clipped ({low:.0%} low, {high:.0%} high)"
+    blur_min = limits.get("blur_min")
+    if blur_min is not None:
+        variance = measure_blur(img16, window)
+        if variance < blur_min:
+            return f"blurred: variance of the Laplacian {variance:.1f} below the model's minimum {blur_min:.1f}"
+    return None
+
+
