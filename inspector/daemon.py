@@ -110,7 +110,7 @@ class Daemon:
 
     def __init__(self, cfg: Config, detector: Any, store: Any,
                  load: Callable[[Config], Any] = load_detector):
-        from inspector.explain import HeatmapQueue  # torch and OpenCV: imported once a daemon is made
+        from inspector.heatmaps import HeatmapQueue  # torch and OpenCV: imported once a daemon is made
 
         self.cfg = cfg
         self.detector = detector

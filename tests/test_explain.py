@@ -12,8 +12,8 @@ import torch
 
 from image_files import sample_image16
 from inspector.errors import InspectorError
-from inspector.explain import (HeatmapQueue, explain_and_record, explain_image, gradcam, gradcam_logits,
-                               heatmap_path, render_overlay, save_overlay)
+from inspector.explain import explain_image, gradcam, gradcam_logits, heatmap_path, render_overlay, save_overlay
+from inspector.heatmaps import HeatmapQueue, explain_and_record
 from inspector.infer import Detector
 from inspector.model import build_detector, init_model
 from inspector.store import open_store

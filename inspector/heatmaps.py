@@ -1,0 +1,80 @@
+"""Heat maps for committed abnormal verdicts: drawn on the daemon's scoring thread in idle time and
+recorded in the store (daemon scheduling; the Grad-CAM itself is explain.py's)."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from inspector.explain import explain_image, heatmap_path, save_overlay
+
+log = logging.getLogger("inspector.heatmaps")
+
+
+def explain_and_record(detector, store, img16: np.ndarray, sha256: str, state_dir: str | os.PathLike) -> Path:
+    """Heat map for a committed verdict: compute, save under the state folder, attach to the verdict.
+
+    Nothing on the network is modified, and concurrent Grad-CAM calls are serialized by a module
+    lock, so a caller on another thread than the one scoring is safe (the daemon draws heat maps
+    on its scoring thread, see HeatmapQueue).
+    """
+    explanation = explain_image(detector, img16)
+    out = save_overlay(explanation.img8, explanation.cam, heatmap_path(state_dir, sha256))
+    store.set_heatmap(sha256, detector.sha256, str(out))
+    return out
+
+
+class HeatmapQueue:
+    """Heat maps owed to committed abnormal verdicts, drawn by the scoring thread when no file waits.
+
+    No thread of its own: every torch call of the daemon stays on its worker thread (a second
+    thread running torch slowed every forward pass by ~30%, see daemon.off_main_thread). Evidence
+    waits for idle time instead; a full queue drops the heat map (logged), never the verdict:
+    `inspector explain` redraws it.
+    """
+
+    def __init__(self, store, state_dir: str | os.PathLike, maxsize: int = 32):
+        self.store = store
+        self.state_dir = state_dir
+        self.maxsize = maxsize
+        self.jobs: collections.deque = collections.deque()
+        self.done = 0
+        self.failed = 0
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def submit(self, detector, img16: np.ndarray, sha256: str) -> bool:
+        if len(self.jobs) >= self.maxsize:
+            log.warning("heat map queue full; no heat map for %s (run `inspector explain` for it)", sha256[:12])
+            return False
+        self.jobs.append((detector, img16, sha256))
+        return True
+
+    def run_one(self) -> bool:
+        """Draw the oldest heat map owed; False when none was waiting. Never raises for a bad one."""
+        if not self.jobs:
+            return False
+        detector, img16, sha256 = self.jobs.popleft()
+        try:
+            out = explain_and_record(detector, self.store, img16, sha256, self.state_dir)
+            self.done += 1
+            log.info("heat map %s for %s", out, sha256[:12])
+        except Exception as exc:  # evidence is a courtesy: never let it stop the station
+            self.failed += 1
+            log.error("heat map for %s failed: %s", sha256[:12], exc)
+        return True
+
+    def drain(self, seconds: float) -> int:
+        """Draw what is owed for up to `seconds` (on stop); returns how many were left undrawn."""
+        deadline = time.monotonic() + seconds
+        while self.jobs and time.monotonic() < deadline:
+            self.run_one()
+        if self.jobs:
+            log.warning("stopping with %d heat map(s) not drawn; `inspector explain` draws them", len(self.jobs))
+        return len(self.jobs)
