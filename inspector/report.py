@@ -41,7 +41,7 @@ def bundle_of(path: str, rule: str, capture_dir: str | os.PathLike) -> str:
 
 def review_status_by_sha(store, shas: set[str]) -> dict[str, dict]:
     """The newest review of each content (reviews supersede, never overwrite) and how many exist."""
-    from inspector.store import reviews
+    from inspector.schema import reviews
 
     out: dict[str, dict] = {}
     if not shas:
@@ -161,7 +161,7 @@ def read_model_header(path: str | os.PathLike) -> dict | None:
 
 def model_in_use(store, cfg: Config) -> dict:
     """The model of the newest verdict (from the database) and the file at model.path now."""
-    from inspector.store import models, verdicts
+    from inspector.schema import models, verdicts
 
     counts_model = None
     with store.read() as conn:
@@ -182,7 +182,7 @@ def model_in_use(store, cfg: Config) -> dict:
 
 def model_conversions(store) -> dict[str, dict]:
     """sha256 -> stored metadata of every model that scored, for thumbnails in its own conversion."""
-    from inspector.store import models
+    from inspector.schema import models
 
     out = {}
     with store.read() as conn:

@@ -30,7 +30,8 @@ from inspector.durable import atomic_target
 from inspector.notify import PID_NAME, running_inspector
 from inspector.dataset import LABELS_FILE, Dataset, leave_one_bundle_out, load_dataset, write_labels
 from inspector.errors import ConfigError, InspectorError, ModelError
-from inspector.store import open_store, retrains, utc_now
+from inspector.schema import retrains, utc_now
+from inspector.store import open_store
 
 if TYPE_CHECKING:
     import torch

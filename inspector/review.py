@@ -20,7 +20,8 @@ from inspector.dataset import LABELS, LABELS_FILE, anomaly_name, write_labels
 from inspector.durable import atomic_target
 from inspector.errors import DatasetError, InspectorError
 from inspector.imaging import file_sha256
-from inspector.store import Store, images, reviews, utc_now, verdicts
+from inspector.schema import images, reviews, utc_now, verdicts
+from inspector.store import Store
 
 MIN_PREFIX = 8
 PENDING_VERDICTS = ("abnormal", "rescan")

@@ -1,17 +1,13 @@
-"""The verdict database: SQLAlchemy Core tables and the few queries the daemon and CLI need.
+"""The verdict database: one writer (the daemon) and short-lived readers (the CLI).
 
-One writer (the daemon) and short-lived readers (the CLI). On SQLite: WAL, synchronous=FULL,
-busy_timeout, writer transactions begun IMMEDIATE, readers opened with mode=ro.
+On SQLite: WAL, synchronous=FULL, busy_timeout, writer transactions begun IMMEDIATE, readers opened
+with mode=ro. The tables are schema.py's; the readers are queries.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fnmatch
-import os
-import re
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import quote
@@ -23,135 +19,13 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from inspector import __version__
 from inspector.errors import StoreError
 from inspector.paths import display_path
-
-SCHEMA_VERSION = 2
-# The Alembic revision (inspector/migrations/versions) that each schema version is.
-SCHEMA_REVISIONS = {1: "0001", 2: "0002"}
-VERDICTS = ("normal", "abnormal", "rescan")
+from inspector.queries import Queries
+from inspector.schema import (SCHEMA_REVISIONS, SCHEMA_VERSION, VERDICTS, alembic_command, alembic_revision, images,
+                              metadata, models, rejections, schema_info, to_path_raw, utc_now, verdicts)
 
 
 class StoreFullError(StoreError):
     """The disk (or database quota) is full: the daemon pauses and retries, files stay in place."""
-
-
-class UTCDateTime(sa.types.TypeDecorator):
-    """Aware datetimes in, stored as naive UTC (portable), aware UTC out."""
-
-    impl = sa.DateTime
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc).replace(tzinfo=None)
-
-    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
-        return value.replace(tzinfo=timezone.utc) if value is not None else None
-
-
-metadata = sa.MetaData()
-
-schema_info = sa.Table(
-    "schema_info", metadata,
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("inspector_version", sa.Text, nullable=False),
-    sa.Column("upgraded_at", UTCDateTime, nullable=False),
-)
-verdicts = sa.Table(
-    "verdicts", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("sha256", sa.Text, nullable=False),
-    sa.Column("model_sha256", sa.Text, nullable=False),
-    sa.Column("p_abnormal", sa.Float, nullable=True),
-    sa.Column("verdict", sa.Text, nullable=False),
-    sa.Column("reason", sa.Text, nullable=True),
-    sa.Column("threshold", sa.Float, nullable=False),
-    sa.Column("method", sa.Text, nullable=False),
-    sa.Column("ready_to_commit_seconds", sa.Float, nullable=True),
-    sa.Column("inference_seconds", sa.Float, nullable=True),
-    sa.Column("heatmap_path", sa.Text, nullable=True),
-    sa.Column("created_at", UTCDateTime, nullable=False, index=True),
-    sa.UniqueConstraint("sha256", "model_sha256", name="uq_verdicts_content_model"),
-)
-images = sa.Table(
-    "images", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("path", sa.Text, nullable=False),
-    sa.Column("path_raw", sa.LargeBinary, nullable=False),
-    sa.Column("sha256", sa.Text, nullable=False, index=True),
-    sa.Column("size", sa.BigInteger, nullable=False),
-    sa.Column("mtime_ns", sa.BigInteger, nullable=False),
-    sa.Column("first_seen", UTCDateTime, nullable=False, index=True),
-    sa.Column("status", sa.Text, nullable=False),
-    sa.Column("duplicate_of", sa.Text, nullable=True),
-    sa.Column("moved_to", sa.Text, nullable=True),
-    # Which verdict this path shows (the same content may have verdicts from several models).
-    sa.Column("verdict_id", sa.Integer, sa.ForeignKey("verdicts.id"), nullable=True),
-    # The file version's identity beyond its stat: a rename over the name brings a new inode, a
-    # rewrite in place a new ctime. NULL in rows of schema 1 (they match any).
-    sa.Column("inode", sa.BigInteger, nullable=True),
-    sa.Column("ctime_ns", sa.BigInteger, nullable=True),
-    # One row per file version: the same content exported again under the same name gets its own row.
-    sa.UniqueConstraint("path_raw", "sha256", "mtime_ns", "inode", name="uq_images_file_version"),
-    sa.Index("ix_images_path_size_mtime", "path_raw", "size", "mtime_ns"),
-)
-models = sa.Table(
-    "models", metadata,
-    sa.Column("sha256", sa.Text, primary_key=True),
-    sa.Column("path", sa.Text, nullable=False),
-    sa.Column("meta_json", sa.Text, nullable=False),
-    sa.Column("first_used", UTCDateTime, nullable=False),
-)
-rejections = sa.Table(
-    "rejections", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("path", sa.Text, nullable=False),
-    sa.Column("path_raw", sa.LargeBinary, nullable=False),
-    sa.Column("sha256", sa.Text, nullable=True),
-    sa.Column("size", sa.BigInteger, nullable=False),
-    sa.Column("mtime_ns", sa.BigInteger, nullable=False),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("message", sa.Text, nullable=False),
-    sa.Column("created_at", UTCDateTime, nullable=False, index=True),
-    sa.Column("inode", sa.BigInteger, nullable=True),
-    sa.Column("ctime_ns", sa.BigInteger, nullable=True),
-    sa.UniqueConstraint("path_raw", "size", "mtime_ns", "inode", name="uq_rejections_file_version"),
-)
-reviews = sa.Table(
-    "reviews", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("sha256", sa.Text, nullable=False, index=True),
-    sa.Column("label", sa.Text, nullable=False),
-    sa.Column("anomalies", sa.Text, nullable=False, default=""),
-    sa.Column("reviewer", sa.Text, nullable=False),
-    sa.Column("note", sa.Text, nullable=False, default=""),
-    sa.Column("model_verdict", sa.Text, nullable=True),
-    sa.Column("model_sha256", sa.Text, nullable=True),
-    sa.Column("supersedes", sa.Integer, sa.ForeignKey("reviews.id"), nullable=True),
-    sa.Column("created_at", UTCDateTime, nullable=False),
-)
-retrains = sa.Table(
-    "retrains", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("started_at", UTCDateTime, nullable=False),
-    sa.Column("finished_at", UTCDateTime, nullable=True),
-    sa.Column("decision", sa.Text, nullable=True),
-    sa.Column("current_score_json", sa.Text, nullable=True),
-    sa.Column("candidate_score_json", sa.Text, nullable=True),
-    sa.Column("candidate_path", sa.Text, nullable=True),
-    sa.Column("message", sa.Text, nullable=True),
-)
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def to_path_raw(path: bytes | str | os.PathLike) -> bytes:
-    """The exact bytes of a file name, so a non-UTF-8 name round-trips."""
-    return path if isinstance(path, bytes) else os.fsencode(path)
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -172,7 +46,7 @@ def _is_full(exc: BaseException) -> bool:
     return "database or disk is full" in text or "no space left" in text
 
 
-class Store:
+class Store(Queries):
     """A database handle; every write method is one short transaction, committed on return."""
 
     def __init__(self, engine: Engine, url: str, readonly: bool, busy_timeout_seconds: float):
@@ -259,11 +133,11 @@ class Store:
         with self.write() as conn:
             if version is None:
                 metadata.create_all(conn)  # a new database: today's schema at once (Alembic's cookbook)
-                _alembic(conn, "stamp", SCHEMA_REVISIONS[SCHEMA_VERSION])
+                alembic_command(conn, "stamp", SCHEMA_REVISIONS[SCHEMA_VERSION])
             else:
-                if version in SCHEMA_REVISIONS and _alembic_revision(conn) is None:
-                    _alembic(conn, "stamp", SCHEMA_REVISIONS[version])  # made before inspector used Alembic
-                _alembic(conn, "upgrade", SCHEMA_REVISIONS[SCHEMA_VERSION])
+                if version in SCHEMA_REVISIONS and alembic_revision(conn) is None:
+                    alembic_command(conn, "stamp", SCHEMA_REVISIONS[version])  # made before inspector used Alembic
+                alembic_command(conn, "upgrade", SCHEMA_REVISIONS[SCHEMA_VERSION])
             conn.execute(sa.delete(schema_info))
             conn.execute(sa.insert(schema_info).values(version=SCHEMA_VERSION, inspector_version=__version__,
                                                        upgraded_at=utc_now()))
@@ -425,146 +299,6 @@ class Store:
             conn.execute(sa.update(verdicts).where(verdicts.c.sha256 == sha256,
                                                    verdicts.c.model_sha256 == model_sha256)
                          .values(heatmap_path=str(heatmap_path)))
-
-    # ---- readers ------------------------------------------------------------------------
-    def _verdict_select(self, since, until, verdict, model, columns) -> sa.Select:
-        query = sa.select(*columns).select_from(images.outerjoin(verdicts, images.c.verdict_id == verdicts.c.id))
-        if since is not None:
-            query = query.where(images.c.first_seen >= since)
-        if until is not None:
-            query = query.where(images.c.first_seen < until)
-        if verdict is not None:
-            if verdict not in VERDICTS:
-                raise StoreError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
-            query = query.where(verdicts.c.verdict == verdict)
-        if model:
-            if not re.fullmatch(r"[0-9a-fA-F]{1,64}", model):
-                raise StoreError(f"model {model!r} is not a sha256 or a prefix of one (hex digits)")
-            query = query.where(verdicts.c.model_sha256.like(model.lower() + "%"))
-        return query
-
-    def _glob(self, query: sa.Select, path_glob: str | None) -> tuple[sa.Select, str | None]:
-        """Filter by a shell pattern over the whole path in SQL: GLOB on SQLite, LIKE elsewhere.
-
-        Returns the query and the pattern left for Python (a [...] class on a database without GLOB).
-        """
-        if path_glob is None:
-            return query, None
-        if self.engine.dialect.name == "sqlite":
-            return query.where(images.c.path.op("GLOB")(path_glob)), None
-        if "[" in path_glob:
-            return query, path_glob
-        like = "".join({"*": "%", "?": "_", "%": "\\%", "_": "\\_", "\\": "\\\\"}.get(c, c) for c in path_glob)
-        return query.where(images.c.path.like(like, escape="\\")), None
-
-    def query_verdicts(self, since: datetime | None = None, until: datetime | None = None,
-                       verdict: str | None = None, path_glob: str | None = None, model: str | None = None,
-                       limit: int | None = None) -> list[dict]:
-        """One row per image path with its verdict, newest first; path_glob matches the whole path."""
-        cols = [images.c.id, images.c.first_seen.label("time"), images.c.path, images.c.path_raw, images.c.sha256,
-                images.c.size, images.c.mtime_ns, images.c.status, images.c.duplicate_of, images.c.moved_to,
-                verdicts.c.model_sha256, verdicts.c.p_abnormal, verdicts.c.verdict, verdicts.c.reason,
-                verdicts.c.threshold, verdicts.c.method, verdicts.c.ready_to_commit_seconds,
-                verdicts.c.inference_seconds, verdicts.c.heatmap_path, verdicts.c.created_at.label("verdict_time")]
-        query, left = self._glob(self._verdict_select(since, until, verdict, model, cols), path_glob)
-        query = query.order_by(images.c.first_seen.desc(), images.c.id.desc())
-        if left is None and limit is not None:
-            query = query.limit(limit)
-        out = []
-        with self.read() as conn:
-            for row in conn.execute(query):
-                if left is not None and not fnmatch.fnmatchcase(row.path, left):
-                    continue
-                item = dict(row._mapping)
-                item["duplicate"] = row.status == "duplicate"
-                out.append(item)
-                if limit is not None and len(out) >= limit:
-                    break
-        return out
-
-    def count_verdicts(self, since: datetime | None = None, until: datetime | None = None,
-                       verdict: str | None = None, path_glob: str | None = None, model: str | None = None) -> int:
-        """How many rows query_verdicts would return without a limit (for "50 of N shown")."""
-        query, left = self._glob(self._verdict_select(since, until, verdict, model, [images.c.path]), path_glob)
-        with self.read() as conn:
-            if left is not None:
-                return sum(fnmatch.fnmatchcase(p, left) for p in conn.execute(query).scalars())
-            return int(conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one())
-
-    def _rejection_filter(self, query: sa.Select, since: datetime | None, until: datetime | None) -> sa.Select:
-        if since is not None:
-            query = query.where(rejections.c.created_at >= since)
-        if until is not None:
-            query = query.where(rejections.c.created_at < until)
-        return query
-
-    def query_rejections(self, since: datetime | None = None, until: datetime | None = None,
-                         limit: int | None = None) -> list[dict]:
-        """Files that got no verdict and why, newest first."""
-        query = self._rejection_filter(sa.select(rejections), since, until)
-        query = query.order_by(rejections.c.created_at.desc(), rejections.c.id.desc())
-        if limit is not None:
-            query = query.limit(limit)
-        with self.read() as conn:
-            return [dict(row._mapping) for row in conn.execute(query)]
-
-    def count_rejections(self, since: datetime | None = None, until: datetime | None = None) -> int:
-        query = self._rejection_filter(sa.select(sa.func.count()).select_from(rejections), since, until)
-        with self.read() as conn:
-            return int(conn.execute(query).scalar_one())
-
-    def status_counts(self, today_start_utc: datetime) -> dict:
-        """Model in use, counts by verdict and by rejection reason (today and total), last verdict time."""
-        joined = images.join(verdicts, images.c.verdict_id == verdicts.c.id)
-        with self.read() as conn:
-            last = conn.execute(sa.select(verdicts.c.model_sha256, verdicts.c.created_at)
-                                .order_by(verdicts.c.created_at.desc(), verdicts.c.id.desc()).limit(1)).first()
-            model = None
-            if last is not None:
-                found = conn.execute(sa.select(models).where(models.c.sha256 == last.model_sha256)).first()
-                model = dict(found._mapping) if found else {"sha256": last.model_sha256, "path": None,
-                                                            "meta_json": None, "first_used": None}
-
-            def by(column, table, time_column, since=None) -> dict[str, int]:
-                query = sa.select(column, sa.func.count()).select_from(table).group_by(column)
-                if since is not None:
-                    query = query.where(time_column >= since)
-                return {key: int(n) for key, n in conn.execute(query)}
-
-            def count_duplicates(since=None) -> int:
-                query = sa.select(sa.func.count()).select_from(images).where(images.c.status == "duplicate")
-                if since is not None:
-                    query = query.where(images.c.first_seen >= since)
-                return int(conn.execute(query).scalar_one())
-
-            return {
-                "model": model,
-                "verdicts_today": by(verdicts.c.verdict, joined, images.c.first_seen, today_start_utc),
-                "verdicts_total": by(verdicts.c.verdict, joined, images.c.first_seen),
-                "duplicates_today": count_duplicates(today_start_utc),
-                "duplicates_total": count_duplicates(),
-                "rejections_today": by(rejections.c.reason, rejections, rejections.c.created_at, today_start_utc),
-                "rejections_total": by(rejections.c.reason, rejections, rejections.c.created_at),
-                "last_verdict_at": last.created_at if last is not None else None,
-            }
-
-
-def _alembic(conn: Connection, command_name: str, revision: str) -> None:
-    """Run an Alembic command (stamp, upgrade) inside the writer's open transaction."""
-    from alembic import command
-    from alembic.config import Config as AlembicConfig
-
-    config = AlembicConfig()
-    config.set_main_option("script_location", "inspector:migrations")
-    config.attributes["connection"] = conn
-    getattr(command, command_name)(config, revision)
-
-
-def _alembic_revision(conn: Connection) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
-    return MigrationContext.configure(conn).get_current_revision()
-
 
 def _install_sqlite_listeners(engine: Engine, readonly: bool, busy_timeout_seconds: float) -> None:
     """Pragmas on every new connection; BEGIN IMMEDIATE for the writer (the SQLAlchemy pysqlite recipe)."""

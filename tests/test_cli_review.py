@@ -11,6 +11,7 @@ import cv2
 import pytest
 from click.testing import CliRunner
 
+from cli_errors import error_of
 from image_files import sample_image16, write_tiff16
 from inspector.cli import cli
 from inspector.dataset import load_dataset
@@ -25,12 +26,6 @@ def station(tmp_path):
         '[review]\nbundle_rule = "subfolder"\n')
     st.config = tmp_path / "config.toml"
     return st
-
-
-def error_of(result) -> str:
-    """The one-line `Error: ...` a failed command printed, without the prefix."""
-    assert result.exit_code == 1 and result.output.startswith("Error: "), result.output
-    return result.output.removeprefix("Error: ").rstrip("\n")
 
 
 def run(station, *args: str):

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from inspector.cli import cli
 from inspector.cli.station import TIME_FORMS, parse_time
-from inspector.store import SCHEMA_VERSION, open_store
+from inspector.schema import SCHEMA_VERSION
+from inspector.store import open_store
 
 MODEL = "ab" * 32
 ODD_NAME = b"bad \xff\xfe name.tif"

@@ -14,8 +14,10 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+
 from click.testing import CliRunner
 
+from cli_errors import error_of
 from daemon_helpers import (db_count, db_rows, in_process, make_model, running, wait_for,
                             write_config, write_image)
 from image_files import (BAD_KINDS, DICOM_FIELD_MUTATIONS, make_bad_file, sample_image16,
@@ -465,7 +467,7 @@ def test_missing_model_says_what_to_do(tmp_path, station):
     model.unlink()
     result = CliRunner().invoke(cli, ["watch", "--once", "--config", cfg.source])
     assert result.exit_code == 1
-    assert str(result.exception) == (f"no model at {model}: train one with `inspector train` or write an "
+    assert error_of(result) == (f"no model at {model}: train one with `inspector train` or write an "
                                      "untrained one with `inspector model init` (or set model.path)")
 
 
@@ -475,8 +477,8 @@ def test_damaged_model_says_what_to_do(tmp_path, station):
     model.write_bytes(model.read_bytes()[:5000])
     result = CliRunner().invoke(cli, ["watch", "--once", "--config", cfg.source])
     assert result.exit_code == 1
-    assert str(result.exception).startswith(f"model file {model}")
-    assert str(result.exception).endswith("(train one with `inspector train` or write an untrained one "
+    assert error_of(result).startswith(f"model file {model}")
+    assert error_of(result).endswith("(train one with `inspector train` or write an untrained one "
                                           "with `inspector model init`)")
 
 

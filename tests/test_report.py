@@ -13,17 +13,20 @@ from datetime import datetime, timedelta, timezone
 import cv2
 import numpy as np
 import pytest
+
 import sqlalchemy as sa
 import tifffile
 from click.testing import CliRunner
 
+from cli_errors import error_of
 from inspector.cli import cli
 from inspector.config import load_config
 from inspector.errors import InspectorError
 from inspector.imaging import file_sha256
 from inspector.export import export_report
 from inspector.report import bundle_of, collect_outcomes, read_model_header
-from inspector.store import images, open_store, reviews
+from inspector.schema import images, reviews
+from inspector.store import open_store
 
 MODEL = "ab" * 32
 EVIL_DIR = "<script>alert(1)<"  # with the file below, the path reads .../<script>alert(1)</script>.tif
@@ -120,9 +123,9 @@ def test_export_errors_are_specific(station):
     tmp_path, cfg, shas, files = station
     result = run(tmp_path, "export", "--format", "csv", "--out", "nowhere/out.csv")
     assert result.exit_code == 1
-    assert str(result.exception) == "folder nowhere for --out does not exist; create it first"
+    assert error_of(result) == "folder nowhere for --out does not exist; create it first"
     result = run(tmp_path, "export", "--format", "csv", "--out", "x.csv", "--since", "1h", "--until", "2h")
-    assert result.exit_code == 1 and "is not after --since" in str(result.exception)
+    assert result.exit_code == 1 and "is not after --since" in error_of(result)
     result = run(tmp_path, "export", "--format", "pdf", "--out", "x.pdf")
     assert result.exit_code == 2 and "'pdf' is not one of 'csv', 'json', 'html'" in result.output
     result = run(tmp_path, "export", "--format", "csv", "--out", "x.csv", "--since", "last tuesday")

@@ -21,15 +21,18 @@ import time
 from pathlib import Path
 
 import pytest
+
 import sqlalchemy as sa
 import tifffile
 from click.testing import CliRunner
 
+from cli_errors import error_of
 from inspector.cli import cli
 from inspector.config import load_config
 from inspector.synth import synth_electrode, synthesize
 from inspector.imaging import file_sha256
-from inspector.store import open_store, retrains
+from inspector.schema import retrains
+from inspector.store import open_store
 
 CONFIG = """\
 [model]
@@ -241,7 +244,7 @@ def test_usage_error_without_base_dataset(tmp_path):
     (tmp_path / "config.toml").write_text('[database]\nurl = "sqlite:///station.db"\n')
     result = run_retrain(tmp_path)
     assert result.exit_code == 1
-    assert str(result.exception) == (f"retrain.base_dataset in {tmp_path / 'config.toml'}: is empty: set it to the "
+    assert error_of(result) == (f"retrain.base_dataset in {tmp_path / 'config.toml'}: is empty: set it to the "
                                      "labeled dataset folder that reviewed images are added to")
     assert not (tmp_path / "station.db").exists()
 

@@ -15,7 +15,8 @@ import sqlalchemy as sa
 from inspector import __version__
 from inspector.errors import StoreError
 from inspector.paths import display_path
-from inspector.store import SCHEMA_VERSION, StoreFullError, open_store
+from inspector.schema import SCHEMA_VERSION
+from inspector.store import StoreFullError, open_store
 
 MODEL = "ab" * 32
 OTHER_MODEL = "cd" * 32
@@ -296,7 +297,7 @@ def test_older_schema_is_migrated(db_url, tmp_path):
 def test_schema_1_is_migrated_by_alembic(db_url, tmp_path):
     """A database inspector wrote before Alembic (schema 1) is stamped and upgraded; its rows keep working."""
     from inspector.migrations import schema_v1
-    from inspector.store import SCHEMA_REVISIONS
+    from inspector.schema import SCHEMA_REVISIONS
 
     engine = sa.create_engine(db_url)
     with engine.begin() as conn:
@@ -327,7 +328,7 @@ def test_schema_1_is_migrated_by_alembic(db_url, tmp_path):
         from alembic.autogenerate import compare_metadata
         from alembic.runtime.migration import MigrationContext
 
-        from inspector.store import metadata
+        from inspector.schema import metadata
         with again.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": False}), metadata)
         assert [d for d in diff if d[0] not in ("remove_table",)] == []

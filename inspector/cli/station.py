@@ -284,7 +284,8 @@ def db() -> None:
 @with_config
 def upgrade(cfg: Config) -> None:
     """Create the database schema, or migrate an older one (safe to run any time)."""
-    from inspector.store import SCHEMA_VERSION, open_store
+    from inspector.schema import SCHEMA_VERSION
+    from inspector.store import open_store
 
     with open_store(cfg.database.url, cfg.database.busy_timeout_seconds) as store:
         click.echo(f"database {store.where}: schema {store.schema_action} (version {SCHEMA_VERSION})")

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from inspector.store import metadata
+from inspector.schema import metadata
 
 connection = context.config.attributes["connection"]
 # render_as_batch: SQLite cannot ALTER a constraint; Alembic copies the table instead ("batch" mode).

@@ -1,0 +1,137 @@
+"""The readers of the verdict database: verdicts, rejections and the station's counts (a mixin of Store)."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from inspector.errors import StoreError
+from inspector.schema import VERDICTS, images, models, rejections, verdicts
+
+
+class Queries:
+    """Read-only queries; each runs in one short read transaction of the Store it is mixed into."""
+
+    def _verdict_select(self, since, until, verdict, model, columns) -> sa.Select:
+        query = sa.select(*columns).select_from(images.outerjoin(verdicts, images.c.verdict_id == verdicts.c.id))
+        if since is not None:
+            query = query.where(images.c.first_seen >= since)
+        if until is not None:
+            query = query.where(images.c.first_seen < until)
+        if verdict is not None:
+            if verdict not in VERDICTS:
+                raise StoreError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
+            query = query.where(verdicts.c.verdict == verdict)
+        if model:
+            if not re.fullmatch(r"[0-9a-fA-F]{1,64}", model):
+                raise StoreError(f"model {model!r} is not a sha256 or a prefix of one (hex digits)")
+            query = query.where(verdicts.c.model_sha256.like(model.lower() + "%"))
+        return query
+
+    def _glob(self, query: sa.Select, path_glob: str | None) -> tuple[sa.Select, str | None]:
+        """Filter by a shell pattern over the whole path in SQL: GLOB on SQLite, LIKE elsewhere.
+
+        Returns the query and the pattern left for Python (a [...] class on a database without GLOB).
+        """
+        if path_glob is None:
+            return query, None
+        if self.engine.dialect.name == "sqlite":
+            return query.where(images.c.path.op("GLOB")(path_glob)), None
+        if "[" in path_glob:
+            return query, path_glob
+        like = "".join({"*": "%", "?": "_", "%": "\\%", "_": "\\_", "\\": "\\\\"}.get(c, c) for c in path_glob)
+        return query.where(images.c.path.like(like, escape="\\")), None
+
+    def query_verdicts(self, since: datetime | None = None, until: datetime | None = None,
+                       verdict: str | None = None, path_glob: str | None = None, model: str | None = None,
+                       limit: int | None = None) -> list[dict]:
+        """One row per image path with its verdict, newest first; path_glob matches the whole path."""
+        cols = [images.c.id, images.c.first_seen.label("time"), images.c.path, images.c.path_raw, images.c.sha256,
+                images.c.size, images.c.mtime_ns, images.c.status, images.c.duplicate_of, images.c.moved_to,
+                verdicts.c.model_sha256, verdicts.c.p_abnormal, verdicts.c.verdict, verdicts.c.reason,
+                verdicts.c.threshold, verdicts.c.method, verdicts.c.ready_to_commit_seconds,
+                verdicts.c.inference_seconds, verdicts.c.heatmap_path, verdicts.c.created_at.label("verdict_time")]
+        query, left = self._glob(self._verdict_select(since, until, verdict, model, cols), path_glob)
+        query = query.order_by(images.c.first_seen.desc(), images.c.id.desc())
+        if left is None and limit is not None:
+            query = query.limit(limit)
+        out = []
+        with self.read() as conn:
+            for row in conn.execute(query):
+                if left is not None and not fnmatch.fnmatchcase(row.path, left):
+                    continue
+                item = dict(row._mapping)
+                item["duplicate"] = row.status == "duplicate"
+                out.append(item)
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
+    def count_verdicts(self, since: datetime | None = None, until: datetime | None = None,
+                       verdict: str | None = None, path_glob: str | None = None, model: str | None = None) -> int:
+        """How many rows query_verdicts would return without a limit (for "50 of N shown")."""
+        query, left = self._glob(self._verdict_select(since, until, verdict, model, [images.c.path]), path_glob)
+        with self.read() as conn:
+            if left is not None:
+                return sum(fnmatch.fnmatchcase(p, left) for p in conn.execute(query).scalars())
+            return int(conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one())
+
+    def _rejection_filter(self, query: sa.Select, since: datetime | None, until: datetime | None) -> sa.Select:
+        if since is not None:
+            query = query.where(rejections.c.created_at >= since)
+        if until is not None:
+            query = query.where(rejections.c.created_at < until)
+        return query
+
+    def query_rejections(self, since: datetime | None = None, until: datetime | None = None,
+                         limit: int | None = None) -> list[dict]:
+        """Files that got no verdict and why, newest first."""
+        query = self._rejection_filter(sa.select(rejections), since, until)
+        query = query.order_by(rejections.c.created_at.desc(), rejections.c.id.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        with self.read() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def count_rejections(self, since: datetime | None = None, until: datetime | None = None) -> int:
+        query = self._rejection_filter(sa.select(sa.func.count()).select_from(rejections), since, until)
+        with self.read() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def status_counts(self, today_start_utc: datetime) -> dict:
+        """Model in use, counts by verdict and by rejection reason (today and total), last verdict time."""
+        joined = images.join(verdicts, images.c.verdict_id == verdicts.c.id)
+        with self.read() as conn:
+            last = conn.execute(sa.select(verdicts.c.model_sha256, verdicts.c.created_at)
+                                .order_by(verdicts.c.created_at.desc(), verdicts.c.id.desc()).limit(1)).first()
+            model = None
+            if last is not None:
+                found = conn.execute(sa.select(models).where(models.c.sha256 == last.model_sha256)).first()
+                model = dict(found._mapping) if found else {"sha256": last.model_sha256, "path": None,
+                                                            "meta_json": None, "first_used": None}
+
+            def by(column, table, time_column, since=None) -> dict[str, int]:
+                query = sa.select(column, sa.func.count()).select_from(table).group_by(column)
+                if since is not None:
+                    query = query.where(time_column >= since)
+                return {key: int(n) for key, n in conn.execute(query)}
+
+            def count_duplicates(since=None) -> int:
+                query = sa.select(sa.func.count()).select_from(images).where(images.c.status == "duplicate")
+                if since is not None:
+                    query = query.where(images.c.first_seen >= since)
+                return int(conn.execute(query).scalar_one())
+
+            return {
+                "model": model,
+                "verdicts_today": by(verdicts.c.verdict, joined, images.c.first_seen, today_start_utc),
+                "verdicts_total": by(verdicts.c.verdict, joined, images.c.first_seen),
+                "duplicates_today": count_duplicates(today_start_utc),
+                "duplicates_total": count_duplicates(),
+                "rejections_today": by(rejections.c.reason, rejections, rejections.c.created_at, today_start_utc),
+                "rejections_total": by(rejections.c.reason, rejections, rejections.c.created_at),
+                "last_verdict_at": last.created_at if last is not None else None,
+            }

@@ -1,0 +1,152 @@
+"""The verdict database's schema: SQLAlchemy Core tables, their version, and the Alembic migrations that
+bring an older database to it (the revisions live in inspector/migrations/versions)."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+SCHEMA_VERSION = 2
+# The Alembic revision (inspector/migrations/versions) that each schema version is.
+SCHEMA_REVISIONS = {1: "0001", 2: "0002"}
+VERDICTS = ("normal", "abnormal", "rescan")
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """Aware datetimes in, stored as naive UTC (portable), aware UTC out."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        return value.replace(tzinfo=timezone.utc) if value is not None else None
+
+
+metadata = sa.MetaData()
+
+schema_info = sa.Table(
+    "schema_info", metadata,
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("inspector_version", sa.Text, nullable=False),
+    sa.Column("upgraded_at", UTCDateTime, nullable=False),
+)
+verdicts = sa.Table(
+    "verdicts", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("sha256", sa.Text, nullable=False),
+    sa.Column("model_sha256", sa.Text, nullable=False),
+    sa.Column("p_abnormal", sa.Float, nullable=True),
+    sa.Column("verdict", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("threshold", sa.Float, nullable=False),
+    sa.Column("method", sa.Text, nullable=False),
+    sa.Column("ready_to_commit_seconds", sa.Float, nullable=True),
+    sa.Column("inference_seconds", sa.Float, nullable=True),
+    sa.Column("heatmap_path", sa.Text, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False, index=True),
+    sa.UniqueConstraint("sha256", "model_sha256", name="uq_verdicts_content_model"),
+)
+images = sa.Table(
+    "images", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("path_raw", sa.LargeBinary, nullable=False),
+    sa.Column("sha256", sa.Text, nullable=False, index=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("mtime_ns", sa.BigInteger, nullable=False),
+    sa.Column("first_seen", UTCDateTime, nullable=False, index=True),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("duplicate_of", sa.Text, nullable=True),
+    sa.Column("moved_to", sa.Text, nullable=True),
+    # Which verdict this path shows (the same content may have verdicts from several models).
+    sa.Column("verdict_id", sa.Integer, sa.ForeignKey("verdicts.id"), nullable=True),
+    # The file version's identity beyond its stat: a rename over the name brings a new inode, a
+    # rewrite in place a new ctime. NULL in rows of schema 1 (they match any).
+    sa.Column("inode", sa.BigInteger, nullable=True),
+    sa.Column("ctime_ns", sa.BigInteger, nullable=True),
+    # One row per file version: the same content exported again under the same name gets its own row.
+    sa.UniqueConstraint("path_raw", "sha256", "mtime_ns", "inode", name="uq_images_file_version"),
+    sa.Index("ix_images_path_size_mtime", "path_raw", "size", "mtime_ns"),
+)
+models = sa.Table(
+    "models", metadata,
+    sa.Column("sha256", sa.Text, primary_key=True),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("meta_json", sa.Text, nullable=False),
+    sa.Column("first_used", UTCDateTime, nullable=False),
+)
+rejections = sa.Table(
+    "rejections", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("path_raw", sa.LargeBinary, nullable=False),
+    sa.Column("sha256", sa.Text, nullable=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("mtime_ns", sa.BigInteger, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("inode", sa.BigInteger, nullable=True),
+    sa.Column("ctime_ns", sa.BigInteger, nullable=True),
+    sa.UniqueConstraint("path_raw", "size", "mtime_ns", "inode", name="uq_rejections_file_version"),
+)
+reviews = sa.Table(
+    "reviews", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("sha256", sa.Text, nullable=False, index=True),
+    sa.Column("label", sa.Text, nullable=False),
+    sa.Column("anomalies", sa.Text, nullable=False, default=""),
+    sa.Column("reviewer", sa.Text, nullable=False),
+    sa.Column("note", sa.Text, nullable=False, default=""),
+    sa.Column("model_verdict", sa.Text, nullable=True),
+    sa.Column("model_sha256", sa.Text, nullable=True),
+    sa.Column("supersedes", sa.Integer, sa.ForeignKey("reviews.id"), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+retrains = sa.Table(
+    "retrains", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime, nullable=True),
+    sa.Column("decision", sa.Text, nullable=True),
+    sa.Column("current_score_json", sa.Text, nullable=True),
+    sa.Column("candidate_score_json", sa.Text, nullable=True),
+    sa.Column("candidate_path", sa.Text, nullable=True),
+    sa.Column("message", sa.Text, nullable=True),
+)
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def to_path_raw(path: bytes | str | os.PathLike) -> bytes:
+    """The exact bytes of a file name, so a non-UTF-8 name round-trips."""
+    return path if isinstance(path, bytes) else os.fsencode(path)
+
+
+def alembic_command(conn: Connection, command_name: str, revision: str) -> None:
+    """Run an Alembic command (stamp, upgrade) inside the writer's open transaction."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    config = AlembicConfig()
+    config.set_main_option("script_location", "inspector:migrations")
+    config.attributes["connection"] = conn
+    getattr(command, command_name)(config, revision)
+
+
+def alembic_revision(conn: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(conn).get_current_revision()
