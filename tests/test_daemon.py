@@ -14,7 +14,6 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-
 from click.testing import CliRunner
 
 from cli_errors import error_of
