@@ -14,7 +14,6 @@ import logging
 import os
 import queue
 import signal
-import stat
 import threading
 import time
 from datetime import date
@@ -25,8 +24,9 @@ from inspector.config import Config
 from inspector.errors import ConfigError, ImageError, ModelError, StoreError
 from inspector.notify import log_to_stderr, notify, pid_file, watchdog_interval_seconds
 from inspector.paths import display_path
-from inspector.watcher import (SKIP_DIRS, EventHandler, FileStamp, ReadyFile, Scanner, Tracker, build_observer, probe,
-                               OutsideCapture, age_seconds, real_dir_inside)
+from inspector.mover import Mover
+from inspector.watcher import (SKIP_DIRS, EventHandler, FileStamp, ReadyFile, Scanner, Tracker, age_seconds,
+                               build_observer, probe)
 
 log = logging.getLogger("inspector.daemon")
 
@@ -136,7 +136,8 @@ class Daemon:
         self._rebuild_at = 0.0
         self._root_id = folder_identity(self.root)  # a deleted and re-created folder is another folder
         self.folder_note: str | None = None  # the capture folder's absence or re-creation, for STATUS
-        self.degraded: dict[str, str] = {}  # folder -> why moves there are refused (not a real folder inside)
+        self.mover = Mover(self.root, cfg.watch.after == "move", self._store_call, store, self._unchanged, self._shown,
+                           lambda point: fault_point(point))  # looked up at each call: the fault runner replaces it
         self.once = False  # one pass (`watch --once`): an incomplete file is left for a later run
 
     # ---- main thread: scan, settle, supervise -------------------------------------------------
@@ -237,8 +238,8 @@ class Daemon:
         if incomplete:
             text += f" ({incomplete} incomplete, waiting to grow)"
         text = f"{self.folder_note}; {text}" if self.folder_note else text
-        if self.degraded:
-            text = f"degraded: {'; '.join(self.degraded.values())}; {text}"
+        if self.mover.degraded:
+            text = f"degraded: {'; '.join(self.mover.degraded.values())}; {text}"
         return f"paused: {self.paused_reason}; {text}" if self.paused_reason else text
 
     def _threads_alive(self) -> bool:
@@ -298,9 +299,9 @@ class Daemon:
             log.info("finishing an interrupted move of %s", self._shown(path))
             item = ReadyFile(path, stamp, time.monotonic(), problem=found[1])
             if outcome["kind"] == "rejection":
-                self._move(item, ("quarantine",), outcome["sha256"], None)
+                self.mover.move(item, ("quarantine",), outcome["sha256"], None)
             else:
-                self._move(item, ("processed", date.today().isoformat()), outcome["sha256"], raw)
+                self.mover.move(item, ("processed", date.today().isoformat()), outcome["sha256"], raw)
 
     def _work(self) -> None:
         """The only thread that runs the model: scoring first, heat maps in idle time."""
@@ -477,7 +478,7 @@ class Daemon:
             if result == "new":  # "exists": recorded before (a restart, or another inspector on this folder)
                 self.counts["rejected"] += 1
                 log.warning("rejected %s %s: %s", reason, shown, message)
-            self._move(item, ("quarantine",), job.sha256, None)
+            self.mover.move(item, ("quarantine",), job.sha256, None)
             return
         meta = self.detector.meta
         if job.outcome is not None:
@@ -501,82 +502,10 @@ class Daemon:
             log.info("verdict %s p=%s %s%s (%.2f s)%s", verdict, p_text, shown, dup, ready_to_commit, extra)
             if verdict == "abnormal" and result == "new" and job.img16 is not None:
                 self.heatmaps.submit(self.detector, job.img16, job.sha256)  # after the commit: never delays a verdict
-        self._move(item, ("processed", date.today().isoformat()), job.sha256, raw)
+        self.mover.move(item, ("processed", date.today().isoformat()), job.sha256, raw)
 
     def _shown(self, path: str) -> str:
         return display_path(os.path.join(os.path.basename(self.root), os.path.relpath(path, self.root)))
-
-    def _move(self, item: ReadyFile, parts: tuple[str, ...], sha256: str | None, image_raw: bytes | None) -> str | None:
-        """after = "move": rename into processed/DATE or quarantine, never overwriting anything.
-
-        Only the version that was judged is moved, and the moved file is checked to be it. For a
-        scored image (`image_raw`) the destination is committed before the rename, so the database
-        always says where the file is or is about to be.
-        """
-        if self.cfg.watch.after != "move":
-            return None
-        path, shown = item.path, self._shown(item.path)
-        version = (item.stamp.mtime_ns, item.stamp.inode)
-        try:
-            folder = real_dir_inside(self.root, *parts)
-            dest = unique_destination(folder, os.path.basename(path))
-        except OSError as exc:
-            log.error("cannot move %s to %s (%s); it stays in place", shown, parts[0], exc.strerror or exc)
-            if isinstance(exc, OutsideCapture):
-                self.degraded[parts[0]] = f"{parts[0]}/ is not a real folder inside the capture folder, files stay in place"
-            return None
-        self.degraded.pop(parts[0], None)
-        if not self._unchanged(item):
-            if os.path.lexists(path):
-                log.warning("%s changed after it was read; it stays in place and is judged again", shown)
-            return None
-        if image_raw is not None:
-            self._store_call(self.store.record_moved, image_raw, sha256, display_path(dest), *version)
-        try:
-            os.rename(path, dest)
-            fault_point("mid_move")  # renamed: the instant right after the most exposed step of a move
-        except OSError as exc:
-            if isinstance(exc, FileNotFoundError) and not os.path.lexists(path):
-                log.info("%s is gone before it could be moved (deleted, or moved by another inspector)", shown)
-            else:
-                log.error("cannot move %s to %s (%s); it stays in place", shown, parts[0], exc.strerror)
-            if image_raw is not None:
-                self._store_call(self.store.record_moved, image_raw, sha256, None, *version)
-            return None
-        if not _is_version(dest, item.stamp, sha256):
-            log.error("%s changed while it was being moved: it is not the content its outcome was recorded for; "
-                      "putting it back to be judged again", shown)
-            with contextlib.suppress(OSError):
-                if not os.path.lexists(path):
-                    os.rename(dest, path)
-            if image_raw is not None:
-                self._store_call(self.store.record_moved, image_raw, sha256, None, *version)
-            return None
-        log.info("moved %s -> %s", shown, self._shown(dest))
-        return dest
-
-
-def _is_version(path: str, stamp: FileStamp, sha256: str | None) -> bool:
-    """The file at path is the version with this stamp (a rename changes only its ctime) and content.
-
-    A symlink's entry is what was moved (its target never is): it is not compared.
-    """
-    from inspector.imaging import file_sha256
-
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    if stat.S_ISLNK(st.st_mode):
-        return True
-    if (st.st_size, st.st_mtime_ns, st.st_ino) != (stamp.size, stamp.mtime_ns, stamp.inode):
-        return False
-    if sha256 is None or not stat.S_ISREG(st.st_mode):
-        return True
-    try:
-        return file_sha256(path) == sha256
-    except Exception:  # unreadable now: not what was recorded
-        return False
 
 
 def folder_identity(path: str) -> tuple[int, int] | None:
@@ -586,18 +515,6 @@ def folder_identity(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
-
-
-def unique_destination(folder: str, name: str) -> str:
-    """folder/name, or folder/stem-N.ext for the first N free; the name stays within 255 bytes."""
-    stem, ext = os.path.splitext(name)
-    candidate, n = name, 0
-    while os.path.lexists(os.path.join(folder, candidate)):
-        n += 1
-        suffix = os.fsencode(f"-{n}{ext}")
-        stem_raw = os.fsencode(stem)[: 255 - len(suffix)]
-        candidate = os.fsdecode(stem_raw + suffix)
-    return os.path.join(folder, candidate)
 
 
 def require_outside_capture(cfg: Config) -> None:
@@ -639,4 +556,4 @@ def run_daemon(cfg: Config, once: bool = False) -> int:
         return daemon.run(once=once)
 
 
-__all__ = ["Daemon", "run_daemon", "load_detector", "unique_destination", "SKIP_DIRS"]
+__all__ = ["Daemon", "run_daemon", "load_detector", "SKIP_DIRS"]

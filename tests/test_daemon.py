@@ -23,7 +23,8 @@ from image_files import (BAD_KINDS, DICOM_FIELD_MUTATIONS, make_bad_file, sample
                          write_dicom_mutated, write_tiff16)
 from inspector.cli import cli
 from inspector.config import load_config
-from inspector.daemon import off_main_thread, unique_destination
+from inspector.daemon import off_main_thread
+from inspector.mover import unique_destination
 
 IMAGES = "SELECT COUNT(*) FROM images"
 VERDICTS = "SELECT COUNT(*) FROM verdicts"

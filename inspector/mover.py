@@ -1,0 +1,119 @@
+"""after = "move": files with a committed outcome go to processed/DATE/ or quarantine/ inside the capture
+folder, only while they are the version judged, never overwriting, never through a symlink."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+from typing import Any, Callable
+
+from inspector.paths import display_path
+from inspector.watcher import FileStamp, OutsideCapture, ReadyFile, real_dir_inside
+
+log = logging.getLogger("inspector.daemon")
+
+
+class Mover:
+    """Moves for the daemon's worker; `degraded` says which destination folders are refused and why.
+
+    store_call runs a store write with the daemon's retries; unchanged(item) says the file is still the
+    version judged (and offers it to be judged again if not); shown(path) names a file for the log;
+    fault(point) is the daemon's fault point.
+    """
+
+    def __init__(self, root: str, enabled: bool, store_call: Callable[..., Any], store: Any,
+                 unchanged: Callable[[ReadyFile], bool], shown: Callable[[str], str], fault: Callable[[str], None]):
+        self.root = root
+        self.enabled = enabled
+        self.store_call = store_call
+        self.store = store
+        self.unchanged = unchanged
+        self.shown = shown
+        self.fault = fault
+        self.degraded: dict[str, str] = {}  # folder -> why moves there are refused (not a real folder inside)
+
+    def move(self, item: ReadyFile, parts: tuple[str, ...], sha256: str | None, image_raw: bytes | None) -> str | None:
+        """after = "move": rename into processed/DATE or quarantine, never overwriting anything.
+
+        Only the version that was judged is moved, and the moved file is checked to be it. For a
+        scored image (`image_raw`) the destination is committed before the rename, so the database
+        always says where the file is or is about to be.
+        """
+        if not self.enabled:
+            return None
+        path, shown = item.path, self.shown(item.path)
+        version = (item.stamp.mtime_ns, item.stamp.inode)
+        try:
+            folder = real_dir_inside(self.root, *parts)
+            dest = unique_destination(folder, os.path.basename(path))
+        except OSError as exc:
+            log.error("cannot move %s to %s (%s); it stays in place", shown, parts[0], exc.strerror or exc)
+            if isinstance(exc, OutsideCapture):
+                self.degraded[parts[0]] = f"{parts[0]}/ is not a real folder inside the capture folder, files stay in place"
+            return None
+        self.degraded.pop(parts[0], None)
+        if not self.unchanged(item):
+            if os.path.lexists(path):
+                log.warning("%s changed after it was read; it stays in place and is judged again", shown)
+            return None
+        if image_raw is not None:
+            self.store_call(self.store.record_moved, image_raw, sha256, display_path(dest), *version)
+        try:
+            os.rename(path, dest)
+            self.fault("mid_move")  # renamed: the instant right after the most exposed step of a move
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError) and not os.path.lexists(path):
+                log.info("%s is gone before it could be moved (deleted, or moved by another inspector)", shown)
+            else:
+                log.error("cannot move %s to %s (%s); it stays in place", shown, parts[0], exc.strerror)
+            if image_raw is not None:
+                self.store_call(self.store.record_moved, image_raw, sha256, None, *version)
+            return None
+        if not _is_version(dest, item.stamp, sha256):
+            log.error("%s changed while it was being moved: it is not the content its outcome was recorded for; "
+                      "putting it back to be judged again", shown)
+            with contextlib.suppress(OSError):
+                if not os.path.lexists(path):
+                    os.rename(dest, path)
+            if image_raw is not None:
+                self.store_call(self.store.record_moved, image_raw, sha256, None, *version)
+            return None
+        log.info("moved %s -> %s", shown, self.shown(dest))
+        return dest
+
+
+def _is_version(path: str, stamp: FileStamp, sha256: str | None) -> bool:
+    """The file at path is the version with this stamp (a rename changes only its ctime) and content.
+
+    A symlink's entry is what was moved (its target never is): it is not compared.
+    """
+    from inspector.imaging import file_sha256
+
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if stat.S_ISLNK(st.st_mode):
+        return True
+    if (st.st_size, st.st_mtime_ns, st.st_ino) != (stamp.size, stamp.mtime_ns, stamp.inode):
+        return False
+    if sha256 is None or not stat.S_ISREG(st.st_mode):
+        return True
+    try:
+        return file_sha256(path) == sha256
+    except Exception:  # unreadable now: not what was recorded
+        return False
+
+
+def unique_destination(folder: str, name: str) -> str:
+    """folder/name, or folder/stem-N.ext for the first N free; the name stays within 255 bytes."""
+    stem, ext = os.path.splitext(name)
+    candidate, n = name, 0
+    while os.path.lexists(os.path.join(folder, candidate)):
+        n += 1
+        suffix = os.fsencode(f"-{n}{ext}")
+        stem_raw = os.fsencode(stem)[: 255 - len(suffix)]
+        candidate = os.fsdecode(stem_raw + suffix)
+    return os.path.join(folder, candidate)
