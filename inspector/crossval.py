@@ -174,7 +174,7 @@ MARK_NOTES = {"*": "TNR alone: the bundle has no abnormal electrode, so balanced
               "?": "no images"}
 
 
-def _cell(c: Counts) -> str:
+def ba_cell(c: Counts) -> str:
     return metrics.format_percent(c.balanced_accuracy) + MARKS.get(c.ba_basis, "")
 
 
@@ -191,12 +191,12 @@ def format_table(data: dict) -> str:
         cells = []
         for m in methods:
             f = data["methods"][m]["folds"][k]
-            cell = _cell(Counts(f["tp"], f["fp"], f["tn"], f["fn"]))
+            cell = ba_cell(Counts(f["tp"], f["fp"], f["tn"], f["fn"]))
             used.update(ch for ch in cell if ch in MARK_NOTES)
             cells.append(f"{cell:>{col}}")
         lines.append(f"{bundle:<{width}}" + "".join(cells))
     pooled = [Counts(*(data["methods"][m]["pooled"][k] for k in ("tp", "fp", "tn", "fn"))) for m in methods]
-    lines.append(f"{'Overall':<{width}}" + "".join(f"{_cell(c):>{col}}" for c in pooled))
+    lines.append(f"{'Overall':<{width}}" + "".join(f"{ba_cell(c):>{col}}" for c in pooled))
     lines.extend(f"{mark} {MARK_NOTES[mark]}; its counts still enter Overall" for mark in sorted(used))
     lines.append("")
     head = f"{'method':<8}{'TP':>5}{'FP':>5}{'TN':>5}{'FN':>5}{'precision':>11}{'recall':>8}{'F1':>8}{'ROC AUC':>9}"
@@ -278,74 +278,3 @@ def save_roc_png(path: Path, y: np.ndarray, curves: dict[str, np.ndarray], title
         return None
     path.write_bytes(plots.figure_png(fig))
     return path
-
-
-def evaluate_model(model_path: Path, dataset: Dataset, cfg: Config) -> dict:
-    """The model as it is (its window, threshold, quality gate) on a labeled set, per bundle and pooled."""
-    from inspector.imaging import read_image
-    from inspector.infer import Detector
-
-    det = Detector.load(model_path, device=cfg.model.device, batch_size=cfg.infer.batch_size)
-    samples = list(dataset.samples)
-    preds = []
-    for start in range(0, len(samples), det.batch_size):
-        chunk = samples[start:start + det.batch_size]
-        imgs = [read_image(s.path, max_height=cfg.imaging.max_height, max_width=cfg.imaging.max_width)
-                for s in chunk]
-        preds.extend(det.predict(imgs, paths=[s.rel for s in chunk]))
-    images = [{"path": s.rel, "bundle": s.bundle, "label": s.label, "p_abnormal": p.p_abnormal,
-               "verdict": p.verdict, "reason": p.reason} for s, p in zip(samples, preds)]
-    scored = [im for im in images if im["verdict"] != "rescan"]
-
-    def summary(rows: list[dict]) -> dict:
-        y = np.array([int(r["label"] == "abnormal") for r in rows], dtype=np.int64)
-        p = np.array([r["p_abnormal"] for r in rows], dtype=np.float64)
-        counts = metrics.counts_at_threshold(y, p, det.meta.threshold) if rows else Counts()
-        return {"images": len(rows), **counts.to_dict(), "roc_auc": metrics.roc_auc(y, p) if rows else None}
-
-    bundles = sorted({im["bundle"] for im in images})
-    per_bundle = [{"bundle": b, **summary([r for r in scored if r["bundle"] == b])} for b in bundles]
-    pooled = summary(scored)  # its counts equal the sum over bundles
-    wrong = [im for im in scored if (im["verdict"] == "abnormal") != (im["label"] == "abnormal")]
-    return {
-        "kind": "inspector-evaluate",
-        "model": {"path": str(model_path), "sha256": det.sha256, "method": det.meta.method,
-                  "window": list(det.meta.window) if det.meta.window else None, "threshold": det.meta.threshold,
-                  "threshold_source": det.meta.threshold_source, "trained": det.meta.trained},
-        "dataset": {"root": str(dataset.root), "fingerprint": dataset.fingerprint(), "images": len(dataset)},
-        "bundles": per_bundle,
-        "pooled": pooled,
-        "misclassified": sorted(wrong, key=lambda im: (im["bundle"], im["path"])),
-        "rescan": [im for im in images if im["verdict"] == "rescan"],
-        "images": images,
-    }
-
-
-def format_evaluation(data: dict) -> str:
-    """Per-bundle and pooled table, then the misclassified images with their probabilities."""
-    m = data["model"]
-    window = f"window {m['window']}" if m["window"] else "no window"
-    lines = [f"model {m['path']} (sha256 {m['sha256'][:12]}, {m['method']}, {window}, "
-             f"threshold {m['threshold']:.4g}: {m['threshold_source']})"]
-    if not m["trained"]:
-        lines.append("warning: this model was never trained (written by `inspector model init`)")
-    rows = [(r["bundle"], r) for r in data["bundles"]] + [("Overall", data["pooled"])]
-    width = max(len(name) for name, _ in rows)
-    lines.append(f"{'bundle':<{width}}{'n':>5}{'TP':>5}{'FP':>5}{'TN':>5}{'FN':>5}{'BA %':>9}{'precision':>11}"
-                 f"{'recall':>8}{'F1':>8}{'ROC AUC':>9}")
-    for name, r in rows:
-        c = Counts(r["tp"], r["fp"], r["tn"], r["fn"])
-        lines.append(f"{name:<{width}}{r['images']:>5}{c.tp:>5}{c.fp:>5}{c.tn:>5}{c.fn:>5}{_cell(c):>9}"
-                     f"{metrics.format_percent(c.precision):>11}{metrics.format_percent(c.recall):>8}"
-                     f"{metrics.format_percent(c.f1):>8}{metrics.format_percent(r['roc_auc']):>9}")
-    used = {ch for name, r in rows for ch in _cell(Counts(r["tp"], r["fp"], r["tn"], r["fn"])) if ch in MARK_NOTES}
-    lines.extend(f"{mark} {MARK_NOTES[mark]}" for mark in sorted(used))
-    wrong = data["misclassified"]
-    lines.append(f"misclassified: {len(wrong)}")
-    for im in wrong:
-        lines.append(f"  {im['path']}  bundle {im['bundle']}  label {im['label']}  "
-                     f"p_abnormal {im['p_abnormal']:.4f} -> {im['verdict']}")
-    if data["rescan"]:
-        lines.append(f"sent back for rescan (quality gate, not counted above): {len(data['rescan'])}")
-        lines.extend(f"  {im['path']}: {im['reason']}" for im in data["rescan"])
-    return "\n".join(lines)

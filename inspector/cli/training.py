@@ -194,7 +194,7 @@ def evaluate_command(cfg: Config, model: str, dataset: str, json_out: str | None
     """
     from inspector.crossval import write_json
     from inspector.dataset import load_dataset
-    from inspector.crossval import evaluate_model, format_evaluation
+    from inspector.evaluate import evaluate_model, format_evaluation
     from inspector.train import set_threads
 
     set_threads(cfg.train.threads)
