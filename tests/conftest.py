@@ -1,4 +1,4 @@
-"""Shared test set-up: torch on few threads, and the repository root on hand."""
+"""Shared test set-up: torch on few threads, the repository root on hand, `gpu` tests skipped without CUDA."""
 
 from __future__ import annotations
 
@@ -24,3 +24,20 @@ def _isolated_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("INSPECTOR_CONFIG", raising=False)
     monkeypatch.delenv("INSPECTOR_DEBUG", raising=False)
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test marked `gpu` is skipped, with the reason, where torch sees no CUDA device.
+
+    torch is imported only when such a test was collected, so a run of other tests stays light.
+    """
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="marked gpu: needs a CUDA device, and torch.cuda.is_available() is False here")
+    for item in gpu_items:
+        item.add_marker(skip)

@@ -12,7 +12,8 @@ import torch
 
 from inspector.convert import Window, convert_image
 from inspector.errors import ImageError, ModelError
-from inspector.infer import Detector, Prediction, measure_blur, measure_clipping
+from inspector.infer import Detector, Prediction
+from inspector.quality import measure_blur, measure_clipping
 from inspector.model import init_model, load_model
 
 SIZE = (64, 32)
@@ -165,3 +166,38 @@ def test_cuda_fp16_matches_cpu(model_path):
         assert g.p_abnormal == pytest.approx(c.p_abnormal, abs=5e-3)
         assert math.isfinite(g.p_abnormal)
     assert 0.0 <= gpu_det.self_check() <= 1.0
+
+
+@pytest.mark.gpu
+def test_cuda_fp16_channels_last_keeps_the_cpu_verdicts(model_path):
+    """On CUDA the Detector runs its network in fp16 (autocast) on channels_last tensors; the verdicts are the CPU's.
+
+    The threshold is put in the middle of the widest gap between the CPU's probabilities, so every image lies
+    at least half that gap away from it: more than twice the fp16 tolerance, so no verdict may flip.
+    """
+    imgs = images(16, seed=4)
+    tol = 5e-3
+    cpu = Detector.load(model_path, device="cpu", batch_size=4)
+    ranked = np.sort([p.p_abnormal for p in cpu.predict(imgs)])
+    widest = int(np.argmax(np.diff(ranked)))
+    cut = float(ranked[widest] + ranked[widest + 1]) / 2
+    assert (ranked[widest + 1] - ranked[widest]) / 2 > 2 * tol  # the set leaves room for an honest check
+    gpu = Detector.load(model_path, device="cuda", batch_size=4)
+    cpu.meta = dataclasses.replace(cpu.meta, threshold=cut)
+    gpu.meta = dataclasses.replace(gpu.meta, threshold=cut)
+    seen = []
+    conv1 = gpu.net.backbone.conv1
+    hook = conv1.register_forward_hook(lambda mod, args, out: seen.append(
+        (args[0].device.type, args[0].is_contiguous(memory_format=torch.channels_last), out.dtype)))
+    try:
+        on_gpu = gpu.predict(imgs)
+    finally:
+        hook.remove()
+    on_cpu = cpu.predict(imgs)
+    assert conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert seen == [("cuda", True, torch.float16)] * 4  # 16 images in batches of 4, each the fp16 path
+    assert [g.verdict for g in on_gpu] == [c.verdict for c in on_cpu]
+    assert {c.verdict for c in on_cpu} == {"normal", "abnormal"}
+    for c, g in zip(on_cpu, on_gpu):
+        assert math.isfinite(g.p_abnormal) and g.p_abnormal == pytest.approx(c.p_abnormal, abs=tol)
+        assert g.threshold == cut

@@ -349,3 +349,25 @@ def test_init_model_writes_an_untrained_artifact(tmp_path):
     again = load_model(tmp_path / "again.safetensors")
     same = tensors_sha256(again.net.state_dict()) == tensors_sha256(loaded.net.state_dict())
     assert same, "the same seed must give the same weights"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("size", [SIZE, (512, 256)])
+def test_cuda_fp16_features_match_the_cpu_ones(net, size):
+    """The embedding cache's key names no device: features a CUDA machine computed (fp16 autocast,
+    channels_last) stand in for the CPU's float32 ones. They must agree to within fp16 rounding, and stay
+    finite at a larger input, where the random backbone's activations grow into the hundreds."""
+    import copy
+
+    from inspector.features import embed_tensor, prepare_for_device
+
+    x = torch.randn(4, 3, *size, generator=torch.Generator().manual_seed(5))
+    cuda = torch.device("cuda")
+    gpu_net = prepare_for_device(copy.deepcopy(net), cuda).eval()
+    with torch.inference_mode():
+        ref = embed_tensor(net, x, torch.device("cpu"), full=True)
+        got = embed_tensor(gpu_net, x, cuda, full=True).cpu()
+    assert got.dtype == torch.float32 and got.shape == ref.shape == (4, FULL_DIM)
+    assert torch.isfinite(got).all()
+    relative = (got - ref).norm(dim=1) / ref.norm(dim=1)
+    assert relative.max().item() < 1e-2, relative  # fp16 keeps ~3 decimal digits; measured about 1e-3
