@@ -241,15 +241,70 @@ def test_missing_folder_and_fifo(tmp_path):
         file_sha256(fifo)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+NOBODY = 65534
+
+# Run by root in a child: imports and one read first, while still root (neither the repository nor
+# Python's own lazily imported modules need be readable by nobody), then drops to nobody for good and
+# reads again. Prints one JSON line.
+READ_AS_NOBODY = r"""
+import json, os, sys
+from inspector.errors import ImageError
+from inspector.imaging import read_image
+read_image(sys.argv[2])
+try:
+    os.setgroups([])
+    os.setgid(%(uid)d)
+    os.setuid(%(uid)d)
+except OSError as exc:
+    print(json.dumps({"cannot_drop": f"{type(exc).__name__}: {exc}"}))
+    sys.exit(0)
+out = {"euid": os.geteuid(), "readable_shape": list(read_image(sys.argv[2]).shape)}
+os.stat(sys.argv[1])  # its folder lets nobody look it up: only the file's own mode stands in the way
+try:
+    read_image(sys.argv[1])
+except ImageError as exc:
+    out.update(reason=exc.reason, message=exc.message, path=exc.path)
+print(json.dumps(out))
+""" % {"uid": NOBODY}
+
+
+def read_as_nobody(folder, denied: str, readable: str) -> dict:
+    """read_image on two files of `folder` in a child that is no longer root (uid/gid 65534, no groups)."""
+    proc = subprocess.run([sys.executable, "-c", READ_AS_NOBODY, denied, readable], cwd=folder,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "cannot_drop" in out:
+        pytest.skip(f"running as root, and this machine does not let a child drop to uid {NOBODY} "
+                    f"({out['cannot_drop']}): root reads files whatever their mode")
+    return out
+
+
 def test_permission_denied_is_unreadable(tmp_path):
-    path = write_tiff16(tmp_path / "scan.tif", sample_image16())
+    """A file the station's user may not read is 'unreadable', 'permission denied ...'.
+
+    Root reads every file whatever its mode (CAP_DAC_OVERRIDE), so as root (containers, CI) the read is
+    made by a child that has dropped to nobody; a second, readable file in the same folder shows that
+    only the denied file's mode stops that child.
+    """
+    inbox = tmp_path / "inbox"  # tmp_path is 0700 root's when root: the child works from inside inbox
+    inbox.mkdir()
+    inbox.chmod(0o755)
+    path = write_tiff16(inbox / "scan.tif", sample_image16())
+    readable = write_tiff16(inbox / "ok.tif", sample_image16(seed=1))
     path.chmod(0)
     try:
-        err = reason_of(path)
+        if os.geteuid() != 0:
+            err = reason_of(path)
+            reason, message = err.reason, err.message
+        else:
+            out = read_as_nobody(inbox, path.name, readable.name)
+            assert out["euid"] == NOBODY and out["readable_shape"] == list(sample_image16(seed=1).shape)
+            assert out.get("path") == path.name, out  # read_image raised ImageError naming the file
+            reason, message = out["reason"], out["message"]
     finally:
         path.chmod(0o644)
-    assert err.reason == "unreadable" and err.message.startswith("permission denied")
+    assert reason == "unreadable" and message.startswith("permission denied"), (reason, message)
 
 
 def test_file_sha256_is_the_content_digest(tmp_path):
