@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -13,8 +15,8 @@ from inspector.config import Config
 from inspector.convert import fit_window
 from inspector.build import train_model
 from inspector.crossval import cross_validate
-from inspector.dataset import load_dataset
-from inspector.synth import synthesize
+from inspector.dataset import LABELS_FILE, Dataset, load_dataset
+from inspector.synth import draw_character, draw_shape, synth_image, synthesize, write_tiff
 from inspector.errors import DatasetError, InspectorError
 from inspector.features import EmbedStats, FeatureStore
 from inspector.imaging import read_image
@@ -162,7 +164,10 @@ def test_train_writes_a_model_the_detector_scores(tiny_root, tmp_path):
     assert np.allclose(p, [pr.p_abnormal for pr in preds], atol=1e-5)
 
 
-def test_target_recall_threshold_meets_recall_out_of_fold(tiny_root, tmp_path):
+def test_target_recall_threshold_comes_from_the_out_of_fold_scores(tiny_root, tmp_path):
+    """The plumbing: the saved threshold is threshold_for_recall on the cross-validation's scores, and the
+    model records what it achieved there. (Its recall there is >= 0.8 by construction; whether that holds
+    for electrodes it never saw is the held-out test below.)"""
     ds = load_dataset(tiny_root)
     cfg = tiny_config(tmp_path, epochs=2)
     outcome = train_model(ds, tmp_path / "m.safetensors", "local", cfg, CPU, target_recall=0.8)
@@ -170,9 +175,92 @@ def test_target_recall_threshold_meets_recall_out_of_fold(tiny_root, tmp_path):
     assert meta.threshold_source.startswith("out-of-fold recall >= 0.8 (leave-one-bundle-out over 3 bundles")
     oof = outcome.oof_p
     assert oof.shape == (len(ds),) and np.isfinite(oof).all()
-    assert metrics.counts_at_threshold(ds.y, oof, meta.threshold).recall >= 0.8
     assert meta.threshold == pytest.approx(metrics.threshold_for_recall(ds.y, oof, 0.8))
-    assert meta.metrics["out_of_fold"]["counts"]["recall"] >= 0.8
+    assert meta.metrics["out_of_fold"]["counts"] == metrics.counts_at_threshold(ds.y, oof, meta.threshold).to_dict()
+    assert meta.metrics["out_of_fold"]["roc_auc"] == pytest.approx(metrics.roc_auc(ds.y, oof))
+
+
+CLEAR = ("missing_ink", "edge_cut", "smudge", "line")  # flaws a random backbone sees at this scale
+
+
+def clear_bundles(root, first: int, bundles: int, per_bundle: int) -> Dataset:
+    """Bundles first+1.. with their own coating character; every other electrode has three clear flaws."""
+    rows = []
+    for b in range(first, first + bundles):
+        name = f"bundle{b + 1:02d}"
+        (root / name).mkdir(parents=True)
+        character = dataclasses.replace(draw_character(np.random.default_rng([20, b])), grain_sigma=3.0,
+                                        grain_amp=20.0, noise_amp=10.0, hot_rate=0.0)
+        for i in range(per_bundle):
+            rng = np.random.default_rng([20, b, i])
+            anomalies = [CLEAR[(b + i + k) % len(CLEAR)] for k in range(3)] if i % 2 == 0 else []
+            rel = f"{name}/{name}_{i:02d}.tif"
+            write_tiff(root / rel, synth_image(rng, character, anomalies, 1.0, draw_shape(rng, 0.1)))
+            rows.append((rel, name, "abnormal" if anomalies else "normal", ";".join(anomalies)))
+    with open(root / LABELS_FILE, "w", newline="") as fh:
+        csv.writer(fh).writerows([("path", "bundle", "label", "anomaly"), *rows])
+    return load_dataset(root)
+
+
+def recall_floor(n_chosen_on: int, n_held_out: int, target: float, risk: float = 0.01) -> float:
+    """The held-out recall that a sound threshold falls below with probability at most `risk`.
+
+    threshold_for_recall takes the k-th highest of n abnormal out-of-fold scores (k = ceil(target * n)).
+    Were held-out scores drawn like the out-of-fold ones, the share of abnormal electrodes scoring at
+    least that threshold would be Beta(k, n + 1 - k) (mean k / (n + 1), below the target), and the
+    flagged count among m held-out ones beta-binomial. A few abnormal examples fix a threshold only
+    loosely: this floor is what the numbers allow, far under the target.
+    """
+    n, m = n_chosen_on, n_held_out
+    a = math.ceil(target * n - 1e-9)
+    b = n + 1 - a
+    log_beta = lambda x, y: math.lgamma(x) + math.lgamma(y) - math.lgamma(x + y)  # noqa: E731
+    below = 0.0
+    for flagged in range(m + 1):
+        below += math.comb(m, flagged) * math.exp(log_beta(flagged + a, m - flagged + b) - log_beta(a, b))
+        if below > risk:
+            return flagged / m
+    return 1.0
+
+
+def test_recall_floor_is_the_beta_binomial_quantile():
+    assert recall_floor(16, 20, 0.8) == 0.4  # P(fewer than 8 of 20 flagged) = 0.7%, P(fewer than 9) = 1.5%
+    assert recall_floor(16, 20, 0.8, risk=0.05) == 0.5
+    assert recall_floor(1000, 1000, 0.8) > 0.75  # many examples pin the threshold down: the floor nears the target
+
+
+@pytest.mark.slow
+def test_target_recall_threshold_holds_on_held_out_bundles(tmp_path):
+    """A threshold chosen for recall 0.8 on out-of-fold scores, judged on 4 bundles training never saw.
+
+    4 bundles x 8 electrodes (16 abnormal) train, leave-one-bundle-out choosing the threshold; 4 more
+    bundles x 10 (20 abnormal), each with its own coating, are scored by the saved Detector. Their recall
+    must reach recall_floor (0.4 here: the 1% quantile of what a sound threshold gives, see there; this
+    set gives 0.45, nine other data seeds 0.65 to 1.0). It fails for a threshold set too high: chosen for
+    recall 0.5 (0.35 here), on inverted scores (0.15) or at the top abnormal score (0.05). A threshold too
+    low passes: it errs on the safe side. The detector must rank the held-out electrodes (ROC AUC >= 0.7,
+    0.83 here) for the recall to mean anything.
+    """
+    train_set = clear_bundles(tmp_path / "train", 0, 4, 8)
+    held_out = clear_bundles(tmp_path / "held-out", 4, 4, 10)
+    cfg = Config()
+    cfg = dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, weights="none", input_size=(128, 64), device="cpu"),
+        train=dataclasses.replace(cfg.train, min_steps=100, cache_dir=str(tmp_path / "cache")),
+        state=dataclasses.replace(cfg.state, dir=tmp_path / "var"))
+    outcome = train_model(train_set, tmp_path / "m.safetensors", "local", cfg, CPU, target_recall=0.8)
+    det = Detector.load(outcome.path, device="cpu")
+    preds = det.predict([read_image(s.path) for s in held_out.samples])
+    assert all(p.reason is None for p in preds), [p.reason for p in preds if p.reason]
+    p = np.array([pr.p_abnormal for pr in preds])
+    y = held_out.y
+    assert metrics.roc_auc(y, p) >= 0.7
+    flagged = np.array([pr.verdict == "abnormal" for pr in preds])
+    recall = float(flagged[y == 1].mean())
+    floor = recall_floor(int(train_set.y.sum()), int(y.sum()), 0.8)
+    assert floor == 0.4
+    assert recall >= floor, (f"held-out recall {recall:.2f} < {floor:.2f} at threshold {det.meta.threshold:.3f} "
+                             f"(out-of-fold recall {outcome.oof['counts']['recall']:.2f})")
 
 
 def test_quality_gate_off_and_bad_target(tiny_root, tmp_path):
