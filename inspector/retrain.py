@@ -348,10 +348,6 @@ def check_config(cfg: Config) -> None:
 def retrain(cfg: Config, dry_run: bool = False, epochs: int | None = None,
             say: Callable[[str], None] = print) -> RetrainResult:
     """Build, cross-validate, compare, and (unless dry_run or refused) promote; never raises past a record."""
-    from inspector.crossval import save_run
-    from inspector.model import read_meta, resolve_device
-    from inspector.train import set_threads
-
     check_config(cfg)
     model_path = Path(cfg.model.path)
     root = Path(cfg.state.dir) / WORK_FOLDER
@@ -367,44 +363,7 @@ def retrain(cfg: Config, dry_run: bool = False, epochs: int | None = None,
         result.retrain_id = record_start(store)
         out = model_path.with_name(f"{model_path.name.split('.')[0]}.{stamp}.safetensors")
         try:
-            say(f"stage 1/6: building the training set in {work}")
-            work.mkdir(parents=True)
-            (work / MARKER).write_text("made by inspector retrain; pruned by later runs\n")
-            base, new, n_reviewed = build_training_set(cfg, store, work, say)
-            say(f"  {len(base)} base images + {n_reviewed} reviewed = {len(new)} images, {len(new.bundles)} bundles")
-            say(f"stage 2/6: reading the current model {model_path}")
-            meta = read_meta(model_path) if model_path.exists() else None
-            if meta is None:
-                say("  no current model: the candidate becomes the first one")
-            old = current_training_set(meta, base, say)
-            run_cfg = run_settings(cfg, meta, epochs, shared_cache_dir(cfg))
-            set_threads(run_cfg.train.threads)
-            device = resolve_device(run_cfg.model.device)
-            methods = list(dict.fromkeys(([meta.method] if meta is not None else []) + list(cfg.retrain.methods)))
-            current, best, cv_json = cross_validate_both(run_cfg, meta, old, new, methods, device, say)
-            save_run(cv_json, cfg.state.dir)
-            result.current, result.candidate = current, best
-            result.reasons = compare(current, best)
-            say("stage 5/6: deciding")
-            if result.reasons:
-                result.decision = "dry run: would not promote" if dry_run else "not promoted"
-                result.exit_code = EXIT_NOT_PROMOTED
-                for reason in result.reasons:
-                    say(f"  not promoted: {reason}")
-            else:
-                say(f"  the candidate ({best.method}) is not worse: training it on all {len(new)} images")
-                sha = train_candidate(run_cfg, new, best, current, work, out, device)
-                result.candidate_path = out
-                say(f"  wrote {out} (sha256 {sha[:12]})")
-                if dry_run:
-                    result.decision, result.exit_code = "dry run: would promote", EXIT_PROMOTED
-                    say(f"stage 6/6: dry run: {model_path} left as it is")
-                else:
-                    say(f"stage 6/6: promoting: {out.name} -> {model_path}")
-                    kept = swap_in(out, model_path)
-                    if kept:
-                        say(f"  previous model kept as {kept}")
-                    result.decision, result.exit_code = "promoted", EXIT_PROMOTED
+            _compare_and_decide(cfg, store, work, out, dry_run, epochs, say, result)
         except Exception as exc:  # any failure: record it; the model file and the daemon stay untouched
             result.decision, result.exit_code = "failed", EXIT_FAILED
             result.reasons = [f"{type(exc).__name__}: {exc}" if not isinstance(exc, InspectorError) else str(exc)]
@@ -418,13 +377,74 @@ def retrain(cfg: Config, dry_run: bool = False, epochs: int | None = None,
     if result.decision == "promoted":
         result.reload_message = reload_daemon(Path(cfg.state.dir))
         say(f"  {result.reload_message}")
+    prune_work(root, work_to_keep(work, model_path))
+    return result
+
+
+def _compare_and_decide(cfg: Config, store, work: Path, out: Path, dry_run: bool, epochs: int | None,
+                        say: Callable[[str], None], result: RetrainResult) -> None:
+    """Stages 1-4: the training set, the current model, both cross-validated and compared; then decide."""
+    from inspector.crossval import save_run
+    from inspector.model import read_meta, resolve_device
+    from inspector.train import set_threads
+
+    model_path = Path(cfg.model.path)
+    say(f"stage 1/6: building the training set in {work}")
+    work.mkdir(parents=True)
+    (work / MARKER).write_text("made by inspector retrain; pruned by later runs\n")
+    base, new, n_reviewed = build_training_set(cfg, store, work, say)
+    say(f"  {len(base)} base images + {n_reviewed} reviewed = {len(new)} images, {len(new.bundles)} bundles")
+    say(f"stage 2/6: reading the current model {model_path}")
+    meta = read_meta(model_path) if model_path.exists() else None
+    if meta is None:
+        say("  no current model: the candidate becomes the first one")
+    old = current_training_set(meta, base, say)
+    run_cfg = run_settings(cfg, meta, epochs, shared_cache_dir(cfg))
+    set_threads(run_cfg.train.threads)
+    device = resolve_device(run_cfg.model.device)
+    methods = list(dict.fromkeys(([meta.method] if meta is not None else []) + list(cfg.retrain.methods)))
+    current, best, cv_json = cross_validate_both(run_cfg, meta, old, new, methods, device, say)
+    save_run(cv_json, cfg.state.dir)
+    result.current, result.candidate = current, best
+    result.reasons = compare(current, best)
+    _decide(run_cfg, new, best, current, work, out, model_path, device, dry_run, say, result)
+
+
+def _decide(run_cfg: Config, new: Dataset, best: Score, current: Score | None, work: Path, out: Path,
+            model_path: Path, device, dry_run: bool, say: Callable[[str], None], result: RetrainResult) -> None:
+    """Stages 5-6: refuse with the reasons, or train the candidate on everything and promote it."""
+    say("stage 5/6: deciding")
+    if result.reasons:
+        result.decision = "dry run: would not promote" if dry_run else "not promoted"
+        result.exit_code = EXIT_NOT_PROMOTED
+        for reason in result.reasons:
+            say(f"  not promoted: {reason}")
+        return
+    say(f"  the candidate ({best.method}) is not worse: training it on all {len(new)} images")
+    sha = train_candidate(run_cfg, new, best, current, work, out, device)
+    result.candidate_path = out
+    say(f"  wrote {out} (sha256 {sha[:12]})")
+    if dry_run:
+        result.decision, result.exit_code = "dry run: would promote", EXIT_PROMOTED
+        say(f"stage 6/6: dry run: {model_path} left as it is")
+        return
+    say(f"stage 6/6: promoting: {out.name} -> {model_path}")
+    kept = swap_in(out, model_path)
+    if kept:
+        say(f"  previous model kept as {kept}")
+    result.decision, result.exit_code = "promoted", EXIT_PROMOTED
+
+
+def work_to_keep(work: Path, model_path: Path) -> set[Path]:
+    """This run's folder and the training sets the live and the kept model learned from."""
+    from inspector.model import read_meta
+
     keep = {work}
-    for path in (model_path, previous_path(model_path)):  # the sets the live and the kept model learned from
+    for path in (model_path, previous_path(model_path)):
         try:
             recorded = ((read_meta(path).metrics or {}).get("retrain") or {}).get("dataset") if path.exists() else None
         except ModelError:
             recorded = None
         if recorded:
             keep.add(Path(recorded))
-    prune_work(root, keep)
-    return result
+    return keep
