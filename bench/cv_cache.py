@@ -54,7 +54,8 @@ def head_step_seconds(ds, cfg, device, method: str) -> tuple[float, int]:
     fitting the standardizer and building the net are in both and cancel out)."""
     from inspector.dataset import leave_one_bundle_out
     from inspector.features import EmbedStats
-    from inspector.train import ImageSource, build_net_on, fit, fit_view, resolve_cache
+    from inspector.train import build_net_on, fit, resolve_cache
+    from inspector.views import ImageSource, fit_view
 
     fold = leave_one_bundle_out(ds.samples)[0]
     source = ImageSource(ds, cfg.imaging.max_height, cfg.imaging.max_width)

@@ -21,8 +21,8 @@ from inspector.crossval import cross_validate
 from inspector.dataset import Dataset
 from inspector.errors import InspectorError
 from inspector.features import EmbedStats
-from inspector.train import (FitResult, ImageSource, View, build_net_on, fit, fit_view, optimizer_label, require_method,
-                             resolve_cache)
+from inspector.train import FitResult, build_net_on, fit, optimizer_label, require_method, resolve_cache
+from inspector.views import ImageSource, View, fit_view
 
 
 @dataclass

@@ -79,7 +79,8 @@ def cross_validate(dataset: Dataset, methods: list[str], cfg: Config, device: "t
                  warn: Callable[[str], None] | None = None, stats=None) -> CvResult:
     """Train on all bundles but one and test on it, for every bundle and method."""
     from inspector.features import EmbedStats
-    from inspector.train import ImageSource, build_net_on, fit, fit_view, predict_proba, require_method, resolve_cache
+    from inspector.train import build_net_on, fit, predict_proba, require_method, resolve_cache
+    from inspector.views import ImageSource, fit_view
 
     for m in methods:
         require_method(m)

@@ -70,7 +70,7 @@ def off_main_thread(fn: Callable[..., Any], *args: Any) -> Any:
     The daemon keeps every torch call on its worker thread. A model loaded (and self-checked) on
     the main thread would leave the main thread owning an OpenMP team of its own; with two teams
     libgomp has more threads than cores and stops spinning between parallel regions, and every
-    forward pass of the worker ran about 30% slower. A thread that ends frees its team.
+    forward pass of the worker ran slower (bench/torch_threads.py measures it). A thread that ends frees its team.
     """
     result: list[Any] = []
     error: list[BaseException] = []

@@ -33,7 +33,7 @@ class HeatmapQueue:
     """Heat maps owed to committed abnormal verdicts, drawn by the scoring thread when no file waits.
 
     No thread of its own: every torch call of the daemon stays on its worker thread (a second
-    thread running torch slowed every forward pass by ~30%, see daemon.off_main_thread). Evidence
+    thread running torch slowed every forward pass, see daemon.off_main_thread and bench/torch_threads.py). Evidence
     waits for idle time instead; a full queue drops the heat map (logged), never the verdict:
     `inspector explain` redraws it.
     """

@@ -189,7 +189,8 @@ def shared_cache_dir(cfg: Config) -> Path:
 def score_current(old: Dataset, new: Dataset, method: str, cfg: Config, device: torch.device,
                   stats) -> np.ndarray:
     """Out-of-fold P(abnormal) on the new set's folds, training each fold on the OLD set minus that bundle."""
-    from inspector.train import ImageSource, build_net_on, fit, fit_view, predict_proba, resolve_cache
+    from inspector.train import build_net_on, fit, predict_proba, resolve_cache
+    from inspector.views import ImageSource, fit_view
 
     src_old = ImageSource(old, cfg.imaging.max_height, cfg.imaging.max_width)
     src_new = ImageSource(new, cfg.imaging.max_height, cfg.imaging.max_width)

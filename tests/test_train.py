@@ -21,8 +21,8 @@ from inspector.errors import DatasetError, InspectorError
 from inspector.features import EmbedStats, FeatureStore
 from inspector.imaging import read_image
 from inspector.infer import Detector
-from inspector.train import (ImageSource, build_net, check_two_classes, class_weight_tensor, draw_plan, fit, fit_view,
-                             predict_proba)
+from inspector.train import build_net, check_two_classes, class_weight_tensor, draw_plan, fit, predict_proba
+from inspector.views import ImageSource, fit_view
 
 CPU = torch.device("cpu")
 
