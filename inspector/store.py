@@ -24,6 +24,11 @@ from inspector.schema import (SCHEMA_REVISIONS, SCHEMA_VERSION, VERDICTS, alembi
                               metadata, models, rejections, schema_info, to_path_raw, utc_now, verdicts)
 
 
+def matches_or_unrecorded(column: sa.ColumnElement, value: object) -> sa.ColumnElement:
+    """column == value, or the row never recorded it (schema 1 rows have no inode or ctime: they match any)."""
+    return sa.or_(column.is_(None), column == value)
+
+
 class StoreFullError(StoreError):
     """The disk (or database quota) is full: the daemon pauses and retries, files stay in place."""
 
@@ -176,7 +181,7 @@ class Store(Queries):
                                                     table.c.mtime_ns == mtime_ns)
                 for column, value in ((table.c.inode, inode), (table.c.ctime_ns, ctime_ns)):
                     if value is not None:
-                        query = query.where(sa.or_(column.is_(None), column == value))
+                        query = query.where(matches_or_unrecorded(column, value))
                 if conn.execute(query.limit(1)).first() is not None:
                     return True
         return False
@@ -219,7 +224,7 @@ class Store(Queries):
         try:
             with self.write() as conn:
                 same = sa.and_(images.c.path_raw == raw, images.c.sha256 == sha256, images.c.mtime_ns == mtime_ns,
-                               sa.or_(images.c.inode.is_(None), images.c.inode == inode))
+                               matches_or_unrecorded(images.c.inode, inode))
                 if conn.execute(sa.select(images.c.id).where(same).limit(1)).first() is not None:
                     conn.execute(sa.update(images).where(same).values(inode=inode, ctime_ns=ctime_ns))
                     return "exists"
@@ -253,7 +258,7 @@ class Store(Queries):
             with self.write() as conn:
                 same = sa.and_(rejections.c.path_raw == raw, rejections.c.size == size,
                                rejections.c.mtime_ns == mtime_ns,
-                               sa.or_(rejections.c.inode.is_(None), rejections.c.inode == inode))
+                               matches_or_unrecorded(rejections.c.inode, inode))
                 if conn.execute(sa.select(rejections.c.id).where(same).limit(1)).first() is not None:
                     conn.execute(sa.update(rejections).where(same).values(inode=inode, ctime_ns=ctime_ns))
                     return "exists"
@@ -275,7 +280,7 @@ class Store(Queries):
         if mtime_ns is not None:
             where.append(images.c.mtime_ns == mtime_ns)
         if inode is not None:
-            where.append(sa.or_(images.c.inode.is_(None), images.c.inode == inode))
+            where.append(matches_or_unrecorded(images.c.inode, inode))
         with self.write() as conn:
             conn.execute(sa.update(images).where(*where).values(moved_to=None if moved_to is None else str(moved_to)))
 
@@ -287,7 +292,7 @@ class Store(Queries):
                 query = sa.select(table.c.sha256, *([table.c.moved_to] if table is images else [])).where(
                     table.c.path_raw == raw, table.c.size == size, table.c.mtime_ns == mtime_ns)
                 if inode is not None:
-                    query = query.where(sa.or_(table.c.inode.is_(None), table.c.inode == inode))
+                    query = query.where(matches_or_unrecorded(table.c.inode, inode))
                 row = conn.execute(query.order_by(table.c.id.desc()).limit(1)).first()
                 if row is not None:
                     return {"kind": kind, "sha256": row.sha256, "moved_to": getattr(row, "moved_to", None)}
