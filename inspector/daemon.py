@@ -25,7 +25,7 @@ from inspector.errors import ConfigError, ImageError, ModelError, StoreError
 from inspector.notify import log_to_stderr, notify, pid_file, watchdog_interval_seconds
 from inspector.paths import display_path
 from inspector.mover import Mover
-from inspector.watcher import (SKIP_DIRS, EventHandler, FileStamp, ReadyFile, Scanner, Tracker, age_seconds,
+from inspector.watcher import (SKIP_DIRS, EventHandler, FileStamp, ReadyFile, Scanner, Tracker,
                                build_observer, probe)
 
 log = logging.getLogger("inspector.daemon")
@@ -410,7 +410,7 @@ class Daemon:
                 job.rejection = (exc.reason, exc.message)
             if not self._unchanged(item):
                 continue  # written to while we read it: judge it again once it settles
-            if job.rejection is not None and job.rejection[0] == "truncated" and not self._final(item):
+            if job.rejection is not None and job.rejection[0] == "truncated" and not item.final:
                 self._hold(item, job.rejection[1])
                 continue
             jobs.append(job)
@@ -422,10 +422,6 @@ class Daemon:
             first = job.sha256 not in inferred  # a second name for the same content costs no inference
             inferred.add(job.sha256 or "")
             self._commit(job, predictions.get(job.sha256 or ""), first, model_sha)
-
-    def _final(self, item: ReadyFile) -> bool:
-        """A cut-short file is final once unchanged for incomplete_retry_seconds (seen by us, or by its mtime)."""
-        return item.final or age_seconds(item.stamp) >= self.cfg.watch.incomplete_retry_seconds
 
     def _hold(self, item: ReadyFile, message: str) -> None:
         """A file read as cut short gets no outcome yet: its writer may only have paused."""

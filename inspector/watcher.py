@@ -153,8 +153,9 @@ def build_observer(root: str, handler: EventHandler, polling: bool, poll_seconds
 class ReadyFile:
     """A file judged complete: its stamp then, since when it was unchanged and when it was judged ready.
 
-    `problem` names why it cannot be opened (it gets `unreadable`); `final` is set once a file found
-    incomplete has stayed unchanged for watch.incomplete_retry_seconds (its `truncated` is then final).
+    `problem` names why it cannot be opened (it gets `unreadable`); `final` is set when the file has not
+    changed for watch.incomplete_retry_seconds (by its mtime, or seen by us while held as incomplete):
+    a `truncated` read of it is then final, not provisional.
     """
     path: str
     stamp: FileStamp
@@ -262,12 +263,12 @@ class Tracker:
                 self.pending[path] = _Entry(stamp, now, problem)  # it changed: settle again (an incomplete one grew)
                 continue
             unchanged = now - entry.stable_since
+            # a cut-short read of it is final once unchanged that long, seen by us or by its mtime
+            final = max(unchanged if entry.incomplete else 0.0, age_seconds(stamp)) >= self.incomplete_retry_seconds
             if entry.incomplete:
-                final = max(unchanged, age_seconds(stamp)) >= self.incomplete_retry_seconds
                 if not final:
                     continue
             else:
-                final = False
                 closed_ok = entry.closed_at is not None and now - entry.closed_at >= self.close_guard_seconds
                 if not closed_ok and unchanged < self.settle_seconds:
                     continue
