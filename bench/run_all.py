@@ -101,7 +101,7 @@ def gpu_figures(device: str = "cuda", input_size: tuple[int, int] = (2000, 1000)
         runs.append(images / (time.perf_counter() - start))
     end_to_end = sorted(runs)[len(runs) // 2]
 
-    x = preprocess_batch([detector.prepare(img) for img in imgs16[:batch_size]], input_size)
+    x = preprocess_batch([detector.convert(img) for img in imgs16[:batch_size]], input_size)
     x = x.to(dev, memory_format=torch.channels_last) if dev.type == "cuda" else x
     cuda = dev.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.float16) if cuda else torch.autocast("cpu", enabled=False)

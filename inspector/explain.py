@@ -103,11 +103,12 @@ def gradcam(net: torch.nn.Module, x: torch.Tensor, target: int = 1) -> np.ndarra
 
 def explain_image(detector, img16: np.ndarray) -> Explanation:
     """Convert with the detector's own settings, run Grad-CAM, resize the map to the converted image."""
-    from inspector.infer import check_image16, check_quality
+    from inspector.infer import check_quality
+    from inspector.prepare import check_image16
 
     check_image16(img16)
     reason = check_quality(img16, detector.meta)
-    img8 = detector.prepare(img16)
+    img8 = detector.convert(img16)
     x = preprocess_batch([img8], detector.meta.input_size).to(detector.device)
     cam, logits = gradcam_logits(detector.net, x, target=1)
     p_abnormal = float(logits.float().softmax(dim=1)[0, 1])

@@ -15,8 +15,9 @@ import torch
 
 from inspector import quality
 from inspector.convert import Window, convert_image
-from inspector.errors import ImageError, InspectorError, ModelError
+from inspector.errors import InspectorError, ModelError
 from inspector.model import ModelMeta, load_model, preprocess_batch, resolve_device
+from inspector.prepare import InputSpec, Prepared, prepare
 
 CHECK_SEED = 20220201  # the built-in self-check image must be the same on every machine
 
@@ -40,14 +41,6 @@ def check_quality(img16: np.ndarray, meta: ModelMeta) -> str | None:
     return quality.check(img16, meta.quality, model_window(meta))
 
 
-def check_image16(img16: np.ndarray) -> None:
-    """Arrays handed in directly (not via read_image) get the same dtype/shape rules."""
-    if not isinstance(img16, np.ndarray) or img16.dtype != np.uint16:
-        raise ImageError("wrong_dtype", f"the detector takes 16-bit images, got {getattr(img16, 'dtype', type(img16))}")
-    if img16.ndim != 2:
-        raise ImageError("not_grayscale", f"the detector takes 2-D gray images, got shape {img16.shape}")
-
-
 class Detector:
     """A loaded model on a device; predict() batches, converts and applies the model's threshold."""
 
@@ -62,6 +55,7 @@ class Detector:
         self.path = path
         self.batch_size = batch_size
         self.window = model_window(meta)
+        self.spec = InputSpec.of(meta)
         if device.type == "cuda":
             self.net.to(memory_format=torch.channels_last)
 
@@ -72,8 +66,9 @@ class Detector:
         loaded = load_model(path, dev)
         return cls(loaded.net, loaded.meta, loaded.sha256, dev, str(path), batch_size)
 
-    def prepare(self, img16: np.ndarray) -> np.ndarray:
-        """The model's own 16->8-bit conversion, with the window and CLAHE settings it was trained with."""
+    def convert(self, img16: np.ndarray) -> np.ndarray:
+        """The model's own 16->8-bit conversion at the image's size, with the window and CLAHE settings it was
+        trained with (what a heat map is drawn over)."""
         clahe = self.meta.clahe or {}
         return convert_image(img16, self.meta.method, window=self.window,
                              clahe_clip_limit=float(clahe.get("clip_limit", 2.0)),
@@ -90,37 +85,47 @@ class Detector:
             logits = self.net(x)
         return logits.float().softmax(dim=1)[:, 1].cpu().tolist()
 
-    def predict(self, images16: Sequence[np.ndarray], paths: Sequence[str | None] | None = None) -> list[Prediction]:
-        """Quality gate, then batches of batch_size; `seconds` is each image's share of its batch's time."""
-        if paths is not None and len(paths) != len(images16):
-            raise InspectorError(f"predict got {len(images16)} images but {len(paths)} paths")
-        names = list(paths) if paths is not None else [None] * len(images16)
+    def prepare(self, img16: np.ndarray) -> Prepared:
+        """The CPU part of scoring (quality gate, conversion, resize); thread-safe and torch-free, so a
+        pool of workers runs it while this detector's thread runs the network."""
+        return prepare(img16, self.spec)
+
+    def score_prepared(self, prepared: Sequence[Prepared], paths: Sequence[str | None] | None = None,
+                       seconds: Sequence[float] | None = None) -> list[Prediction]:
+        """Predictions for prepared images, the network run in batches of batch_size.
+
+        `seconds` of each prediction: its share of its batch's forward pass, plus `seconds[i]` (the time
+        its preparation took, where the caller measured it)."""
+        names = list(paths) if paths is not None else [None] * len(prepared)
+        extra = list(seconds) if seconds is not None else [0.0] * len(prepared)
         threshold = float(self.meta.threshold)
         out: list[Prediction] = []
-        for start in range(0, len(images16), self.batch_size):
+        for start in range(0, len(prepared), self.batch_size):
             t0 = time.perf_counter()
-            chunk = images16[start:start + self.batch_size]
-            reasons: list[str | None] = []
-            imgs8: list[np.ndarray] = []
-            for img16 in chunk:
-                check_image16(img16)
-                reason = check_quality(img16, self.meta)
-                if reason is None:
-                    try:
-                        imgs8.append(self.prepare(img16))
-                    except InspectorError as exc:  # e.g. method local on an image without contrast
-                        reason = f"cannot convert: {exc}"
-                reasons.append(reason)
+            chunk = prepared[start:start + self.batch_size]
+            imgs8 = [p.img8 for p in chunk if p.reason is None]
             probs = iter(self.score_batch(imgs8) if imgs8 else [])
-            seconds = (time.perf_counter() - t0) / len(chunk)
-            for i, reason in enumerate(reasons):
-                name = names[start + i]
-                if reason is not None:
-                    out.append(Prediction(name, None, "rescan", threshold, seconds, reason))
+            share = (time.perf_counter() - t0) / len(chunk)
+            for i, item in enumerate(chunk, start):
+                if item.reason is not None:
+                    out.append(Prediction(names[i], None, "rescan", threshold, share + extra[i], item.reason))
                     continue
                 p = next(probs)
                 verdict = "abnormal" if p >= threshold else "normal"
-                out.append(Prediction(name, p, verdict, threshold, seconds))
+                out.append(Prediction(names[i], p, verdict, threshold, share + extra[i]))
+        return out
+
+    def predict(self, images16: Sequence[np.ndarray], paths: Sequence[str | None] | None = None) -> list[Prediction]:
+        """Quality gate, conversion and the network, on this thread; `seconds` is each image's share of its batch."""
+        if paths is not None and len(paths) != len(images16):
+            raise InspectorError(f"predict got {len(images16)} images but {len(paths)} paths")
+        out: list[Prediction] = []
+        names = list(paths) if paths is not None else [None] * len(images16)
+        for start in range(0, len(images16), self.batch_size):
+            t0 = time.perf_counter()
+            prepared = [self.prepare(img16) for img16 in images16[start:start + self.batch_size]]
+            share = (time.perf_counter() - t0) / len(prepared)
+            out.extend(self.score_prepared(prepared, names[start:start + len(prepared)], [share] * len(prepared)))
         return out
 
     def check_image(self) -> np.ndarray:
@@ -136,7 +141,7 @@ class Detector:
     def self_check(self) -> float:
         """Score the check image without the gate; a NaN or out-of-range output means the model is unusable."""
         try:
-            (p,) = self.score_batch([self.prepare(self.check_image())])
+            (p,) = self.score_batch([self.convert(self.check_image())])
         except (RuntimeError, ValueError) as exc:
             raise ModelError(f"model {self.path} failed its self-check: {exc}") from exc
         if not math.isfinite(p) or not 0.0 <= p <= 1.0:

@@ -12,7 +12,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 import torch
 import torchvision
@@ -25,6 +24,7 @@ from inspector.artifact import MAX_HEADER_BYTES, META_KEY, HeaderError, head_len
 from inspector.config import HEADS, METHODS, POOLINGS, STAGES, WINDOWED_METHODS
 from inspector.durable import atomic_target
 from inspector.errors import ModelError
+from inspector.prepare import resize_to
 
 CLASS_NAMES = ("normal", "abnormal")
 FREEZE_MODES = ("paper", "none")
@@ -462,16 +462,20 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
 def preprocess_batch(imgs8: Sequence[np.ndarray], input_size: Sequence[int]) -> torch.Tensor:
     """Resize to the network input (area when shrinking), scale to [0, 1], ImageNet mean/std."""
     h, w = (int(v) for v in input_size)
-    out = np.empty((len(imgs8), h, w, 3), dtype=np.float32)
+    out = np.empty((len(imgs8), h, w, 3), dtype=np.uint8)
     for i, img8 in enumerate(imgs8):
         if img8.dtype != np.uint8 or img8.ndim != 3 or img8.shape[2] != 3:
             raise ModelError(f"the detector takes HxWx3 uint8 images, got {img8.dtype} of shape {img8.shape}")
-        if img8.shape[:2] != (h, w):
-            shrink = img8.shape[0] >= h and img8.shape[1] >= w
-            img8 = cv2.resize(img8, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        out[i] = img8
-    out = (out / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    return torch.from_numpy(np.ascontiguousarray(out.transpose(0, 3, 1, 2)))
+        out[i] = resize_to(img8, (h, w))
+    return normalize(torch.from_numpy(out))
+
+
+def normalize(batch8: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) uint8 on any device -> (N, 3, H, W) float32 scaled to [0, 1], ImageNet mean/std."""
+    mean = torch.as_tensor(IMAGENET_MEAN, device=batch8.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(IMAGENET_STD, device=batch8.device).view(1, 3, 1, 1)
+    x = batch8.permute(0, 3, 1, 2).float().div_(255.0)
+    return x.sub_(mean).div_(std).contiguous()
 
 
 def resolve_device(name: str) -> torch.device:

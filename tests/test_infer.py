@@ -79,7 +79,7 @@ def test_threshold_decides_the_verdict(model_path):
 def test_prepare_uses_the_models_conversion(model_path):
     det = Detector.load(model_path, device="cpu")
     img = images(1)[0]
-    assert np.array_equal(det.prepare(img), convert_image(img, "global", Window(*WINDOW)))
+    assert np.array_equal(det.convert(img), convert_image(img, "global", Window(*WINDOW)))
 
 
 def test_measures():
