@@ -42,10 +42,14 @@ class InputSpec:
 
 @dataclass
 class Prepared:
-    """One image ready for the network (`img8`, input size x 3, uint8) or the reason to rescan it."""
+    """One image ready for the network (`img8`, input size x 3, uint8) or the reason to rescan it.
+
+    `img16` instead of `img8`: the raw image, for a detector that gates and converts on its device.
+    """
 
     img8: np.ndarray | None
     reason: str | None = None
+    img16: np.ndarray | None = None
 
 
 def check_image16(img16: Any) -> None:
