@@ -15,9 +15,10 @@ import torch
 
 from inspector import quality
 from inspector.convert import Window, convert_image
+from inspector.devprep import DevicePrep
 from inspector.errors import InspectorError, ModelError
 from inspector.model import ModelMeta, load_model, preprocess_batch, resolve_device
-from inspector.prepare import InputSpec, Prepared, prepare
+from inspector.prepare import InputSpec, Prepared, check_image16, prepare
 
 CHECK_SEED = 20220201  # the built-in self-check image must be the same on every machine
 
@@ -41,13 +42,23 @@ def check_quality(img16: np.ndarray, meta: ModelMeta) -> str | None:
     return quality.check(img16, meta.quality, model_window(meta))
 
 
+PREPARE_ON = ("auto", "cpu", "device")
+
+
 class Detector:
-    """A loaded model on a device; predict() batches, converts and applies the model's threshold."""
+    """A loaded model on a device; predict() batches, converts and applies the model's threshold.
+
+    prepare_on: where the gate, conversion and resize run. "auto": on a CUDA device when DevicePrep supports
+    the model's method (all but clahe), else on the CPU (prepare.py); "cpu"; "device": DevicePrep on this
+    detector's device whatever it is (on a CPU device: the same torch code, for tests and benchmarks).
+    """
 
     def __init__(self, net: torch.nn.Module, meta: ModelMeta, sha256: str, device: torch.device,
-                 path: str, batch_size: int = 4):
+                 path: str, batch_size: int = 4, prepare_on: str = "auto"):
         if batch_size <= 0:
             raise InspectorError(f"infer.batch_size must be positive, got {batch_size}")
+        if prepare_on not in PREPARE_ON:
+            raise InspectorError(f"prepare_on must be one of {', '.join(PREPARE_ON)}, got {prepare_on!r}")
         self.net = net
         self.meta = meta
         self.sha256 = sha256
@@ -58,13 +69,19 @@ class Detector:
         self.spec = InputSpec.of(meta)
         if device.type == "cuda":
             self.net.to(memory_format=torch.channels_last)
+        on_device = prepare_on == "device" or (prepare_on == "auto" and device.type == "cuda")
+        if prepare_on == "device" and not DevicePrep.supports(self.spec):
+            raise InspectorError(f"method {self.spec.method!r} cannot be prepared on the device; use prepare_on "
+                                 "\"auto\" or \"cpu\"")
+        self.devprep = DevicePrep(self.spec, device) if on_device and DevicePrep.supports(self.spec) else None
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "auto", batch_size: int = 4) -> "Detector":
+    def load(cls, path: str | os.PathLike, device: str = "auto", batch_size: int = 4,
+             prepare_on: str = "auto") -> "Detector":
         """Resolve the device first, so a CUDA request on a CPU machine fails before the read."""
         dev = resolve_device(device)
         loaded = load_model(path, dev)
-        return cls(loaded.net, loaded.meta, loaded.sha256, dev, str(path), batch_size)
+        return cls(loaded.net, loaded.meta, loaded.sha256, dev, str(path), batch_size, prepare_on)
 
     def convert(self, img16: np.ndarray) -> np.ndarray:
         """The model's own 16->8-bit conversion at the image's size, with the window and CLAHE settings it was
@@ -76,18 +93,29 @@ class Detector:
 
     def score_batch(self, imgs8: Sequence[np.ndarray]) -> list[float]:
         """P(abnormal) for converted images; fp16 autocast and channels_last on CUDA."""
-        x = preprocess_batch(imgs8, self.meta.input_size)
+        return self.score_tensor(preprocess_batch(imgs8, self.meta.input_size))
+
+    def score_tensor(self, x: torch.Tensor) -> list[float]:
+        """P(abnormal) for a normalized (N, 3, H, W) batch on any device."""
+        return self._forward(x).cpu().tolist()
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """P(abnormal) as a tensor on the device, not waited for (on CUDA the caller overlaps work with it)."""
         cuda = self.device.type == "cuda"
         x = x.to(self.device, memory_format=torch.channels_last) if cuda else x
         autocast = torch.autocast("cuda", dtype=torch.float16) if cuda else contextlib.nullcontext()
         self.net.eval()
         with torch.inference_mode(), autocast:
             logits = self.net(x)
-        return logits.float().softmax(dim=1)[:, 1].cpu().tolist()
+        return logits.float().softmax(dim=1)[:, 1]
 
     def prepare(self, img16: np.ndarray) -> Prepared:
         """The CPU part of scoring (quality gate, conversion, resize); thread-safe and torch-free, so a
-        pool of workers runs it while this detector's thread runs the network."""
+        pool of workers runs it while this detector's thread runs the network. When the device prepares
+        (self.devprep), only the array checks: the raw image is kept for score_prepared."""
+        if self.devprep is not None:
+            check_image16(img16)
+            return Prepared(None, None, img16=img16)
         return prepare(img16, self.spec)
 
     def score_prepared(self, prepared: Sequence[Prepared], paths: Sequence[str | None] | None = None,
@@ -99,21 +127,69 @@ class Detector:
         names = list(paths) if paths is not None else [None] * len(prepared)
         extra = list(seconds) if seconds is not None else [0.0] * len(prepared)
         threshold = float(self.meta.threshold)
+        if self.devprep is None:  # raw images handed in, but this detector prepares on the CPU
+            prepared = [prepare(p.img16, self.spec) if p.img16 is not None and p.reason is None else p
+                        for p in prepared]
+        chunks = [prepared[start:start + self.batch_size] for start in range(0, len(prepared), self.batch_size)]
+        side = torch.cuda.Stream(self.device) if self.devprep is not None and self.devprep.cuda else None
+        pending = self._upload(chunks[0], side) if chunks else []
         out: list[Prediction] = []
-        for start in range(0, len(prepared), self.batch_size):
+        start = 0
+        for k, chunk in enumerate(chunks):
             t0 = time.perf_counter()
-            chunk = prepared[start:start + self.batch_size]
-            imgs8 = [p.img8 for p in chunk if p.reason is None]
-            probs = iter(self.score_batch(imgs8) if imgs8 else [])
+            uploaded = pending
+            if any(t is not None for t in uploaded):
+                if side is not None:  # the copies were queued on the side stream: wait for them here
+                    current = torch.cuda.current_stream(self.device)
+                    current.wait_stream(side)
+                    for t in uploaded:
+                        if t is not None:
+                            t.record_stream(current)
+                reasons, probs_on_device = self._score_on_device(chunk, uploaded)
+                pending = self._upload(chunks[k + 1], side) if k + 1 < len(chunks) else []  # beside the forward
+                probs = iter(probs_on_device.cpu().tolist() if probs_on_device is not None else [])
+            else:
+                reasons = [p.reason for p in chunk]
+                imgs8 = [p.img8 for p in chunk if p.reason is None]
+                probs = iter(self.score_batch(imgs8) if imgs8 else [])
+                pending = self._upload(chunks[k + 1], side) if k + 1 < len(chunks) else []
             share = (time.perf_counter() - t0) / len(chunk)
-            for i, item in enumerate(chunk, start):
-                if item.reason is not None:
-                    out.append(Prediction(names[i], None, "rescan", threshold, share + extra[i], item.reason))
+            for i, reason in enumerate(reasons, start):
+                if reason is not None:
+                    out.append(Prediction(names[i], None, "rescan", threshold, share + extra[i], reason))
                     continue
                 p = next(probs)
                 verdict = "abnormal" if p >= threshold else "normal"
                 out.append(Prediction(names[i], p, verdict, threshold, share + extra[i]))
+            start += len(chunk)
         return out
+
+    def _upload(self, chunk: Sequence[Prepared], stream: "torch.cuda.Stream | None") -> list[torch.Tensor | None]:
+        """The raw images of a chunk's device entries on the device (None for the others), queued on `stream`."""
+        if self.devprep is None:
+            return [None] * len(chunk)
+        todo = [p.img16 for p in chunk if p.img16 is not None and p.reason is None]
+        tensors = iter(self.devprep.upload(todo, stream) if todo else [])
+        return [next(tensors) if p.img16 is not None and p.reason is None else None for p in chunk]
+
+    def _score_on_device(self, chunk: Sequence[Prepared], uploaded: Sequence[torch.Tensor | None]) -> \
+            tuple[list[str | None], torch.Tensor | None]:
+        """Each entry's rescan reason, and P(abnormal) of the others (on the device, not waited for): the
+        uploaded ones prepared by DevicePrep, those prepared on the CPU normalized as score_batch does."""
+        devprep = self.devprep
+        assert devprep is not None
+        on_device = [i for i, t in enumerate(uploaded) if t is not None]
+        x_dev, dev_reasons = devprep.finish([uploaded[i] for i in on_device], [chunk[i].img16 for i in on_device])
+        reasons: list[str | None] = [p.reason for p in chunk]
+        for i, reason in zip(on_device, dev_reasons):
+            reasons[i] = reason
+        cpu_ok = [i for i, p in enumerate(chunk) if uploaded[i] is None and p.reason is None]
+        x_cpu = preprocess_batch([chunk[i].img8 for i in cpu_ok], self.meta.input_size) if cpu_ok else None
+        rows = iter(x_dev if x_dev is not None else [])
+        cpu_rows = iter(x_cpu.to(self.device) if x_cpu is not None else [])
+        batch = [next(rows) if uploaded[i] is not None else next(cpu_rows)
+                 for i in range(len(chunk)) if reasons[i] is None]
+        return reasons, (self._forward(torch.stack(batch)) if batch else None)
 
     def predict(self, images16: Sequence[np.ndarray], paths: Sequence[str | None] | None = None) -> list[Prediction]:
         """Quality gate, conversion and the network, on this thread; `seconds` is each image's share of its batch."""
@@ -121,6 +197,11 @@ class Detector:
             raise InspectorError(f"predict got {len(images16)} images but {len(paths)} paths")
         out: list[Prediction] = []
         names = list(paths) if paths is not None else [None] * len(images16)
+        if self.devprep is not None and images16:  # only the array checks here: one pass, chunks overlap
+            t0 = time.perf_counter()
+            prepared = [self.prepare(img16) for img16 in images16]
+            share = (time.perf_counter() - t0) / len(prepared)
+            return self.score_prepared(prepared, names, [share] * len(prepared))
         for start in range(0, len(images16), self.batch_size):
             t0 = time.perf_counter()
             prepared = [self.prepare(img16) for img16 in images16[start:start + self.batch_size]]

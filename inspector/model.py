@@ -472,10 +472,14 @@ def preprocess_batch(imgs8: Sequence[np.ndarray], input_size: Sequence[int]) -> 
 
 def normalize(batch8: torch.Tensor) -> torch.Tensor:
     """(N, H, W, 3) uint8 on any device -> (N, 3, H, W) float32 scaled to [0, 1], ImageNet mean/std."""
-    mean = torch.as_tensor(IMAGENET_MEAN, device=batch8.device).view(1, 3, 1, 1)
-    std = torch.as_tensor(IMAGENET_STD, device=batch8.device).view(1, 3, 1, 1)
-    x = batch8.permute(0, 3, 1, 2).float().div_(255.0)
-    return x.sub_(mean).div_(std).contiguous()
+    return normalize_levels(batch8.permute(0, 3, 1, 2).float())
+
+
+def normalize_levels(levels: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) float32 grey levels 0-255 (devprep.py's) -> normalize()'s result; overwrites `levels`."""
+    mean = torch.as_tensor(IMAGENET_MEAN, device=levels.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(IMAGENET_STD, device=levels.device).view(1, 3, 1, 1)
+    return levels.div_(255.0).sub_(mean).div_(std).contiguous()
 
 
 def resolve_device(name: str) -> torch.device:

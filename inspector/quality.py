@@ -60,30 +60,55 @@ def check(img16: np.ndarray, limits: dict, window: Window | None, gray: np.ndarr
     """The reason a capture should be rescanned, or None; a gate is on only where the model sets its limit.
 
     gray: to_uint8(img16, window), when the caller has converted it already (prepare.py).
+    The checks, in this order, and their texts are the functions below, shared with devprep.py (the same
+    gate measured on a torch device).
     """
     lo, hi = int(img16.min()), int(img16.max())
     if lo == hi:  # always checked: no conversion can stretch it and no verdict about it means anything
-        return f"blank: every pixel has the value {lo}; the capture holds no image"
-    sizes = limits.get("height"), limits.get("width")
-    if all(sizes):
-        (h_lo, h_hi), (w_lo, w_hi) = sizes
-        h, w = img16.shape
-        if not (SIZE_SLACK * h_lo <= h <= h_hi / SIZE_SLACK and SIZE_SLACK * w_lo <= w <= w_hi / SIZE_SLACK):
-            return (f"unexpected size: {h} x {w} px, far from the {h_lo}-{h_hi} x {w_lo}-{w_hi} px of the images "
-                    "the model was trained on (a cropped or wrong capture?)")
-    clipped_max = limits.get("clipped_fraction")
-    if clipped_max is not None and window is not None:
-        low, high = measure_clipping(img16, window)
-        if low > clipped_max or high > clipped_max:
-            end, share = ("low", low) if low >= high else ("high", high)
-            return f"badly exposed: {share:.0%} of pixels clipped at the window's {end} end"
-        if low + high > clipped_max:
-            return f"badly exposed: {low + high:.0%} of pixels clipped ({low:.0%} low, {high:.0%} high)"
+        return blank_reason(lo)
+    reason = size_reason(img16.shape, limits)
+    if reason is not None:
+        return reason
+    if limits.get("clipped_fraction") is not None and window is not None:
+        reason = clipping_reason(*measure_clipping(img16, window), limits["clipped_fraction"])
+        if reason is not None:
+            return reason
     blur_min = limits.get("blur_min")
     if blur_min is not None:
-        variance = measure_blur(img16, window, gray if window is not None else None)
-        if variance < blur_min:
-            return f"blurred: variance of the Laplacian {variance:.1f} below the model's minimum {blur_min:.1f}"
+        return blur_reason(measure_blur(img16, window, gray if window is not None else None), blur_min)
     return None
 
 
+def blank_reason(value: int) -> str:
+    """The text for a capture whose every pixel is `value`."""
+    return f"blank: every pixel has the value {value}; the capture holds no image"
+
+
+def size_reason(shape: tuple[int, ...], limits: dict) -> str | None:
+    """The text for an image size far from the training sizes (limits' height and width), or None."""
+    sizes = limits.get("height"), limits.get("width")
+    if not all(sizes):
+        return None
+    (h_lo, h_hi), (w_lo, w_hi) = sizes
+    h, w = shape
+    if SIZE_SLACK * h_lo <= h <= h_hi / SIZE_SLACK and SIZE_SLACK * w_lo <= w <= w_hi / SIZE_SLACK:
+        return None
+    return (f"unexpected size: {h} x {w} px, far from the {h_lo}-{h_hi} x {w_lo}-{w_hi} px of the images "
+            "the model was trained on (a cropped or wrong capture?)")
+
+
+def clipping_reason(low: float, high: float, clipped_max: float) -> str | None:
+    """The text for clipped shares (measure_clipping's) above the model's clipped_fraction, or None."""
+    if low > clipped_max or high > clipped_max:
+        end, share = ("low", low) if low >= high else ("high", high)
+        return f"badly exposed: {share:.0%} of pixels clipped at the window's {end} end"
+    if low + high > clipped_max:
+        return f"badly exposed: {low + high:.0%} of pixels clipped ({low:.0%} low, {high:.0%} high)"
+    return None
+
+
+def blur_reason(variance: float, blur_min: float) -> str | None:
+    """The text for a Laplacian variance (measure_blur's) below the model's blur_min, or None."""
+    if variance < blur_min:
+        return f"blurred: variance of the Laplacian {variance:.1f} below the model's minimum {blur_min:.1f}"
+    return None
