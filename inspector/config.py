@@ -58,6 +58,7 @@ class ModelConfig:
 class InferConfig:
     batch_size: int = 4
     threads: int = 0  # CPU threads of the daemon's forward passes; 0: every core
+    workers: int = 0  # threads that hash, read, gate and convert files ahead of the model; 0: one per core (<= 8)
 
 
 @dataclass(frozen=True)

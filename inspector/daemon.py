@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections import OrderedDict, deque
+from concurrent.futures import Future
 import faulthandler
 import json
 import logging
@@ -24,6 +26,7 @@ from inspector.config import Config
 from inspector.errors import ConfigError, ImageError, ModelError, StoreError
 from inspector.notify import log_to_stderr, notify, pid_file, watchdog_interval_seconds
 from inspector.paths import display_path
+from inspector.pipeline import worker_count, worker_pool
 from inspector.mover import Mover
 from inspector.watcher import (SKIP_DIRS, EventHandler, FileStamp, ReadyFile, Scanner, Tracker,
                                build_observer, probe)
@@ -33,6 +36,7 @@ log = logging.getLogger("inspector.daemon")
 TICK_SECONDS = 0.1
 MAX_BACKOFF_SECONDS = 30.0
 HEATMAP_DRAIN_SECONDS = 10.0  # on stop, heat maps still queued get this long; verdicts are already committed
+RECENT_OUTCOMES = 256  # outcomes remembered by content, more than the files ever in flight
 REBUILD_SECONDS = 2.0  # at most one observer rebuild attempt this often
 
 
@@ -98,9 +102,13 @@ def model_meta_json(detector: Any) -> str:
 
 @dataclasses.dataclass
 class _Job:
+    """One file through the pipeline: prepared by a pool worker, scored and committed by the model's thread."""
+
     ready: ReadyFile
     sha256: str | None = None
-    img16: Any = None
+    img16: Any = None  # kept until the commit, for a heat map
+    prepared: Any = None  # prepare.Prepared: what the network takes (or the gate's rescan reason)
+    seconds: float = 0.0  # spent preparing it
     outcome: dict | None = None  # existing verdict for this content and model
     rejection: tuple[str, str] | None = None
 
@@ -138,6 +146,8 @@ class Daemon:
         self.folder_note: str | None = None  # the capture folder's absence or re-creation, for STATUS
         self.mover = Mover(self.root, cfg.watch.after == "move", self._store_call, store, self._unchanged, self._shown,
                            lambda point: fault_point(point))  # looked up at each call: the fault runner replaces it
+        self.workers = worker_count(cfg.infer.workers)
+        self._recent: OrderedDict[str, dict] = OrderedDict()  # sha256 -> outcome of this model, newest last
         self.once = False  # one pass (`watch --once`): an incomplete file is left for a later run
 
     # ---- main thread: scan, settle, supervise -------------------------------------------------
@@ -304,51 +314,85 @@ class Daemon:
                 self.mover.move(item, ("processed", date.today().isoformat()), outcome["sha256"], raw)
 
     def _work(self) -> None:
-        """The only thread that runs the model: scoring first, heat maps in idle time."""
+        """The only thread that runs the model. A pool of workers prepares the files ahead of it (hash,
+        read, quality gate, conversion); this thread takes them in order, in batches of what is ready,
+        scores them, commits each batch in one transaction and then moves the files. Heat maps are
+        drawn here when no file waits."""
         batch_size = self.cfg.infer.batch_size
-        while not self.stop.is_set():
-            if self.reload.is_set():
-                self.reload.clear()
-                self._reload_model()
-            self._finish_moves()
-            try:
-                batch = [self.ready.get(timeout=0 if len(self.heatmaps) else TICK_SECONDS)]
-            except queue.Empty:
-                self.heatmaps.run_one()  # nothing waits to be scored: draw evidence owed
-                continue
-            while len(batch) < batch_size:
+        ahead = 2 * batch_size + self.workers  # files being prepared or waiting for the model: memory stays flat
+        inflight: deque[tuple[ReadyFile, Future]] = deque()
+        pool = worker_pool(self.workers)
+        try:
+            while not self.stop.is_set():
+                if not inflight:
+                    if self.reload.is_set():  # every file in flight was prepared for the old model
+                        self.reload.clear()
+                        self._reload_model()
+                    self._finish_moves()
+                self._feed(pool, inflight, ahead)
+                if not inflight:
+                    self.heatmaps.run_one()  # nothing waits to be scored: draw evidence owed
+                    continue
+                pairs = [inflight.popleft()]
+                while inflight and len(pairs) < batch_size and inflight[0][1].done():
+                    pairs.append(inflight.popleft())
                 try:
-                    batch.append(self.ready.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                self._process_isolated(batch)
-            except _Stopped:
-                log.info("stopping with %d file(s) not committed; they stay in place", len(batch))
-            finally:
-                for item in batch:
-                    self.tracker.release(item.path)
+                    self._score_isolated([job for job in (self._prepared(*pair) for pair in pairs) if job])
+                except _Stopped:
+                    log.info("stopping with %d file(s) not committed; they stay in place",
+                             len(pairs) + len(inflight))
+                finally:
+                    for item, _ in pairs:
+                        self.tracker.release(item.path)
+        finally:
+            for item, future in inflight:
+                future.cancel()
+                self.tracker.release(item.path)
+            pool.shutdown(wait=True, cancel_futures=True)
         self.heatmaps.drain(HEATMAP_DRAIN_SECONDS)  # verdicts are committed; evidence gets a bounded wait
 
-    def _process_isolated(self, batch: list[ReadyFile]) -> None:
-        """_process, and when the batch fails unexpectedly, each file alone: one bad file never holds back the rest."""
+    def _feed(self, pool: Any, inflight: deque, ahead: int) -> None:
+        """Hand settled files to the pool, up to `ahead` in flight; waits a tick only when idle."""
+        while len(inflight) < ahead and not self.reload.is_set():
+            idle = not inflight and not len(self.heatmaps)
+            try:
+                item = self.ready.get(timeout=TICK_SECONDS) if idle else self.ready.get_nowait()
+            except queue.Empty:
+                return
+            inflight.append((item, pool.submit(self._prepare, item, self.detector)))
+
+    def _prepared(self, item: ReadyFile, future: Future) -> _Job | None:
+        """A worker's result; a bug while preparing one file is logged, and the rescan offers it again."""
         try:
-            self._process(batch)
+            return future.result()
+        except _Stopped:
+            raise
+        except Exception:
+            log.exception("unexpected error while preparing %s", self._shown(item.path))
+            return None
+
+    def _score_isolated(self, jobs: list[_Job]) -> None:
+        """_score_and_commit, and when the batch fails unexpectedly, each file alone: one bad file never
+        holds back the rest."""
+        if not jobs:
+            return
+        try:
+            self._score_and_commit(jobs)
             return
         except _Stopped:
             raise
         except Exception:  # a bug must not stop the station: log it, the rescan retries what stays unscored
-            log.exception("unexpected error while scoring %d file(s)%s", len(batch),
-                          "; scoring them one by one" if len(batch) > 1 else "")
-        if len(batch) == 1:
+            log.exception("unexpected error while scoring %d file(s)%s", len(jobs),
+                          "; scoring them one by one" if len(jobs) > 1 else "")
+        if len(jobs) == 1:
             return
-        for item in batch:
+        for job in jobs:
             try:
-                self._process([item])
+                self._score_and_commit([job])
             except _Stopped:
                 raise
             except Exception:
-                log.exception("unexpected error while scoring %s", self._shown(item.path))
+                log.exception("unexpected error while scoring %s", self._shown(job.ready.path))
 
     def _reload_model(self) -> None:
         """SIGHUP: swap to the model at model.path only if it loads, verifies and passes self_check."""
@@ -360,6 +404,7 @@ class Daemon:
             return
         self._store_call(self.store.record_model, new.sha256, str(self.cfg.model.path), model_meta_json(new))
         self.detector = new
+        self._recent.clear()
         log.info("model reloaded: %s -> %s", old[:12], new.sha256[:12])
 
     def _store_call(self, fn: Callable, *args: Any) -> Any:
@@ -382,46 +427,74 @@ class Daemon:
                 self.paused_reason = None
             return result
 
-    def _process(self, batch: list[ReadyFile]) -> None:
-        """Hash, dedupe, read, predict, then commit each outcome and only then move the file."""
+    def _prepare(self, item: ReadyFile, detector: Any) -> _Job | None:
+        """A pool worker's part: skip what is known, hash, find an existing verdict, read, gate and convert.
+
+        None: nothing to record now (known already, changed or gone meanwhile, or held as incomplete).
+        """
         from inspector.imaging import file_sha256, read_image
 
+        if not self._unchanged(item) or self._store_call(self.store.known_file, os.fsencode(item.path), *item.stamp):
+            return None
+        job = _Job(item)
+        if item.problem:  # never opened: a FIFO could block, a link could lead anywhere
+            job.rejection = ("unreadable", f"{item.problem}: inspector reads only regular files inside the "
+                             "capture folder; put the image file itself there")
+            return job
+        t0 = time.perf_counter()
+        try:
+            job.sha256 = file_sha256(item.path)  # the identity is the content, hashed before decoding
+            job.outcome = self._store_call(self.store.outcome_for, job.sha256, detector.sha256)
+            if job.outcome is None:
+                job.img16 = read_image(item.path, self.cfg.imaging.max_height, self.cfg.imaging.max_width)
+                fault_point("after_read")
+                job.prepared = detector.prepare(job.img16)
+        except ImageError as exc:
+            if not os.path.lexists(item.path):
+                return None  # moved or deleted meanwhile: nothing to record
+            job.rejection = (exc.reason, exc.message)
+        job.seconds = time.perf_counter() - t0
+        if not self._unchanged(item):
+            return None  # written to while we read it: judge it again once it settles
+        if job.rejection is not None and job.rejection[0] == "truncated" and not item.final:
+            self._hold(item, job.rejection[1])
+            return None
+        return job
+
+    def _score_and_commit(self, jobs: list[_Job]) -> None:
+        """Score the prepared files, commit every outcome of the batch in one transaction, then report and move."""
         model_sha = self.detector.sha256
-        jobs: list[_Job] = []
-        for item in batch:
-            if not self._unchanged(item) or self._store_call(self.store.known_file, os.fsencode(item.path),
-                                                             *item.stamp):
-                continue
-            job = _Job(item)
-            if item.problem:  # never opened: a FIFO could block, a link could lead anywhere
-                job.rejection = ("unreadable", f"{item.problem}: inspector reads only regular files inside the "
-                                 "capture folder; put the image file itself there")
-                jobs.append(job)
-                continue
-            try:
-                job.sha256 = file_sha256(item.path)  # the identity is the content, hashed before decoding
-                job.outcome = self._store_call(self.store.outcome_for, job.sha256, model_sha)
-                if job.outcome is None:
-                    job.img16 = read_image(item.path, self.cfg.imaging.max_height, self.cfg.imaging.max_width)
-                    fault_point("after_read")
-            except ImageError as exc:
-                if not os.path.lexists(item.path):
-                    continue  # moved or deleted meanwhile: nothing to record
-                job.rejection = (exc.reason, exc.message)
-            if not self._unchanged(item):
-                continue  # written to while we read it: judge it again once it settles
-            if job.rejection is not None and job.rejection[0] == "truncated" and not item.final:
-                self._hold(item, job.rejection[1])
-                continue
-            jobs.append(job)
-        predictions = self._predict([j for j in jobs if j.img16 is not None])
+        for job in jobs:  # prepared while an earlier batch with the same content was still being committed
+            if job.outcome is None and job.sha256 in self._recent:
+                job.outcome = self._recent[job.sha256]
+        predictions = self._predict([j for j in jobs if j.prepared is not None and j.outcome is None])
         if predictions:
             fault_point("after_infer")
+        kept, records = [], []
         inferred: set[str] = set()
         for job in jobs:
             first = job.sha256 not in inferred  # a second name for the same content costs no inference
             inferred.add(job.sha256 or "")
-            self._commit(job, predictions.get(job.sha256 or ""), first, model_sha)
+            if not self._unchanged(job.ready):
+                continue  # deleted or rewritten while it was scored: nothing to record, or a new version to judge
+            kept.append(job)
+            records.append(self._record(job, predictions.get(job.sha256 or ""), first, model_sha))
+        if not records:
+            return
+        results = self._store_call(self.store.record_outcomes, records)
+        fault_point("after_commit")
+        for job, record, result in zip(kept, records, results):
+            if job.rejection is None and job.sha256:
+                self._remember(job.sha256, record)
+            self._report_and_move(job, record, result)
+
+    def _remember(self, sha256: str, record: Any) -> None:
+        """The outcomes of the last few batches, by content: a copy prepared meanwhile costs no inference."""
+        self._recent[sha256] = {"p_abnormal": record.p_abnormal, "verdict": record.verdict, "reason": record.reason,
+                                "threshold": record.threshold, "method": record.method}
+        self._recent.move_to_end(sha256)
+        while len(self._recent) > RECENT_OUTCOMES:
+            self._recent.popitem(last=False)
 
     def _hold(self, item: ReadyFile, message: str) -> None:
         """A file read as cut short gets no outcome yet: its writer may only have paused."""
@@ -453,52 +526,52 @@ class Daemon:
             unique.setdefault(job.sha256, job)
         if not unique:
             return {}
-        shas = list(unique)
-        images = [unique[s].img16 for s in shas]
-        paths = [display_path(unique[s].ready.path) for s in shas]
-        predictions = self.detector.predict(images, paths)
-        return dict(zip(shas, predictions))
+        chosen = list(unique.values())
+        predictions = self.detector.score_prepared([j.prepared for j in chosen],
+                                                   [display_path(j.ready.path) for j in chosen],
+                                                   [j.seconds for j in chosen])
+        return dict(zip(unique, predictions))
 
-    def _commit(self, job: _Job, pred: Any, first: bool, model_sha: str) -> None:
+    def _record(self, job: _Job, pred: Any, first: bool, model_sha: str) -> Any:
+        """The row a file's outcome is committed as."""
+        from inspector.store import RejectionRecord, VerdictRecord
+
         item, stamp = job.ready, job.ready.stamp
         raw = os.fsencode(item.path)
-        shown = self._shown(item.path)
-        if not self._unchanged(item):
-            return  # deleted or rewritten while it was scored: nothing to record, or a new version to judge
-        identity = (stamp.inode, stamp.ctime_ns)
         if job.rejection is not None:
-            reason, message = job.rejection
-            result = self._store_call(self.store.record_rejection, raw, job.sha256, stamp.size, stamp.mtime_ns,
-                                      reason, message, *identity)
-            fault_point("after_commit")
-            if result == "new":  # "exists": recorded before (a restart, or another inspector on this folder)
-                self.counts["rejected"] += 1
-                log.warning("rejected %s %s: %s", reason, shown, message)
-            self.mover.move(item, ("quarantine",), job.sha256, None)
-            return
-        meta = self.detector.meta
+            return RejectionRecord(raw, job.sha256, stamp.size, stamp.mtime_ns, *job.rejection,
+                                   stamp.inode, stamp.ctime_ns)
         if job.outcome is not None:
             o = job.outcome
             fields = (o["p_abnormal"], o["verdict"], o["reason"], o["threshold"], o["method"], 0.0)
         else:
             fields = (pred.p_abnormal, pred.verdict, pred.reason, pred.threshold,
-                      getattr(meta, "method", ""), pred.seconds if first else 0.0)
+                      getattr(self.detector.meta, "method", ""), pred.seconds if first else 0.0)
         p_abnormal, verdict, reason, threshold, method, inference_seconds = fields
-        ready_to_commit = time.monotonic() - item.ready_at
-        result = self._store_call(self.store.record_verdict, raw, job.sha256, stamp.size, stamp.mtime_ns, model_sha,
-                                  p_abnormal, verdict, reason, threshold, method, ready_to_commit, inference_seconds,
-                                  *identity)
-        fault_point("after_commit")
+        return VerdictRecord(raw, job.sha256, stamp.size, stamp.mtime_ns, model_sha, p_abnormal, verdict, reason,
+                             threshold, method, time.monotonic() - item.ready_at, inference_seconds,
+                             stamp.inode, stamp.ctime_ns)
+
+    def _report_and_move(self, job: _Job, record: Any, result: str) -> None:
+        """After the batch's commit: count and log the outcome, queue a heat map, move the file."""
+        item, shown = job.ready, self._shown(job.ready.path)
+        if job.rejection is not None:
+            if result == "new":  # "exists": recorded before (a restart, or another inspector on this folder)
+                self.counts["rejected"] += 1
+                log.warning("rejected %s %s: %s", record.reason, shown, record.message)
+            self.mover.move(item, ("quarantine",), job.sha256, None)
+            return
         if result != "exists":
             self.counts["scored"] += 1
-            self.counts["abnormal"] += verdict == "abnormal"
-            p_text = "-" if p_abnormal is None else f"{p_abnormal:.4f}"
-            extra = f" ({reason})" if reason else ""
+            self.counts["abnormal"] += record.verdict == "abnormal"
+            p_text = "-" if record.p_abnormal is None else f"{record.p_abnormal:.4f}"
+            extra = f" ({record.reason})" if record.reason else ""
             dup = " duplicate content" if result == "duplicate" else ""
-            log.info("verdict %s p=%s %s%s (%.2f s)%s", verdict, p_text, shown, dup, ready_to_commit, extra)
-            if verdict == "abnormal" and result == "new" and job.img16 is not None:
+            log.info("verdict %s p=%s %s%s (%.2f s)%s", record.verdict, p_text, shown, dup,
+                     record.ready_to_commit_seconds, extra)
+            if record.verdict == "abnormal" and result == "new" and job.img16 is not None:
                 self.heatmaps.submit(self.detector, job.img16, job.sha256)  # after the commit: never delays a verdict
-        self.mover.move(item, ("processed", date.today().isoformat()), job.sha256, raw)
+        self.mover.move(item, ("processed", date.today().isoformat()), job.sha256, os.fsencode(item.path))
 
     def _shown(self, path: str) -> str:
         return display_path(os.path.join(os.path.basename(self.root), os.path.relpath(path, self.root)))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import quote
@@ -218,56 +220,40 @@ class Store(Queries):
         refreshed. The same content under the same name but another mtime or inode (exported again)
         is a 'duplicate' row of its own.
         """
-        if verdict not in VERDICTS:
-            raise StoreError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
-        raw = to_path_raw(path_raw)
-        try:
-            with self.write() as conn:
-                same = sa.and_(images.c.path_raw == raw, images.c.sha256 == sha256, images.c.mtime_ns == mtime_ns,
-                               matches_or_unrecorded(images.c.inode, inode))
-                if conn.execute(sa.select(images.c.id).where(same).limit(1)).first() is not None:
-                    conn.execute(sa.update(images).where(same).values(inode=inode, ctime_ns=ctime_ns))
-                    return "exists"
-                prior = conn.execute(sa.select(verdicts.c.id).where(
-                    verdicts.c.sha256 == sha256, verdicts.c.model_sha256 == model_sha256)).first()
-                now = utc_now()
-                row = dict(path=display_path(raw), path_raw=raw, sha256=sha256, size=size, mtime_ns=mtime_ns,
-                           inode=inode, ctime_ns=ctime_ns, first_seen=now)
-                if prior is not None:
-                    first = conn.execute(sa.select(images.c.path).where(images.c.sha256 == sha256)
-                                         .order_by(images.c.id).limit(1)).scalar()
-                    conn.execute(sa.insert(images).values(**row, status="duplicate", duplicate_of=first,
-                                                          verdict_id=prior.id))
-                    return "duplicate"
-                verdict_id = conn.execute(sa.insert(verdicts).values(
-                    sha256=sha256, model_sha256=model_sha256, p_abnormal=p_abnormal, verdict=verdict,
-                    reason=reason, threshold=threshold, method=method,
-                    ready_to_commit_seconds=ready_to_commit_seconds, inference_seconds=inference_seconds,
-                    created_at=now)).inserted_primary_key[0]
-                conn.execute(sa.insert(images).values(**row, status="scored", verdict_id=verdict_id))
-                return "new"
-        except sa_exc.IntegrityError:
-            # Another writer committed the same row between our check and insert (not on SQLite).
-            return "exists"
+        (result,) = self.record_outcomes([VerdictRecord(path_raw, sha256, size, mtime_ns, model_sha256, p_abnormal,
+                                                        verdict, reason, threshold, method, ready_to_commit_seconds,
+                                                        inference_seconds, inode, ctime_ns)])
+        return result
 
     def record_rejection(self, path_raw: bytes | str, sha256: str | None, size: int, mtime_ns: int,
                          reason: str, message: str, inode: int | None = None, ctime_ns: int | None = None) -> str:
         """Record why a file was not scored; idempotent per file version ('new' or 'exists')."""
-        raw = to_path_raw(path_raw)
-        try:
-            with self.write() as conn:
-                same = sa.and_(rejections.c.path_raw == raw, rejections.c.size == size,
-                               rejections.c.mtime_ns == mtime_ns,
-                               matches_or_unrecorded(rejections.c.inode, inode))
-                if conn.execute(sa.select(rejections.c.id).where(same).limit(1)).first() is not None:
-                    conn.execute(sa.update(rejections).where(same).values(inode=inode, ctime_ns=ctime_ns))
-                    return "exists"
-                conn.execute(sa.insert(rejections).values(
-                    path=display_path(raw), path_raw=raw, sha256=sha256, size=size, mtime_ns=mtime_ns,
-                    inode=inode, ctime_ns=ctime_ns, reason=reason, message=message, created_at=utc_now()))
-                return "new"
-        except sa_exc.IntegrityError:
-            return "exists"
+        (result,) = self.record_outcomes([RejectionRecord(path_raw, sha256, size, mtime_ns, reason, message,
+                                                          inode, ctime_ns)])
+        return result
+
+    def record_outcomes(self, records: "list[VerdictRecord | RejectionRecord | RescoreRecord]") -> list[str]:
+        """Verdicts and rejections of a batch of files (or rescored verdicts) in ONE transaction: all are
+        committed, or none.
+
+        Elsewhere than on SQLite each row runs in a savepoint, so a row another writer committed first
+        (a unique-key race) is that row's 'exists' and the others still commit. SQLite's one writer
+        (BEGIN IMMEDIATE) cannot race, and SQLite ends the whole transaction on some errors (a full disk),
+        which a savepoint would hide behind "no such savepoint".
+        """
+        for record in records:
+            if not isinstance(record, RejectionRecord) and record.verdict not in VERDICTS:
+                raise StoreError(f"verdict {record.verdict!r} is not one of {', '.join(VERDICTS)}")
+        results: list[str] = []
+        with self.write() as conn:
+            racing = conn.dialect.name != "sqlite"
+            for record in records:
+                try:
+                    with conn.begin_nested() if racing else contextlib.nullcontext():
+                        results.append(_WRITERS[type(record)](conn, record))
+                except sa_exc.IntegrityError:
+                    results.append("exists")
+        return results
 
     def record_moved(self, path_raw: bytes | str, sha256: str, moved_to: str | None, mtime_ns: int | None = None,
                      inode: int | None = None) -> None:
@@ -304,6 +290,110 @@ class Store(Queries):
             conn.execute(sa.update(verdicts).where(verdicts.c.sha256 == sha256,
                                                    verdicts.c.model_sha256 == model_sha256)
                          .values(heatmap_path=str(heatmap_path)))
+
+@dataclass(frozen=True)
+class VerdictRecord:
+    """A verdict for one file version, as record_verdict takes it."""
+
+    path_raw: bytes | str
+    sha256: str
+    size: int
+    mtime_ns: int
+    model_sha256: str
+    p_abnormal: float | None
+    verdict: str
+    reason: str | None
+    threshold: float
+    method: str
+    ready_to_commit_seconds: float | None
+    inference_seconds: float | None
+    inode: int | None = None
+    ctime_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class RescoreRecord:
+    """A verdict `inspector rescore` gave recorded content with another model (no file version of its own)."""
+
+    sha256: str
+    model_sha256: str
+    p_abnormal: float | None
+    verdict: str
+    reason: str | None
+    threshold: float
+    method: str
+    inference_seconds: float | None
+    ready_to_commit_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class RejectionRecord:
+    """Why one file version was not scored, as record_rejection takes it."""
+
+    path_raw: bytes | str
+    sha256: str | None
+    size: int
+    mtime_ns: int
+    reason: str
+    message: str
+    inode: int | None = None
+    ctime_ns: int | None = None
+
+
+def _insert_verdict(conn: Connection, r: VerdictRecord) -> str:
+    raw = to_path_raw(r.path_raw)
+    same = sa.and_(images.c.path_raw == raw, images.c.sha256 == r.sha256, images.c.mtime_ns == r.mtime_ns,
+                   matches_or_unrecorded(images.c.inode, r.inode))
+    if conn.execute(sa.select(images.c.id).where(same).limit(1)).first() is not None:
+        conn.execute(sa.update(images).where(same).values(inode=r.inode, ctime_ns=r.ctime_ns))
+        return "exists"
+    prior = conn.execute(sa.select(verdicts.c.id).where(
+        verdicts.c.sha256 == r.sha256, verdicts.c.model_sha256 == r.model_sha256)).first()
+    now = utc_now()
+    row = dict(path=display_path(raw), path_raw=raw, sha256=r.sha256, size=r.size, mtime_ns=r.mtime_ns,
+               inode=r.inode, ctime_ns=r.ctime_ns, first_seen=now)
+    if prior is not None:
+        first = conn.execute(sa.select(images.c.path).where(images.c.sha256 == r.sha256)
+                             .order_by(images.c.id).limit(1)).scalar()
+        conn.execute(sa.insert(images).values(**row, status="duplicate", duplicate_of=first, verdict_id=prior.id))
+        return "duplicate"
+    verdict_id = _insert_verdict_row(conn, r, now)
+    conn.execute(sa.insert(images).values(**row, status="scored", verdict_id=verdict_id))
+    return "new"
+
+
+def _insert_verdict_row(conn: Connection, r: "VerdictRecord | RescoreRecord", now: datetime) -> int:
+    return conn.execute(sa.insert(verdicts).values(
+        sha256=r.sha256, model_sha256=r.model_sha256, p_abnormal=r.p_abnormal, verdict=r.verdict, reason=r.reason,
+        threshold=r.threshold, method=r.method, ready_to_commit_seconds=r.ready_to_commit_seconds,
+        inference_seconds=r.inference_seconds, created_at=now)).inserted_primary_key[0]
+
+
+def _insert_rescore(conn: Connection, r: "RescoreRecord") -> str:
+    """A verdict of another model for content already recorded: no new image row, one verdict per model."""
+    found = conn.execute(sa.select(verdicts.c.id).where(verdicts.c.sha256 == r.sha256,
+                                                        verdicts.c.model_sha256 == r.model_sha256)).first()
+    if found is not None:
+        return "exists"
+    _insert_verdict_row(conn, r, utc_now())
+    return "new"
+
+
+def _insert_rejection(conn: Connection, r: RejectionRecord) -> str:
+    raw = to_path_raw(r.path_raw)
+    same = sa.and_(rejections.c.path_raw == raw, rejections.c.size == r.size, rejections.c.mtime_ns == r.mtime_ns,
+                   matches_or_unrecorded(rejections.c.inode, r.inode))
+    if conn.execute(sa.select(rejections.c.id).where(same).limit(1)).first() is not None:
+        conn.execute(sa.update(rejections).where(same).values(inode=r.inode, ctime_ns=r.ctime_ns))
+        return "exists"
+    conn.execute(sa.insert(rejections).values(
+        path=display_path(raw), path_raw=raw, sha256=r.sha256, size=r.size, mtime_ns=r.mtime_ns, inode=r.inode,
+        ctime_ns=r.ctime_ns, reason=r.reason, message=r.message, created_at=utc_now()))
+    return "new"
+
+
+_WRITERS = {VerdictRecord: _insert_verdict, RejectionRecord: _insert_rejection, RescoreRecord: _insert_rescore}
+
 
 def _install_sqlite_listeners(engine: Engine, readonly: bool, busy_timeout_seconds: float) -> None:
     """Pragmas on every new connection; BEGIN IMMEDIATE for the writer (the SQLAlchemy pysqlite recipe)."""

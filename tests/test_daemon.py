@@ -70,9 +70,9 @@ class CountingDetector:
     def __getattr__(self, name):
         return getattr(self._detector, name)
 
-    def predict(self, images16, paths=None):
-        self.predicted += len(images16)
-        return self._detector.predict(images16, paths)
+    def score_prepared(self, prepared, paths=None, seconds=None):
+        self.predicted += len(prepared)
+        return self._detector.score_prepared(prepared, paths, seconds)
 
 
 # ---- in-process: files, names, observers ---------------------------------------------------------
@@ -151,9 +151,9 @@ class SpyStore:
     def __getattr__(self, name):
         return getattr(self._store, name)
 
-    def record_verdict(self, path_raw, *args):
-        self.events.append(("commit", os.path.exists(path_raw)))
-        return self._store.record_verdict(path_raw, *args)
+    def record_outcomes(self, records):
+        self.events.extend(("commit", os.path.exists(r.path_raw)) for r in records)
+        return self._store.record_outcomes(records)
 
     def record_moved(self, path_raw, sha256, moved_to, *version):
         self.events.append(("moved", os.path.exists(path_raw), os.path.exists(moved_to)))
@@ -302,10 +302,10 @@ def test_a_file_deleted_while_it_is_scored_gets_no_verdict_and_no_false_move_err
     class DeletingDetector(CountingDetector):
         """The real detector; the operator deletes the scan while the network runs on it."""
 
-        def predict(self, images16, paths=None):
+        def score_prepared(self, prepared, paths=None, seconds=None):
             for path in list(capture.glob("doomed*.tif")):
                 path.unlink()
-            return super().predict(images16, paths)
+            return super().score_prepared(prepared, paths, seconds)
 
     cfg = station(after="move")
     capture = tmp_path / "capture"
@@ -372,10 +372,10 @@ def test_same_content_under_two_names_costs_one_inference(tmp_path, station, det
 class AbnormalDetector(CountingDetector):
     """The real detector whose every verdict is abnormal (a random tiny model rarely says so)."""
 
-    def predict(self, images16, paths=None):
+    def score_prepared(self, prepared, paths=None, seconds=None):
         import dataclasses
 
-        return [dataclasses.replace(p, verdict="abnormal") for p in super().predict(images16, paths)]
+        return [dataclasses.replace(p, verdict="abnormal") for p in super().score_prepared(prepared, paths, seconds)]
 
 
 def test_abnormal_verdicts_get_a_heat_map_after_the_commit(tmp_path, station, detector):
@@ -641,10 +641,15 @@ class BombDetector:
     def __getattr__(self, name):
         return getattr(self._detector, name)
 
-    def predict(self, images16, paths=None):
-        if any(int(img[0, 0]) == 12345 for img in images16):
+    def prepare(self, img16):
+        prepared = self._detector.prepare(img16)
+        prepared.bomb = int(img16[0, 0]) == 12345  # this file makes the network's batch fail
+        return prepared
+
+    def score_prepared(self, prepared, paths=None, seconds=None):
+        if any(p.bomb for p in prepared):
             raise RuntimeError("boom")
-        return self._detector.predict(images16, paths)
+        return self._detector.score_prepared(prepared, paths, seconds)
 
 
 def test_a_file_that_breaks_its_batch_is_isolated(tmp_path, station, detector, caplog):
@@ -658,11 +663,35 @@ def test_a_file_that_breaks_its_batch_is_isolated(tmp_path, station, detector, c
         write_image(capture / f"good-{i}.tif", seed=80 + i)
     db = tmp_path / "inspector.db"
     with in_process(cfg, BombDetector(detector)):
-        for path in sorted(capture.iterdir()):  # all four arrive together: one batch of 4
+        for path in sorted(capture.iterdir()):  # all four arrive together
             os.replace(path, tmp_path / "capture" / path.name)
         wait_for(lambda: db_count(db, IMAGES) == 3, 30, "verdicts for the three good files")
-    assert "scoring them one by one" in caplog.text
+    assert "boom" in caplog.text
     assert db_count(db, IMAGES) == 3 and (tmp_path / "capture" / "bomb.tif").exists()
+
+
+def test_a_batch_the_network_fails_on_is_scored_file_by_file(tmp_path, station, detector, caplog):
+    """Four prepared files in one batch, one of which breaks the network: the other three still commit."""
+    from inspector.daemon import Daemon
+    from inspector.store import open_store
+    from inspector.watcher import ReadyFile, probe
+
+    cfg = station()
+    capture = tmp_path / "capture"
+    bomb = sample_image16(100, 60, seed=5)
+    bomb[0, 0] = 12345
+    write_tiff16(str(capture / "bomb.tif"), bomb)
+    for i in range(3):
+        write_image(capture / f"good-{i}.tif", seed=80 + i)
+    with open_store(cfg.database.url) as store:
+        daemon = Daemon(cfg, BombDetector(detector), store)
+        ready = [ReadyFile(str(p), probe(str(p), daemon.root)[0], time.monotonic()) for p in sorted(capture.iterdir())]
+        jobs = [daemon._prepare(item, daemon.detector) for item in ready]
+        assert all(job is not None and job.prepared is not None for job in jobs)
+        daemon._score_isolated(jobs)
+    assert "scoring them one by one" in caplog.text
+    assert sorted(os.path.basename(p) for (p,) in db_rows(tmp_path / "inspector.db", "SELECT path FROM images")) == \
+        ["good-0.tif", "good-1.tif", "good-2.tif"]
 
 
 def test_a_newline_in_a_file_name_cannot_forge_a_log_line(tmp_path, station):

@@ -1,0 +1,58 @@
+"""The CPU stages that feed the one thread running the model: a pool of worker threads, results in order.
+
+Hashing (hashlib), decoding (zlib, the DICOM decoders), the lookup tables (numpy) and resizing (OpenCV)
+release the GIL, so threads run them on every core without copying images between processes; none of
+them touches torch, so the model's thread keeps the only OpenMP team (bench/torch_threads.py shows
+what a second one costs). torch.utils.data.DataLoader's workers are processes: each would import
+torch, and forking a process whose OpenMP runtime has started is not safe with GNU libgomp.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+MAX_DEFAULT_WORKERS = 8  # beyond this the model, the disk or the database is the limit
+
+
+def worker_count(configured: int = 0) -> int:
+    """infer.workers: the configured number, or one per core (at most MAX_DEFAULT_WORKERS) when 0."""
+    if configured > 0:
+        return configured
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                      MAX_DEFAULT_WORKERS))
+
+
+def worker_pool(workers: int, name: str = "inspector-prep") -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: int | None = None) -> Iterator[R]:
+    """fn(item) for every item on `workers` threads, yielded in the items' order.
+
+    At most `ahead` results (default 2 x workers) are in flight or waiting, so memory stays flat however
+    many items there are. An exception of fn is raised where its result would have been yielded;
+    closing the iterator early cancels what has not started.
+    """
+    limit = max(1, ahead if ahead is not None else 2 * workers)
+    source = iter(items)
+    pool = worker_pool(workers)
+    pending: deque[Future] = deque()
+    try:
+        for item in source:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= limit:
+                break
+        while pending:
+            future = pending.popleft()
+            for item in source:  # one in, one out
+                pending.append(pool.submit(fn, item))
+                break
+            yield future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
