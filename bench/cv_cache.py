@@ -58,7 +58,7 @@ def head_step_seconds(ds, cfg, device, method: str) -> tuple[float, int]:
     from inspector.views import ImageSource, fit_view
 
     fold = leave_one_bundle_out(ds.samples)[0]
-    source = ImageSource(ds, cfg.imaging.max_height, cfg.imaging.max_width)
+    source = ImageSource.of(ds, cfg)
     store, use_cache = resolve_cache(cfg, ds, True, None)
     view = fit_view(source, fold.train_idx, method, cfg)
     seconds, passes = {}, 0

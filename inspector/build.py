@@ -21,6 +21,7 @@ from inspector.crossval import cross_validate
 from inspector.dataset import Dataset
 from inspector.errors import InspectorError
 from inspector.features import EmbedStats
+from inspector.pipeline import ordered_map
 from inspector.train import FitResult, build_net_on, fit, optimizer_label, require_method, resolve_cache
 from inspector.views import ImageSource, View, fit_view
 
@@ -42,7 +43,8 @@ def fit_quality_gate(source: ImageSource, idx: Sequence[int], view: View, cfg: C
     if not cfg.quality.enabled:
         return {}
     window = Window(*view.window) if view.window is not None else None
-    return quality.fit((source.read16(int(i)) for i in idx), window, cfg.quality.clipped_fraction)
+    images = ordered_map(source.read16, [int(i) for i in idx], source.workers)
+    return quality.fit(images, window, cfg.quality.clipped_fraction)
 
 
 def train_model(dataset: Dataset, out: Path, method: str, cfg: Config, device: torch.device, target_recall: float,
@@ -53,7 +55,7 @@ def train_model(dataset: Dataset, out: Path, method: str, cfg: Config, device: t
     require_method(method)
     if not 0 <= target_recall <= 1:
         raise InspectorError(f"--target-recall must be between 0 and 1, got {target_recall}")
-    source = ImageSource(dataset, cfg.imaging.max_height, cfg.imaging.max_width)
+    source = ImageSource.of(dataset, cfg)
     store, use_cache = resolve_cache(cfg, dataset, True, warn)
     stats = EmbedStats()
     threshold, threshold_source, oof_info, p = 0.5, "default 0.5", None, None

@@ -85,7 +85,7 @@ def cross_validate(dataset: Dataset, methods: list[str], cfg: Config, device: "t
     for m in methods:
         require_method(m)
     folds = leave_one_bundle_out(dataset.samples)
-    source = ImageSource(dataset, cfg.imaging.max_height, cfg.imaging.max_width)
+    source = ImageSource.of(dataset, cfg)
     store, use_cache = resolve_cache(cfg, dataset, use_cache, warn)
     stats = stats if stats is not None else EmbedStats()
     net = build_net_on(cfg, device)

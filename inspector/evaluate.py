@@ -16,17 +16,19 @@ from inspector.metrics import Counts
 
 def evaluate_model(model_path: Path, dataset: Dataset, cfg: Config) -> dict:
     """The model as it is (its window, threshold, quality gate) on a labeled set, per bundle and pooled."""
+    from inspector.bulk import score_items
     from inspector.imaging import read_image
     from inspector.infer import Detector
+    from inspector.pipeline import worker_count
 
     det = Detector.load(model_path, device=cfg.model.device, batch_size=cfg.infer.batch_size)
     samples = list(dataset.samples)
     preds = []
-    for start in range(0, len(samples), det.batch_size):
-        chunk = samples[start:start + det.batch_size]
-        imgs = [read_image(s.path, max_height=cfg.imaging.max_height, max_width=cfg.imaging.max_width)
-                for s in chunk]
-        preds.extend(det.predict(imgs, paths=[s.rel for s in chunk]))
+    for scored in score_items(det, samples, lambda s: read_image(s.path, cfg.imaging.max_height, cfg.imaging.max_width),
+                              lambda s: s.rel, worker_count(cfg.infer.workers)):
+        if scored.error is not None:  # load_dataset has read every image: one changed since
+            raise scored.error
+        preds.append(scored.prediction)
     images = [{"path": s.rel, "bundle": s.bundle, "label": s.label, "p_abnormal": p.p_abnormal,
                "verdict": p.verdict, "reason": p.reason} for s, p in zip(samples, preds)]
     scored = [im for im in images if im["verdict"] != "rescan"]

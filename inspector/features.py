@@ -28,6 +28,7 @@ from inspector.config import WINDOWED_METHODS
 from inspector.durable import write_atomic
 from inspector.errors import InspectorError
 from inspector.model import FULL_DIM, preprocess_batch
+from inspector.pipeline import ordered_map
 
 FLIPS = ("none", "h", "v", "hv")
 LAYOUT = "stages1-4 x mean,max,std v2"  # part of every key: a new layout never reads an old entry
@@ -184,8 +185,13 @@ def show_progress() -> bool:
 
 def embed_dataset(net: torch.nn.Module, items: Sequence[EmbedItem], load_img8: Callable[[int], np.ndarray],
                 input_size: tuple[int, int], device: torch.device, store: FeatureStore | None,
-                stats: EmbedStats, batch_size: int = 16, desc: str = "embedding") -> np.ndarray:
-    """Full-layout features for `items` (len x FULL_DIM): from the store when there, else backbone passes."""
+                stats: EmbedStats, batch_size: int = 16, desc: str = "embedding", workers: int = 1) -> np.ndarray:
+    """Full-layout features for `items` (len x FULL_DIM): from the store when there, else backbone passes.
+
+    load_img8(index): the image as the network takes it (at input_size, or resized here); run on
+    `workers` threads ahead of the backbone (pipeline.ordered_map), so decoding and converting the next
+    images overlaps the pass on these.
+    """
     out = np.zeros((len(items), FULL_DIM), dtype=np.float32)
     missing: dict[str, list[int]] = {}
     for row, item in enumerate(items):
@@ -202,6 +208,9 @@ def embed_dataset(net: torch.nn.Module, items: Sequence[EmbedItem], load_img8: C
     was_training = net.training
     net.eval()
     imgs: dict[int, np.ndarray] = {}
+    indices = list(dict.fromkeys(it.index for it in todo))
+    images = ordered_map(load_img8, indices, workers, ahead=batch_size + 2 * workers)
+    loaded = zip(indices, images)
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not show_progress(), leave=False)
     try:
         with torch.inference_mode():
@@ -209,8 +218,9 @@ def embed_dataset(net: torch.nn.Module, items: Sequence[EmbedItem], load_img8: C
                 chunk = todo[start:start + batch_size]
                 imgs = {i: img for i, img in imgs.items() if i == chunk[0].index}  # keep a split image
                 for it in chunk:
-                    if it.index not in imgs:
-                        imgs[it.index] = load_img8(it.index)
+                    while it.index not in imgs:
+                        index, img8 = next(loaded)
+                        imgs[index] = img8
                 x = preprocess_batch([imgs[it.index] for it in chunk], input_size)
                 x = flip_batch(x, [it.flip for it in chunk])
                 t0 = time.perf_counter()
@@ -224,5 +234,6 @@ def embed_dataset(net: torch.nn.Module, items: Sequence[EmbedItem], load_img8: C
                 bar.update(len(chunk))
     finally:
         bar.close()
+        images.close()  # stops the workers when a pass fails
         net.train(was_training)
     return out

@@ -192,8 +192,8 @@ def score_current(old: Dataset, new: Dataset, method: str, cfg: Config, device: 
     from inspector.train import build_net_on, fit, predict_proba, resolve_cache
     from inspector.views import ImageSource, fit_view
 
-    src_old = ImageSource(old, cfg.imaging.max_height, cfg.imaging.max_width)
-    src_new = ImageSource(new, cfg.imaging.max_height, cfg.imaging.max_width)
+    src_old = ImageSource.of(old, cfg)
+    src_new = ImageSource.of(new, cfg)
     store, use_cache = resolve_cache(cfg, new, True, lambda m: None)
     net = build_net_on(cfg, device)
     fresh = {k: v.detach().clone() for k, v in net.state_dict().items()}

@@ -31,6 +31,7 @@ from inspector.errors import DatasetError, InspectorError
 from inspector.features import (FLIPS, EmbedItem, EmbedStats, FeatureStore, backbone_fingerprint,
                                 embed_dataset, embed_tensor, feature_key, flip_batch, show_progress)
 from inspector.model import preprocess_batch
+from inspector.pipeline import ordered_map
 from inspector.views import ImageSource, View
 
 MOMENTUM = 0.9
@@ -222,9 +223,10 @@ def _cached_forward(net, source, train_idx, view, plan, cfg, device, store, stat
     """
     drawn = {(int(j), int(f)) for f_row in plan.flips for j, f in enumerate(f_row)}
     needed = sorted(drawn | {(j, 0) for j in range(len(train_idx))})
+    source.hash_all(train_idx)
     items = [_item(source, int(train_idx[j]), view, FLIPS[f], cfg, net) for j, f in needed]
-    full = embed_dataset(net, items, lambda i: view.convert(source.read16(i)), cfg.model.input_size, device,
-                         store, stats, batch_size=cfg.train.batch_size, desc="embedding")
+    full = embed_dataset(net, items, network_input(source, view, cfg), cfg.model.input_size, device,
+                         store, stats, batch_size=cfg.train.batch_size, desc="embedding", workers=source.workers)
     feats = net.select(torch.from_numpy(full))
     table = torch.zeros((len(FLIPS), len(train_idx), feats.shape[1]), dtype=torch.float32)
     for (j, f), feature in zip(needed, feats):
@@ -240,7 +242,7 @@ def _cached_forward(net, source, train_idx, view, plan, cfg, device, store, stat
 
 def _full_forward(net, source, train_idx, view, cfg, device, stats):
     """The paper-faithful loop: every batch goes through the whole network, flipped as drawn."""
-    imgs8 = [view.convert(source.read16(int(i))) for i in train_idx]
+    imgs8 = list(ordered_map(network_input(source, view, cfg), [int(i) for i in train_idx], source.workers))
     frozen = cfg.model.freeze == "paper"
     with torch.no_grad():  # the standardizer's statistics: the unflipped images, before any step
         was_training = net.training
@@ -267,6 +269,11 @@ def _full_forward(net, source, train_idx, view, cfg, device, stats):
     return forward, plain
 
 
+def network_input(source: ImageSource, view: View, cfg: Config) -> Callable[[int], np.ndarray]:
+    """Image i as the network takes it: read, converted and resized (run by the pipeline's workers)."""
+    return lambda i: view.network_input(source.read16(i), cfg.model.input_size)
+
+
 def _item(source: ImageSource, i: int, view: View, flip: str, cfg: Config, net: nn.Module) -> EmbedItem:
     key = feature_key(source.sha256(i), view.method, view.window, flip, cfg.model.input_size,
                       backbone_fingerprint(net), view.clahe)
@@ -279,9 +286,10 @@ def predict_proba(net: nn.Module, source: ImageSource, idx: Sequence[int], view:
     idx = [int(i) for i in idx]
     if not idx:
         return np.zeros(0)
+    source.hash_all(idx)
     items = [_item(source, i, view, "none", cfg, net) for i in idx]
-    full = embed_dataset(net, items, lambda i: view.convert(source.read16(i)), cfg.model.input_size, device,
-                         store, stats, batch_size=cfg.train.batch_size, desc="scoring")
+    full = embed_dataset(net, items, network_input(source, view, cfg), cfg.model.input_size, device,
+                         store, stats, batch_size=cfg.train.batch_size, desc="scoring", workers=source.workers)
     net.eval()
     with torch.inference_mode():
         logits = net.classify(net.select(torch.from_numpy(full)).to(device))

@@ -15,11 +15,19 @@ from inspector.dataset import Dataset
 class ImageSource:
     """A dataset's images: decoded on demand, content sha256 computed once per image."""
 
-    def __init__(self, dataset: Dataset, max_height: int = 10_000, max_width: int = 10_000):
+    def __init__(self, dataset: Dataset, max_height: int = 10_000, max_width: int = 10_000, workers: int = 1):
         self.dataset = dataset
+        self.workers = workers  # threads that decode ahead (pipeline.ordered_map)
         self.max_height, self.max_width = max_height, max_width
         self._sha: dict[int, str] = {}
         self._bundle_hist: dict[str, object] = {}
+
+    @classmethod
+    def of(cls, dataset: Dataset, cfg: Config) -> "ImageSource":
+        """The source with the configured image limits, decoding on infer.workers threads."""
+        from inspector.pipeline import worker_count
+
+        return cls(dataset, cfg.imaging.max_height, cfg.imaging.max_width, worker_count(cfg.infer.workers))
 
     def __len__(self) -> int:
         return len(self.dataset.samples)
@@ -44,11 +52,21 @@ class ImageSource:
         if bundle not in self._bundle_hist:
             from inspector.convert import WindowHistogram
 
+            from inspector.pipeline import ordered_map
+
             hist = WindowHistogram()
-            for i in sorted(self.bundle_members()[bundle]):
-                hist.add(self.read16(i))
+            for img16 in ordered_map(self.read16, sorted(self.bundle_members()[bundle]), self.workers):
+                hist.add(img16)
             self._bundle_hist[bundle] = hist
         return self._bundle_hist[bundle]
+
+    def hash_all(self, indices: Sequence[int]) -> None:
+        """sha256 of many images on the source's worker threads (hashing releases the GIL)."""
+        from inspector.pipeline import ordered_map
+
+        todo = [int(i) for i in indices if int(i) not in self._sha]
+        for _ in ordered_map(self.sha256, todo, self.workers):
+            pass
 
     def sha256(self, i: int) -> str:
         if i not in self._sha:
@@ -72,6 +90,14 @@ class View:
         window = Window(*self.window) if self.window is not None else None
         return convert_image(img16, self.method, window=window, clahe_clip_limit=self.clahe[0],
                              clahe_tile_grid=self.clahe[1])
+
+    def network_input(self, img16: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+        """convert() resized to the input size, the fast way (prepare.convert_resized: the same pixels)."""
+        from inspector.convert import Window
+        from inspector.prepare import InputSpec, convert_resized
+
+        window = Window(*self.window) if self.window is not None else None
+        return convert_resized(img16, InputSpec(self.method, window, tuple(input_size), self.clahe))
 
 
 def fit_view(source: ImageSource, idx: Sequence[int], method: str, cfg: Config) -> View:

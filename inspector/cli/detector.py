@@ -35,9 +35,10 @@ def score_command(images: tuple[str, ...], model_path: str | None, as_json: bool
     An image that cannot be read is reported as rejected and the others are still scored;
     the exit code is then 1.
     """
-    from inspector.errors import ImageError
+    from inspector.bulk import score_items
     from inspector.imaging import read_image
     from inspector.infer import Detector
+    from inspector.pipeline import worker_count
 
     det = Detector.load(model_path or cfg.model.path, device=device or cfg.model.device,
                         batch_size=cfg.infer.batch_size)
@@ -46,31 +47,21 @@ def score_command(images: tuple[str, ...], model_path: str | None, as_json: bool
     det.self_check()  # a model that cannot score a known image must not give verdicts; also warms up
     records: list[dict] = []
     failed = 0
-    for start in range(0, len(images), det.batch_size):
-        chunk = images[start:start + det.batch_size]
-        read: dict[int, object] = {}
-        errors: dict[int, ImageError] = {}
-        for i, path in enumerate(chunk):
-            try:
-                read[i] = read_image(path, max_height=cfg.imaging.max_height, max_width=cfg.imaging.max_width)
-            except ImageError as exc:
-                errors[i] = exc
-        preds = iter(det.predict(list(read.values()), paths=[chunk[i] for i in read]))
-        for i, path in enumerate(chunk):
-            if i in errors:
-                failed += 1
-                exc = errors[i]
-                records.append({"path": display_path(path), "verdict": "rejected", "reason": exc.reason,
-                                "message": exc.message})
-                if not as_json:
-                    click.echo(f"{display_path(path)}: rejected: {exc.message} [{exc.reason}]")
-                continue
-            pred = next(preds)
-            records.append({"path": display_path(path), "verdict": pred.verdict, "p_abnormal": pred.p_abnormal,
-                            "threshold": pred.threshold, "seconds": round(pred.seconds, 4), "reason": pred.reason,
-                            "model_sha256": det.sha256})
+    read = lambda path: read_image(path, max_height=cfg.imaging.max_height, max_width=cfg.imaging.max_width)  # noqa: E731
+    for scored in score_items(det, images, read, lambda path: path, worker_count(cfg.infer.workers)):
+        path, exc, pred = scored.item, scored.error, scored.prediction
+        if exc is not None:
+            failed += 1
+            records.append({"path": display_path(path), "verdict": "rejected", "reason": exc.reason,
+                            "message": exc.message})
             if not as_json:
-                click.echo(format_prediction(pred))
+                click.echo(f"{display_path(path)}: rejected: {exc.message} [{exc.reason}]")
+            continue
+        records.append({"path": display_path(path), "verdict": pred.verdict, "p_abnormal": pred.p_abnormal,
+                        "threshold": pred.threshold, "seconds": round(pred.seconds, 4), "reason": pred.reason,
+                        "model_sha256": det.sha256})
+        if not as_json:
+            click.echo(format_prediction(pred))
     if as_json:
         click.echo(json.dumps(records, indent=2))
     if failed:
