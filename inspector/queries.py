@@ -16,7 +16,13 @@ class Queries:
     """Read-only queries; each runs in one short read transaction of the Store it is mixed into."""
 
     def _verdict_select(self, since, until, verdict, model, columns) -> sa.Select:
-        query = sa.select(*columns).select_from(images.outerjoin(verdicts, images.c.verdict_id == verdicts.c.id))
+        if model:  # the verdicts this model gave these images, at capture or by `inspector rescore`
+            if not re.fullmatch(r"[0-9a-fA-F]{1,64}", model):
+                raise StoreError(f"model {model!r} is not a sha256 or a prefix of one (hex digits)")
+            on = sa.and_(verdicts.c.sha256 == images.c.sha256, verdicts.c.model_sha256.like(model.lower() + "%"))
+            query = sa.select(*columns).select_from(images.join(verdicts, on))
+        else:  # the verdict each image got when it was captured
+            query = sa.select(*columns).select_from(images.outerjoin(verdicts, images.c.verdict_id == verdicts.c.id))
         if since is not None:
             query = query.where(images.c.first_seen >= since)
         if until is not None:
@@ -25,10 +31,6 @@ class Queries:
             if verdict not in VERDICTS:
                 raise StoreError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
             query = query.where(verdicts.c.verdict == verdict)
-        if model:
-            if not re.fullmatch(r"[0-9a-fA-F]{1,64}", model):
-                raise StoreError(f"model {model!r} is not a sha256 or a prefix of one (hex digits)")
-            query = query.where(verdicts.c.model_sha256.like(model.lower() + "%"))
         return query
 
     def _glob(self, query: sa.Select, path_glob: str | None) -> tuple[sa.Select, str | None]:
@@ -69,6 +71,30 @@ class Queries:
                 if limit is not None and len(out) >= limit:
                     break
         return out
+
+    def rescore_todo(self, model_sha256: str, since: datetime | None = None,
+                     until: datetime | None = None) -> list[dict]:
+        """Recorded contents without a verdict of this model, oldest first: one entry per sha256 with every
+        place its file was recorded at (`places`: moved_to or path_raw, in the order to try) and the verdict
+        it was given at capture (`verdict`, `model_sha256`)."""
+        done = sa.select(verdicts.c.sha256).where(verdicts.c.model_sha256 == model_sha256)
+        query = (sa.select(images.c.sha256, images.c.path_raw, images.c.moved_to, verdicts.c.verdict,
+                           verdicts.c.model_sha256)
+                 .select_from(images.join(verdicts, images.c.verdict_id == verdicts.c.id))
+                 .where(images.c.sha256.not_in(done)).order_by(images.c.id))
+        if since is not None:
+            query = query.where(images.c.first_seen >= since)
+        if until is not None:
+            query = query.where(images.c.first_seen < until)
+        todo: dict[str, dict] = {}
+        with self.read() as conn:
+            for row in conn.execute(query):
+                entry = todo.setdefault(row.sha256, {"sha256": row.sha256, "places": [], "verdict": row.verdict,
+                                                     "model_sha256": row.model_sha256})
+                for place in (row.moved_to, bytes(row.path_raw)):
+                    if place is not None and place not in entry["places"]:
+                        entry["places"].append(place)
+        return list(todo.values())
 
     def count_verdicts(self, since: datetime | None = None, until: datetime | None = None,
                        verdict: str | None = None, path_glob: str | None = None, model: str | None = None) -> int:

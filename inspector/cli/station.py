@@ -1,12 +1,14 @@
-"""Station queries: verdicts, status, rejections and `db upgrade`; readers open the database read-only."""
+"""Station queries (verdicts, status, rejections; read-only), `db upgrade` and `rescore`."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
 import re
+import sys
 from datetime import datetime, timedelta, timezone
 
 import click
@@ -152,7 +154,8 @@ LIMIT = click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Only this verdict.")
 @click.option("--path", "path_glob", default=None, metavar="GLOB",
               help="Only paths matching this shell pattern (matched against the whole path, e.g. '*/line3/*').")
-@click.option("--model", default=None, metavar="SHA", help="Only verdicts of this model (a sha256 prefix is enough).")
+@click.option("--model", default=None, metavar="SHA", help="Only verdicts of this model, given at capture or by `inspector rescore` "
+              "(a sha256 prefix is enough).")
 @LIMIT
 @FORMAT
 @with_config
@@ -289,3 +292,38 @@ def upgrade(cfg: Config) -> None:
 
     with open_store(cfg.database.url, cfg.database.busy_timeout_seconds) as store:
         click.echo(f"database {store.where}: schema {store.schema_action} (version {SCHEMA_VERSION})")
+
+
+@cli.command()
+@SINCE
+@UNTIL
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
+              help="The model to score with (default: model.path in config.toml).")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: model.device in config.toml).")
+@with_config
+def rescore(cfg: Config, since, until, model_path: str | None, device: str | None) -> None:
+    """Score recorded images again with another model, beside their capture verdicts.
+
+    Every image recorded (first seen from --since, before --until) that has no verdict of the
+    model yet is read from where it was last recorded (its processed/ place, else its capture
+    path), checked against its recorded sha256, and scored at the pipeline's full rate
+    (infer.workers threads prepare, one runs the model). Its capture verdict stays; the new one
+    is listed by `inspector verdicts --model SHA`. Stopped at any point, a new run goes on where
+    it stopped; images no longer found are listed and skipped. Safe while `inspector watch` runs.
+    """
+    from tqdm import tqdm
+
+    from inspector.daemon import load_detector
+    from inspector.pipeline import worker_count
+    from inspector.rescore import rescore as run_rescore
+    from inspector.store import open_store
+
+    model = {k: v for k, v in (("path", model_path), ("device", device)) if v}
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model))
+    detector = load_detector(cfg)
+    with open_store(cfg.database.url, cfg.database.busy_timeout_seconds) as store:
+        summary = run_rescore(store, detector, since, until, cfg.imaging.max_height, cfg.imaging.max_width,
+                              worker_count(cfg.infer.workers),
+                              lambda n: tqdm(total=n, desc="rescoring", unit="img", disable=not sys.stderr.isatty()))
+    for line in summary.lines():
+        click.echo(line)
