@@ -3,6 +3,9 @@
 Embedding-cache speed-up (bench/cv_cache.py, on every core and on one torch thread) with the
 paper-scale estimate computed from its measured per-pass times, daemon latency against the bare
 forward pass, burst throughput and peak memory, with heat maps off and on (bench/daemon_latency.py),
+the station's ceiling with a near-free model against a bare read + convert + resize loop on every
+core and the cv embedding pass against the bare forward pass (bench/pipeline_ceiling.py), image
+preparation in torch against the OpenCV path (bench/device_prep.py),
 one torch thread against two (bench/torch_threads.py), read+convert against the raw file read
 (bench/convert_read.py), and on a CUDA machine images/s at 2000 x 1000 with batching, fp16 and
 channels_last against the same model with the data already on the GPU (the ceiling).
@@ -39,7 +42,7 @@ from convert_read import Figure, describe_machine, write_readme_block  # noqa: E
 RESULTS = HERE / "RESULTS.md"
 REPEAT = 4  # rounds of `make bench` (the last note of RESULTS.md gives the time each part took)
 CV_REPEAT = 3  # bench/cv_cache.py (both thread counts) runs in the first CV_REPEAT rounds only
-PARTS = ("cv_cache", "cv_cache_1thread", "daemon", "threads", "convert", "gpu")
+PARTS = ("cv_cache", "cv_cache_1thread", "daemon", "pipeline", "prep", "threads", "convert", "gpu")
 CV_PARTS = ("cv_cache", "cv_cache_1thread")
 
 
@@ -204,6 +207,8 @@ def run_part(part: str, args, notes: list[str]) -> list[Figure]:
     """One run of one part of the benchmark; problems go to notes, never stop the others."""
     import convert_read
     import daemon_latency
+    import device_prep
+    import pipeline_ceiling
 
     quick = args.quick
     if part == "cv_cache":
@@ -213,6 +218,13 @@ def run_part(part: str, args, notes: list[str]) -> list[Figure]:
     elif part == "daemon":
         return daemon_latency.measure(bursts=(14, 28) if quick else (50, 200), latency_files=4 if quick else 10,
                                       threads=args.threads, heatmap_files=10 if quick else 19, notes=notes)
+    elif part == "pipeline":
+        return pipeline_ceiling.measure(files=24 if quick else 80, embed_files=8 if quick else 32)
+    elif part == "prep":
+        note = device_prep.skipped_note()
+        if note:
+            notes.append(f"torch preparation on CUDA: {note}")
+        return device_prep.measure(images=2 if quick else 4, repeats=2 if quick else 3)
     elif part == "threads":
         figures, problem = json_figures([str(HERE / "torch_threads.py"), "--threads", str(args.threads)]
                                         + (["--predicts", "10", "--gradcams", "2"] if quick else []),

@@ -324,11 +324,10 @@ class Daemon:
         pool = worker_pool(self.workers)
         try:
             while not self.stop.is_set():
-                if not inflight:
-                    if self.reload.is_set():  # every file in flight was prepared for the old model
-                        self.reload.clear()
-                        self._reload_model()
-                    self._finish_moves()
+                if not inflight and self.reload.is_set():  # every file in flight was prepared for the old model
+                    self.reload.clear()
+                    self._reload_model()
+                self._finish_moves()
                 self._feed(pool, inflight, ahead)
                 if not inflight:
                     self.heatmaps.run_one()  # nothing waits to be scored: draw evidence owed

@@ -340,12 +340,20 @@ class RejectionRecord:
     ctime_ns: int | None = None
 
 
+def _recorded(conn: Connection, table: sa.Table, same: sa.ColumnElement,
+              r: "VerdictRecord | RejectionRecord") -> bool:
+    """This file version has its row already: its inode and ctime are refreshed, and it counts as 'exists'."""
+    if conn.execute(sa.select(table.c.id).where(same).limit(1)).first() is None:
+        return False
+    conn.execute(sa.update(table).where(same).values(inode=r.inode, ctime_ns=r.ctime_ns))
+    return True
+
+
 def _insert_verdict(conn: Connection, r: VerdictRecord) -> str:
     raw = to_path_raw(r.path_raw)
     same = sa.and_(images.c.path_raw == raw, images.c.sha256 == r.sha256, images.c.mtime_ns == r.mtime_ns,
                    matches_or_unrecorded(images.c.inode, r.inode))
-    if conn.execute(sa.select(images.c.id).where(same).limit(1)).first() is not None:
-        conn.execute(sa.update(images).where(same).values(inode=r.inode, ctime_ns=r.ctime_ns))
+    if _recorded(conn, images, same, r):
         return "exists"
     prior = conn.execute(sa.select(verdicts.c.id).where(
         verdicts.c.sha256 == r.sha256, verdicts.c.model_sha256 == r.model_sha256)).first()
@@ -383,8 +391,7 @@ def _insert_rejection(conn: Connection, r: RejectionRecord) -> str:
     raw = to_path_raw(r.path_raw)
     same = sa.and_(rejections.c.path_raw == raw, rejections.c.size == r.size, rejections.c.mtime_ns == r.mtime_ns,
                    matches_or_unrecorded(rejections.c.inode, r.inode))
-    if conn.execute(sa.select(rejections.c.id).where(same).limit(1)).first() is not None:
-        conn.execute(sa.update(rejections).where(same).values(inode=r.inode, ctime_ns=r.ctime_ns))
+    if _recorded(conn, rejections, same, r):
         return "exists"
     conn.execute(sa.insert(rejections).values(
         path=display_path(raw), path_raw=raw, sha256=r.sha256, size=r.size, mtime_ns=r.mtime_ns, inode=r.inode,

@@ -51,6 +51,15 @@ def sample_image16(height: int = 64, width: int = 32, seed: int = 0) -> np.ndarr
     return rng.integers(1000, 4000, size=(height, width), dtype=np.uint16)
 
 
+def textured_scan(h: int = 300, w: int = 560, seed: int = 0) -> np.ndarray:
+    """A textured 16-bit capture with edges, values around the window 1700-2800 (conversion tests)."""
+    rng = np.random.default_rng(seed)
+    img = 2250 + rng.normal(0, 180, (h, w))
+    img[h // 3: h // 2, w // 4: w // 2] += 400
+    img[:, ::37] -= 300
+    return np.clip(np.rint(img), 0, 65535).astype(np.uint16)
+
+
 def write_tiff16(path: str | Path, arr: np.ndarray, compression: str | None = None,
                  tile: tuple[int, int] | None = None, byteorder: str = "<",
                  rowsperstrip: int | None = None) -> Path:

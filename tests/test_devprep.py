@@ -16,18 +16,12 @@ from inspector.infer import Detector
 from inspector.model import IMAGENET_MEAN, IMAGENET_STD, init_model, normalize
 from inspector.prepare import InputSpec, prepare
 
+from image_files import textured_scan as scan
+
 WINDOW = Window(1700, 2800)
 DEVICE_METHODS = ("naive", "global", "local", "mix")
 SIZES = [(128, 64), (97, 211), (150, 280), (100, 56), (300, 560), (301, 561), (400, 700), (200, 900), (600, 300)]
 
-
-def scan(h: int = 300, w: int = 560, seed: int = 0) -> np.ndarray:
-    """A textured 16-bit capture with edges, values around the window (as tests/test_prepare.py's)."""
-    rng = np.random.default_rng(seed)
-    img = 2250 + rng.normal(0, 180, (h, w))
-    img[h // 3: h // 2, w // 4: w // 2] += 400
-    img[:, ::37] -= 300
-    return np.clip(np.rint(img), 0, 65535).astype(np.uint16)
 
 
 def levels(x: torch.Tensor) -> np.ndarray:

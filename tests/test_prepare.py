@@ -12,16 +12,10 @@ from inspector.convert import Window, convert_image
 from inspector.errors import ImageError
 from inspector.prepare import InputSpec, prepare, resize_to
 
+from image_files import textured_scan as scan
+
 WINDOW = Window(1700, 2800)
 
-
-def scan(h: int = 300, w: int = 560, seed: int = 0) -> np.ndarray:
-    """A textured 16-bit capture with edges, values around the window."""
-    rng = np.random.default_rng(seed)
-    img = 2250 + rng.normal(0, 180, (h, w))
-    img[h // 3: h // 2, w // 4: w // 2] += 400
-    img[:, ::37] -= 300
-    return np.clip(np.rint(img), 0, 65535).astype(np.uint16)
 
 
 def reference(img16: np.ndarray, spec: InputSpec) -> np.ndarray:

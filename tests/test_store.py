@@ -96,7 +96,9 @@ def test_same_content_new_model_is_a_new_verdict(store):
     assert record(store, b"/cap/b.tif", 1, model=OTHER_MODEL, verdict="abnormal", p=0.8) == "new"
     rows = {r["path"]: r for r in store.query_verdicts()}
     assert rows["/cap/a.tif"]["verdict"] == "normal" and rows["/cap/b.tif"]["verdict"] == "abnormal"
-    assert [r["path"] for r in store.query_verdicts(model="cd")] == ["/cap/b.tif"]
+    # model cd judged the content of both names (b.tif at capture; a.tif holds the same content)
+    by_cd = store.query_verdicts(model="cd")
+    assert [r["path"] for r in by_cd] == ["/cap/b.tif", "/cap/a.tif"] and {r["verdict"] for r in by_cd} == {"abnormal"}
 
 
 def test_unique_constraints_hold_against_raw_inserts(store):
@@ -395,3 +397,26 @@ def test_long_reader_does_not_block_the_writer(store, db_url):
             proc.wait()
     with open_store(db_url, readonly=True) as reader:
         assert reader.count_verdicts() == 11
+
+
+def test_a_batch_of_outcomes_commits_all_or_nothing(store, monkeypatch):
+    """The daemon commits a batch in one transaction: a failure on its last row leaves none of it behind."""
+    import inspector.store as store_module
+    from inspector.store import RejectionRecord, VerdictRecord
+    from sqlalchemy import exc as sa_exc
+
+    batch = [VerdictRecord(b"/cap/a.tif", sha(1), 10, 1, MODEL, 0.2, "normal", None, 0.5, "global", 0.1, 0.1, 7, 8),
+             VerdictRecord(b"/cap/b.tif", sha(1), 10, 1, MODEL, 0.2, "normal", None, 0.5, "global", 0.1, 0.1, 9, 8),
+             RejectionRecord(b"/cap/c.tif", None, 0, 1, "not_an_image", "the file is empty (0 bytes)", 11, 8)]
+
+    def disk_error(conn, record):
+        raise sa_exc.OperationalError("INSERT INTO rejections", {}, Exception("disk I/O error"))
+
+    monkeypatch.setitem(store_module._WRITERS, RejectionRecord, disk_error)
+    with pytest.raises(StoreError, match="disk I/O error"):
+        store.record_outcomes(batch)
+    with store.read() as conn:
+        assert [conn.execute(sa.text(f"SELECT COUNT(*) FROM {t}")).scalar() for t in ("images", "verdicts")] == [0, 0]
+    monkeypatch.undo()
+    assert store.record_outcomes(batch) == ["new", "duplicate", "new"]  # the second name of one content
+    assert store.record_outcomes(batch) == ["exists", "exists", "exists"]  # a retried batch counts nothing twice
