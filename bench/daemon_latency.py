@@ -99,7 +99,8 @@ def last_commit_epoch(db: Path) -> float:
 class Station:
     """`inspector watch` as a subprocess in its own folder, READY awaited on a real notify socket."""
 
-    def __init__(self, folder: Path, model: Path, threads: int, workers: int = 0):
+    def __init__(self, folder: Path, model: Path, threads: int, workers: int = 0, device: str = "cpu",
+                 batch_size: int = BATCH_SIZE):
         self.folder = folder
         self.capture = folder / "capture"
         self.capture.mkdir(parents=True)
@@ -107,7 +108,7 @@ class Station:
         config = folder / "config.toml"
         config.write_text(
             f'[watch]\ncapture_dir = "capture"\nsettle_seconds = 0.2\nrescan_seconds = 600.0\nqueue_size = 512\n'
-            f'[model]\npath = "{model}"\ndevice = "cpu"\n[infer]\nbatch_size = {BATCH_SIZE}\nthreads = {threads}\n'
+            f'[model]\npath = "{model}"\ndevice = "{device}"\n[infer]\nbatch_size = {batch_size}\nthreads = {threads}\n'
             f'workers = {workers}\n'
             f'[database]\nurl = "sqlite:///inspector.db"\n[state]\ndir = "var"\n[log]\nlevel = "WARNING"\n')
         sock_path = Path(tempfile.gettempdir()) / f"inspector-bench-{os.getpid()}-{time.monotonic_ns()}.sock"

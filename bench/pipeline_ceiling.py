@@ -95,9 +95,10 @@ def bare_rate(paths: list[Path], work, workers: int, repeats: int) -> float:
     return statistics.median(rates)
 
 
-def station_rate(root: Path, model: Path, paths: list[Path], workers: int) -> float:
+def station_rate(root: Path, model: Path, paths: list[Path], workers: int, device: str = "cpu",
+                 batch_size: int = 4) -> float:
     """A fresh station; every file linked in at once; images/s from the first file ready to the last commit."""
-    station = Station(root, model, threads=cores(), workers=workers)
+    station = Station(root, model, threads=cores(), workers=workers, device=device, batch_size=batch_size)
     try:
         station.wait_ready()
         for path in paths:
