@@ -13,7 +13,7 @@ from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
 import numpy as np
 
 from inspector.errors import ImageError
-from inspector.pipeline import ordered_map
+from inspector.pipeline import Turns, ordered_map
 
 T = TypeVar("T")
 
@@ -48,16 +48,18 @@ def score_items(detector: Any, items: Iterable[T], read: Callable[[T], np.ndarra
         return _Loaded(item, prepared, seconds=time.perf_counter() - t0)
 
     batch: list[_Loaded[T]] = []
+    turns = Turns(getattr(detector.device, "type", "cpu") == "cpu")
 
     def flush() -> Iterator[Scored[T]]:
         good = [b for b in batch if b.error is None]
-        predictions = iter(detector.score_prepared([b.prepared for b in good], [name(b.item) for b in good],
-                                                   [b.seconds for b in good]) if good else [])
+        with turns.model():
+            predictions = iter(detector.score_prepared([b.prepared for b in good], [name(b.item) for b in good],
+                                                       [b.seconds for b in good]) if good else [])
         for b in batch:
             yield Scored(b.item, error=b.error) if b.error is not None else Scored(b.item, next(predictions))
         batch.clear()
 
-    for loaded in ordered_map(load, items, workers, ahead=2 * detector.batch_size + workers):
+    for loaded in ordered_map(load, items, workers, ahead=2 * detector.batch_size + workers, turns=turns):
         batch.append(loaded)
         if len(batch) >= detector.batch_size:
             yield from flush()

@@ -26,7 +26,7 @@ from inspector.config import Config
 from inspector.errors import ConfigError, ImageError, ModelError, StoreError
 from inspector.notify import log_to_stderr, notify, pid_file, watchdog_interval_seconds
 from inspector.paths import display_path
-from inspector.pipeline import worker_count, worker_pool
+from inspector.pipeline import Turns, worker_count, worker_pool
 from inspector.mover import Mover
 from inspector.watcher import (SKIP_DIRS, EventHandler, FileStamp, ReadyFile, Scanner, Tracker,
                                build_observer, probe)
@@ -147,6 +147,7 @@ class Daemon:
         self.mover = Mover(self.root, cfg.watch.after == "move", self._store_call, store, self._unchanged, self._shown,
                            lambda point: fault_point(point))  # looked up at each call: the fault runner replaces it
         self.workers = worker_count(cfg.infer.workers)
+        self.turns = Turns(getattr(getattr(detector, "device", None), "type", "cpu") == "cpu")
         self._recent: OrderedDict[str, dict] = OrderedDict()  # sha256 -> outcome of this model, newest last
         self.once = False  # one pass (`watch --once`): an incomplete file is left for a later run
 
@@ -315,8 +316,8 @@ class Daemon:
 
     def _work(self) -> None:
         """The only thread that runs the model. A pool of workers prepares the files ahead of it (hash,
-        read, quality gate, conversion); this thread takes them in order, in batches of what is ready,
-        scores them, commits each batch in one transaction and then moves the files. Heat maps are
+        read, quality gate, conversion); this thread takes them in order, in batches of the files in
+        flight, scores them, commits each batch in one transaction and then moves the files. Heat maps are
         drawn here when no file waits."""
         batch_size = self.cfg.infer.batch_size
         ahead = 2 * batch_size + self.workers  # files being prepared or waiting for the model: memory stays flat
@@ -332,9 +333,9 @@ class Daemon:
                 if not inflight:
                     self.heatmaps.run_one()  # nothing waits to be scored: draw evidence owed
                     continue
-                pairs = [inflight.popleft()]
-                while inflight and len(pairs) < batch_size and inflight[0][1].done():
-                    pairs.append(inflight.popleft())
+                # The files in flight, up to a batch: a lone file is scored at once, a burst in full batches
+                # (waiting for files already being prepared costs no throughput; small batches would).
+                pairs = [inflight.popleft() for _ in range(min(batch_size, len(inflight)))]
                 try:
                     self._score_isolated([job for job in (self._prepared(*pair) for pair in pairs) if job])
                 except _Stopped:
@@ -442,12 +443,13 @@ class Daemon:
             return job
         t0 = time.perf_counter()
         try:
-            job.sha256 = file_sha256(item.path)  # the identity is the content, hashed before decoding
-            job.outcome = self._store_call(self.store.outcome_for, job.sha256, detector.sha256)
-            if job.outcome is None:
-                job.img16 = read_image(item.path, self.cfg.imaging.max_height, self.cfg.imaging.max_width)
-                fault_point("after_read")
-                job.prepared = detector.prepare(job.img16)
+            with self.turns.worker():  # on the CPU: not while a forward pass has the cores
+                job.sha256 = file_sha256(item.path)  # the identity is the content, hashed before decoding
+                job.outcome = self._store_call(self.store.outcome_for, job.sha256, detector.sha256)
+                if job.outcome is None:
+                    job.img16 = read_image(item.path, self.cfg.imaging.max_height, self.cfg.imaging.max_width)
+                    fault_point("after_read")
+                    job.prepared = detector.prepare(job.img16)
         except ImageError as exc:
             if not os.path.lexists(item.path):
                 return None  # moved or deleted meanwhile: nothing to record
@@ -526,9 +528,10 @@ class Daemon:
         if not unique:
             return {}
         chosen = list(unique.values())
-        predictions = self.detector.score_prepared([j.prepared for j in chosen],
-                                                   [display_path(j.ready.path) for j in chosen],
-                                                   [j.seconds for j in chosen])
+        with self.turns.model():
+            predictions = self.detector.score_prepared([j.prepared for j in chosen],
+                                                       [display_path(j.ready.path) for j in chosen],
+                                                       [j.seconds for j in chosen])
         return dict(zip(unique, predictions))
 
     def _record(self, job: _Job, pred: Any, first: bool, model_sha: str) -> Any:

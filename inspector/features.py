@@ -28,7 +28,7 @@ from inspector.config import WINDOWED_METHODS
 from inspector.durable import write_atomic
 from inspector.errors import InspectorError
 from inspector.model import FULL_DIM, preprocess_batch
-from inspector.pipeline import ordered_map
+from inspector.pipeline import Turns, ordered_map
 
 FLIPS = ("none", "h", "v", "hv")
 LAYOUT = "stages1-4 x mean,max,std v2"  # part of every key: a new layout never reads an old entry
@@ -209,7 +209,8 @@ def embed_dataset(net: torch.nn.Module, items: Sequence[EmbedItem], load_img8: C
     net.eval()
     imgs: dict[int, np.ndarray] = {}
     indices = list(dict.fromkeys(it.index for it in todo))
-    images = ordered_map(load_img8, indices, workers, ahead=batch_size + 2 * workers)
+    turns = Turns(device.type == "cpu")  # the backbone pass has every core while it runs
+    images = ordered_map(load_img8, indices, workers, ahead=batch_size + 2 * workers, turns=turns)
     loaded = zip(indices, images)
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not show_progress(), leave=False)
     try:
@@ -224,7 +225,8 @@ def embed_dataset(net: torch.nn.Module, items: Sequence[EmbedItem], load_img8: C
                 x = preprocess_batch([imgs[it.index] for it in chunk], input_size)
                 x = flip_batch(x, [it.flip for it in chunk])
                 t0 = time.perf_counter()
-                features = embed_tensor(net, x, device, full=True).cpu().numpy()
+                with turns.model():
+                    features = embed_tensor(net, x, device, full=True).cpu().numpy()
                 stats.backbone_seconds += time.perf_counter() - t0
                 stats.passes += len(chunk)
                 for it, feature in zip(chunk, features):

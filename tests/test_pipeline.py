@@ -62,3 +62,40 @@ def test_an_error_is_raised_where_its_result_would_be_and_later_work_is_cancelle
 def test_worker_count_is_the_setting_or_one_per_core():
     assert worker_count(3) == 3
     assert 1 <= worker_count(0) <= 8
+
+
+def test_turns_keep_workers_and_the_model_pass_apart():
+    """A model pass waits for the file in a worker's hands, and no worker starts one while the pass runs."""
+    from inspector.pipeline import Turns
+
+    turns = Turns(True)
+    log: list[str] = []
+    in_hand = threading.Event()
+
+    def worker() -> None:
+        with turns.worker():
+            log.append("worker starts")
+            in_hand.set()
+            time.sleep(0.1)
+            log.append("worker ends")
+
+    first = threading.Thread(target=worker)
+    first.start()
+    in_hand.wait(5)
+    second = threading.Thread(target=worker)
+    with turns.model():
+        log.append("model starts")
+        second.start()  # must wait for the pass
+        time.sleep(0.1)
+        log.append("model ends")
+    first.join(5)
+    second.join(5)
+    assert log == ["worker starts", "worker ends", "model starts", "model ends", "worker starts", "worker ends"]
+
+
+def test_turns_off_lets_everything_run_at_once():
+    from inspector.pipeline import Turns
+
+    turns = Turns(False)
+    with turns.model(), turns.worker(), turns.worker():
+        pass
