@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
@@ -122,10 +123,15 @@ def is_abnormal(i: int) -> bool:
     return i % 3 == 0
 
 
-def tally(db: Path) -> tuple[int, int, int, int]:
-    """What the daemon decided about the scans the demo made: (abnormal flagged, abnormal, normal passed, normal)."""
+def tally(db: Path, model_prefix: str | None = None) -> tuple[int, int, int, int]:
+    """What the daemon decided about the scans the demo made (or the model with this sha256 prefix, by
+    `inspector rescore`): (abnormal flagged, abnormal, normal passed, normal)."""
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-        rows = con.execute("SELECT i.path, v.verdict FROM images i JOIN verdicts v ON v.id = i.verdict_id").fetchall()
+        if model_prefix is None:
+            rows = con.execute("SELECT i.path, v.verdict FROM images i JOIN verdicts v ON v.id = i.verdict_id").fetchall()
+        else:
+            rows = con.execute("SELECT i.path, v.verdict FROM images i JOIN verdicts v ON v.sha256 = i.sha256 "
+                               "WHERE v.model_sha256 LIKE ?", (model_prefix + "%",)).fetchall()
     flagged = {Path(path).name: verdict for path, verdict in rows}
     counts = [0, 0, 0, 0]
     for i in range(DROPPED):
@@ -213,7 +219,13 @@ def main() -> int:
     run("reviews")
 
     say("7. Nightly retraining: promotes the candidate only if it is not worse")
-    run("retrain", allowed=(0, 3))
+    if run("retrain", allowed=(0, 3)) == 0:
+        say("7b. The promoted model on today's scans, beside the verdicts they got")
+        run("rescore")
+        new_sha = hashlib.sha256((OUT / "models" / "detector.safetensors").read_bytes()).hexdigest()
+        hit, abnormal, passed, normal = tally(OUT / "inspector.db", new_sha)
+        print(f"the promoted model: {hit} of {abnormal} abnormal electrodes flagged, {passed} of {normal} normal "
+              f"electrodes passed (`inspector verdicts --model {new_sha[:12]}` lists them)")
 
     say("8. A report people read")
     run("export", "--format", "html", "--out", str(OUT / "report.html"))
