@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections import OrderedDict, deque
-from concurrent.futures import Future
 import faulthandler
 import json
 import logging
@@ -18,6 +16,8 @@ import queue
 import signal
 import threading
 import time
+from collections import OrderedDict, deque
+from concurrent.futures import Future
 from datetime import date
 from pathlib import Path
 from typing import Any, Callable
