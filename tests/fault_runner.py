@@ -5,7 +5,7 @@
 INSPECTOR_FAULT=after_read|after_infer|after_commit|mid_move (INSPECTOR_FAULT_AFTER=N passes spared):
 SIGKILL this process there. INSPECTOR_FAULT=enospc: store writes fail as a full disk while the file
 $INSPECTOR_FAULT_FILE exists (for machines where no small file system can be mounted). The service
-code has no such settings: this runner replaces inspector.daemon.fault_point before the CLI starts.
+code has no such settings: this runner replaces inspector.scoring.fault_point before the CLI starts.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 
-import inspector.daemon
+import inspector.scoring
 from inspector.cli import main
 from inspector.errors import StoreError
 
@@ -35,5 +35,5 @@ def inject(point: str) -> None:
 
 
 if __name__ == "__main__":
-    inspector.daemon.fault_point = inject
+    inspector.scoring.fault_point = inject
     main(sys.argv[1:])
