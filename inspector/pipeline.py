@@ -85,6 +85,14 @@ def worker_pool(workers: int, name: str = "inspector-prep") -> ThreadPoolExecuto
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
 
 
+def _in_turn(fn: Callable[[T], R], turns: Turns) -> Callable[[T], R]:
+    def work(item: T) -> R:
+        with turns.worker():
+            return fn(item)
+
+    return work
+
+
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: int | None = None,
                 turns: Turns | None = None) -> Iterator[R]:
     """fn(item) for every item on `workers` threads, yielded in the items' order.
@@ -93,11 +101,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: i
     many items there are. An exception of fn is raised where its result would have been yielded;
     closing the iterator early cancels what has not started. turns: each fn call takes a worker's turn.
     """
-    work = fn
-    if turns is not None and turns.enabled:
-        def work(item: T) -> R:
-            with turns.worker():
-                return fn(item)
+    work = _in_turn(fn, turns) if turns is not None and turns.enabled else fn
 
     limit = max(1, ahead if ahead is not None else 2 * workers)
     source = iter(items)

@@ -73,7 +73,7 @@ def rescore(store: Any, detector: Any, since: datetime | None, until: datetime |
     """Score every recorded content without a verdict of `detector`'s model; commit in batches."""
     from inspector.bulk import score_items
     from inspector.paths import display_path
-    from inspector.store import RescoreRecord
+    from inspector.store import RescoreRecord, Verdict
 
     store.record_model(detector.sha256, detector.path, detector.meta.to_json())
     todo = store.rescore_todo(detector.sha256, since, until)
@@ -85,8 +85,8 @@ def rescore(store: Any, detector: Any, since: datetime | None, until: datetime |
         store.record_outcomes([record for record, _ in pending])
         for record, old in pending:
             summary.scored += 1
-            summary.new_verdicts[record.verdict] += 1
-            summary.changes[(old, record.verdict)] += 1
+            summary.new_verdicts[record.verdict.verdict] += 1
+            summary.changes[(old, record.verdict.verdict)] += 1
         pending.clear()
 
     try:
@@ -96,9 +96,9 @@ def rescore(store: Any, detector: Any, since: datetime | None, until: datetime |
             if scored.error is not None:
                 summary.missing.append((entry["sha256"], scored.error.message))
             else:
-                pending.append((RescoreRecord(entry["sha256"], detector.sha256, pred.p_abnormal, pred.verdict,
-                                              pred.reason, pred.threshold, detector.meta.method, pred.seconds),
-                                entry["verdict"]))
+                verdict = Verdict(entry["sha256"], detector.sha256, pred.p_abnormal, pred.verdict, pred.reason,
+                                  pred.threshold, detector.meta.method, inference_seconds=pred.seconds)
+                pending.append((RescoreRecord(verdict), entry["verdict"]))
                 if len(pending) >= COMMIT_EVERY:
                     commit()
             if bar is not None:

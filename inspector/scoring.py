@@ -267,8 +267,9 @@ class Scoring:
 
     def _remember(self, sha256: str, record: Any) -> None:
         """The outcomes of the last few batches, by content: a copy prepared meanwhile costs no inference."""
-        self._recent[sha256] = {"p_abnormal": record.p_abnormal, "verdict": record.verdict, "reason": record.reason,
-                                "threshold": record.threshold, "method": record.method}
+        v = record.verdict
+        self._recent[sha256] = {"p_abnormal": v.p_abnormal, "verdict": v.verdict, "reason": v.reason,
+                                "threshold": v.threshold, "method": v.method}
         self._recent.move_to_end(sha256)
         while len(self._recent) > RECENT_OUTCOMES:
             self._recent.popitem(last=False)
@@ -312,13 +313,12 @@ class Scoring:
 
     def _record(self, job: _Job, pred: Any, first: bool, model_sha: str) -> Any:
         """The row a file's outcome is committed as."""
-        from inspector.store import RejectionRecord, VerdictRecord
+        from inspector.store import FileVersion, RejectionRecord, Verdict, VerdictRecord
 
         item, stamp = job.ready, job.ready.stamp
-        raw = os.fsencode(item.path)
+        version = FileVersion(os.fsencode(item.path), stamp.size, stamp.mtime_ns, stamp.inode, stamp.ctime_ns)
         if job.rejection is not None:
-            return RejectionRecord(raw, job.sha256, stamp.size, stamp.mtime_ns, *job.rejection,
-                                   stamp.inode, stamp.ctime_ns)
+            return RejectionRecord(version, job.sha256, *job.rejection)
         if job.outcome is not None:
             o = job.outcome
             fields = (o["p_abnormal"], o["verdict"], o["reason"], o["threshold"], o["method"], 0.0)
@@ -326,9 +326,8 @@ class Scoring:
             fields = (pred.p_abnormal, pred.verdict, pred.reason, pred.threshold,
                       getattr(self.detector.meta, "method", ""), pred.seconds if first else 0.0)
         p_abnormal, verdict, reason, threshold, method, inference_seconds = fields
-        return VerdictRecord(raw, job.sha256, stamp.size, stamp.mtime_ns, model_sha, p_abnormal, verdict, reason,
-                             threshold, method, time.monotonic() - item.ready_at, inference_seconds,
-                             stamp.inode, stamp.ctime_ns)
+        return VerdictRecord(version, Verdict(job.sha256, model_sha, p_abnormal, verdict, reason, threshold, method,
+                                              time.monotonic() - item.ready_at, inference_seconds))
 
     def _report_and_move(self, job: _Job, record: Any, result: str) -> None:
         """After the batch's commit: count and log the outcome, queue a heat map, move the file."""
@@ -340,13 +339,13 @@ class Scoring:
             self.mover.move(item, ("quarantine",), job.sha256, None)
             return
         if result != "exists":
+            v = record.verdict
             self.counts["scored"] += 1
-            self.counts["abnormal"] += record.verdict == "abnormal"
-            p_text = "-" if record.p_abnormal is None else f"{record.p_abnormal:.4f}"
-            extra = f" ({record.reason})" if record.reason else ""
+            self.counts["abnormal"] += v.verdict == "abnormal"
+            p_text = "-" if v.p_abnormal is None else f"{v.p_abnormal:.4f}"
+            extra = f" ({v.reason})" if v.reason else ""
             dup = " duplicate content" if result == "duplicate" else ""
-            log.info("verdict %s p=%s %s%s (%.2f s)%s", record.verdict, p_text, shown, dup,
-                     record.ready_to_commit_seconds, extra)
-            if record.verdict == "abnormal" and result == "new" and job.img16 is not None:
+            log.info("verdict %s p=%s %s%s (%.2f s)%s", v.verdict, p_text, shown, dup, v.ready_to_commit_seconds, extra)
+            if v.verdict == "abnormal" and result == "new" and job.img16 is not None:
                 self.heatmaps.submit(self.detector, job.img16, job.sha256)  # after the commit: never delays a verdict
         self.mover.move(item, ("processed", date.today().isoformat()), job.sha256, os.fsencode(item.path))

@@ -7,6 +7,7 @@ with mode=ro. The tables are schema.py's; the readers are queries.py's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 from dataclasses import dataclass
 from datetime import datetime
@@ -220,16 +221,17 @@ class Store(Queries):
         refreshed. The same content under the same name but another mtime or inode (exported again)
         is a 'duplicate' row of its own.
         """
-        (result,) = self.record_outcomes([VerdictRecord(path_raw, sha256, size, mtime_ns, model_sha256, p_abnormal,
-                                                        verdict, reason, threshold, method, ready_to_commit_seconds,
-                                                        inference_seconds, inode, ctime_ns)])
+        (result,) = self.record_outcomes([VerdictRecord(
+            FileVersion(path_raw, size, mtime_ns, inode, ctime_ns),
+            Verdict(sha256, model_sha256, p_abnormal, verdict, reason, threshold, method, ready_to_commit_seconds,
+                    inference_seconds))])
         return result
 
     def record_rejection(self, path_raw: bytes | str, sha256: str | None, size: int, mtime_ns: int,
                          reason: str, message: str, inode: int | None = None, ctime_ns: int | None = None) -> str:
         """Record why a file was not scored; idempotent per file version ('new' or 'exists')."""
-        (result,) = self.record_outcomes([RejectionRecord(path_raw, sha256, size, mtime_ns, reason, message,
-                                                          inode, ctime_ns)])
+        (result,) = self.record_outcomes([RejectionRecord(FileVersion(path_raw, size, mtime_ns, inode, ctime_ns),
+                                                          sha256, reason, message)])
         return result
 
     def record_outcomes(self, records: "list[VerdictRecord | RejectionRecord | RescoreRecord]") -> list[str]:
@@ -242,8 +244,8 @@ class Store(Queries):
         which a savepoint would hide behind "no such savepoint".
         """
         for record in records:
-            if not isinstance(record, RejectionRecord) and record.verdict not in VERDICTS:
-                raise StoreError(f"verdict {record.verdict!r} is not one of {', '.join(VERDICTS)}")
+            if not isinstance(record, RejectionRecord) and record.verdict.verdict not in VERDICTS:
+                raise StoreError(f"verdict {record.verdict.verdict!r} is not one of {', '.join(VERDICTS)}")
         results: list[str] = []
         with self.write() as conn:
             racing = conn.dialect.name != "sqlite"
@@ -292,110 +294,111 @@ class Store(Queries):
                          .values(heatmap_path=str(heatmap_path)))
 
 @dataclass(frozen=True)
-class VerdictRecord:
-    """A verdict for one file version, as record_verdict takes it."""
+class Verdict:
+    """A model's verdict on one content: the verdicts row (unique per sha256 and model)."""
 
-    path_raw: bytes | str
     sha256: str
-    size: int
-    mtime_ns: int
     model_sha256: str
     p_abnormal: float | None
     verdict: str
     reason: str | None
     threshold: float
     method: str
-    ready_to_commit_seconds: float | None
-    inference_seconds: float | None
+    ready_to_commit_seconds: float | None = None
+    inference_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class FileVersion:
+    """One version of a file in the capture folder: its name's bytes and its stat identity."""
+
+    path_raw: bytes | str
+    size: int
+    mtime_ns: int
     inode: int | None = None
     ctime_ns: int | None = None
 
 
 @dataclass(frozen=True)
-class RescoreRecord:
-    """A verdict `inspector rescore` gave recorded content with another model (no file version of its own)."""
+class VerdictRecord:
+    """A file version scored: its image row, pointing at its content's verdict of the model."""
 
-    sha256: str
-    model_sha256: str
-    p_abnormal: float | None
-    verdict: str
-    reason: str | None
-    threshold: float
-    method: str
-    inference_seconds: float | None
-    ready_to_commit_seconds: float | None = None
+    file: FileVersion
+    verdict: Verdict
 
 
 @dataclass(frozen=True)
 class RejectionRecord:
-    """Why one file version was not scored, as record_rejection takes it."""
+    """Why one file version was not scored (sha256 None when it was never read)."""
 
-    path_raw: bytes | str
+    file: FileVersion
     sha256: str | None
-    size: int
-    mtime_ns: int
     reason: str
     message: str
-    inode: int | None = None
-    ctime_ns: int | None = None
 
 
-def _recorded(conn: Connection, table: sa.Table, same: sa.ColumnElement,
-              r: "VerdictRecord | RejectionRecord") -> bool:
+@dataclass(frozen=True)
+class RescoreRecord:
+    """A verdict `inspector rescore` gave content already recorded (no file version of its own)."""
+
+    verdict: Verdict
+
+
+def _recorded(conn: Connection, table: sa.Table, same: sa.ColumnElement, f: FileVersion) -> bool:
     """This file version has its row already: its inode and ctime are refreshed, and it counts as 'exists'."""
     if conn.execute(sa.select(table.c.id).where(same).limit(1)).first() is None:
         return False
-    conn.execute(sa.update(table).where(same).values(inode=r.inode, ctime_ns=r.ctime_ns))
+    conn.execute(sa.update(table).where(same).values(inode=f.inode, ctime_ns=f.ctime_ns))
     return True
 
 
 def _insert_verdict(conn: Connection, r: VerdictRecord) -> str:
-    raw = to_path_raw(r.path_raw)
-    same = sa.and_(images.c.path_raw == raw, images.c.sha256 == r.sha256, images.c.mtime_ns == r.mtime_ns,
-                   matches_or_unrecorded(images.c.inode, r.inode))
-    if _recorded(conn, images, same, r):
+    f, v = r.file, r.verdict
+    raw = to_path_raw(f.path_raw)
+    same = sa.and_(images.c.path_raw == raw, images.c.sha256 == v.sha256, images.c.mtime_ns == f.mtime_ns,
+                   matches_or_unrecorded(images.c.inode, f.inode))
+    if _recorded(conn, images, same, f):
         return "exists"
     prior = conn.execute(sa.select(verdicts.c.id).where(
-        verdicts.c.sha256 == r.sha256, verdicts.c.model_sha256 == r.model_sha256)).first()
+        verdicts.c.sha256 == v.sha256, verdicts.c.model_sha256 == v.model_sha256)).first()
     now = utc_now()
-    row = dict(path=display_path(raw), path_raw=raw, sha256=r.sha256, size=r.size, mtime_ns=r.mtime_ns,
-               inode=r.inode, ctime_ns=r.ctime_ns, first_seen=now)
+    row = dict(path=display_path(raw), path_raw=raw, sha256=v.sha256, size=f.size, mtime_ns=f.mtime_ns,
+               inode=f.inode, ctime_ns=f.ctime_ns, first_seen=now)
     if prior is not None:
-        first = conn.execute(sa.select(images.c.path).where(images.c.sha256 == r.sha256)
+        first = conn.execute(sa.select(images.c.path).where(images.c.sha256 == v.sha256)
                              .order_by(images.c.id).limit(1)).scalar()
         conn.execute(sa.insert(images).values(**row, status="duplicate", duplicate_of=first, verdict_id=prior.id))
         return "duplicate"
-    verdict_id = _insert_verdict_row(conn, r, now)
+    verdict_id = _insert_verdict_row(conn, v, now)
     conn.execute(sa.insert(images).values(**row, status="scored", verdict_id=verdict_id))
     return "new"
 
 
-def _insert_verdict_row(conn: Connection, r: "VerdictRecord | RescoreRecord", now: datetime) -> int:
-    return conn.execute(sa.insert(verdicts).values(
-        sha256=r.sha256, model_sha256=r.model_sha256, p_abnormal=r.p_abnormal, verdict=r.verdict, reason=r.reason,
-        threshold=r.threshold, method=r.method, ready_to_commit_seconds=r.ready_to_commit_seconds,
-        inference_seconds=r.inference_seconds, created_at=now)).inserted_primary_key[0]
+def _insert_verdict_row(conn: Connection, v: Verdict, now: datetime) -> int:
+    return conn.execute(sa.insert(verdicts).values(**dataclasses.asdict(v), created_at=now)).inserted_primary_key[0]
 
 
-def _insert_rescore(conn: Connection, r: "RescoreRecord") -> str:
+def _insert_rescore(conn: Connection, r: RescoreRecord) -> str:
     """A verdict of another model for content already recorded: no new image row, one verdict per model."""
-    found = conn.execute(sa.select(verdicts.c.id).where(verdicts.c.sha256 == r.sha256,
-                                                        verdicts.c.model_sha256 == r.model_sha256)).first()
+    v = r.verdict
+    found = conn.execute(sa.select(verdicts.c.id).where(verdicts.c.sha256 == v.sha256,
+                                                        verdicts.c.model_sha256 == v.model_sha256)).first()
     if found is not None:
         return "exists"
-    _insert_verdict_row(conn, r, utc_now())
+    _insert_verdict_row(conn, v, utc_now())
     return "new"
 
 
 def _insert_rejection(conn: Connection, r: RejectionRecord) -> str:
-    raw = to_path_raw(r.path_raw)
-    same = sa.and_(rejections.c.path_raw == raw, rejections.c.size == r.size, rejections.c.mtime_ns == r.mtime_ns,
-                   matches_or_unrecorded(rejections.c.inode, r.inode))
-    if _recorded(conn, rejections, same, r):
+    f = r.file
+    raw = to_path_raw(f.path_raw)
+    same = sa.and_(rejections.c.path_raw == raw, rejections.c.size == f.size, rejections.c.mtime_ns == f.mtime_ns,
+                   matches_or_unrecorded(rejections.c.inode, f.inode))
+    if _recorded(conn, rejections, same, f):
         return "exists"
     conn.execute(sa.insert(rejections).values(
-        path=display_path(raw), path_raw=raw, sha256=r.sha256, size=r.size, mtime_ns=r.mtime_ns, inode=r.inode,
-        ctime_ns=r.ctime_ns, reason=r.reason, message=r.message, created_at=utc_now()))
+        path=display_path(raw), path_raw=raw, sha256=r.sha256, size=f.size, mtime_ns=f.mtime_ns, inode=f.inode,
+        ctime_ns=f.ctime_ns, reason=r.reason, message=r.message, created_at=utc_now()))
     return "new"
 
 

@@ -152,7 +152,7 @@ class SpyStore:
         return getattr(self._store, name)
 
     def record_outcomes(self, records):
-        self.events.extend(("commit", os.path.exists(r.path_raw)) for r in records)
+        self.events.extend(("commit", os.path.exists(r.file.path_raw)) for r in records)
         return self._store.record_outcomes(records)
 
     def record_moved(self, path_raw, sha256, moved_to, *version):

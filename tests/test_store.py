@@ -402,12 +402,13 @@ def test_long_reader_does_not_block_the_writer(store, db_url):
 def test_a_batch_of_outcomes_commits_all_or_nothing(store, monkeypatch):
     """The daemon commits a batch in one transaction: a failure on its last row leaves none of it behind."""
     import inspector.store as store_module
-    from inspector.store import RejectionRecord, VerdictRecord
+    from inspector.store import FileVersion, RejectionRecord, Verdict, VerdictRecord
     from sqlalchemy import exc as sa_exc
 
-    batch = [VerdictRecord(b"/cap/a.tif", sha(1), 10, 1, MODEL, 0.2, "normal", None, 0.5, "global", 0.1, 0.1, 7, 8),
-             VerdictRecord(b"/cap/b.tif", sha(1), 10, 1, MODEL, 0.2, "normal", None, 0.5, "global", 0.1, 0.1, 9, 8),
-             RejectionRecord(b"/cap/c.tif", None, 0, 1, "not_an_image", "the file is empty (0 bytes)", 11, 8)]
+    verdict = Verdict(sha(1), MODEL, 0.2, "normal", None, 0.5, "global", 0.1, 0.1)
+    batch = [VerdictRecord(FileVersion(b"/cap/a.tif", 10, 1, 7, 8), verdict),
+             VerdictRecord(FileVersion(b"/cap/b.tif", 10, 1, 9, 8), verdict),
+             RejectionRecord(FileVersion(b"/cap/c.tif", 0, 1, 11, 8), None, "not_an_image", "the file is empty (0 bytes)")]
 
     def disk_error(conn, record):
         raise sa_exc.OperationalError("INSERT INTO rejections", {}, Exception("disk I/O error"))
