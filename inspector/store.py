@@ -107,9 +107,11 @@ class Store(Queries):
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
-        """One short read transaction (a consistent snapshot; a plain BEGIN: it takes no write lock)."""
+        """One short read transaction: a consistent snapshot that takes no write lock (a plain BEGIN on
+        SQLite's WAL; REPEATABLE READ elsewhere, where READ COMMITTED would see commits mid-transaction)."""
+        snapshot = {} if self.engine.dialect.name == "sqlite" else {"isolation_level": "REPEATABLE READ"}
         with self.translate_errors(), self.engine.connect() as conn:
-            conn = conn.execution_options(inspector_read=True)
+            conn = conn.execution_options(inspector_read=True, **snapshot)
             with conn.begin():
                 yield conn
 
@@ -427,6 +429,17 @@ def _install_sqlite_listeners(engine: Engine, readonly: bool, busy_timeout_secon
         conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
 
+def _install_read_only_sessions(engine: Engine) -> None:
+    """A reader's PostgreSQL sessions refuse every write, whatever the role may do."""
+
+    @sa.event.listens_for(engine, "connect")
+    def on_connect(dbapi_conn, record) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        cur.close()
+        dbapi_conn.commit()
+
+
 def open_store(url: str, busy_timeout_seconds: float = 30.0, readonly: bool = False) -> Store:
     """Open the database; the writer creates/migrates the schema, a reader checks it and never writes."""
     try:
@@ -452,6 +465,8 @@ def open_store(url: str, busy_timeout_seconds: float = 30.0, readonly: bool = Fa
         raise StoreError(f"cannot use database URL {parsed.render_as_string(hide_password=True)}: {exc}") from exc
     if parsed.get_backend_name() == "sqlite":
         _install_sqlite_listeners(engine, readonly, busy_timeout_seconds)
+    elif readonly and parsed.get_backend_name() == "postgresql":
+        _install_read_only_sessions(engine)
     store = Store(engine, url, readonly, busy_timeout_seconds)
     try:
         if readonly:

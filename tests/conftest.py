@@ -1,4 +1,5 @@
-"""Shared test set-up: torch on few threads, the repository root on hand, `gpu` tests skipped without CUDA."""
+"""Shared test set-up: torch on few threads, the repository root on hand, `gpu` tests skipped without CUDA,
+a real PostgreSQL server for the tests that run on both databases (`database_url`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,26 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One throwaway PostgreSQL server for the session (tests/pg_server.py); skipped where none is installed."""
+    from pg_server import PostgresServer, find_bin
+
+    if not find_bin("initdb"):
+        pytest.skip("PostgreSQL server programs are not installed (make test installs them via apt-get)")
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """A new, empty database: a SQLite file, or a database of its own on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'inspector.db'}"
+    return request.getfixturevalue("pg_server").fresh_database()
 
 
 @pytest.fixture(autouse=True)
