@@ -50,8 +50,9 @@ def write_image(path: Path | bytes, seed: int) -> Path | bytes:
     return path
 
 
-def write_config(tmp_path: Path, **watch: object) -> Path:
-    """config.toml in tmp_path: capture/, a tiny CPU model, the db and state beside it; watch keys overridable."""
+def write_config(tmp_path: Path, database_url: str = "sqlite:///inspector.db", **watch: object) -> Path:
+    """config.toml in tmp_path: capture/, a tiny CPU model, the db (SQLite beside it unless database_url says
+    otherwise) and state beside it; watch keys overridable."""
     # a file read as cut short is final after 1 s unchanged (300 s in production): bad files are quarantined quickly
     settings = {"settle_seconds": 0.5, "incomplete_retry_seconds": 1.0, "rescan_seconds": 600.0, "queue_size": 64, "after": "keep", "polling": False}
     settings.update(watch)
@@ -61,7 +62,7 @@ def write_config(tmp_path: Path, **watch: object) -> Path:
         lines.append(f"{key} = {_toml(value)}")
     lines += ["[model]", 'path = "models/detector.safetensors"', 'device = "cpu"', "input_size = [64, 32]",
               'weights = "none"', "[infer]", "batch_size = 4", "threads = 1", "[train]", "threads = 1",
-              "[database]", 'url = "sqlite:///inspector.db"', "busy_timeout_seconds = 0.5",
+              "[database]", f'url = "{database_url}"', "busy_timeout_seconds = 0.5",
               "[state]", 'dir = "var"', "[log]", 'level = "DEBUG"']
     path = tmp_path / "config.toml"
     path.write_text("\n".join(lines) + "\n")

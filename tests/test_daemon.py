@@ -3,6 +3,7 @@ database, a real tiny model, and `inspector watch` as a real subprocess for sign
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -752,3 +753,39 @@ def test_a_capture_folder_deleted_and_re_created_is_watched_again(tmp_path, stat
         write_image(capture / "after.tif", seed=95)
         wait_for(lambda: db_count(db, IMAGES) == 1, 15, "a verdict for a file in the re-created folder")
     assert "the capture folder" in caplog.text and "was re-created" in caplog.text
+
+
+def test_a_burst_on_postgresql_gets_one_outcome_per_file_in_batched_commits(tmp_path, pg_server):
+    """The daemon against a real PostgreSQL server: batches committed in one transaction (each row in a
+    savepoint there), duplicates recorded once, a bad file quarantined, a second pass adds nothing."""
+    import sqlalchemy as sa
+
+    url = pg_server.fresh_database()
+    config = write_config(tmp_path, database_url=url)
+    make_model(tmp_path / "models" / "detector.safetensors")
+    capture = tmp_path / "capture"
+    for i in range(9):
+        write_image(capture / f"scan-{i}.tif", seed=300 + i)
+    shutil.copy(capture / "scan-0.tif", capture / "scan-0-copy.tif")
+    make_bad_file(capture / "broken.tif", "text")
+    hour_ago = time.time() - 3600
+    for path in capture.iterdir():
+        os.utime(path, (hour_ago, hour_ago))
+    for _ in range(2):  # the second pass finds everything known
+        proc = subprocess.run([sys.executable, "-m", "inspector", "--config", str(config), "watch", "--once"],
+                              capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            counts = {t: conn.execute(sa.text(f"SELECT COUNT(*) FROM {t}")).scalar()
+                      for t in ("images", "verdicts", "rejections")}
+            statuses = sorted(conn.execute(sa.text("SELECT status FROM images")).scalars())
+    finally:
+        engine.dispose()
+    assert counts == {"images": 10, "verdicts": 9, "rejections": 1}
+    assert statuses.count("duplicate") == 1 and statuses.count("scored") == 9
+    listing = subprocess.run([sys.executable, "-m", "inspector", "--config", str(config), "verdicts", "--format",
+                              "json"], capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    assert len(json.loads(listing.stdout)) == 10

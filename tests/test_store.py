@@ -436,3 +436,26 @@ def test_a_batch_of_outcomes_commits_all_or_nothing(store, monkeypatch):
     monkeypatch.undo()
     assert store.record_outcomes(batch) == ["new", "duplicate", "new"]  # the second name of one content
     assert store.record_outcomes(batch) == ["exists", "exists", "exists"]  # a retried batch counts nothing twice
+
+
+def test_rescore_todo_and_rescored_verdicts_beside_the_capture_ones(store):
+    """What `inspector rescore` reads and writes: contents without the model's verdict, then one verdict each."""
+    from inspector.store import RescoreRecord, Verdict
+
+    record(store, b"/cap/a.tif", 1, inode=1)
+    record(store, b"/cap/a-copy.tif", 1, inode=2)
+    record(store, b"/cap/b.tif", 2, verdict="abnormal", p=0.9, inode=3)
+    store.record_moved(b"/cap/b.tif", sha(2), "/cap/processed/b.tif", 7, 3)
+    todo = store.rescore_todo(OTHER_MODEL)
+    assert [(e["sha256"], e["verdict"]) for e in todo] == [(sha(1), "normal"), (sha(2), "abnormal")]
+    assert todo[0]["places"] == [b"/cap/a.tif", b"/cap/a-copy.tif"]
+    assert todo[1]["places"] == ["/cap/processed/b.tif", b"/cap/b.tif"]  # where it was moved to first
+    new = Verdict(sha(2), OTHER_MODEL, 0.1, "normal", None, 0.5, "global", inference_seconds=0.2)
+    assert store.record_outcomes([RescoreRecord(new)]) == ["new"]
+    assert store.record_outcomes([RescoreRecord(new)]) == ["exists"]
+    assert [e["sha256"] for e in store.rescore_todo(OTHER_MODEL)] == [sha(1)]
+    assert store.rescore_todo(MODEL) == []  # the capture model has judged everything
+    rows = store.query_verdicts(model=OTHER_MODEL[:8])
+    assert [(r["path"], r["verdict"]) for r in rows] == [("/cap/b.tif", "normal")]
+    assert {r["path"]: r["verdict"] for r in store.query_verdicts()}["/cap/b.tif"] == "abnormal"  # capture verdict
+    assert store.rescore_todo(OTHER_MODEL, since=datetime.now(timezone.utc) + timedelta(hours=1)) == []
