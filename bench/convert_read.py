@@ -10,6 +10,7 @@ the ratio says what header checks, decoding and conversion add on top of it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -132,6 +133,15 @@ def format_table(figures: list[Figure]) -> str:
         lines.append(f"{f.name:<52} {f.measured:>12.5f} {f.reference:>12.5f} {f.ratio:>7.1f}x  "
                      f"{f.reference_name}{'; target ' + f.target if f.target else ''}")
     return "\n".join(lines)
+
+
+def print_figures(figures: list[Figure], as_json: bool = False, notes: list[str] | None = None) -> None:
+    """The table, any notes, and with as_json one last line of JSON (what bench/run_all.py reads)."""
+    print(format_table(figures))
+    for note in notes or []:
+        print(f"note: {note}")
+    if as_json:
+        print(json.dumps({"figures": [vars(f) for f in figures], "notes": notes or []}))
 
 
 def main(argv: list[str] | None = None) -> int:

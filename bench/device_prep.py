@@ -12,7 +12,6 @@ without CUDA).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convert_read import Figure, describe_machine, format_table  # noqa: E402
+from convert_read import Figure, describe_machine, print_figures  # noqa: E402
 
 SHAPE = (1129, 2074)
 INPUT_SIZE = (512, 256)
@@ -108,13 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="end with one line of JSON: the table rows")
     args = parser.parse_args(argv)
     print(f"machine: {describe_machine()}")
-    figures = measure(args.images, args.repeats)
-    print(format_table(figures))
-    notes = [note for note in (skipped_note(),) if note]
-    for note in notes:
-        print(f"note: {note}")
-    if args.json:
-        print(json.dumps({"figures": [vars(f) for f in figures], "notes": notes}))
+    print_figures(measure(args.images, args.repeats), args.json, [note for note in (skipped_note(),) if note])
     return 0
 
 

@@ -20,7 +20,6 @@ the same images already converted to tensors.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sqlite3
 import statistics
@@ -34,7 +33,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from convert_read import Figure, describe_machine, format_table  # noqa: E402
+from convert_read import Figure, describe_machine, print_figures  # noqa: E402
 from daemon_latency import Station, make_images  # noqa: E402
 
 FREE_INPUT = (32, 16)  # the near-free model: the station's own work is what is left
@@ -200,10 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="end with one line of JSON: the table rows")
     args = parser.parse_args(argv)
     print(f"machine: {describe_machine()}", flush=True)
-    figures = measure(args.files, args.repeats)
-    print(format_table(figures))
-    if args.json:
-        print(json.dumps({"figures": [vars(f) for f in figures]}))
+    print_figures(measure(args.files, args.repeats), args.json)
     return 0
 
 

@@ -13,7 +13,6 @@ alone.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convert_read import Figure, describe_machine, format_table  # noqa: E402
+from convert_read import Figure, describe_machine, print_figures  # noqa: E402
 from daemon_latency import BATCH_SIZE, make_images, write_model  # noqa: E402
 
 
@@ -140,9 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     figures = measure(parse_input_size(args.input_size), args.predicts, args.gradcams, args.threads)
     print(f"machine: {describe_machine()}")
-    print(format_table(figures))
-    if args.json:
-        print(json.dumps({"figures": [vars(f) for f in figures]}))
+    print_figures(figures, args.json)
     return 0
 
 
