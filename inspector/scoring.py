@@ -259,8 +259,8 @@ class Scoring:
         if not records:
             return
         results = self._store_call(self.store.record_outcomes, records)
-        fault_point("after_commit")
         for job, record, result in zip(kept, records, results):
+            fault_point("after_commit")  # per file: its outcome is committed, it is not yet reported or moved
             if job.rejection is None and job.sha256:
                 self._remember(job.sha256, record)
             self._report_and_move(job, record, result)
