@@ -245,9 +245,6 @@ class Store(Queries):
         (BEGIN IMMEDIATE) cannot race, and SQLite ends the whole transaction on some errors (a full disk),
         which a savepoint would hide behind "no such savepoint".
         """
-        for record in records:
-            if not isinstance(record, RejectionRecord) and record.verdict.verdict not in VERDICTS:
-                raise StoreError(f"verdict {record.verdict.verdict!r} is not one of {', '.join(VERDICTS)}")
         results: list[str] = []
         with self.write() as conn:
             racing = conn.dialect.name != "sqlite"
@@ -308,6 +305,10 @@ class Verdict:
     method: str
     ready_to_commit_seconds: float | None = None
     inference_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise StoreError(f"verdict {self.verdict!r} is not one of {', '.join(VERDICTS)}")
 
 
 @dataclass(frozen=True)
