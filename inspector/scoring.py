@@ -267,9 +267,7 @@ class Scoring:
 
     def _remember(self, sha256: str, record: Any) -> None:
         """The outcomes of the last few batches, by content: a copy prepared meanwhile costs no inference."""
-        v = record.verdict
-        self._recent[sha256] = {"p_abnormal": v.p_abnormal, "verdict": v.verdict, "reason": v.reason,
-                                "threshold": v.threshold, "method": v.method}
+        self._recent[sha256] = dataclasses.asdict(record.verdict)  # the fields outcome_for gives, by name
         self._recent.move_to_end(sha256)
         while len(self._recent) > RECENT_OUTCOMES:
             self._recent.popitem(last=False)
