@@ -48,7 +48,7 @@ def score_items(detector: Any, items: Iterable[T], read: Callable[[T], np.ndarra
         return _Loaded(item, prepared, seconds=time.perf_counter() - t0)
 
     batch: list[_Loaded[T]] = []
-    turns = Turns(getattr(detector.device, "type", "cpu") == "cpu")
+    turns = Turns.for_device(detector.device)
 
     def flush() -> Iterator[Scored[T]]:
         good = [b for b in batch if b.error is None]

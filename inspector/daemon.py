@@ -109,7 +109,7 @@ class Daemon(Scoring):
         self.mover = Mover(self.root, cfg.watch.after == "move", self._store_call, store, self._unchanged, self._shown,
                            lambda point: scoring.fault_point(point))  # looked up at each call: the fault runner replaces it
         self.workers = worker_count(cfg.infer.workers)
-        self.turns = Turns(getattr(getattr(detector, "device", None), "type", "cpu") == "cpu")
+        self.turns = Turns.for_device(getattr(detector, "device", None))
         self._recent: OrderedDict[str, dict] = OrderedDict()  # sha256 -> outcome of this model, newest last
         self.once = False  # one pass (`watch --once`): an incomplete file is left for a later run
 

@@ -209,7 +209,7 @@ def embed_dataset(net: torch.nn.Module, items: Sequence[EmbedItem], load_img8: C
     net.eval()
     imgs: dict[int, np.ndarray] = {}
     indices = list(dict.fromkeys(it.index for it in todo))
-    turns = Turns(device.type == "cpu")  # the backbone pass has every core while it runs
+    turns = Turns.for_device(device)  # the backbone pass has every core while it runs
     images = ordered_map(load_img8, indices, workers, ahead=batch_size + 2 * workers, turns=turns)
     loaded = zip(indices, images)
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not show_progress(), leave=False)

@@ -46,6 +46,11 @@ class Turns:
         self._working = 0
         self._model = False
 
+    @classmethod
+    def for_device(cls, device: object) -> "Turns":
+        """Turns on where the model runs on the CPU (a torch.device, or anything with its `type`)."""
+        return cls(getattr(device, "type", "cpu") == "cpu")
+
     @contextlib.contextmanager
     def model(self) -> Iterator[None]:
         """Around a forward pass: waits for the workers' files in hand, keeps new ones from starting."""
