@@ -149,6 +149,12 @@ class Station:
 
         self._wait_notify(done, timeout, f"{n} verdicts")
 
+    def drop_one_at_a_time(self, paths: list[Path]) -> None:
+        """Each file dropped as soon as the previous one has its verdict."""
+        for i, path in enumerate(paths):
+            drop(path, self.capture)
+            self.wait_scored(i + 1, 120)
+
     def peak_rss_mb(self) -> float:
         """VmHWM: the highest resident set size of the daemon process so far."""
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -285,9 +291,7 @@ def measure(input_size: tuple[int, int] = (512, 256), bursts: tuple[int, ...] = 
         station = Station(root / "latency", model, threads)
         try:
             station.wait_ready()
-            for i, path in enumerate(singles_staged):
-                drop(path, station.capture)
-                station.wait_scored(i + 1, 120)
+            station.drop_one_at_a_time(singles_staged)
             latency = statistics.median(station.ready_to_commit())
         finally:
             station.close()
@@ -368,9 +372,7 @@ def measure_heatmaps(root: Path, detector, window: tuple[int, int], input_size: 
     station = Station(root / "heatmap-latency", model, threads)
     try:
         station.wait_ready()
-        for i, path in enumerate(paths):
-            drop(path, station.capture)
-            station.wait_scored(i + 1, 120)
+        station.drop_one_at_a_time(paths)
         waits = station.ready_to_commit()
         found = station.abnormal_count()
         drawn, _ = station.wait_heatmaps(found, 60 + 10 * found)
