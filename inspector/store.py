@@ -90,11 +90,20 @@ class Store(Queries):
             if _is_full(exc):
                 raise StoreFullError(f"database {self.where}: disk full ({orig}); free space, "
                                      "the daemon retries and leaves the files in place") from exc
-            text = str(orig)
+            # One line: the server's message, detail and hint without psycopg's LINE/caret context; libpq's lines
+            # (a connection that failed) joined.
+            diag = getattr(orig, "diag", None)
+            parts = [getattr(diag, name, None) for name in ("message_primary", "message_detail", "message_hint")]
+            text = "; ".join(filter(None, parts)) if parts[0] else str(orig)
+            text = "; ".join(line.strip() for line in text.splitlines() if line.strip())
             if "locked" in text.lower() or "busy" in text.lower():
                 raise StoreError(f"database {self.where} stayed locked for {self.busy_timeout_seconds:g} s "
                                  "(database.busy_timeout_seconds): another process holds a long write "
                                  "transaction; try again or stop it") from exc
+            if getattr(orig, "sqlstate", None) == "42501":  # PostgreSQL insufficient_privilege
+                raise StoreError(f"database {self.where}: {text}: the role in database.url lacks this privilege "
+                                 "(`inspector db upgrade` needs the owner role; README: Roles and GRANTs on a "
+                                 "plant database)") from exc
             raise StoreError(f"database {self.where}: {text}") from exc
 
     @contextlib.contextmanager
@@ -445,8 +454,17 @@ def open_store(url: str, busy_timeout_seconds: float = 30.0, readonly: bool = Fa
     """Open the database; the writer creates/migrates the schema, a reader checks it and never writes."""
     try:
         parsed = make_url(url)
-    except sa_exc.ArgumentError as exc:
-        raise StoreError(f"{url!r} is not a database URL (e.g. sqlite:///inspector.db)") from exc
+    except (sa_exc.ArgumentError, ValueError) as exc:  # ValueError: a port that is no number
+        scheme, sep, rest = url.partition("://")
+        userinfo, at, place = rest.rpartition("@")  # the last @: a password may hold one unencoded
+        shown = f"{scheme}{sep}{userinfo.split(':')[0]}{':***' if ':' in userinfo else ''}{at}{place}"
+        shown = shown.split("?")[0] if "password" in shown else shown  # nor a ?password=
+        raise StoreError(f"{shown!r} is not a database URL (e.g. sqlite:///inspector.db)") from exc
+    if "password" in parsed.query:  # libpq's ?password=: moved where every message hides it (`***`)
+        password = parsed.query["password"]
+        parsed = parsed.difference_update_query(["password"]).set(
+            password=password if isinstance(password, str) else password[-1])
+        url = parsed.render_as_string(hide_password=False)
     file = sqlite_file(url)
     connect_url: object = url
     if file is not None:
