@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -93,6 +94,13 @@ class WatchConfig:
 
 
 @dataclass(frozen=True)
+class StationConfig:
+    name: str = ""  # this station's name in the shared database; "" = the host name
+    heartbeat_seconds: float = 10.0  # how often the daemon reports to the stations table and renews its claims
+    claim_lease_seconds: float = 60.0  # a dead daemon's claimed files are taken over this long after its last renewal
+
+
+@dataclass(frozen=True)
 class StateConfig:
     dir: Path = Path("var")
 
@@ -134,12 +142,18 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    station: StationConfig = field(default_factory=StationConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     log: LogConfig = field(default_factory=LogConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     review: ReviewConfig = field(default_factory=ReviewConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     source: str = "(built-in defaults)"
+
+    @property
+    def station_name(self) -> str:
+        """station.name, or the host name when it is empty."""
+        return self.station.name or socket.gethostname()
 
     def require_dir(self, key: str) -> Path:
         """The folder at dotted `key`, which must exist (e.g. watch.capture_dir)."""
@@ -192,6 +206,11 @@ def _check_value(section: str, name: str, value: object, file: str) -> None:
         raise ConfigError("needs at least one pattern", key, file)
     if (section, name) == ("database", "url") and "://" not in value:
         raise ConfigError(f"{value!r} is not a database URL (e.g. sqlite:///inspector.db)", key, file)
+    if (section, name) == ("station", "name") and (len(value) > 64 or not value.isprintable() or value != value.strip()):
+        raise ConfigError(f"{value!r} is not a station name: at most 64 printable characters, no leading or "
+                          "trailing spaces (empty: the host name)", key, file)
+    if (section, name) in (("station", "heartbeat_seconds"), ("station", "claim_lease_seconds")) and value <= 0:
+        raise ConfigError(f"must be positive, got {value}", key, file)
     if (section, name) == ("review", "bundle_rule") and not (value == "subfolder" or value.startswith("regex:")):
         raise ConfigError(f"{value!r} is neither 'subfolder' nor 'regex:PATTERN'", key, file)
     allowed = {("model", "features"): STAGES, ("model", "pooling"): POOLINGS}.get((section, name))
@@ -314,6 +333,11 @@ def _build(data: dict, base: Path, file: str) -> Config:
                 value = _resolve_sqlite(str(value), base)
             values[f.name] = value
         built[sname] = cls(**values)
+    station = built["station"]
+    if station.claim_lease_seconds < 3 * station.heartbeat_seconds:  # type: ignore[attr-defined]
+        raise ConfigError(f"must be at least 3 x station.heartbeat_seconds ({station.heartbeat_seconds:g} s): "  # type: ignore[attr-defined]
+                          "a live daemon renews its claims every heartbeat, and a lease it cannot renew in time "
+                          "lets another daemon take its files over", "station.claim_lease_seconds", file)
     return Config(**built, source=file)  # type: ignore[arg-type]
 
 

@@ -15,6 +15,7 @@ import queue
 import signal
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
@@ -111,6 +112,7 @@ class Daemon(Scoring):
         self.workers = worker_count(cfg.infer.workers)
         self.turns = Turns.for_device(getattr(detector, "device", None))
         self._recent: OrderedDict[str, dict] = OrderedDict()  # sha256 -> outcome of this model, newest last
+        self.run_id = uuid.uuid4().hex  # this run's claims on files (fleet.py): another run's are not ours
         self.once = False  # one pass (`watch --once`): an incomplete file is left for a later run
 
     # ---- main thread: scan, settle, supervise -------------------------------------------------
@@ -259,6 +261,17 @@ class Daemon(Scoring):
         return display_path(os.path.join(os.path.basename(self.root), os.path.relpath(path, self.root)))
 
 
+def pid_alive(pid: int) -> bool:
+    """A process with this pid runs on this host (ours to signal or not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def folder_identity(path: str) -> tuple[int, int] | None:
     """(device, inode) of a folder, None when it is gone."""
     try:
@@ -286,17 +299,25 @@ def require_outside_capture(cfg: Config) -> None:
 
 def run_daemon(cfg: Config, once: bool = False) -> int:
     """`inspector watch`: start-up checks, signals, serve, clean exit code (0 after SIGTERM)."""
-    from inspector.store import open_store
+    from inspector.heartbeat import Heartbeat, refuse_taken_name
+    from inspector.store import open_configured
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(log_to_stderr(cfg.log.level))
         cfg.require_dir("watch.capture_dir")
         require_outside_capture(cfg)
         detector = off_main_thread(load_detector, cfg)
-        store = stack.enter_context(open_store(cfg.database.url, cfg.database.busy_timeout_seconds))
+        store = stack.enter_context(open_configured(cfg))
         store.record_model(detector.sha256, str(cfg.model.path), model_meta_json(detector))
         stack.enter_context(pid_file(Path(cfg.state.dir)))
+        refuse_taken_name(store, cfg.station_name, pid_alive)
         daemon = Daemon(cfg, detector, store)
+        dropped = store.release_station_claims(cfg.station_name, daemon.run_id)
+        if dropped:
+            log.info("released %d claim(s) left by this station's previous run", dropped)
+        heartbeat = Heartbeat(daemon)
+        heartbeat.start()
+        stack.callback(heartbeat.close)
         if threading.current_thread() is threading.main_thread():
             for sig, fn in ((signal.SIGTERM, daemon.request_stop), (signal.SIGINT, daemon.request_stop),
                             (signal.SIGHUP, daemon.request_reload)):

@@ -82,6 +82,9 @@ after = "move"
 [state]
 dir = "var"
 
+[station]
+name = "line1"
+
 [database]
 url = "sqlite:///inspector.db"
 
@@ -183,22 +186,30 @@ def main() -> int:
     run("train", str(OUT / "dataset"), "--out", str(OUT / "models" / "detector.safetensors"))
     run("model", "info", str(OUT / "models" / "detector.safetensors"))
 
-    say("4. Start the daemon on the capture folder and drop new scans in (one broken, one duplicate)")
-    env = dict(os.environ)
-    daemon = subprocess.Popen([*EXE, "--config", str(OUT / "config.toml"), "watch"], env=env)
-    print(f"$ inspector --config {OUT.name}/config.toml watch &   (pid {daemon.pid})")
+    say("4. Start two daemons (stations line1 and line2) on one capture folder and drop new scans in\n"
+        "   (one broken, one duplicate): each file is claimed in the database by one of them")
+    second = OUT / "config-line2.toml"  # the same settings, its own name and state folder
+    second.write_text((OUT / "config.toml").read_text().replace('name = "line1"', 'name = "line2"')
+                      .replace('dir = "var"', 'dir = "var-line2"'))
+    daemons = []
+    for config in (OUT / "config.toml", second):
+        daemons.append(subprocess.Popen([*EXE, "--config", str(config), "watch"], env=dict(os.environ)))
+        print(f"$ inspector --config {OUT.name}/{config.name} watch &   (pid {daemons[-1].pid})")
     try:
         time.sleep(1.0)
         dropped = drop_images(OUT / "capture")
         print(f"dropped {len(dropped)} files into {OUT.name}/capture/")
         seen = wait_for_outcomes(OUT / "inspector.db", len(dropped))
-        print(f"the daemon recorded an outcome for {seen} of {len(dropped)} files")
+        print(f"the daemons recorded an outcome for {seen} of {len(dropped)} files")
         # Grad-CAM heat maps are written just after each abnormal verdict: give them a moment
         time.sleep(2.0)
+        run("status")  # both stations' heartbeats, while they run
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        rc = daemon.wait(timeout=60)
-        print(f"daemon stopped with exit code {rc} after SIGTERM")
+        for daemon in daemons:
+            daemon.send_signal(signal.SIGTERM)
+        for daemon in daemons:
+            rc = daemon.wait(timeout=60)
+            print(f"daemon (pid {daemon.pid}) stopped with exit code {rc} after SIGTERM")
 
     say("5. What the daemon decided")
     run("verdicts")
@@ -207,6 +218,7 @@ def main() -> int:
           f"{passed} of {normal} normal electrodes passed")
     run("rejections")
     run("status")
+    run("verdicts", "--station", "line2", "--limit", "5")
 
     say("6. An operator reviews the flagged electrodes")
     run("reviews", "--pending")

@@ -17,13 +17,13 @@ from inspector.report_html import render_html
 
 
 def export_report(store, cfg: Config, fmt: str, out: str | os.PathLike, since: datetime | None = None,
-                  until: datetime | None = None) -> tuple[Path, int]:
+                  until: datetime | None = None, station: str | None = None) -> tuple[Path, int]:
     """Write the export in `fmt`; returns the file and how many outcomes it holds."""
     if fmt not in FORMATS:
         raise InspectorError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
     if since is not None and until is not None and until <= since:
         raise InspectorError(f"--until ({iso_time(until)}) is not after --since ({iso_time(since)}); nothing can match")
-    rows = collect_outcomes(store, cfg, since, until)
+    rows = collect_outcomes(store, cfg, since, until, station)
     if fmt == "csv":
         text = render_csv(rows)
     elif fmt == "json":

@@ -15,7 +15,7 @@ from inspector.schema import VERDICTS, images, models, rejections, verdicts
 class Queries:
     """Read-only queries; each runs in one short read transaction of the Store it is mixed into."""
 
-    def _verdict_select(self, since, until, verdict, model, columns) -> sa.Select:
+    def _verdict_select(self, since, until, verdict, model, columns, station=None) -> sa.Select:
         if model:  # the verdicts this model gave these images, at capture or by `inspector rescore`
             if not re.fullmatch(r"[0-9a-fA-F]{1,64}", model):
                 raise StoreError(f"model {model!r} is not a sha256 or a prefix of one (hex digits)")
@@ -31,6 +31,8 @@ class Queries:
             if verdict not in VERDICTS:
                 raise StoreError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
             query = query.where(verdicts.c.verdict == verdict)
+        if station is not None:
+            query = query.where(images.c.station == station)
         return query
 
     def _glob(self, query: sa.Select, path_glob: str | None) -> tuple[sa.Select, str | None]:
@@ -49,14 +51,15 @@ class Queries:
 
     def query_verdicts(self, since: datetime | None = None, until: datetime | None = None,
                        verdict: str | None = None, path_glob: str | None = None, model: str | None = None,
-                       limit: int | None = None) -> list[dict]:
-        """One row per image path with its verdict, newest first; path_glob matches the whole path."""
-        cols = [images.c.id, images.c.first_seen.label("time"), images.c.path, images.c.path_raw, images.c.sha256,
+                       limit: int | None = None, station: str | None = None) -> list[dict]:
+        """One row per image path with its verdict, newest first; path_glob matches the whole path; station: only
+        the files that station recorded."""
+        cols = [images.c.id, images.c.station, images.c.first_seen.label("time"), images.c.path, images.c.path_raw, images.c.sha256,
                 images.c.size, images.c.mtime_ns, images.c.status, images.c.duplicate_of, images.c.moved_to,
                 verdicts.c.model_sha256, verdicts.c.p_abnormal, verdicts.c.verdict, verdicts.c.reason,
                 verdicts.c.threshold, verdicts.c.method, verdicts.c.ready_to_commit_seconds,
                 verdicts.c.inference_seconds, verdicts.c.heatmap_path, verdicts.c.created_at.label("verdict_time")]
-        query, left = self._glob(self._verdict_select(since, until, verdict, model, cols), path_glob)
+        query, left = self._glob(self._verdict_select(since, until, verdict, model, cols, station), path_glob)
         query = query.order_by(images.c.first_seen.desc(), images.c.id.desc())
         if left is None and limit is not None:
             query = query.limit(limit)
@@ -97,15 +100,20 @@ class Queries:
         return list(todo.values())
 
     def count_verdicts(self, since: datetime | None = None, until: datetime | None = None,
-                       verdict: str | None = None, path_glob: str | None = None, model: str | None = None) -> int:
+                       verdict: str | None = None, path_glob: str | None = None, model: str | None = None,
+                       station: str | None = None) -> int:
         """How many rows query_verdicts would return without a limit (for "50 of N shown")."""
-        query, left = self._glob(self._verdict_select(since, until, verdict, model, [images.c.path]), path_glob)
+        query, left = self._glob(self._verdict_select(since, until, verdict, model, [images.c.path], station),
+                                 path_glob)
         with self.read() as conn:
             if left is not None:
                 return sum(fnmatch.fnmatchcase(p, left) for p in conn.execute(query).scalars())
             return int(conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one())
 
-    def _rejection_filter(self, query: sa.Select, since: datetime | None, until: datetime | None) -> sa.Select:
+    def _rejection_filter(self, query: sa.Select, since: datetime | None, until: datetime | None,
+                          station: str | None = None) -> sa.Select:
+        if station is not None:
+            query = query.where(rejections.c.station == station)
         if since is not None:
             query = query.where(rejections.c.created_at >= since)
         if until is not None:
@@ -113,26 +121,30 @@ class Queries:
         return query
 
     def query_rejections(self, since: datetime | None = None, until: datetime | None = None,
-                         limit: int | None = None) -> list[dict]:
+                         limit: int | None = None, station: str | None = None) -> list[dict]:
         """Files that got no verdict and why, newest first."""
-        query = self._rejection_filter(sa.select(rejections), since, until)
+        query = self._rejection_filter(sa.select(rejections), since, until, station)
         query = query.order_by(rejections.c.created_at.desc(), rejections.c.id.desc())
         if limit is not None:
             query = query.limit(limit)
         with self.read() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
-    def count_rejections(self, since: datetime | None = None, until: datetime | None = None) -> int:
-        query = self._rejection_filter(sa.select(sa.func.count()).select_from(rejections), since, until)
+    def count_rejections(self, since: datetime | None = None, until: datetime | None = None,
+                         station: str | None = None) -> int:
+        query = self._rejection_filter(sa.select(sa.func.count()).select_from(rejections), since, until, station)
         with self.read() as conn:
             return int(conn.execute(query).scalar_one())
 
-    def status_counts(self, today_start_utc: datetime) -> dict:
-        """Model in use, counts by verdict and by rejection reason (today and total), last verdict time."""
+    def status_counts(self, today_start_utc: datetime, station: str | None = None) -> dict:
+        """Model in use, counts by verdict and by rejection reason (today and total), last verdict time, and
+        per station the files recorded today; `station`: only that station's files."""
         joined = images.join(verdicts, images.c.verdict_id == verdicts.c.id)
+        mine = (lambda table: table.c.station == station) if station is not None else (lambda table: sa.true())
         with self.read() as conn:
-            last = conn.execute(sa.select(verdicts.c.model_sha256, verdicts.c.created_at)
-                                .order_by(verdicts.c.created_at.desc(), verdicts.c.id.desc()).limit(1)).first()
+            last = conn.execute(sa.select(verdicts.c.model_sha256, images.c.first_seen).select_from(joined)
+                                .where(mine(images))
+                                .order_by(images.c.first_seen.desc(), images.c.id.desc()).limit(1)).first()
             model = None
             if last is not None:
                 found = conn.execute(sa.select(models).where(models.c.sha256 == last.model_sha256)).first()
@@ -140,13 +152,15 @@ class Queries:
                                                             "meta_json": None, "first_used": None}
 
             def by(column, table, time_column, since=None) -> dict[str, int]:
-                query = sa.select(column, sa.func.count()).select_from(table).group_by(column)
+                query = sa.select(column, sa.func.count()).select_from(table).where(mine(time_column.table))
+                query = query.group_by(column)
                 if since is not None:
                     query = query.where(time_column >= since)
                 return {key: int(n) for key, n in conn.execute(query)}
 
             def count_duplicates(since=None) -> int:
-                query = sa.select(sa.func.count()).select_from(images).where(images.c.status == "duplicate")
+                query = sa.select(sa.func.count()).select_from(images).where(images.c.status == "duplicate",
+                                                                           mine(images))
                 if since is not None:
                     query = query.where(images.c.first_seen >= since)
                 return int(conn.execute(query).scalar_one())
@@ -159,5 +173,8 @@ class Queries:
                 "duplicates_total": count_duplicates(),
                 "rejections_today": by(rejections.c.reason, rejections, rejections.c.created_at, today_start_utc),
                 "rejections_total": by(rejections.c.reason, rejections, rejections.c.created_at),
-                "last_verdict_at": last.created_at if last is not None else None,
+                "last_verdict_at": last.first_seen if last is not None else None,
+                "images_today_by_station": by(images.c.station, images, images.c.first_seen, today_start_utc),
+                "rejections_today_by_station": by(rejections.c.station, rejections, rejections.c.created_at,
+                                                  today_start_utc),
             }

@@ -25,7 +25,7 @@ FORMATS = ("csv", "json", "html")
 OUTCOME_FIELDS = ["time", "kind", "outcome", "p_abnormal", "threshold", "reason", "path", "path_raw_hex",
                   "sha256", "bundle", "status", "duplicate_of", "moved_to", "model_sha256", "method",
                   "heatmap_path", "review_status", "review_label", "review_anomalies", "reviewed_by",
-                  "reviewed_at", "review_count"]
+                  "reviewed_at", "review_count", "station"]
 
 
 def iso_time(when: datetime | None) -> str | None:
@@ -57,10 +57,11 @@ def review_status_by_sha(store, shas: set[str]) -> dict[str, dict]:
 
 
 def collect_outcomes(store, cfg: Config, since: datetime | None = None,
-                     until: datetime | None = None) -> list[dict]:
-    """Verdicts and rejections in [since, until), newest first, each with its review status and bundle."""
-    verdict_rows = store.query_verdicts(since=since, until=until)
-    rejection_rows = store.query_rejections(since=since, until=until)
+                     until: datetime | None = None, station: str | None = None) -> list[dict]:
+    """Verdicts and rejections in [since, until), newest first, each with its review status and bundle (station:
+    only what that station recorded)."""
+    verdict_rows = store.query_verdicts(since=since, until=until, station=station)
+    rejection_rows = store.query_rejections(since=since, until=until, station=station)
     shas = {r["sha256"] for r in verdict_rows if r["sha256"]} | {r["sha256"] for r in rejection_rows if r["sha256"]}
     reviewed = review_status_by_sha(store, shas)
     from inspector.review import UNMATCHED_BUNDLE, bundle_for, parse_bundle_rule
@@ -72,12 +73,14 @@ def collect_outcomes(store, cfg: Config, since: datetime | None = None,
                      "p_abnormal": r["p_abnormal"], "threshold": r["threshold"], "reason": r["reason"],
                      "path": r["path"], "path_raw": r["path_raw"], "sha256": r["sha256"], "status": r["status"],
                      "duplicate_of": r["duplicate_of"], "moved_to": r["moved_to"],
-                     "model_sha256": r["model_sha256"], "method": r["method"], "heatmap_path": r["heatmap_path"]})
+                     "model_sha256": r["model_sha256"], "method": r["method"], "heatmap_path": r["heatmap_path"],
+                     "station": r["station"]})
     for r in rejection_rows:
         rows.append({"when": r["created_at"], "kind": "rejection", "outcome": "rejected", "p_abnormal": None,
                      "threshold": None, "reason": f"{r['reason']}: {r['message']}", "path": r["path"],
                      "path_raw": r["path_raw"], "sha256": r["sha256"], "status": "rejected", "duplicate_of": None,
-                     "moved_to": None, "model_sha256": None, "method": None, "heatmap_path": None})
+                     "moved_to": None, "model_sha256": None, "method": None, "heatmap_path": None,
+                     "station": r["station"]})
     for row in rows:
         review = reviewed.get(row["sha256"]) if row["sha256"] else None
         if review:
@@ -102,6 +105,7 @@ def outcome_record(row: dict) -> dict:
         "review_status": row["review_status"], "review_label": review.get("label"),
         "review_anomalies": review.get("anomalies") or None, "reviewed_by": review.get("reviewer"),
         "reviewed_at": iso_time(review.get("created_at")), "review_count": review.get("count", 0),
+        "station": row["station"],
     }
 
 

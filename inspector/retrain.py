@@ -10,6 +10,7 @@ not lower. A run that fails or refuses leaves the model file and the daemon unto
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -31,7 +32,8 @@ from inspector.notify import PID_NAME, running_inspector
 from inspector.dataset import LABELS_FILE, Dataset, leave_one_bundle_out, load_dataset, write_labels
 from inspector.errors import ConfigError, InspectorError, ModelError
 from inspector.schema import retrains, utc_now
-from inspector.store import open_store
+from inspector.fleet import LockBusy, plant_lock
+from inspector.store import open_configured
 
 if TYPE_CHECKING:
     import torch
@@ -81,6 +83,7 @@ class RetrainResult:
     current: Score | None = None
     candidate: Score | None = None
     candidate_path: Path | None = None
+    candidate_sha256: str | None = None
     reload_message: str = ""
     retrain_id: int | None = None
 
@@ -315,7 +318,7 @@ def prune_work(root: Path, keep: set[Path]) -> None:
 # ---- the whole run --------------------------------------------------------------------------------
 def record_start(store) -> int:
     with store.write() as conn:
-        return int(conn.execute(sa.insert(retrains).values(started_at=utc_now())).inserted_primary_key[0])
+        return int(conn.execute(sa.insert(retrains).values(started_at=utc_now(), station=store.station)).inserted_primary_key[0])
 
 
 def record_end(store, retrain_id: int, result: RetrainResult, message: str) -> None:
@@ -356,11 +359,17 @@ def retrain(cfg: Config, dry_run: bool = False, epochs: int | None = None,
     work = root / stamp
     result = RetrainResult("failed", EXIT_FAILED)
     try:
-        store = open_store(cfg.database.url, cfg.database.busy_timeout_seconds)
+        store = open_configured(cfg)
     except InspectorError as exc:  # nothing ran and nothing can be recorded: a failed run all the same
         result.reasons = [str(exc)]
         return result
-    with store:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(store)
+        try:  # once for the plant: every station's nightly timer fires, the first one runs it
+            stack.enter_context(plant_lock(store, "retrain", "retrain"))
+        except LockBusy as exc:
+            say(str(exc))
+            return RetrainResult("skipped: another retrain is running", EXIT_NOT_PROMOTED, reasons=[str(exc)])
         result.retrain_id = record_start(store)
         out = model_path.with_name(f"{model_path.name.split('.')[0]}.{stamp}.safetensors")
         try:
@@ -373,6 +382,11 @@ def retrain(cfg: Config, dry_run: bool = False, epochs: int | None = None,
         message = "; ".join(result.reasons) or result.decision
         try:
             record_end(store, result.retrain_id, result, message)
+            if result.decision == "promoted":  # the plant's model now: every station's daemon follows it
+                from inspector.model import read_meta
+
+                store.record_model(result.candidate_sha256, str(model_path), read_meta(model_path).to_json(),
+                                   promoted=True)
         except InspectorError as exc:
             say(f"warning: could not record the decision in the database: {exc}")
     if result.decision == "promoted":
@@ -423,7 +437,7 @@ def _decide(run_cfg: Config, new: Dataset, best: Score, current: Score | None, w
         return
     say(f"  the candidate ({best.method}) is not worse: training it on all {len(new)} images")
     sha = train_candidate(run_cfg, new, best, current, work, out, device)
-    result.candidate_path = out
+    result.candidate_path, result.candidate_sha256 = out, sha
     say(f"  wrote {out} (sha256 {sha[:12]})")
     if dry_run:
         result.decision, result.exit_code = "dry run: would promote", EXIT_PROMOTED

@@ -181,14 +181,15 @@ def record_review(store: Store, sha256: str, label: str, anomalies: tuple[str, .
         new_id = conn.execute(sa.insert(reviews).values(
             sha256=sha256, label=label, anomalies=";".join(kinds), reviewer=who, note=note or "",
             model_verdict=verdict.verdict, model_sha256=verdict.model_sha256,
-            supersedes=previous.id if previous is not None else None, created_at=now)).inserted_primary_key[0]
+            supersedes=previous.id if previous is not None else None, created_at=now,
+            station=store.station)).inserted_primary_key[0]
         path = conn.execute(sa.select(_first_path(sha256))).scalar()
     return ReviewRecord(int(new_id), sha256, path, label, kinds, who, note or "", verdict.verdict,
                         verdict.model_sha256, verdict.p_abnormal, now,
                         dict(previous._mapping) if previous is not None else None)
 
 
-def query_reviews(store: Store, sha256: str | None = None) -> list[dict]:
+def query_reviews(store: Store, sha256: str | None = None, station: str | None = None) -> list[dict]:
     """Every review row, latest first; `superseded` is True where a later review replaced it."""
     later = reviews.alias("later")
     superseded = sa.exists(sa.select(later.c.id).where(later.c.supersedes == reviews.c.id))
@@ -197,11 +198,13 @@ def query_reviews(store: Store, sha256: str | None = None) -> list[dict]:
     query = sa.select(reviews, superseded.label("superseded"), path.label("path")).order_by(reviews.c.id.desc())
     if sha256 is not None:
         query = query.where(reviews.c.sha256 == sha256)
+    if station is not None:  # reviews of the images that station recorded, wherever they were entered
+        query = query.where(reviews.c.sha256.in_(sa.select(images.c.sha256).where(images.c.station == station)))
     with store.read() as conn:
         return [dict(row._mapping, superseded=bool(row.superseded)) for row in conn.execute(query)]
 
 
-def pending_reviews(store: Store, sha256: str | None = None) -> list[dict]:
+def pending_reviews(store: Store, sha256: str | None = None, station: str | None = None) -> list[dict]:
     """Abnormal and rescan verdicts nobody has reviewed yet, oldest first (duplicates of a file shown once)."""
     reviewed = sa.exists(sa.select(reviews.c.id).where(reviews.c.sha256 == images.c.sha256))
     query = (sa.select(images.c.first_seen.label("time"), images.c.path, images.c.sha256, images.c.moved_to,
@@ -212,6 +215,8 @@ def pending_reviews(store: Store, sha256: str | None = None) -> list[dict]:
              .order_by(images.c.first_seen.asc(), images.c.id.asc()))
     if sha256 is not None:
         query = query.where(images.c.sha256 == sha256)
+    if station is not None:
+        query = query.where(images.c.station == station)
     with store.read() as conn:
         return [dict(row._mapping) for row in conn.execute(query)]
 

@@ -9,9 +9,9 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # The Alembic revision (inspector/migrations/versions) that each schema version is.
-SCHEMA_REVISIONS = {1: "0001", 2: "0002"}
+SCHEMA_REVISIONS = {1: "0001", 2: "0002", 3: "0003"}
 VERDICTS = ("normal", "abnormal", "rescan")
 
 
@@ -54,6 +54,7 @@ verdicts = sa.Table(
     sa.Column("inference_seconds", sa.Float, nullable=True),
     sa.Column("heatmap_path", sa.Text, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("station", sa.Text, nullable=True),  # who scored it (NULL: recorded before schema 3)
     sa.UniqueConstraint("sha256", "model_sha256", name="uq_verdicts_content_model"),
 )
 images = sa.Table(
@@ -74,6 +75,7 @@ images = sa.Table(
     # rewrite in place a new ctime. NULL in rows of schema 1 (they match any).
     sa.Column("inode", sa.BigInteger, nullable=True),
     sa.Column("ctime_ns", sa.BigInteger, nullable=True),
+    sa.Column("station", sa.Text, nullable=True, index=True),
     # One row per file version: the same content exported again under the same name gets its own row.
     sa.UniqueConstraint("path_raw", "sha256", "mtime_ns", "inode", name="uq_images_file_version"),
     sa.Index("ix_images_path_size_mtime", "path_raw", "size", "mtime_ns"),
@@ -84,6 +86,10 @@ models = sa.Table(
     sa.Column("path", sa.Text, nullable=False),
     sa.Column("meta_json", sa.Text, nullable=False),
     sa.Column("first_used", UTCDateTime, nullable=False),
+    sa.Column("station", sa.Text, nullable=True),  # the station that first used it
+    # Set when `inspector retrain` promotes it: the plant's model, which every daemon loads from its
+    # model.path once the file there has this sha256.
+    sa.Column("promoted_at", UTCDateTime, nullable=True),
 )
 rejections = sa.Table(
     "rejections", metadata,
@@ -98,6 +104,7 @@ rejections = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False, index=True),
     sa.Column("inode", sa.BigInteger, nullable=True),
     sa.Column("ctime_ns", sa.BigInteger, nullable=True),
+    sa.Column("station", sa.Text, nullable=True, index=True),
     sa.UniqueConstraint("path_raw", "size", "mtime_ns", "inode", name="uq_rejections_file_version"),
 )
 reviews = sa.Table(
@@ -112,6 +119,7 @@ reviews = sa.Table(
     sa.Column("model_sha256", sa.Text, nullable=True),
     sa.Column("supersedes", sa.Integer, sa.ForeignKey("reviews.id"), nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("station", sa.Text, nullable=True),
 )
 retrains = sa.Table(
     "retrains", metadata,
@@ -123,7 +131,56 @@ retrains = sa.Table(
     sa.Column("candidate_score_json", sa.Text, nullable=True),
     sa.Column("candidate_path", sa.Text, nullable=True),
     sa.Column("message", sa.Text, nullable=True),
+    sa.Column("station", sa.Text, nullable=True),
 )
+# Schema 3: the plant. One row per station, written by its daemon every station.heartbeat_seconds.
+stations = sa.Table(
+    "stations", metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.Text, nullable=False),  # one per daemon start: tells two daemons of one name apart
+    sa.Column("capture_dir", sa.Text, nullable=False),
+    sa.Column("model_sha256", sa.Text, nullable=True),
+    sa.Column("inspector_version", sa.Text, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("last_seen", UTCDateTime, nullable=False),
+    sa.Column("heartbeat_seconds", sa.Float, nullable=False),
+    sa.Column("scored", sa.Integer, nullable=False),  # since the daemon started
+    sa.Column("rejected", sa.Integer, nullable=False),
+    sa.Column("queued", sa.Integer, nullable=False),
+    sa.Column("paused_reason", sa.Text, nullable=True),
+    sa.Column("status", sa.Text, nullable=False),  # the daemon's STATUS line
+    sa.Column("stopped_at", UTCDateTime, nullable=True),  # set on a clean stop
+)
+# A file being scored by one daemon: the others leave it alone until the lease runs out (a daemon
+# renews its leases every heartbeat). The row goes in the transaction that commits the file's outcome.
+claims = sa.Table(
+    "claims", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("path_raw", sa.LargeBinary, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("mtime_ns", sa.BigInteger, nullable=False),
+    sa.Column("inode", sa.BigInteger, nullable=False),
+    sa.Column("station", sa.Text, nullable=False),
+    sa.Column("run_id", sa.Text, nullable=False, index=True),
+    sa.Column("claimed_at", UTCDateTime, nullable=False),
+    sa.Column("lease_until", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("path_raw", "size", "mtime_ns", "inode", name="uq_claims_file_version"),
+)
+# Plant-wide jobs that must run once (the nightly retrain): a row lease, renewed while the job runs.
+locks = sa.Table(
+    "locks", metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("holder", sa.Text, nullable=False),
+    sa.Column("station", sa.Text, nullable=False),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("since", UTCDateTime, nullable=False),
+    sa.Column("lease_until", UTCDateTime, nullable=False),
+)
+# The tables whose rows carry the station that wrote them.
+STATION_TABLES = ("images", "rejections", "verdicts", "reviews", "models", "retrains")
 
 
 def utc_now() -> datetime:
@@ -135,14 +192,16 @@ def to_path_raw(path: bytes | str | os.PathLike) -> bytes:
     return path if isinstance(path, bytes) else os.fsencode(path)
 
 
-def alembic_command(conn: Connection, command_name: str, revision: str) -> None:
-    """Run an Alembic command (stamp, upgrade) inside the writer's open transaction."""
+def alembic_command(conn: Connection, command_name: str, revision: str, station: str = "") -> None:
+    """Run an Alembic command (stamp, upgrade) inside the writer's open transaction; `station` names the
+    upgrading station (schema 3 marks the rows already there as its own)."""
     from alembic import command
     from alembic.config import Config as AlembicConfig
 
     config = AlembicConfig()
     config.set_main_option("script_location", "inspector:migrations")
     config.attributes["connection"] = conn
+    config.attributes["station"] = station
     getattr(command, command_name)(config, revision)
 
 
@@ -150,3 +209,24 @@ def alembic_revision(conn: Connection) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
     return MigrationContext.configure(conn).get_current_revision()
+
+
+def insert_new(conn: Connection, table: sa.Table, **values: object) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING (the database's own upsert, no select first): True when the row went in,
+    False when a row with one of its unique keys was there already (committed by this or any other writer)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # open_store refuses other databases
+        raise AssertionError(f"no upsert for {conn.dialect.name}")
+    statement = insert(table).values(**values).on_conflict_do_nothing().returning(*table.primary_key.columns)
+    return conn.execute(statement).first() is not None  # (rowcount is -1 where the key is returned)
+
+
+def db_now(conn: Connection) -> datetime:
+    """The database's clock (UTC), for leases and heartbeats that stations on several hosts compare: their own
+    clocks may disagree. SQLite is one machine's file: that machine's clock."""
+    if conn.dialect.name == "postgresql":
+        return conn.execute(sa.text("SELECT now() AT TIME ZONE 'UTC'")).scalar_one().replace(tzinfo=timezone.utc)
+    return utc_now()

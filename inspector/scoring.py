@@ -5,7 +5,7 @@ conversion: `Scoring._prepare`); the model's thread (`Scoring._work`) takes them
 batches of the files in flight, scores them, commits each batch's outcomes in one transaction, and
 only then reports and moves each file. Mixed into daemon.Daemon, which owns the state it uses: cfg,
 detector, load, store, tracker, mover, heatmaps, counts, events, rescan, stop, reload, ready,
-leftovers, workers, turns, once, paused_reason, _recent and _shown().
+leftovers, workers, turns, once, paused_reason, run_id, _recent and _shown().
 """
 
 from __future__ import annotations
@@ -46,6 +46,14 @@ class _Stopped(Exception):
     """A stop was requested while the database was unavailable: give up the batch, commit nothing."""
 
 
+def file_version(item: ReadyFile) -> Any:
+    """The store's FileVersion of a settled file: what its outcome and its claim are keyed on."""
+    from inspector.store import FileVersion
+
+    stamp = item.stamp
+    return FileVersion(os.fsencode(item.path), stamp.size, stamp.mtime_ns, stamp.inode, stamp.ctime_ns)
+
+
 def model_meta_json(detector: Any) -> str:
     meta = detector.meta
     if hasattr(meta, "to_json"):
@@ -83,12 +91,18 @@ class Scoring:
             outcome = self._store_call(self.store.file_outcome, raw, stamp.size, stamp.mtime_ns, stamp.inode)
             if outcome is None:
                 continue
-            log.info("finishing an interrupted move of %s", self._shown(path))
             item = ReadyFile(path, stamp, time.monotonic(), problem=found[1])
-            if outcome["kind"] == "rejection":
-                self.mover.move(item, ("quarantine",), outcome["sha256"], None)
-            else:
-                self.mover.move(item, ("processed", date.today().isoformat()), outcome["sha256"], raw)
+            if self._store_call(self.store.claim, file_version(item), self.run_id,
+                                self.cfg.station.claim_lease_seconds) is not None:
+                continue  # another daemon on this folder is moving it
+            log.info("finishing an interrupted move of %s", self._shown(path))
+            try:
+                if outcome["kind"] == "rejection":
+                    self.mover.move(item, ("quarantine",), outcome["sha256"], None)
+                else:
+                    self.mover.move(item, ("processed", date.today().isoformat()), outcome["sha256"], raw)
+            finally:
+                self._release([item])
 
     def _work(self) -> None:
         """The only thread that runs the model. A pool of workers prepares the files ahead of it (hash,
@@ -178,6 +192,9 @@ class Scoring:
         except Exception as exc:  # ModelError above all; anything else must not stop serving either
             log.error("model reload from %s failed, still serving %s: %s", self.cfg.model.path, old[:12], exc)
             return
+        if new.sha256 == old:
+            log.info("model reload: %s still holds %s", self.cfg.model.path, old[:12])
+            return
         self._store_call(self.store.record_model, new.sha256, str(self.cfg.model.path), model_meta_json(new))
         self.detector = new
         self._recent.clear()
@@ -204,14 +221,37 @@ class Scoring:
             return result
 
     def _prepare(self, item: ReadyFile, detector: Any) -> _Job | None:
-        """A pool worker's part: skip what is known, hash, find an existing verdict, read, gate and convert.
+        """A pool worker's part: claim the file (no other daemon on this folder scores it meanwhile), then
+        `_prepare_claimed`. None: nothing to record now (claimed elsewhere, known, changed, gone, incomplete);
+        the claim is then given up."""
+        if not self._unchanged(item):
+            return None
+        holder = self._store_call(self.store.claim, file_version(item), self.run_id,
+                                  self.cfg.station.claim_lease_seconds)
+        if holder is not None:
+            log.debug("%s is being scored by station %s", self._shown(item.path), holder)
+            return None
+        job = None
+        try:
+            job = self._prepare_claimed(item, detector)
+        finally:
+            if job is None:
+                self._release([item])
+        return job
 
-        None: nothing to record now (known already, changed or gone meanwhile, or held as incomplete).
-        """
+    def _release(self, items: list[ReadyFile]) -> None:
+        """Give up claims on files left without an outcome; a failure only lets their leases run out."""
+        try:
+            self.store.release_claims([file_version(item) for item in items], self.run_id)
+        except StoreError as exc:
+            log.debug("claims not released (their leases run out): %s", exc)
+
+    def _prepare_claimed(self, item: ReadyFile, detector: Any) -> _Job | None:
+        """Skip what is known, hash, find an existing verdict, read, gate and convert."""
         from inspector.imaging import file_sha256, read_image
 
-        if not self._unchanged(item) or self._store_call(self.store.known_file, os.fsencode(item.path), *item.stamp):
-            return None
+        if self._store_call(self.store.known_file, os.fsencode(item.path), *item.stamp):
+            return None  # recorded meanwhile (by this daemon, or another before our claim)
         job = _Job(item)
         if item.problem:  # never opened: a FIFO could block, a link could lead anywhere
             job.rejection = ("unreadable", f"{item.problem}: inspector reads only regular files inside the "
@@ -247,19 +287,26 @@ class Scoring:
         predictions = self._predict([j for j in jobs if j.prepared is not None and j.outcome is None])
         if predictions:
             fault_point("after_infer")
-        kept, records = [], []
+        kept, records, dropped = [], [], []
         inferred: set[str] = set()
         for job in jobs:
             first = job.sha256 not in inferred  # a second name for the same content costs no inference
             inferred.add(job.sha256 or "")
             if not self._unchanged(job.ready):
-                continue  # deleted or rewritten while it was scored: nothing to record, or a new version to judge
+                dropped.append(job.ready)  # deleted or rewritten while it was scored: nothing to record, or a new
+                continue  # version to judge
             kept.append(job)
             records.append(self._record(job, predictions.get(job.sha256 or ""), first, model_sha))
+        self._release(dropped)
         if not records:
             return
-        results = self._store_call(self.store.record_outcomes, records)
+        results = self._store_call(self.store.record_outcomes, records, self.run_id)  # gives up the claims
         for job, record, result in zip(kept, records, results):
+            if result == "lost":
+                log.warning("%s was taken over by another station while this one scored it (its claim's lease ran "
+                            "out: station.claim_lease_seconds); that station records and moves it",
+                            self._shown(job.ready.path))
+                continue
             fault_point("after_commit")  # per file: its outcome is committed, it is not yet reported or moved
             if job.rejection is None and job.sha256:
                 self._remember(job.sha256, record)
@@ -311,10 +358,10 @@ class Scoring:
 
     def _record(self, job: _Job, pred: Any, first: bool, model_sha: str) -> Any:
         """The row a file's outcome is committed as."""
-        from inspector.store import FileVersion, RejectionRecord, Verdict, VerdictRecord
+        from inspector.store import RejectionRecord, Verdict, VerdictRecord
 
-        item, stamp = job.ready, job.ready.stamp
-        version = FileVersion(os.fsencode(item.path), stamp.size, stamp.mtime_ns, stamp.inode, stamp.ctime_ns)
+        item = job.ready
+        version = file_version(item)
         if job.rejection is not None:
             return RejectionRecord(version, job.sha256, *job.rejection)
         if job.outcome is not None:

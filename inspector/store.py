@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import errno
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import quote
@@ -23,8 +22,21 @@ from inspector import __version__
 from inspector.errors import StoreError
 from inspector.paths import display_path
 from inspector.queries import Queries
-from inspector.schema import (SCHEMA_REVISIONS, SCHEMA_VERSION, VERDICTS, alembic_command, alembic_revision, images,
-                              metadata, models, rejections, schema_info, to_path_raw, utc_now, verdicts)
+from inspector.fleet import Fleet, drop_claim
+from inspector.schema import (SCHEMA_REVISIONS, SCHEMA_VERSION, VERDICTS, alembic_command, alembic_revision, db_now,
+                              images, insert_new, metadata, models, rejections, schema_info, to_path_raw, utc_now,
+                              verdicts)
+
+
+SCHEMA_LOCK_KEY = 0x696E7370  # "insp": the advisory lock of schema changes on PostgreSQL
+
+
+def _stored_version(conn: Connection) -> int | None:
+    names = set(sa.inspect(conn).get_table_names())
+    if "schema_info" not in names:
+        return 0 if names & {"images", "verdicts"} else None
+    row = conn.execute(sa.select(schema_info).order_by(schema_info.c.version.desc())).first()
+    return row.version if row else 0
 
 
 def matches_or_unrecorded(column: sa.ColumnElement, value: object) -> sa.ColumnElement:
@@ -48,16 +60,19 @@ def _is_full(exc: BaseException) -> bool:
     orig = getattr(exc, "orig", exc)
     if isinstance(orig, OSError) and orig.errno == errno.ENOSPC:
         return True
-    if getattr(orig, "pgcode", None) == "53100":  # PostgreSQL disk_full
+    if getattr(orig, "sqlstate", None) == "53100":  # PostgreSQL disk_full (psycopg 3's SQLSTATE)
         return True
     text = str(orig).lower()
     return "database or disk is full" in text or "no space left" in text
 
 
-class Store(Queries):
-    """A database handle; every write method is one short transaction, committed on return."""
+class Store(Queries, Fleet):
+    """A database handle; every write method is one short transaction, committed on return. Rows it writes carry
+    `station` (station.name; None for a store opened without one)."""
 
-    def __init__(self, engine: Engine, url: str, readonly: bool, busy_timeout_seconds: float):
+    def __init__(self, engine: Engine, url: str, readonly: bool, busy_timeout_seconds: float,
+                 station: str | None = None):
+        self.station = station
         self.engine = engine
         self.url = url
         self.readonly = readonly
@@ -128,11 +143,7 @@ class Store(Queries):
     def schema_version(self) -> int | None:
         """The stored schema version; 0 for tables without a schema_info; None for an empty db."""
         with self.read() as conn:
-            names = set(sa.inspect(conn).get_table_names())
-            if "schema_info" not in names:
-                return 0 if names & {"images", "verdicts"} else None
-            row = conn.execute(sa.select(schema_info).order_by(schema_info.c.version.desc())).first()
-            return row.version if row else 0
+            return _stored_version(conn)
 
     def _refuse_newer(self, version: int) -> None:
         with self.read() as conn:
@@ -150,13 +161,20 @@ class Store(Queries):
         if version == SCHEMA_VERSION:
             return "current"
         with self.write() as conn:
+            # Several stations started at once on a new plant database: one creates or migrates, the others
+            # wait here and then find it done (SQLite's writer lock does the same for its BEGIN IMMEDIATE).
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            version = _stored_version(conn)
+            if version == SCHEMA_VERSION:
+                return "current"
             if version is None:
                 metadata.create_all(conn)  # a new database: today's schema at once (Alembic's cookbook)
                 alembic_command(conn, "stamp", SCHEMA_REVISIONS[SCHEMA_VERSION])
             else:
                 if version in SCHEMA_REVISIONS and alembic_revision(conn) is None:
                     alembic_command(conn, "stamp", SCHEMA_REVISIONS[version])  # made before inspector used Alembic
-                alembic_command(conn, "upgrade", SCHEMA_REVISIONS[SCHEMA_VERSION])
+                alembic_command(conn, "upgrade", SCHEMA_REVISIONS[SCHEMA_VERSION], self.station or "")
             conn.execute(sa.delete(schema_info))
             conn.execute(sa.insert(schema_info).values(version=SCHEMA_VERSION, inspector_version=__version__,
                                                        upgraded_at=utc_now()))
@@ -173,12 +191,14 @@ class Store(Queries):
                              f"{SCHEMA_VERSION}: run `inspector db upgrade`")
 
     # ---- writer -------------------------------------------------------------------------
-    def record_model(self, sha256: str, path: str, meta_json: str) -> None:
-        """Remember a model the first time it scores (idempotent)."""
+    def record_model(self, sha256: str, path: str, meta_json: str, promoted: bool = False) -> None:
+        """Remember a model the first time it scores (idempotent); `promoted`: `inspector retrain` made it the
+        plant's model, which every daemon on this database loads once its model.path holds it."""
         with self.write() as conn:
-            if conn.execute(sa.select(models.c.sha256).where(models.c.sha256 == sha256)).first() is None:
-                conn.execute(sa.insert(models).values(sha256=sha256, path=str(path), meta_json=meta_json,
-                                                      first_used=utc_now()))
+            insert_new(conn, models, sha256=sha256, path=str(path), meta_json=meta_json, first_used=utc_now(),
+                       station=self.station)
+            if promoted:
+                conn.execute(sa.update(models).where(models.c.sha256 == sha256).values(promoted_at=db_now(conn)))
 
     def known_file(self, path_raw: bytes | str, size: int, mtime_ns: int, inode: int | None = None,
                    ctime_ns: int | None = None) -> bool:
@@ -221,48 +241,38 @@ class Store(Queries):
                 verdicts.c.sha256 == sha256, verdicts.c.model_sha256 == model_sha256)).first()
         return dict(row._mapping) if row else None
 
-    def record_verdict(self, path_raw: bytes | str, sha256: str, size: int, mtime_ns: int, model_sha256: str,
-                       p_abnormal: float | None, verdict: str, reason: str | None, threshold: float,
-                       method: str, ready_to_commit_seconds: float | None,
-                       inference_seconds: float | None, inode: int | None = None,
-                       ctime_ns: int | None = None) -> str:
+    def record_verdict(self, record: "VerdictRecord") -> str:
         """Record an image and its verdict in one transaction: 'new', 'duplicate' or 'exists'.
 
         'exists': this file version (path, content, mtime, inode) is already recorded; its ctime is
         refreshed. The same content under the same name but another mtime or inode (exported again)
         is a 'duplicate' row of its own.
         """
-        (result,) = self.record_outcomes([VerdictRecord(
-            FileVersion(path_raw, size, mtime_ns, inode, ctime_ns),
-            Verdict(sha256, model_sha256, p_abnormal, verdict, reason, threshold, method, ready_to_commit_seconds,
-                    inference_seconds))])
+        (result,) = self.record_outcomes([record])
         return result
 
-    def record_rejection(self, path_raw: bytes | str, sha256: str | None, size: int, mtime_ns: int,
-                         reason: str, message: str, inode: int | None = None, ctime_ns: int | None = None) -> str:
+    def record_rejection(self, record: "RejectionRecord") -> str:
         """Record why a file was not scored; idempotent per file version ('new' or 'exists')."""
-        (result,) = self.record_outcomes([RejectionRecord(FileVersion(path_raw, size, mtime_ns, inode, ctime_ns),
-                                                          sha256, reason, message)])
+        (result,) = self.record_outcomes([record])
         return result
 
-    def record_outcomes(self, records: "list[VerdictRecord | RejectionRecord | RescoreRecord]") -> list[str]:
+    def record_outcomes(self, records: "list[VerdictRecord | RejectionRecord | RescoreRecord]",
+                        run_id: str | None = None) -> list[str]:
         """Verdicts and rejections of a batch of files (or rescored verdicts) in ONE transaction: all are
-        committed, or none.
+        committed, or none. Each row is the database's own upsert (INSERT ... ON CONFLICT DO NOTHING): a row
+        another writer committed first is 'exists', never an error.
 
-        Elsewhere than on SQLite each row runs in a savepoint, so a row another writer committed first
-        (a unique-key race) is that row's 'exists' and the others still commit. SQLite's one writer
-        (BEGIN IMMEDIATE) cannot race, and SQLite ends the whole transaction on some errors (a full disk),
-        which a savepoint would hide behind "no such savepoint".
+        With `run_id` (a daemon's), each file's claim is given up in the same transaction; a file whose claim
+        that daemon no longer holds (its lease ran out and another daemon took the file over) is 'lost':
+        nothing is written for it, and the daemon neither reports nor moves it.
         """
         results: list[str] = []
         with self.write() as conn:
-            racing = conn.dialect.name != "sqlite"
             for record in records:
-                try:
-                    with conn.begin_nested() if racing else contextlib.nullcontext():
-                        results.append(_WRITERS[type(record)](conn, record))
-                except sa_exc.IntegrityError:
-                    results.append("exists")
+                if run_id is not None and hasattr(record, "file") and not drop_claim(conn, record.file, run_id):
+                    results.append("lost")
+                    continue
+                results.append(_WRITERS[type(record)](conn, record, self.station))
         return results
 
     def record_moved(self, path_raw: bytes | str, sha256: str, moved_to: str | None, mtime_ns: int | None = None,
@@ -327,7 +337,7 @@ class FileVersion:
     path_raw: bytes | str
     size: int
     mtime_ns: int
-    inode: int | None = None
+    inode: int
     ctime_ns: int | None = None
 
 
@@ -356,62 +366,46 @@ class RescoreRecord:
     verdict: Verdict
 
 
-def _recorded(conn: Connection, table: sa.Table, same: sa.ColumnElement, f: FileVersion) -> bool:
+def _refresh(conn: Connection, table: sa.Table, same: sa.ColumnElement, f: FileVersion) -> str:
     """This file version has its row already: its inode and ctime are refreshed, and it counts as 'exists'."""
-    if conn.execute(sa.select(table.c.id).where(same).limit(1)).first() is None:
-        return False
     conn.execute(sa.update(table).where(same).values(inode=f.inode, ctime_ns=f.ctime_ns))
-    return True
+    return "exists"
 
 
-def _insert_verdict(conn: Connection, r: VerdictRecord) -> str:
+def _insert_verdict(conn: Connection, r: VerdictRecord, station: str | None) -> str:
+    """The content's verdict of this model (unless one is there), then the file version's image row pointing at
+    it: 'new', 'duplicate' (the content had a verdict of this model) or 'exists' (this file version has a row)."""
     f, v = r.file, r.verdict
     raw = to_path_raw(f.path_raw)
-    same = sa.and_(images.c.path_raw == raw, images.c.sha256 == v.sha256, images.c.mtime_ns == f.mtime_ns,
-                   matches_or_unrecorded(images.c.inode, f.inode))
-    if _recorded(conn, images, same, f):
-        return "exists"
-    prior = conn.execute(sa.select(verdicts.c.id).where(
-        verdicts.c.sha256 == v.sha256, verdicts.c.model_sha256 == v.model_sha256)).first()
     now = utc_now()
-    row = dict(path=display_path(raw), path_raw=raw, sha256=v.sha256, size=f.size, mtime_ns=f.mtime_ns,
-               inode=f.inode, ctime_ns=f.ctime_ns, first_seen=now)
-    if prior is not None:
-        first = conn.execute(sa.select(images.c.path).where(images.c.sha256 == v.sha256)
-                             .order_by(images.c.id).limit(1)).scalar()
-        conn.execute(sa.insert(images).values(**row, status="duplicate", duplicate_of=first, verdict_id=prior.id))
-        return "duplicate"
-    verdict_id = _insert_verdict_row(conn, v, now)
-    conn.execute(sa.insert(images).values(**row, status="scored", verdict_id=verdict_id))
-    return "new"
+    fresh = insert_new(conn, verdicts, **dataclasses.asdict(v), created_at=now, station=station)
+    verdict_id = conn.execute(sa.select(verdicts.c.id).where(
+        verdicts.c.sha256 == v.sha256, verdicts.c.model_sha256 == v.model_sha256)).scalar_one()
+    first = None if fresh else conn.execute(sa.select(images.c.path).where(images.c.sha256 == v.sha256)
+                                           .order_by(images.c.id).limit(1)).scalar()
+    if insert_new(conn, images, path=display_path(raw), path_raw=raw, sha256=v.sha256, size=f.size,
+                  mtime_ns=f.mtime_ns, inode=f.inode, ctime_ns=f.ctime_ns, first_seen=now, station=station,
+                  status="scored" if fresh else "duplicate", duplicate_of=first, verdict_id=verdict_id):
+        return "new" if fresh else "duplicate"
+    return _refresh(conn, images, sa.and_(images.c.path_raw == raw, images.c.sha256 == v.sha256,
+                                          images.c.mtime_ns == f.mtime_ns, images.c.inode == f.inode), f)
 
 
-def _insert_verdict_row(conn: Connection, v: Verdict, now: datetime) -> int:
-    return conn.execute(sa.insert(verdicts).values(**dataclasses.asdict(v), created_at=now)).inserted_primary_key[0]
-
-
-def _insert_rescore(conn: Connection, r: RescoreRecord) -> str:
+def _insert_rescore(conn: Connection, r: RescoreRecord, station: str | None) -> str:
     """A verdict of another model for content already recorded: no new image row, one verdict per model."""
-    v = r.verdict
-    found = conn.execute(sa.select(verdicts.c.id).where(verdicts.c.sha256 == v.sha256,
-                                                        verdicts.c.model_sha256 == v.model_sha256)).first()
-    if found is not None:
-        return "exists"
-    _insert_verdict_row(conn, v, utc_now())
-    return "new"
+    fresh = insert_new(conn, verdicts, **dataclasses.asdict(r.verdict), created_at=utc_now(), station=station)
+    return "new" if fresh else "exists"
 
 
-def _insert_rejection(conn: Connection, r: RejectionRecord) -> str:
+def _insert_rejection(conn: Connection, r: RejectionRecord, station: str | None) -> str:
     f = r.file
     raw = to_path_raw(f.path_raw)
-    same = sa.and_(rejections.c.path_raw == raw, rejections.c.size == f.size, rejections.c.mtime_ns == f.mtime_ns,
-                   matches_or_unrecorded(rejections.c.inode, f.inode))
-    if _recorded(conn, rejections, same, f):
-        return "exists"
-    conn.execute(sa.insert(rejections).values(
-        path=display_path(raw), path_raw=raw, sha256=r.sha256, size=f.size, mtime_ns=f.mtime_ns, inode=f.inode,
-        ctime_ns=f.ctime_ns, reason=r.reason, message=r.message, created_at=utc_now()))
-    return "new"
+    if insert_new(conn, rejections, path=display_path(raw), path_raw=raw, sha256=r.sha256, size=f.size,
+                  mtime_ns=f.mtime_ns, inode=f.inode, ctime_ns=f.ctime_ns, reason=r.reason, message=r.message,
+                  created_at=utc_now(), station=station):
+        return "new"
+    return _refresh(conn, rejections, sa.and_(rejections.c.path_raw == raw, rejections.c.size == f.size,
+                                              rejections.c.mtime_ns == f.mtime_ns, rejections.c.inode == f.inode), f)
 
 
 _WRITERS = {VerdictRecord: _insert_verdict, RejectionRecord: _insert_rejection, RescoreRecord: _insert_rescore}
@@ -450,7 +444,17 @@ def _install_read_only_sessions(engine: Engine) -> None:
         dbapi_conn.commit()
 
 
-def open_store(url: str, busy_timeout_seconds: float = 30.0, readonly: bool = False) -> Store:
+CONNECT_TIMEOUT_SECONDS = 10  # a network database that does not answer: the daemon pauses and retries
+
+
+def open_configured(cfg, readonly: bool = False) -> Store:
+    """open_store with the config's database.url, busy timeout and station name."""
+    return open_store(cfg.database.url, cfg.database.busy_timeout_seconds, readonly=readonly,
+                      station=cfg.station_name)
+
+
+def open_store(url: str, busy_timeout_seconds: float = 30.0, readonly: bool = False,
+               station: str | None = None) -> Store:
     """Open the database; the writer creates/migrates the schema, a reader checks it and never writes."""
     try:
         parsed = make_url(url)
@@ -465,6 +469,10 @@ def open_store(url: str, busy_timeout_seconds: float = 30.0, readonly: bool = Fa
         parsed = parsed.difference_update_query(["password"]).set(
             password=password if isinstance(password, str) else password[-1])
         url = parsed.render_as_string(hide_password=False)
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise StoreError(f"database URL {parsed.render_as_string(hide_password=True)}: inspector keeps its "
+                         "verdicts in SQLite (one station) or PostgreSQL (a plant), not in " + backend)
     file = sqlite_file(url)
     connect_url: object = url
     if file is not None:
@@ -478,15 +486,22 @@ def open_store(url: str, busy_timeout_seconds: float = 30.0, readonly: bool = Fa
             raise StoreError(f"folder {file.parent} for the database does not exist: create it or change database.url")
     elif parsed.get_backend_name() == "sqlite" and readonly:
         raise StoreError(f"no database at {url} yet: start `inspector watch` (or check database.url)")
+    # A network database: every connection taken from the pool is tested first (a server restarted or a
+    # connection dropped costs a reconnect, not an error), and a server that does not answer fails in
+    # CONNECT_TIMEOUT_SECONDS (the daemon then pauses with a bounded backoff, scoring.MAX_BACKOFF_SECONDS).
+    options = {} if backend == "sqlite" else {
+        "pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_SECONDS}}
     try:
-        engine = sa.create_engine(connect_url)
+        engine = sa.create_engine(connect_url, **options)
     except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
-        raise StoreError(f"cannot use database URL {parsed.render_as_string(hide_password=True)}: {exc}") from exc
+        hint = " (pip install 'inspector[postgres]')" if backend == "postgresql" else ""
+        raise StoreError(f"cannot use database URL {parsed.render_as_string(hide_password=True)}: "
+                         f"{type(exc).__name__}{hint}") from exc
     if parsed.get_backend_name() == "sqlite":
         _install_sqlite_listeners(engine, readonly, busy_timeout_seconds)
     elif readonly and parsed.get_backend_name() == "postgresql":
         _install_read_only_sessions(engine)
-    store = Store(engine, url, readonly, busy_timeout_seconds)
+    store = Store(engine, url, readonly, busy_timeout_seconds, station)
     try:
         if readonly:
             store.check_schema()

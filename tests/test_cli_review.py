@@ -16,6 +16,7 @@ from image_files import sample_image16, write_tiff16
 from inspector.cli import cli
 from inspector.dataset import load_dataset
 from test_review import MODEL, build_station
+from tests.store_rows import record_verdict
 
 
 @pytest.fixture
@@ -111,7 +112,7 @@ def test_ambiguous_prefix_from_the_command_line(station, tmp_path):
     shas = ["feedface" + "1" * 56, "feedface" + "2" * 56]
     with open_store(station.url) as store:
         for i, sha in enumerate(shas):
-            store.record_verdict(f"/cap/{i}.tif", sha, 1, 1, MODEL, 0.9, "abnormal", None, 0.5, "global", 0.1, 0.1)
+            record_verdict(store, f"/cap/{i}.tif", sha, 1, 1, MODEL, 0.9, "abnormal", None, 0.5, "global", 0.1, 0.1)
     result = run(station, "review", "feedface", "--label", "normal")
     assert result.exit_code == 1
     assert error_of(result) == (f"sha256 prefix 'feedface' matches 2 scored images: {shas[0]} (/cap/0.tif), "

@@ -18,6 +18,7 @@ from inspector.cli import cli
 from inspector.cli.station import TIME_FORMS, parse_time
 from inspector.schema import SCHEMA_VERSION
 from inspector.store import open_store
+from tests.store_rows import record_rejection, record_verdict
 
 MODEL = "ab" * 32
 ODD_NAME = b"bad \xff\xfe name.tif"
@@ -42,12 +43,12 @@ def filled(config, tmp_path):
     cap = os.fsencode(tmp_path / "capture")
     with open_store(f"sqlite:///{tmp_path / 'station.db'}") as store:
         store.record_model(MODEL, "/models/detector.safetensors", "{}")
-        store.record_verdict(cap + b"/a.tif", "1" * 64, 10, 1, MODEL, 0.125, "normal", None, 0.5, "global", 0.1, 0.2)
-        store.record_verdict(cap + b"/" + ODD_NAME, "2" * 64, 10, 1, MODEL, 0.875, "abnormal", None, 0.5, "global",
+        record_verdict(store, cap + b"/a.tif", "1" * 64, 10, 1, MODEL, 0.125, "normal", None, 0.5, "global", 0.1, 0.2)
+        record_verdict(store, cap + b"/" + ODD_NAME, "2" * 64, 10, 1, MODEL, 0.875, "abnormal", None, 0.5, "global",
                              0.1, 0.2)
-        store.record_verdict(cap + b"/a copy.tif", "1" * 64, 10, 1, MODEL, 0.125, "normal", None, 0.5, "global",
+        record_verdict(store, cap + b"/a copy.tif", "1" * 64, 10, 1, MODEL, 0.125, "normal", None, 0.5, "global",
                              0.1, 0.2)
-        store.record_rejection(cap + b"/empty.tif", None, 0, 1, "not_an_image", "the file is empty (0 bytes)")
+        record_rejection(store, cap + b"/empty.tif", None, 0, 1, "not_an_image", "the file is empty (0 bytes)")
     return config
 
 
@@ -130,7 +131,7 @@ def test_status_counts_thousands_of_waiting_files_in_a_few_queries(config, tmp_p
     cfg = load_config(config)
     with open_store(f"sqlite:///{tmp_path / 'station.db'}") as store:
         st = (capture / "scan-0000.tif").stat()
-        store.record_verdict(os.fsencode(capture / "scan-0000.tif"), "1" * 64, st.st_size, st.st_mtime_ns, MODEL,
+        record_verdict(store, os.fsencode(capture / "scan-0000.tif"), "1" * 64, st.st_size, st.st_mtime_ns, MODEL,
                              0.1, "normal", None, 0.5, "global", 0.1, 0.1)
         queries = []
         sa.event.listen(store.engine, "before_cursor_execute", lambda *args: queries.append(args[2]))
@@ -165,7 +166,7 @@ def test_verdicts_csv_and_filters(filled):
 def test_verdicts_table_limit_footer(config, tmp_path):
     with open_store(f"sqlite:///{tmp_path / 'station.db'}") as store:
         for i in range(55):
-            store.record_verdict(f"/cap/{i}.tif", f"{i:064x}", 1, 1, MODEL, 0.1, "normal", None, 0.5, "global",
+            record_verdict(store, f"/cap/{i}.tif", f"{i:064x}", 1, 1, MODEL, 0.1, "normal", None, 0.5, "global",
                                  0.1, 0.1)
     table = run(config, "verdicts")
     lines = table.output.splitlines()
@@ -267,6 +268,6 @@ def test_status_waiting_through_a_symlinked_capture_dir(config, tmp_path):
     (real / "todo.tif").write_bytes(b"x")
     st = os.stat(real / "done.tif")
     with open_store(f"sqlite:///{tmp_path / 'station.db'}") as store:
-        store.record_verdict(os.fsencode(real / "done.tif"), "3" * 64, st.st_size, st.st_mtime_ns, MODEL, 0.2,
+        record_verdict(store, os.fsencode(real / "done.tif"), "3" * 64, st.st_size, st.st_mtime_ns, MODEL, 0.2,
                              "normal", None, 0.5, "global", 0.1, 0.1)
     assert json.loads(run(config, "status", "--format", "json").output)["files_waiting"] == 1

@@ -26,6 +26,7 @@ from inspector.cli import cli
 from inspector.config import load_config
 from inspector.daemon import off_main_thread
 from inspector.mover import unique_destination
+from tests.store_rows import record_rejection, record_verdict
 
 IMAGES = "SELECT COUNT(*) FROM images"
 VERDICTS = "SELECT COUNT(*) FROM verdicts"
@@ -152,9 +153,9 @@ class SpyStore:
     def __getattr__(self, name):
         return getattr(self._store, name)
 
-    def record_outcomes(self, records):
+    def record_outcomes(self, records, run_id=None):
         self.events.extend(("commit", os.path.exists(r.file.path_raw)) for r in records)
-        return self._store.record_outcomes(records)
+        return self._store.record_outcomes(records, run_id)
 
     def record_moved(self, path_raw, sha256, moved_to, *version):
         self.events.append(("moved", os.path.exists(path_raw), os.path.exists(moved_to)))
@@ -200,10 +201,11 @@ def test_a_move_cut_short_by_a_crash_is_finished_at_start(tmp_path, station, det
             st = path.stat()
             raw, sha = os.fsencode(path.resolve()), file_sha256(path)
             if record == "verdict":
-                store.record_verdict(raw, sha, st.st_size, st.st_mtime_ns, detector.sha256, 0.1, "normal", None,
-                                     0.5, "global", 0.0, 0.0)
+                record_verdict(store, raw, sha, st.st_size, st.st_mtime_ns, detector.sha256, 0.1, "normal", None,
+                               0.5, "global", 0.0, 0.0, inode=st.st_ino, ctime_ns=st.st_ctime_ns)
             else:
-                store.record_rejection(raw, sha, st.st_size, st.st_mtime_ns, "not_an_image", "text")
+                record_rejection(store, raw, sha, st.st_size, st.st_mtime_ns, "not_an_image", "text",
+                                 inode=st.st_ino, ctime_ns=st.st_ctime_ns)
         counting = CountingDetector(detector)
         with in_process(cfg, counting, store=store):
             wait_for(lambda: not good.exists() and not bad.exists(), 30, "both moves finished")

@@ -17,6 +17,7 @@ from inspector.heatmaps import HeatmapQueue, explain_and_record
 from inspector.infer import Detector
 from inspector.model import build_detector, init_model
 from inspector.store import open_store
+from tests.store_rows import record_verdict
 
 INPUT = (96, 64)  # layer4 gives a 3x2 map: small, yet enough cells for the map to vary
 
@@ -178,7 +179,7 @@ def test_explain_and_record_on_a_thread_beside_scoring(detector, tmp_path):
     sha = "cd" * 32
     before = [p.p_abnormal for p in detector.predict([sample_image16(200, 120, seed=s) for s in range(4)])]
     with open_store(f"sqlite:///{tmp_path / 'db.sqlite'}") as store:
-        store.record_verdict("/cap/a.tif", sha, 10, 1, detector.sha256, 0.9, "abnormal", None, 0.5, "global",
+        record_verdict(store, "/cap/a.tif", sha, 10, 1, detector.sha256, 0.9, "abnormal", None, 0.5, "global",
                              0.1, 0.1)
         result: dict[str, object] = {}
 
@@ -209,7 +210,7 @@ def test_heatmap_queue_is_bounded_in_order_and_survives_a_bad_image(detector, tm
     shas = [f"{i:02x}" * 32 for i in range(4)]
     with open_store(f"sqlite:///{tmp_path / 'db.sqlite'}") as store:
         for i, sha in enumerate(shas):
-            store.record_verdict(f"/cap/{i}.tif", sha, 10, 1, detector.sha256, 0.9, "abnormal", None, 0.5,
+            record_verdict(store, f"/cap/{i}.tif", sha, 10, 1, detector.sha256, 0.9, "abnormal", None, 0.5,
                                  "global", 0.1, 0.1)
         owed = HeatmapQueue(store, tmp_path / "state", maxsize=3)
         assert not owed.run_one() and len(owed) == 0  # nothing owed: nothing drawn

@@ -27,6 +27,7 @@ from inspector.export import export_report
 from inspector.report import bundle_of, collect_outcomes, read_model_header
 from inspector.schema import images, reviews
 from inspector.store import open_store
+from tests.store_rows import record_rejection, record_verdict
 
 MODEL = "ab" * 32
 EVIL_DIR = "<script>alert(1)<"  # with the file below, the path reads .../<script>alert(1)</script>.tif
@@ -62,12 +63,12 @@ def station(tmp_path):
     cfg = load_config(tmp_path / "config.toml")
     with open_store(cfg.database.url) as store:
         store.record_model(MODEL, "models/detector.safetensors", json.dumps(META))
-        store.record_verdict(str(normal), shas[normal], 10, 1, MODEL, 0.1, "normal", None, 0.5, "global", 0.1, 0.2)
-        store.record_verdict(str(abnormal), shas[abnormal], 10, 1, MODEL, 0.9, "abnormal", None, 0.5, "global", 0.1, 0.2)
-        store.record_verdict(str(evil), shas[evil], 10, 1, MODEL, 0.8, "abnormal", None, 0.5, "global", 0.1, 0.2)
-        store.record_verdict(str(missing), shas[missing], 10, 1, MODEL, None, "rescan", "blurred: variance 1.0", 0.5,
+        record_verdict(store, str(normal), shas[normal], 10, 1, MODEL, 0.1, "normal", None, 0.5, "global", 0.1, 0.2)
+        record_verdict(store, str(abnormal), shas[abnormal], 10, 1, MODEL, 0.9, "abnormal", None, 0.5, "global", 0.1, 0.2)
+        record_verdict(store, str(evil), shas[evil], 10, 1, MODEL, 0.8, "abnormal", None, 0.5, "global", 0.1, 0.2)
+        record_verdict(store, str(missing), shas[missing], 10, 1, MODEL, None, "rescan", "blurred: variance 1.0", 0.5,
                              "global", 0.1, 0.2)
-        store.record_rejection(str(cap / "lineB" / "empty.tif"), None, 0, 1, "not_an_image", "the file is empty")
+        record_rejection(store, str(cap / "lineB" / "empty.tif"), None, 0, 1, "not_an_image", "the file is empty")
         store.set_heatmap(shas[abnormal], MODEL, str(heat))
         now = datetime.now(timezone.utc)
         with store.write() as conn:

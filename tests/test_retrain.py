@@ -33,6 +33,7 @@ from inspector.synth import synth_electrode, synthesize
 from inspector.imaging import file_sha256
 from inspector.schema import retrains
 from inspector.store import open_store
+from tests.store_rows import record_verdict
 
 CONFIG = """\
 [model]
@@ -111,7 +112,7 @@ def review_captures(tmp_path: Path, n: int, label: str) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tifffile.imwrite(path, synth_electrode(100 + i, scale=0.04, abnormal=True))
             sha, st = file_sha256(path), path.stat()
-            store.record_verdict(str(path), sha, st.st_size, st.st_mtime_ns, "cd" * 32, 0.9, "abnormal", None, 0.5,
+            record_verdict(store, str(path), sha, st.st_size, st.st_mtime_ns, "cd" * 32, 0.9, "abnormal", None, 0.5,
                                  "local", 0.1, 0.1)
             record_review(store, sha, label, reviewer="tester")
 

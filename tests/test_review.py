@@ -16,6 +16,7 @@ from inspector.imaging import file_sha256
 from inspector.review import (ReviewError, bundle_for, export_labels, latest_reviews, parse_anomalies,
                               parse_bundle_rule, pending_reviews, query_reviews, record_review, resolve_image)
 from inspector.store import open_store
+from tests.store_rows import record_verdict
 
 MODEL = "ab" * 32
 MODEL2 = "cd" * 32
@@ -49,11 +50,11 @@ def build_station(tmp_path: Path) -> Station:
             path = write_tiff16(_mkparent(capture / rel), sample_image16(48, 32, seed=i))
             files[name], sha[name] = path, file_sha256(path)
             st = path.stat()
-            assert store.record_verdict(os.fsencode(path), sha[name], st.st_size, st.st_mtime_ns, MODEL, p, verdict,
+            assert record_verdict(store, os.fsencode(path), sha[name], st.st_size, st.st_mtime_ns, MODEL, p, verdict,
                                         reason, 0.5, "global", 0.1, 0.2) == "new"
         dup = write_tiff16(_mkparent(capture / "b2" / "copy_of_e1.tif"), sample_image16(48, 32, seed=0))
         st = dup.stat()
-        assert store.record_verdict(os.fsencode(dup), sha["e1"], st.st_size, st.st_mtime_ns, MODEL, 0.9, "abnormal",
+        assert record_verdict(store, os.fsencode(dup), sha["e1"], st.st_size, st.st_mtime_ns, MODEL, 0.9, "abnormal",
                                     None, 0.5, "global", 0.1, 0.2) == "duplicate"
         files["dup"] = dup
     return Station(tmp_path, capture, url, files, sha)
@@ -96,7 +97,7 @@ def test_review_keeps_the_latest_verdict_at_that_moment(station, store):
     path = station.capture / "b1" / "again_e2.tif"  # the same content, rescored by a newer model
     path.write_bytes(station.files["e2"].read_bytes())
     st = path.stat()
-    store.record_verdict(os.fsencode(path), station.sha["e2"], st.st_size, st.st_mtime_ns, MODEL2, 0.8, "abnormal",
+    record_verdict(store, os.fsencode(path), station.sha["e2"], st.st_size, st.st_mtime_ns, MODEL2, 0.8, "abnormal",
                          None, 0.5, "global", 0.1, 0.2)
     second = record_review(store, station.sha["e2"], "normal", reviewer="bob")
     assert (first.model_verdict, first.model_sha256) == ("normal", MODEL)
@@ -151,7 +152,7 @@ def test_ambiguous_prefix_lists_the_candidates(tmp_path):
     shas = ["deadbeef" + "1" * 56, "deadbeef" + "2" * 56]
     with open_store(f"sqlite:///{tmp_path / 'x.db'}") as store:
         for i, sha in enumerate(shas):
-            store.record_verdict(f"/cap/{i}.tif", sha, 1, 1, MODEL, 0.9, "abnormal", None, 0.5, "global", 0.1, 0.1)
+            record_verdict(store, f"/cap/{i}.tif", sha, 1, 1, MODEL, 0.9, "abnormal", None, 0.5, "global", 0.1, 0.1)
         with pytest.raises(ReviewError) as err:
             resolve_image(store, "DEADBEEF")
         assert str(err.value) == (f"sha256 prefix 'DEADBEEF' matches 2 scored images: {shas[0]} (/cap/0.tif), "

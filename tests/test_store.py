@@ -17,6 +17,7 @@ from inspector.errors import StoreError
 from inspector.paths import display_path
 from inspector.schema import SCHEMA_VERSION
 from inspector.store import StoreFullError, open_store
+from tests.store_rows import record_rejection, record_verdict
 
 MODEL = "ab" * 32
 OTHER_MODEL = "cd" * 32
@@ -46,9 +47,9 @@ def sqlite_store(db_url):
 
 
 def record(store, path: bytes, content: int, model: str = MODEL, verdict: str = "normal", p: float | None = 0.1,
-           size: int = 100, mtime_ns: int = 7, inode: int | None = None, ctime_ns: int | None = None) -> str:
-    return store.record_verdict(path, sha(content), size, mtime_ns, model, p, verdict, None, 0.5, "global", 0.25, 0.5,
-                                inode=inode, ctime_ns=ctime_ns)
+           size: int = 100, mtime_ns: int = 7, inode: int = 0, ctime_ns: int | None = None) -> str:
+    return record_verdict(store, path, sha(content), size, mtime_ns, model, p, verdict, None, 0.5, "global", 0.25, 0.5,
+                  inode=inode, ctime_ns=ctime_ns)
 
 
 def test_pragmas_are_set_on_the_writer(sqlite_store, tmp_path):
@@ -123,10 +124,10 @@ def test_unique_constraints_hold_against_raw_inserts(store):
 
 
 def test_rejections_are_idempotent_and_known(store):
-    assert store.record_rejection(b"/cap/empty.tif", None, 0, 11, "not_an_image", "zero bytes") == "new"
-    assert store.record_rejection(b"/cap/empty.tif", None, 0, 11, "not_an_image", "zero bytes") == "exists"
+    assert record_rejection(store, b"/cap/empty.tif", None, 0, 11, "not_an_image", "zero bytes") == "new"
+    assert record_rejection(store, b"/cap/empty.tif", None, 0, 11, "not_an_image", "zero bytes") == "exists"
     # Rewritten later (new mtime): a new file version, a new record.
-    assert store.record_rejection(b"/cap/empty.tif", None, 0, 12, "not_an_image", "zero bytes") == "new"
+    assert record_rejection(store, b"/cap/empty.tif", None, 0, 12, "not_an_image", "zero bytes") == "new"
     assert len(store.query_rejections()) == 2
     assert store.known_file(b"/cap/empty.tif", 0, 11)
     assert not store.known_file(b"/cap/empty.tif", 0, 13)
@@ -163,10 +164,10 @@ def test_a_new_file_under_an_old_name_is_not_known(store):
 
 
 def test_rejections_are_per_file_version(store):
-    assert store.record_rejection(b"/cap/bad.tif", "aa", 10, 5, "corrupt", "x", inode=1, ctime_ns=2) == "new"
-    assert store.record_rejection(b"/cap/bad.tif", "aa", 10, 5, "corrupt", "x", inode=1, ctime_ns=3) == "exists"
+    assert record_rejection(store, b"/cap/bad.tif", "aa", 10, 5, "corrupt", "x", inode=1, ctime_ns=2) == "new"
+    assert record_rejection(store, b"/cap/bad.tif", "aa", 10, 5, "corrupt", "x", inode=1, ctime_ns=3) == "exists"
     assert store.known_file(b"/cap/bad.tif", 10, 5, 1, 3)
-    assert store.record_rejection(b"/cap/bad.tif", "bb", 10, 5, "corrupt", "y", inode=2, ctime_ns=4) == "new"
+    assert record_rejection(store, b"/cap/bad.tif", "bb", 10, 5, "corrupt", "y", inode=2, ctime_ns=4) == "new"
     assert len(store.query_rejections()) == 2
 
 
@@ -200,7 +201,7 @@ def test_record_model_is_idempotent_and_reported_in_status(store):
     record(store, b"/cap/a.tif", 1, verdict="abnormal", p=0.9)
     record(store, b"/cap/b.tif", 2, verdict="rescan", p=None)
     record(store, b"/cap/c.tif", 1)
-    store.record_rejection(b"/cap/x.tif", None, 0, 1, "not_an_image", "zero bytes")
+    record_rejection(store, b"/cap/x.tif", None, 0, 1, "not_an_image", "zero bytes")
     counts = store.status_counts(datetime.now(timezone.utc) - timedelta(hours=1))
     assert counts["model"]["path"] == "/models/detector.safetensors"
     assert counts["verdicts_today"] == {"abnormal": 2, "rescan": 1}
@@ -334,9 +335,9 @@ def test_schema_1_is_migrated_by_alembic(db_url, tmp_path):
                 SCHEMA_REVISIONS[SCHEMA_VERSION]
         uniques = {u["name"]: u["column_names"] for u in sa.inspect(store.engine).get_unique_constraints("images")}
         assert uniques["uq_images_file_version"] == ["path_raw", "sha256", "mtime_ns", "inode"]
-        # rows of schema 1 have no inode: they match any, as the old path + size + mtime test did
+        # rows of schema 1 have no inode: they match any, as the old path + size + mtime test did (the daemon
+        # asks known_file before it records anything)
         assert store.known_file(b"/cap/a.tif", 5, 6, 99, 100) and store.known_file(b"/cap/e.tif", 0, 6, 99, 100)
-        assert record(store, b"/cap/a.tif", 1, size=5, mtime_ns=6, inode=99) == "exists"
         assert record(store, b"/cap/a.tif", 1, size=5, mtime_ns=8, inode=98) == "new"  # no verdict row in the fixture
     with open_store(db_url) as again:
         assert again.schema_action == "current"
@@ -425,7 +426,7 @@ def test_a_batch_of_outcomes_commits_all_or_nothing(store, monkeypatch):
              VerdictRecord(FileVersion(b"/cap/b.tif", 10, 1, 9, 8), verdict),
              RejectionRecord(FileVersion(b"/cap/c.tif", 0, 1, 11, 8), None, "not_an_image", "the file is empty (0 bytes)")]
 
-    def disk_error(conn, record):
+    def disk_error(conn, record, station):
         raise sa_exc.OperationalError("INSERT INTO rejections", {}, Exception("disk I/O error"))
 
     monkeypatch.setitem(store_module._WRITERS, RejectionRecord, disk_error)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from inspector.cli import cli, with_config
-from inspector.cli.station import TIME, TIME_FORMS
+from inspector.cli.station import STATION, TIME, TIME_FORMS
 from inspector.config import Config
 
 
@@ -16,8 +16,9 @@ from inspector.config import Config
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="File to write (replaced atomically).")
 @click.option("--since", type=TIME, default=None, help=f"Only images first seen from this time on: {TIME_FORMS}.")
 @click.option("--until", type=TIME, default=None, help="Only images first seen before this time (same forms).")
+@STATION
 @with_config
-def export_command(cfg: Config, fmt: str, out: str, since, until) -> None:
+def export_command(cfg: Config, fmt: str, out: str, since, until, station: str | None) -> None:
     """Export image outcomes as CSV, JSON or a self-contained HTML report.
 
     The HTML report (no server, no network: images are embedded) shows totals and pass
@@ -29,7 +30,7 @@ def export_command(cfg: Config, fmt: str, out: str, since, until) -> None:
     from inspector.export import export_report
 
     with open_reader(cfg) as store:
-        path, n = export_report(store, cfg, fmt, out, since, until)
+        path, n = export_report(store, cfg, fmt, out, since, until, station)
     click.echo(f"wrote {n} outcome(s) to {path} ({fmt})")
 
 
@@ -56,7 +57,8 @@ def retrain_command(ctx: click.Context, cfg: Config, dry_run: bool, epochs: int 
     Exit codes:
       0  promoted (or, with --dry-run, would be promoted)
       1  configuration or usage error
-      3  not promoted: the candidate is worse; the reasons are printed
+      3  not promoted: the candidate is worse, or another retrain is running on a
+         host sharing this database (once per plant); the reasons are printed
       4  failed: the model file and the daemon are left untouched
     """
     from inspector.retrain import retrain

@@ -13,18 +13,18 @@ from inspector.config import Config
 from inspector.paths import display_path
 
 REVIEW_FIELDS = ["id", "time", "sha256", "path", "label", "anomalies", "reviewer", "note", "model_verdict",
-                 "model_sha256", "supersedes", "superseded"]
+                 "model_sha256", "supersedes", "superseded", "station"]
 PENDING_FIELDS = ["time", "verdict", "p_abnormal", "reason", "path", "sha256", "moved_to", "heatmap_path",
                   "model_sha256"]
 
 
 def open_writer(cfg: Config):
     """The database for writing; refuses to create one, since a review needs verdicts to exist."""
-    from inspector.store import open_store
+    from inspector.store import open_configured
 
     with open_reader(cfg):  # raises "no database at ... yet" instead of creating an empty one
         pass
-    return open_store(cfg.database.url, cfg.database.busy_timeout_seconds)
+    return open_configured(cfg)
 
 
 @cli.command()
@@ -112,7 +112,7 @@ def review_record(row: dict) -> dict:
         "id": row["id"], "time": iso_time(row["created_at"]), "sha256": row["sha256"], "path": row["path"],
         "label": row["label"], "anomalies": row["anomalies"], "reviewer": row["reviewer"], "note": row["note"],
         "model_verdict": row["model_verdict"], "model_sha256": row["model_sha256"],
-        "supersedes": row["supersedes"], "superseded": row["superseded"],
+        "supersedes": row["supersedes"], "superseded": row["superseded"], "station": row["station"],
     }
 
 
@@ -135,16 +135,18 @@ def emit(records: list[dict], fields: list[str], fmt: str, headers: list[str], c
               help="List abnormal and rescan verdicts nobody has reviewed yet, oldest first.")
 @click.option("--sha", "ref", default=None, metavar="SHA",
               help="Only this image (a sha256, a unique prefix of 8+ digits, or a path).")
+@click.option("--station", default=None, metavar="NAME",
+              help="Only images this station recorded (reviews entered anywhere).")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
               help="table for people; csv or json (all fields, UTC times) for scripts.")
 @with_config
-def reviews(cfg: Config, pending: bool, ref: str | None, fmt: str) -> None:
+def reviews(cfg: Config, pending: bool, ref: str | None, station: str | None, fmt: str) -> None:
     """List the review history, latest first (superseded reviews marked), or with --pending the work left."""
     from inspector.review import pending_reviews, query_reviews, resolve_image
 
     with open_reader(cfg) as store:
         sha = resolve_image(store, ref) if ref else None
-        rows = pending_reviews(store, sha) if pending else query_reviews(store, sha)
+        rows = pending_reviews(store, sha, station) if pending else query_reviews(store, sha, station)
     if pending:
         cells = [[format_local(r["time"]), r["verdict"], "-" if r["p_abnormal"] is None else f"{r['p_abnormal']:.3f}",
                   display_path(r["path"]), display_path(r["heatmap_path"] or "-")] for r in rows]

@@ -1,4 +1,4 @@
-"""Station queries (verdicts, status, rejections; read-only), `db upgrade` and `rescore`."""
+"""Station queries (verdicts, status, rejections; read-only) and `rescore` (`db` is cli/db.py)."""
 
 from __future__ import annotations
 
@@ -92,9 +92,9 @@ def render_csv(rows: list[dict], fields: list[str]) -> str:
 
 
 def open_reader(cfg: Config):
-    from inspector.store import open_store
+    from inspector.store import open_configured
 
-    return open_store(cfg.database.url, cfg.database.busy_timeout_seconds, readonly=True)
+    return open_configured(cfg, readonly=True)
 
 
 def verdict_record(row: dict) -> dict:
@@ -106,21 +106,21 @@ def verdict_record(row: dict) -> dict:
         "duplicate": row["duplicate"], "duplicate_of": row["duplicate_of"], "moved_to": row["moved_to"],
         "model_sha256": row["model_sha256"], "threshold": row["threshold"], "method": row["method"],
         "ready_to_commit_seconds": row["ready_to_commit_seconds"],
-        "inference_seconds": row["inference_seconds"], "heatmap_path": row["heatmap_path"],
+        "inference_seconds": row["inference_seconds"], "heatmap_path": row["heatmap_path"], "station": row["station"],
     }
 
 
 VERDICT_FIELDS = ["time", "verdict", "p_abnormal", "reason", "path", "path_raw_hex", "sha256", "size", "mtime_ns",
                   "status", "duplicate", "duplicate_of", "moved_to", "model_sha256", "threshold", "method",
-                  "ready_to_commit_seconds", "inference_seconds", "heatmap_path"]
-REJECTION_FIELDS = ["time", "reason", "message", "path", "path_raw_hex", "sha256", "size", "mtime_ns"]
+                  "ready_to_commit_seconds", "inference_seconds", "heatmap_path", "station"]
+REJECTION_FIELDS = ["time", "reason", "message", "path", "path_raw_hex", "sha256", "size", "mtime_ns", "station"]
 
 
 def rejection_record(row: dict) -> dict:
     return {
         "time": iso_time(row["created_at"]), "reason": row["reason"], "message": row["message"], "path": row["path"],
         "path_raw_hex": row["path_raw"].hex(), "sha256": row["sha256"], "size": row["size"],
-        "mtime_ns": row["mtime_ns"],
+        "mtime_ns": row["mtime_ns"], "station": row["station"],
     }
 
 
@@ -143,6 +143,8 @@ FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "csv", "jso
                       show_default=True, help="table for people; csv or json (all fields, UTC times) for scripts.")
 SINCE = click.option("--since", type=TIME, default=None, help=f"Only from this time on: {TIME_FORMS}.")
 UNTIL = click.option("--until", type=TIME, default=None, help="Only before this time (same forms as --since).")
+STATION = click.option("--station", default=None, metavar="NAME",
+                        help="Only what this station recorded (its station.name; `inspector status` lists them).")
 LIMIT = click.option("--limit", type=click.IntRange(min=1), default=None,
                      help=f"Most rows to show (table default {DEFAULT_TABLE_LIMIT}; csv/json default all).")
 
@@ -156,10 +158,11 @@ LIMIT = click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Only paths matching this shell pattern (matched against the whole path, e.g. '*/line3/*').")
 @click.option("--model", default=None, metavar="SHA", help="Only verdicts of this model, given at capture or by `inspector rescore` "
               "(a sha256 prefix is enough).")
+@STATION
 @LIMIT
 @FORMAT
 @with_config
-def verdicts(cfg: Config, since, until, verdict, path_glob, model, limit, fmt) -> None:
+def verdicts(cfg: Config, since, until, verdict, path_glob, model, station, limit, fmt) -> None:
     """List verdicts, newest first, one row per image file.
 
     Times are shown in local time. Duplicates (same content under another name, scored once)
@@ -171,13 +174,17 @@ def verdicts(cfg: Config, since, until, verdict, path_glob, model, limit, fmt) -
         limit = DEFAULT_TABLE_LIMIT
     with open_reader(cfg) as store:
         rows = store.query_verdicts(since=since, until=until, verdict=verdict, path_glob=path_glob,
-                                    model=model, limit=limit)
+                                    model=model, limit=limit, station=station)
         total = store.count_verdicts(since=since, until=until, verdict=verdict, path_glob=path_glob,
-                                     model=model) if fmt == "table" and len(rows) == limit else len(rows)
+                                     model=model, station=station) if fmt == "table" and len(rows) == limit else len(rows)
     cells = [[format_local(r["time"]), r["verdict"] or "-",
               "-" if r["p_abnormal"] is None else f"{r['p_abnormal']:.3f}", display_path(r["path"]),
               (r["model_sha256"] or "-")[:12], "dup" if r["duplicate"] else ""] for r in rows]
     headers = ["TIME", "VERDICT", "P(ABNORMAL)", "PATH", "MODEL", "DUP"]
+    if len({r["station"] for r in rows}) > 1:  # a plant's database: which station scored each file
+        headers.insert(1, "STATION")
+        for row, cell in zip(rows, cells):
+            cell.insert(1, row["station"] or "-")
     if any(r["moved_to"] for r in rows):  # after = "move": where each file is now
         headers.append("NOW AT")
         for row, cell in zip(rows, cells):
@@ -189,19 +196,25 @@ def verdicts(cfg: Config, since, until, verdict, path_glob, model, limit, fmt) -
 @cli.command()
 @SINCE
 @UNTIL
+@STATION
 @LIMIT
 @FORMAT
 @with_config
-def rejections(cfg: Config, since, until, limit, fmt) -> None:
+def rejections(cfg: Config, since, until, station, limit, fmt) -> None:
     """List files that got no verdict (quarantined) and why, newest first."""
     if fmt == "table" and limit is None:
         limit = DEFAULT_TABLE_LIMIT
     with open_reader(cfg) as store:
-        rows = store.query_rejections(since=since, until=until, limit=limit)
-        total = store.count_rejections(since=since, until=until) if len(rows) == limit else len(rows)
+        rows = store.query_rejections(since=since, until=until, limit=limit, station=station)
+        total = store.count_rejections(since=since, until=until, station=station) if len(rows) == limit else len(rows)
+    headers = ["TIME", "REASON", "PATH", "MESSAGE"]
     cells = [[format_local(r["created_at"]), r["reason"], display_path(r["path"]), display_path(r["message"])]
              for r in rows]
-    emit_rows([rejection_record(r) for r in rows], REJECTION_FIELDS, fmt, ["TIME", "REASON", "PATH", "MESSAGE"], cells,
+    if len({r["station"] for r in rows}) > 1:
+        headers.insert(1, "STATION")
+        for row, cell in zip(rows, cells):
+            cell.insert(1, row["station"] or "-")
+    emit_rows([rejection_record(r) for r in rows], REJECTION_FIELDS, fmt, headers, cells,
               (len(rows), total), "no rejections match")
 
 
@@ -243,29 +256,70 @@ def degraded_folders(cfg: Config) -> list[str]:
     return problems
 
 
+def station_states(rows: list[dict], now: datetime, counts: dict) -> list[dict]:
+    """Each station's heartbeat as `status` shows it: running, not responding (no beat for 3 heartbeats) or
+    stopped, with its files recorded today."""
+    from inspector.heartbeat import is_live
+
+    out = []
+    for row in rows:
+        state = "stopped" if row["stopped_at"] is not None else "running" if is_live(row, now) else "not responding"
+        out.append(dict(row, state=state, seen_seconds_ago=max(0.0, (now - row["last_seen"]).total_seconds()),
+                        scored_today=counts["images_today_by_station"].get(row["name"], 0),
+                        rejected_today=counts["rejections_today_by_station"].get(row["name"], 0)))
+    return out
+
+
+def format_age(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 36 * 3600:
+        return f"{seconds / 3600:.1f} h ago"
+    return f"{seconds / 86400:.1f} days ago"
+
+
 @cli.command()
+@STATION
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="table for people, json for scripts.")
 @with_config
-def status(cfg: Config, fmt: str) -> None:
-    """Show the model in use, today's and total counts, the last verdict and the files waiting."""
+def status(cfg: Config, station: str | None, fmt: str) -> None:
+    """Show every station's heartbeat, the model in use, today's and total counts, the last verdict and the
+    files waiting in this station's capture folder.
+
+    A station is "running" while its daemon writes its heartbeat (every station.heartbeat_seconds),
+    "not responding" once three heartbeats are missed (killed, host down, network cut), "stopped"
+    after a clean stop. With --station, the counts are that station's only.
+    """
     with open_reader(cfg) as store:
-        counts = store.status_counts(local_midnight(datetime.now(timezone.utc)).astimezone(timezone.utc))
+        counts = store.status_counts(local_midnight(datetime.now(timezone.utc)).astimezone(timezone.utc), station)
+        beats, now = store.station_rows()
+        plant_model = store.promoted_model()
         waiting = count_waiting(cfg, store)
+    stations = [s for s in station_states(beats, now, counts) if station is None or s["name"] == station]
     degraded = degraded_folders(cfg)
     model = counts["model"]
     if fmt == "json":
         out = dict(counts, last_verdict_at=iso_time(counts["last_verdict_at"]), files_waiting=waiting, degraded=degraded,
-                   capture_dir=str(cfg.watch.capture_dir), database=store.where)
+                   capture_dir=str(cfg.watch.capture_dir), database=store.where, station=station,
+                   stations=[dict(s, started_at=iso_time(s["started_at"]), last_seen=iso_time(s["last_seen"]),
+                                  stopped_at=iso_time(s["stopped_at"])) for s in stations],
+                   plant_model=dict(plant_model, promoted_at=iso_time(plant_model["promoted_at"]))
+                   if plant_model else None)
         if model:
-            out["model"] = dict(model, first_used=iso_time(model["first_used"]))
+            out["model"] = dict(model, first_used=iso_time(model["first_used"]), promoted_at=iso_time(model.get("promoted_at")))
         click.echo(json.dumps(out, indent=2, ensure_ascii=False))
         return
-    click.echo(f"database       {store.where}")
+    click.echo(f"database       {store.where}" + (f"  (station {station} only)" if station else ""))
     for problem in degraded:
         click.echo(f"degraded       {problem}")
     click.echo(f"model          {model['sha256'][:12]}  {model['path'] or '(path not recorded)'}" if model
                else "model          none yet (no verdicts)")
+    if plant_model:
+        click.echo(f"plant model    {plant_model['sha256'][:12]}  promoted {format_local(plant_model['promoted_at'])}"
+                   f" by {plant_model['station'] or 'a retrain'}")
     for label in ("verdicts", "rejections"):
         keys = sorted(set(counts[f"{label}_today"]) | set(counts[f"{label}_total"]))
         parts = [f"{k} {counts[f'{label}_today'].get(k, 0)}/{counts[f'{label}_total'].get(k, 0)}" for k in keys]
@@ -276,22 +330,18 @@ def status(cfg: Config, fmt: str) -> None:
         click.echo(f"files waiting  unknown: capture folder {cfg.watch.capture_dir} does not exist")
     else:
         click.echo(f"files waiting  {waiting} in {cfg.watch.capture_dir}")
-
-
-@cli.group()
-def db() -> None:
-    """Manage the verdict database."""
-
-
-@db.command()
-@with_config
-def upgrade(cfg: Config) -> None:
-    """Create the database schema, or migrate an older one (safe to run any time)."""
-    from inspector.schema import SCHEMA_VERSION
-    from inspector.store import open_store
-
-    with open_store(cfg.database.url, cfg.database.busy_timeout_seconds) as store:
-        click.echo(f"database {store.where}: schema {store.schema_action} (version {SCHEMA_VERSION})")
+    if not stations:
+        click.echo("stations       none has run a daemon on this database yet" if station is None
+                   else f"stations       no heartbeat from station {station!r}")
+        return
+    click.echo("stations")
+    cells = [["  " + s["name"], s["host"], s["state"].upper() if s["state"] == "not responding" else s["state"],
+              format_age(s["seen_seconds_ago"]), str(s["scored_today"]), str(s["rejected_today"]),
+              str(s["queued"]) if s["state"] == "running" else "-",
+              f"paused: {s['paused_reason']}" if s["paused_reason"] and s["state"] == "running" else ""]
+             for s in stations]
+    click.echo(render_table(["  NAME", "HOST", "STATE", "LAST SEEN", "SCORED TODAY", "REJECTED TODAY", "QUEUE",
+                             "NOTE"], cells))
 
 
 @cli.command()
