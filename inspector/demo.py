@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 import shlex
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -169,6 +170,7 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     for stale in ("inspector.db", "inspector.db-wal", "inspector.db-shm"):
         (OUT / stale).unlink(missing_ok=True)
+    shutil.rmtree(OUT / "capture", ignore_errors=True)  # an earlier run's scans: this run's start afresh
     say("Backbone weights")
     write_config(backbone_weights())
 

@@ -156,3 +156,25 @@ def test_the_promoted_model_is_the_latest_promotion(stations):
     one.record_model("22" * 32, "/models/detector.safetensors", "{}", promoted=True)
     promoted = two.promoted_model()
     assert promoted["sha256"] == "22" * 32 and promoted["station"] == "line1"
+
+
+def test_a_running_daemon_reloads_the_model_a_retrain_promoted_on_another_station(tmp_path, database_url):
+    """A promotion recorded in the database (by `inspector retrain` on any host) reaches every daemon: at its
+    next heartbeat it reloads model.path once the file there has changed, and shows it in its heartbeat."""
+    from daemon_helpers import make_model, running, wait_for, write_config
+
+    old = make_model(tmp_path / "models" / "detector.safetensors", seed=0)
+    config = write_config(tmp_path, database_url=database_url)
+    config.write_text(config.read_text() + '[station]\nname = "line1"\nheartbeat_seconds = 0.3\n'
+                      "claim_lease_seconds = 3\n")
+    with running(tmp_path, config) as daemon:
+        other = tmp_path / "other" / "detector.safetensors"  # the model a retrain on line2 trained and promoted
+        new = make_model(other, seed=1)
+        with open_store(database_url, station="line2") as store:
+            store.record_model(new, str(other), "{}", promoted=True)
+            time.sleep(1.0)  # promoted, but this station's model.path does not hold it yet: it keeps serving
+            assert "model reloaded" not in daemon.log()
+            other.replace(tmp_path / "models" / "detector.safetensors")  # the shared path now holds it
+            daemon.wait_log(f"model reloaded: {old[:12]} -> {new[:12]}", timeout=30)
+            wait_for(lambda: store.station_row("line1")[0]["model_sha256"] == new, 10, "the heartbeat's model")
+        assert "(promoted by line2)" in daemon.log()

@@ -11,8 +11,10 @@ predict normal everywhere, so its abnormal recall falls below the current model'
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -181,6 +183,9 @@ def test_promotes_a_candidate_that_is_not_worse_and_signals_the_daemon(station, 
     assert candidate["pooled"]["recall"] >= current["pooled"]["recall"]
     assert Path(row["candidate_path"]).is_file() and Path(row["candidate_path"]).read_bytes() == after
     assert list((station / "var" / "cv").glob("cv-*.json"))  # the report shows this run's cross-validation
+    with open_store(load_config(station / "config.toml").database.url, readonly=True) as store:
+        promoted = store.promoted_model()  # the plant's model now: every station's daemon follows it
+    assert promoted["sha256"] == hashlib.sha256(after).hexdigest() and promoted["path"] == str(model)
 
 
 def test_refuses_a_candidate_taught_wrong_labels(station, fake_daemon):
@@ -239,6 +244,21 @@ def test_failure_leaves_model_and_daemon_untouched(station, fake_daemon, breakag
     assert signals_seen(proc, log) == []
     (row,) = retrain_rows(station)
     assert row["decision"] == "failed" and expected in row["message"]
+
+
+def test_a_second_retrain_on_the_plant_database_exits_3_naming_the_first(station):
+    """Every station's nightly timer fires: the retrain that holds the plant lock runs, the others say where."""
+    from inspector.fleet import plant_lock
+
+    cfg = load_config(station / "config.toml")
+    with open_store(cfg.database.url, station="line2") as other, plant_lock(other, "retrain", "retrain"):
+        result = run_retrain(station)
+    assert result.exit_code == 3, result.output
+    assert re.search(r"another retrain is running on \S+ since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(station line2",
+                     result.output), result.output
+    assert retrain_rows(station) == []  # nothing ran, nothing was recorded
+    with open_store(cfg.database.url, station="line3") as third:  # given up at the end: the next run takes it
+        assert third.take_lock("retrain", "next-run", "box-c", 3, 60) is None
 
 
 def test_usage_error_without_base_dataset(tmp_path):
