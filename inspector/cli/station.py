@@ -366,12 +366,12 @@ def rescore(cfg: Config, since, until, model_path: str | None, device: str | Non
     from inspector.daemon import load_detector
     from inspector.pipeline import worker_count
     from inspector.rescore import rescore as run_rescore
-    from inspector.store import open_store
+    from inspector.store import open_configured
 
     model = {k: v for k, v in (("path", model_path), ("device", device)) if v}
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model))
     detector = load_detector(cfg)
-    with open_store(cfg.database.url, cfg.database.busy_timeout_seconds) as store:
+    with open_configured(cfg) as store:
         summary = run_rescore(store, detector, since, until, cfg.imaging.max_height, cfg.imaging.max_width,
                               worker_count(cfg.infer.workers),
                               lambda n: tqdm(total=n, desc="rescoring", unit="img", disable=not sys.stderr.isatty()))
