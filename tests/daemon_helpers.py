@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
+from urllib.parse import quote
 
 from image_files import sample_image16, write_tiff16
 
@@ -77,8 +78,39 @@ def _toml(value: object) -> str:
     return str(value)
 
 
-def db_rows(db: Path, sql: str, *params: object) -> list[tuple]:
-    """A short read of the daemon's database, as a CLI reader would do it."""
+def db_rows(db: Path | str, sql: str, *params: object, **binds: object) -> list[tuple]:
+    """A short read of the daemon's database, as a CLI reader would do it; [] before its tables exist.
+
+    `db` is a database URL (SQLite or PostgreSQL; the SQL goes through SQLAlchemy's text(), parameters bound
+    by name: `WHERE path LIKE :like`, like=...) or, as older callers pass it, the path of a SQLite file
+    (sqlite3, positional `?` parameters)."""
+    if isinstance(db, Path) or "://" not in db:
+        if binds:
+            raise TypeError("a SQLite path takes positional ? parameters; name them only with a URL")
+        return _sqlite_file_rows(Path(db), sql, params)
+    if params:
+        raise TypeError("with a database URL, bind parameters by name (:name) in the SQL")
+    import sqlalchemy as sa
+
+    engine = _reader_engine(db)
+    if engine is None:  # a SQLite file the daemon has not created yet
+        return []
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(sa.text(sql), binds)]
+    except sa.exc.DBAPIError as exc:
+        # SQLite: "no such table"; PostgreSQL: undefined_table (SQLSTATE 42P01)
+        if "no such table" in str(exc.orig) or getattr(exc.orig, "sqlstate", None) == "42P01":
+            return []
+        raise
+
+
+def db_count(db: Path | str, sql: str, *params: object, **binds: object) -> int:
+    rows = db_rows(db, sql, *params, **binds)
+    return int(rows[0][0]) if rows else 0
+
+
+def _sqlite_file_rows(db: Path, sql: str, params: tuple) -> list[tuple]:
     if not db.exists():
         return []
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
@@ -92,9 +124,30 @@ def db_rows(db: Path, sql: str, *params: object) -> list[tuple]:
         con.close()
 
 
-def db_count(db: Path, sql: str, *params: object) -> int:
-    rows = db_rows(db, sql, *params)
-    return int(rows[0][0]) if rows else 0
+_ENGINES: dict[str, object] = {}
+
+
+def _reader_engine(url: str):
+    """One engine per URL, holding no connection between reads (NullPool): a SQLite file opened read-only
+    (never created by a read), a PostgreSQL database over its own short connection. None while a SQLite
+    file does not exist."""
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    if url in _ENGINES:
+        return _ENGINES[url]
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        file = Path(parsed.database or "")
+        if not file.is_file():
+            return None
+        target = sa.URL.create("sqlite", database=f"file:{quote(str(file.resolve()), safe='/')}",
+                               query={"mode": "ro", "uri": "true"})
+        engine = sa.create_engine(target, poolclass=NullPool, connect_args={"timeout": 5})
+    else:
+        engine = sa.create_engine(parsed, poolclass=NullPool, connect_args={"connect_timeout": 10})
+    _ENGINES[url] = engine
+    return engine
 
 
 class NotifyListener:
