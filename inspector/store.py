@@ -111,7 +111,8 @@ class Store(Queries, Fleet):
             parts = [getattr(diag, name, None) for name in ("message_primary", "message_detail", "message_hint")]
             text = "; ".join(filter(None, parts)) if parts[0] else str(orig)
             text = "; ".join(line.strip() for line in text.splitlines() if line.strip())
-            if "locked" in text.lower() or "busy" in text.lower():
+            lock_timeout = getattr(orig, "sqlstate", None) == "55P03"  # PostgreSQL lock_not_available
+            if lock_timeout or "locked" in text.lower() or "busy" in text.lower():
                 raise StoreError(f"database {self.where} stayed locked for {self.busy_timeout_seconds:g} s "
                                  "(database.busy_timeout_seconds): another process holds a long write "
                                  "transaction; try again or stop it") from exc
@@ -489,8 +490,12 @@ def open_store(url: str, busy_timeout_seconds: float = 30.0, readonly: bool = Fa
     # A network database: every connection taken from the pool is tested first (a server restarted or a
     # connection dropped costs a reconnect, not an error), and a server that does not answer fails in
     # CONNECT_TIMEOUT_SECONDS (the daemon then pauses with a bounded backoff, scoring.MAX_BACKOFF_SECONDS).
+    # A lock another session holds longer than database.busy_timeout_seconds fails the statement
+    # (lock_timeout, as SQLite's busy_timeout does), so the daemon pauses and says so instead of waiting mute.
     options = {} if backend == "sqlite" else {
-        "pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_SECONDS}}
+        "pool_pre_ping": True,
+        "connect_args": {"connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                         "options": f"-c lock_timeout={max(1, int(busy_timeout_seconds * 1000))}"}}
     try:
         engine = sa.create_engine(connect_url, **options)
     except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:

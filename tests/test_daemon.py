@@ -8,6 +8,7 @@ parametrized `database_url`) and reads it back through that URL (daemon_helpers.
 from __future__ import annotations
 
 import json
+import contextlib
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner
 
 from cli_errors import error_of
@@ -228,23 +230,41 @@ def test_a_move_cut_short_by_a_crash_is_finished_at_start(tmp_path, station, det
     assert counting.predicted == 0 and db_count(cfg.database.url, VERDICTS) == 1  # nothing scored twice
 
 
-@sqlite_only  # a write lock held by another sqlite3 connection on the same file (PostgreSQL has no such lock)
+@contextlib.contextmanager
+def held_write_lock(url: str):
+    """Another session's long write lock: BEGIN IMMEDIATE on the SQLite file; on PostgreSQL a LOCK TABLE on the
+    claims table, the daemon's first write for a new file."""
+    if url.startswith("sqlite"):
+        lock = sqlite3.connect(url[len("sqlite:///"):], isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        return
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("LOCK TABLE claims IN EXCLUSIVE MODE"))
+            yield
+    finally:
+        engine.dispose()
+
+
 def test_locked_database_pauses_and_resumes_without_moving_files(tmp_path, station, detector):
+    """A lock held past database.busy_timeout_seconds (SQLite's busy_timeout, PostgreSQL's lock_timeout) pauses
+    the daemon, and says so, instead of waiting mute."""
     cfg = station(after="move")
     capture = tmp_path / "capture"
     db = cfg.database.url
     with in_process(cfg, detector) as daemon:
-        lock = sqlite3.connect(tmp_path / "inspector.db", isolation_level=None)
-        lock.execute("BEGIN IMMEDIATE")  # a long write transaction elsewhere
-        try:
+        with held_write_lock(db):
             write_image(capture / "held.tif", seed=5)
             wait_for(lambda: daemon.paused_reason is not None, 30, "the daemon to pause")
             assert daemon.status_line().startswith("paused: ")
             assert "locked" in daemon.paused_reason
             assert (capture / "held.tif").exists()
-        finally:
-            lock.execute("ROLLBACK")
-            lock.close()
         wait_for(lambda: db_count(db, IMAGES) == 1, 60, "the verdict after the lock is gone")
         wait_for(lambda: daemon.paused_reason is None, 10, "the pause to end")
     assert not (capture / "held.tif").exists()
