@@ -7,7 +7,10 @@ the station's ceiling with a near-free model against a bare read + convert + res
 core and the cv embedding pass against the bare forward pass (bench/pipeline_ceiling.py), image
 preparation in torch against the OpenCV path (bench/device_prep.py),
 one torch thread against two (bench/torch_threads.py), read+convert against the raw file read
-(bench/convert_read.py), and on a CUDA machine images/s at 2000 x 1000 with batching, fp16 and
+(bench/convert_read.py), 2 and 4 `inspector watch` daemons sharing one capture folder and one
+PostgreSQL database against 1 daemon, the claim overhead per file and the takeover of a killed daemon's
+claims against the lease (bench/fleet.py, FLEET_FILES files per run, in the first FLEET_REPEAT rounds:
+nine daemon start-ups a round), and on a CUDA machine images/s at 2000 x 1000 with batching, fp16 and
 channels_last against the same model with the data already on the GPU (the ceiling).
 
 Every measurement runs --repeat times (the cross-validations --cv-repeat times), in rounds, so that
@@ -42,8 +45,10 @@ from convert_read import Figure, describe_machine, write_readme_block  # noqa: E
 RESULTS = HERE / "RESULTS.md"
 REPEAT = 4  # rounds of `make bench` (the last note of RESULTS.md gives the time each part took)
 CV_REPEAT = 3  # bench/cv_cache.py (both thread counts) runs in the first CV_REPEAT rounds only
-PARTS = ("cv_cache", "cv_cache_1thread", "daemon", "pipeline", "prep", "threads", "convert", "gpu")
+PARTS = ("cv_cache", "cv_cache_1thread", "daemon", "pipeline", "prep", "threads", "convert", "fleet", "gpu")
 CV_PARTS = ("cv_cache", "cv_cache_1thread")
+FLEET_FILES = 500  # files per fleet run of `make bench` (bench/fleet.py alone: 1000)
+FLEET_REPEAT = 2  # bench/fleet.py runs in the first FLEET_REPEAT rounds only: nine daemons start in each
 
 
 def json_figures(args: list[str], what: str, timeout: float = 3600) -> tuple[list[Figure], str]:
@@ -226,6 +231,7 @@ def run_part(part: str, args, notes: list[str]) -> list[Figure]:
     import convert_read
     import daemon_latency
     import device_prep
+    import fleet
     import pipeline_ceiling
 
     quick = args.quick
@@ -249,6 +255,13 @@ def run_part(part: str, args, notes: list[str]) -> list[Figure]:
                                         "bench/torch_threads.py")
     elif part == "convert":
         return convert_read.measure(images=4 if quick else 8, repeats=3 if quick else 5)
+    elif part == "fleet":
+        files = 60 if quick else FLEET_FILES
+        notes.append(f"fleet: {files} files per fleet run, fewer than bench/fleet.py's {fleet.N_FILES}, and "
+                     f"{FLEET_REPEAT} rounds at most: nine daemons start in each, and the part must stay within about "
+                     "4 minutes")
+        return fleet.measure(files, claim_files=100 if quick else 400,
+                             takeover_files=min(files, 24 if quick else fleet.TAKEOVER_FILES), notes=notes)
     elif part == "gpu":
         return gpu_figures("cuda")
     else:
@@ -282,6 +295,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine}", flush=True)
     parts = [p for p in PARTS if p not in skip]
     notes: list[str] = []
+    if "fleet" in parts:
+        import fleet
+
+        skipped = fleet.skipped_note()
+        if skipped:
+            parts.remove("fleet")
+            notes.append(f"fleet of daemons on one folder and one PostgreSQL database (bench/fleet.py): {skipped}")
     if "gpu" in parts and not torch.cuda.is_available():
         parts.remove("gpu")
         notes.append("GPU throughput at 2000 x 1000 (batching, fp16, channels_last vs data on the GPU): "
@@ -291,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     for round_ in range(args.repeat):
         for part in parts:
-            if part in CV_PARTS and round_ >= cv_repeat:
+            if part in CV_PARTS and round_ >= cv_repeat or part == "fleet" and round_ >= FLEET_REPEAT:
                 continue
             print(f"round {round_ + 1}/{args.repeat}: {part} ...", flush=True)
             t0 = time.monotonic()
@@ -309,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = (f"each figure measured in {args.repeat} round{'s' * (args.repeat != 1)}"
             + (f", the rows of bench/cv_cache.py in the first {cv_repeat}" if cv_repeat < args.repeat and
                any(p in parts for p in CV_PARTS) else "")
+            + (f", those of bench/fleet.py in the first {FLEET_REPEAT}" if FLEET_REPEAT < args.repeat and
+               "fleet" in parts else "")
             + "; min, median and max of the measured value over the runs, reference and ratio from the medians; "
             "rows marked \"computed ... not measured\" are estimates from measured times")
     notes = [spread_note(table_rows), *notes,
