@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from inspector.config import Config
-from inspector.errors import ConfigError, ModelError
+from inspector.errors import ConfigError, ModelError, StoreError
 from inspector.notify import log_to_stderr, notify, pid_file, watchdog_interval_seconds
 from inspector.paths import display_path
 from inspector import scoring
@@ -251,7 +251,10 @@ class Daemon(Scoring):
     # ---- worker thread: score and commit ------------------------------------------------------
     def _known(self, path_raw: bytes, stamp: FileStamp) -> bool:
         """The scanner's test; with after = "move" a known file still here is a move to finish."""
-        known = self.store.known_file(path_raw, *stamp)
+        try:
+            known = self.store.known_file(path_raw, *stamp)
+        except StoreError:
+            return True  # the database is away (the worker pauses and says so): the next rescan looks again
         if known and self.cfg.watch.after == "move":
             with contextlib.suppress(queue.Full):  # the next rescan offers it again
                 self.leftovers.put_nowait((os.fsdecode(path_raw), stamp))

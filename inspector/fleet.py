@@ -6,10 +6,10 @@ clock (schema.db_now), so hosts whose clocks disagree still agree on who holds w
 Claims: a daemon claims a settled file (its path bytes, size, mtime and inode) before it hashes it:
 INSERT ... ON CONFLICT DO NOTHING on the claims table's unique key, or, when the row is there and its
 lease has run out, an UPDATE that takes it over only while it is still expired (one statement, so two
-daemons cannot both take it). The daemon renews its leases every heartbeat; the claim is given up
-(its lease ended: `drop_claim`) in the transaction that commits the file's outcome, only if that
-daemon still holds it, so a file a dead daemon's claim was taken from is recorded once, by the daemon
-that took it. Nothing is ever deleted: a station's role needs only SELECT, INSERT and UPDATE. A row
+daemons cannot both take it). The daemon renews its leases every heartbeat; the transaction that commits
+the file's outcome checks that the daemon still holds the claim (`holds_claim`), so a file a dead daemon's
+claim was taken from is recorded once, by the daemon that took it; the claim is given up (its lease ended:
+`drop_claim`) once the file is moved, so no other daemon finishes that move meanwhile. Nothing is ever deleted: a station's role needs only SELECT, INSERT and UPDATE. A row
 stays per file version claimed (like its images row); a free claim is taken again by the next daemon,
 which then finds the file's outcome recorded (store.known_file) and leaves it.
 """
@@ -40,9 +40,17 @@ LOCK_LEASE_SECONDS = 60.0  # a plant lock whose holder died is free this long af
 FREE = datetime(1970, 1, 1, tzinfo=timezone.utc)  # the lease of a claim given up: expired for everyone
 
 
+def holds_claim(conn: Connection, file: Any, run_id: str) -> bool:
+    """This daemon still holds its claim on the file: checked, and the row locked, in the transaction that records
+    the file's outcome. The claim is kept until the file is moved (no other daemon finishes that move meanwhile),
+    then given up with release_claims."""
+    return conn.execute(sa.update(claims).where(_claim_key(file), claims.c.run_id == run_id)
+                        .values(run_id=run_id)).rowcount == 1
+
+
 def drop_claim(conn: Connection, file: Any, run_id: str) -> bool:
-    """Give up this daemon's claim on a file inside the transaction that records its outcome: False when the
-    daemon no longer holds it (taken over after its lease ran out)."""
+    """Give up this daemon's claim on a file: False when the daemon no longer holds it (taken over after its lease
+    ran out)."""
     return conn.execute(sa.update(claims).where(_claim_key(file), claims.c.run_id == run_id)
                         .values(run_id="", lease_until=FREE)).rowcount == 1
 

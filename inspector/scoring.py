@@ -29,7 +29,7 @@ from inspector.watcher import ReadyFile, probe
 log = logging.getLogger("inspector.daemon")
 
 TICK_SECONDS = 0.1
-MAX_BACKOFF_SECONDS = 30.0
+MAX_BACKOFF_SECONDS = 10.0  # a database back after an outage is used again within this
 HEATMAP_DRAIN_SECONDS = 10.0  # on stop, heat maps still queued get this long; verdicts are already committed
 RECENT_OUTCOMES = 256  # outcomes remembered by content, more than the files ever in flight
 
@@ -300,17 +300,21 @@ class Scoring:
         self._release(dropped)
         if not records:
             return
-        results = self._store_call(self.store.record_outcomes, records, self.run_id)  # gives up the claims
-        for job, record, result in zip(kept, records, results):
-            if result == "lost":
-                log.warning("%s was taken over by another station while this one scored it (its claim's lease ran "
-                            "out: station.claim_lease_seconds); that station records and moves it",
-                            self._shown(job.ready.path))
-                continue
-            fault_point("after_commit")  # per file: its outcome is committed, it is not yet reported or moved
-            if job.rejection is None and job.sha256:
-                self._remember(job.sha256, record)
-            self._report_and_move(job, record, result)
+        results = self._store_call(self.store.record_outcomes, records, self.run_id)  # checks the claims
+        held = [job.ready for job, result in zip(kept, results) if result != "lost"]
+        try:
+            for job, record, result in zip(kept, records, results):
+                if result == "lost":
+                    log.warning("%s was taken over by another station while this one scored it (its claim's lease "
+                                "ran out: station.claim_lease_seconds); that station records and moves it",
+                                self._shown(job.ready.path))
+                    continue
+                fault_point("after_commit")  # per file: its outcome is committed, it is not yet reported or moved
+                if job.rejection is None and job.sha256:
+                    self._remember(job.sha256, record)
+                self._report_and_move(job, record, result)
+        finally:
+            self._release(held)  # moved (or left in place): only now may another daemon finish a move
 
     def _remember(self, sha256: str, record: Any) -> None:
         """The outcomes of the last few batches, by content: a copy prepared meanwhile costs no inference."""

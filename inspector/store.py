@@ -22,7 +22,7 @@ from inspector import __version__
 from inspector.errors import StoreError
 from inspector.paths import display_path
 from inspector.queries import Queries
-from inspector.fleet import Fleet, drop_claim
+from inspector.fleet import Fleet, holds_claim
 from inspector.schema import (SCHEMA_REVISIONS, SCHEMA_VERSION, VERDICTS, alembic_command, alembic_revision, db_now,
                               images, insert_new, metadata, models, rejections, schema_info, to_path_raw, utc_now,
                               verdicts)
@@ -263,14 +263,14 @@ class Store(Queries, Fleet):
         committed, or none. Each row is the database's own upsert (INSERT ... ON CONFLICT DO NOTHING): a row
         another writer committed first is 'exists', never an error.
 
-        With `run_id` (a daemon's), each file's claim is given up in the same transaction; a file whose claim
-        that daemon no longer holds (its lease ran out and another daemon took the file over) is 'lost':
-        nothing is written for it, and the daemon neither reports nor moves it.
+        With `run_id` (a daemon's), each file's claim is checked in the same transaction; a file whose claim that
+        daemon no longer holds (its lease ran out and another daemon took the file over) is 'lost': nothing is
+        written for it, and the daemon neither reports nor moves it. The daemon gives its claims up after the moves.
         """
         results: list[str] = []
         with self.write() as conn:
             for record in records:
-                if run_id is not None and hasattr(record, "file") and not drop_claim(conn, record.file, run_id):
+                if run_id is not None and hasattr(record, "file") and not holds_claim(conn, record.file, run_id):
                     results.append("lost")
                     continue
                 results.append(_WRITERS[type(record)](conn, record, self.station))

@@ -69,11 +69,15 @@ def test_renewed_leases_are_not_taken_over(stations):
         assert two.claim(f, "run-b", 60) == "line1"
 
 
-def test_the_commit_gives_the_claim_up_in_the_same_transaction(stations):
+def test_the_claim_is_kept_through_the_commit_until_the_move_and_then_given_up(stations):
+    """Given up at the commit, another daemon's rescan found the file known but still in the folder and finished
+    its "interrupted" move while the first was moving it (the first then recorded moved_to = NULL)."""
     one, two = stations
     f = version()
     assert one.claim(f, "run-a", 60) is None
     assert one.record_outcomes([verdict_record(f)], "run-a") == ["new"]
+    assert two.claim(f, "run-b", 60) == "line1"  # committed, not yet moved: still line1's
+    one.release_claims([f], "run-a")  # moved
     with one.read() as conn:
         (run_id,) = conn.execute(sa.select(claims.c.run_id)).one()
     assert run_id == ""  # free: a later daemon may claim it, and then finds the outcome (known_file)
