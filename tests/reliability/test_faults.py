@@ -88,11 +88,10 @@ def mount_tmpfs(folder: Path, size: str = "2m") -> bool:
 def fill(folder: Path) -> Path:
     """Write one file until the file system says ENOSPC; returns it (delete it to free the space)."""
     filler = folder / "filler.bin"
-    with open(filler, "wb") as fh:
+    with open(filler, "wb", buffering=0) as fh:  # unbuffered: nothing is left to flush (and fail) on close
         try:
             while True:
                 fh.write(b"\0" * 65536)
-                fh.flush()
                 os.fsync(fh.fileno())
         except OSError as exc:
             assert exc.errno == errno.ENOSPC, exc
