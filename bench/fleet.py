@@ -18,8 +18,9 @@ machine, not the claims). Each run ends with a check that every file has exactly
 images row, no rejection, no claim still held); a run that fails it raises FleetError, loudly.
 
 Claim overhead: in this process, on the same server, batches of BATCH_SIZE files recorded as the daemon
-does it, store.claim of each file then record_outcomes(records, run_id) (which gives the claims up in
-the commit), against record_outcomes alone on fresh file versions; ms per file, interleaved.
+does it, store.claim of each file, record_outcomes(records, run_id) (which checks the claims in the
+commit) and release_claims (after the moves), against record_outcomes alone on fresh file versions; ms
+per file, interleaved.
 
 Takeover: two daemons with a short lease (TAKEOVER); a burst of files; one daemon is SIGKILLed as soon
 as the claims table shows it holding KILL_HELD claims. Seconds from the kill until the other daemon has
@@ -359,6 +360,7 @@ def claim_overhead(server, files: int) -> tuple[float, float]:
         for warm in (record(-1 - i) for i in range(8)):  # the pool's connection, the statements' first plans
             store.claim(warm.file, "warm", lease)
             store.record_outcomes([warm], "warm")
+            store.release_claims([warm.file], "warm")
         spent = {"claims": 0.0, "plain": 0.0}
         for first in range(0, files, BATCH_SIZE):
             for kind in ("claims", "plain"):  # interleaved: a drift of the machine's load reaches both
@@ -370,6 +372,7 @@ def claim_overhead(server, files: int) -> tuple[float, float]:
                         if store.claim(r.file, "run", lease) is not None:
                             raise FleetError("the claim-overhead loop lost a claim on a database of its own")
                     results = store.record_outcomes(batch, "run")
+                    store.release_claims([r.file for r in batch], "run")  # after the moves, as the daemon does
                 else:
                     results = store.record_outcomes(batch)
                 spent[kind] += time.perf_counter() - start
@@ -380,7 +383,7 @@ def claim_overhead(server, files: int) -> tuple[float, float]:
 
             held = conn.execute(sa.text("SELECT count(*) FROM claims WHERE run_id <> ''")).scalar_one()
         if held:
-            raise FleetError(f"{held} claim(s) still held after record_outcomes(run_id) committed them")
+            raise FleetError(f"{held} claim(s) still held after record_outcomes(run_id) and release_claims")
     return 1000 * spent["claims"] / files, 1000 * spent["plain"] / files
 
 
