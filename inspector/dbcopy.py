@@ -26,8 +26,9 @@ from sqlalchemy.engine import Connection, Row, make_url
 
 from inspector.errors import InspectorError, StoreError
 from inspector.paths import display_path
-from inspector.schema import SCHEMA_VERSION, images, models, rejections, retrains, reviews, verdicts
-from inspector.store import Store, open_store, sqlite_file
+from inspector.schema import (SCHEMA_VERSION, images, insert_ignoring_conflicts, models, rejections, retrains, reviews,
+                              verdicts)
+from inspector.store import Store, open_store, shown_url, sqlite_file
 
 CHUNK_ROWS = 1000  # source rows per target transaction
 EXAMPLES = 3  # differing keys named per table
@@ -215,20 +216,6 @@ class CopySummary:
                 "target since); the other rows were copied")
 
 
-def shown_url(url: str) -> str:
-    """A URL as a message may show it: no password, neither in its user info nor as libpq's ?password=."""
-    try:
-        parsed = make_url(url)
-    except (sa_exc.ArgumentError, ValueError):
-        scheme, sep, rest = url.partition("://")
-        userinfo, at, place = rest.rpartition("@")  # the last @: a password may hold one unencoded
-        place = place.split("?")[0] if "password" in place else place
-        return f"{scheme}{sep}{userinfo.split(':')[0]}{':***' if ':' in userinfo else ''}{at}{place}"
-    if "password" in parsed.query:
-        parsed = parsed.difference_update_query(["password"]).set(password="***")
-    return parsed.render_as_string(hide_password=True)
-
-
 def _where(url: str) -> str:
     file = sqlite_file(url)
     return str(file) if file else shown_url(url)
@@ -355,11 +342,7 @@ def _describe(plan: Plan, content: dict) -> str:
 def _upsert(conn: Connection, table: sa.Table, key: tuple[str, ...]) -> sa.Insert:
     """schema.insert_new for many rows in one statement: INSERT ... ON CONFLICT DO NOTHING RETURNING the key of
     each row that went in (a row whose key was there, from this or any other writer, returns nothing)."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table).on_conflict_do_nothing().returning(*(table.c[k] for k in key))
+    return insert_ignoring_conflicts(conn, table).returning(*(table.c[k] for k in key))
 
 
 def _copy_chunk(plan: Plan, rows: list[Row], conn: Connection, station: str | None, done: TableCopy) -> None:

@@ -211,16 +211,21 @@ def alembic_revision(conn: Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
 
 
-def insert_new(conn: Connection, table: sa.Table, **values: object) -> bool:
-    """INSERT ... ON CONFLICT DO NOTHING (the database's own upsert, no select first): True when the row went in,
-    False when a row with one of its unique keys was there already (committed by this or any other writer)."""
+def insert_ignoring_conflicts(conn: Connection, table: sa.Table) -> sa.Insert:
+    """INSERT ... ON CONFLICT DO NOTHING in the connection's dialect (the database's own upsert)."""
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     elif conn.dialect.name == "sqlite":
         from sqlalchemy.dialects.sqlite import insert
     else:  # open_store refuses other databases
         raise AssertionError(f"no upsert for {conn.dialect.name}")
-    statement = insert(table).values(**values).on_conflict_do_nothing().returning(*table.primary_key.columns)
+    return insert(table).on_conflict_do_nothing()
+
+
+def insert_new(conn: Connection, table: sa.Table, **values: object) -> bool:
+    """One row, no select first: True when it went in, False when a row with one of its unique keys was there
+    already (committed by this or any other writer)."""
+    statement = insert_ignoring_conflicts(conn, table).values(**values).returning(*table.primary_key.columns)
     return conn.execute(statement).first() is not None  # (rowcount is -1 where the key is returned)
 
 

@@ -448,6 +448,20 @@ def _install_read_only_sessions(engine: Engine) -> None:
 CONNECT_TIMEOUT_SECONDS = 10  # a network database that does not answer: the daemon pauses and retries
 
 
+def shown_url(url: str) -> str:
+    """A URL as a message may show it: no password, neither in its user info nor as libpq's ?password=."""
+    try:
+        parsed = make_url(url)
+    except (sa_exc.ArgumentError, ValueError):  # ValueError: a port that is no number
+        scheme, sep, rest = url.partition("://")
+        userinfo, at, place = rest.rpartition("@")  # the last @: a password may hold one unencoded
+        place = place.split("?")[0] if "password" in place else place
+        return f"{scheme}{sep}{userinfo.split(':')[0]}{':***' if ':' in userinfo else ''}{at}{place}"
+    if "password" in parsed.query:
+        parsed = parsed.difference_update_query(["password"]).set(password="***")
+    return parsed.render_as_string(hide_password=True)
+
+
 def open_configured(cfg, readonly: bool = False) -> Store:
     """open_store with the config's database.url, busy timeout and station name."""
     return open_store(cfg.database.url, cfg.database.busy_timeout_seconds, readonly=readonly,
@@ -460,11 +474,7 @@ def open_store(url: str, busy_timeout_seconds: float = 30.0, readonly: bool = Fa
     try:
         parsed = make_url(url)
     except (sa_exc.ArgumentError, ValueError) as exc:  # ValueError: a port that is no number
-        scheme, sep, rest = url.partition("://")
-        userinfo, at, place = rest.rpartition("@")  # the last @: a password may hold one unencoded
-        shown = f"{scheme}{sep}{userinfo.split(':')[0]}{':***' if ':' in userinfo else ''}{at}{place}"
-        shown = shown.split("?")[0] if "password" in shown else shown  # nor a ?password=
-        raise StoreError(f"{shown!r} is not a database URL (e.g. sqlite:///inspector.db)") from exc
+        raise StoreError(f"{shown_url(url)!r} is not a database URL (e.g. sqlite:///inspector.db)") from exc
     if "password" in parsed.query:  # libpq's ?password=: moved where every message hides it (`***`)
         password = parsed.query["password"]
         parsed = parsed.difference_update_query(["password"]).set(
