@@ -180,6 +180,11 @@ _CHOICES = {
 }
 
 
+def bad_station_name(name: str) -> bool:
+    """Not a station name: more than 64 characters, a character that does not print, or leading/trailing spaces."""
+    return len(name) > 64 or not name.isprintable() or name != name.strip()
+
+
 def _check_value(section: str, name: str, value: object, file: str) -> None:
     key = f"{section}.{name}"
     choices = _CHOICES.get((section, name))
@@ -206,7 +211,7 @@ def _check_value(section: str, name: str, value: object, file: str) -> None:
         raise ConfigError("needs at least one pattern", key, file)
     if (section, name) == ("database", "url") and "://" not in value:
         raise ConfigError(f"{value!r} is not a database URL (e.g. sqlite:///inspector.db)", key, file)
-    if (section, name) == ("station", "name") and (len(value) > 64 or not value.isprintable() or value != value.strip()):
+    if (section, name) == ("station", "name") and value and bad_station_name(value):
         raise ConfigError(f"{value!r} is not a station name: at most 64 printable characters, no leading or "
                           "trailing spaces (empty: the host name)", key, file)
     if (section, name) in (("station", "heartbeat_seconds"), ("station", "claim_lease_seconds")) and value <= 0:

@@ -7,7 +7,7 @@ import sys
 import click
 
 from inspector.cli import cli, with_config
-from inspector.config import Config
+from inspector.config import Config, bad_station_name
 
 
 @cli.group()
@@ -27,7 +27,7 @@ def upgrade(cfg: Config) -> None:
 
 
 def _station_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and (not value or len(value) > 64 or not value.isprintable() or value != value.strip()):
+    if value is not None and (not value or bad_station_name(value)):
         raise click.BadParameter(f"{value!r} is not a station name: 1 to 64 printable characters, no leading or "
                                  "trailing spaces")
     return value

@@ -124,6 +124,14 @@ def rejection_record(row: dict) -> dict:
     }
 
 
+def add_station_column(headers: list[str], cells: list[list[str]], rows: list[dict]) -> None:
+    """A plant's database: a STATION column (second) when the rows come from more than one station."""
+    if len({r["station"] for r in rows}) > 1:
+        headers.insert(1, "STATION")
+        for row, cell in zip(rows, cells):
+            cell.insert(1, row["station"] or "-")
+
+
 def emit_rows(records: list[dict], fields: list[str], fmt: str, headers: list[str], cells: list[list[str]],
               shown_of: tuple[int, int] | None, empty: str) -> None:
     """Print records as json/csv, or as a table with a "N of M shown" footer when cut."""
@@ -181,10 +189,7 @@ def verdicts(cfg: Config, since, until, verdict, path_glob, model, station, limi
               "-" if r["p_abnormal"] is None else f"{r['p_abnormal']:.3f}", display_path(r["path"]),
               (r["model_sha256"] or "-")[:12], "dup" if r["duplicate"] else ""] for r in rows]
     headers = ["TIME", "VERDICT", "P(ABNORMAL)", "PATH", "MODEL", "DUP"]
-    if len({r["station"] for r in rows}) > 1:  # a plant's database: which station scored each file
-        headers.insert(1, "STATION")
-        for row, cell in zip(rows, cells):
-            cell.insert(1, row["station"] or "-")
+    add_station_column(headers, cells, rows)
     if any(r["moved_to"] for r in rows):  # after = "move": where each file is now
         headers.append("NOW AT")
         for row, cell in zip(rows, cells):
@@ -210,10 +215,7 @@ def rejections(cfg: Config, since, until, station, limit, fmt) -> None:
     headers = ["TIME", "REASON", "PATH", "MESSAGE"]
     cells = [[format_local(r["created_at"]), r["reason"], display_path(r["path"]), display_path(r["message"])]
              for r in rows]
-    if len({r["station"] for r in rows}) > 1:
-        headers.insert(1, "STATION")
-        for row, cell in zip(rows, cells):
-            cell.insert(1, row["station"] or "-")
+    add_station_column(headers, cells, rows)
     emit_rows([rejection_record(r) for r in rows], REJECTION_FIELDS, fmt, headers, cells,
               (len(rows), total), "no rejections match")
 
