@@ -20,6 +20,17 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def model_file(tmp_path_factory) -> Path:
+    """An untrained ResNet-34 artifact with a 64 x 32 input (daemon_helpers.make_model), written once; tests only
+    read it (the daemon, plant and reliability tests)."""
+    from daemon_helpers import make_model
+
+    path = tmp_path_factory.mktemp("model") / "detector.safetensors"
+    make_model(path, seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
 def pg_server():
     """One throwaway PostgreSQL server for the session (tests/pg_server.py); skipped where none is installed."""
     from pg_server import PostgresServer, find_bin

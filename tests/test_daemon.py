@@ -40,13 +40,6 @@ REJECTIONS = "SELECT COUNT(*) FROM rejections"
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "detector.safetensors"
-    make_model(path, seed=0)
-    return path
-
-
-@pytest.fixture(scope="module")
 def detector(model_file):
     from inspector.infer import Detector
 

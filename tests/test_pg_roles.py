@@ -357,15 +357,6 @@ def test_libpq_takes_the_password_from_a_pgpass_file_or_pgpassword(plant, tmp_pa
 
 # ---- the daemon --------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    from daemon_helpers import make_model
-
-    path = tmp_path_factory.mktemp("model") / "detector.safetensors"
-    make_model(path, seed=0)
-    return path
-
-
 def daemon_station(tmp_path: Path, model_file: Path, url: str) -> Path:
     from daemon_helpers import write_config
 

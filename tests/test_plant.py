@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from daemon_helpers import DaemonProcess, make_model, wait_for, write_config, write_image
+from daemon_helpers import DaemonProcess, wait_for, write_config, write_image
 from image_files import BAD_KINDS, make_bad_file
 from inspector.cli import cli
 
@@ -28,13 +28,6 @@ HEARTBEAT_SECONDS = 0.5
 LEASE_SECONDS = 3.0  # a killed daemon's claims are taken over this long after its last renewal
 LINES = ("line1", "line2")
 OUTCOMES = "SELECT path_raw FROM images UNION ALL SELECT path_raw FROM rejections"
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "detector.safetensors"
-    make_model(path, seed=0)
-    return path
 
 
 def plant_config(tmp_path: Path, name: str, url: str, model: Path, settle_seconds: float = 0.3) -> Path:
