@@ -239,7 +239,7 @@ def test_daemons_killed_at_fault_points_leave_their_files_to_a_survivor(tmp_path
         with plant(tmp_path, configs, envs) as daemons:
             survivor, dead = daemons[0], daemons[1:]
             first = 0
-            while any(d.proc.poll() is None for d in dead) and first < 60:  # until every victim got a file
+            while any(d.proc.poll() is None for d in dead) and first < 160:  # until every victim got a file
                 drops.burst(first, 4, ("text",) if first == 0 else ())
                 first += 4
                 with contextlib.suppress(AssertionError):
