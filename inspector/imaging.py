@@ -52,33 +52,59 @@ def read_image(path: PathLike, max_height: int = 10_000, max_width: int = 10_000
     """Return the image as a 2-D uint16 array, or raise ImageError with a stable reason code."""
     where = os.fsdecode(path)
     with _open_regular(path) as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if size == 0:
-            raise ImageError("not_an_image", "the file is empty (0 bytes): the scanner wrote nothing; rescan it", where)
-        head = fh.read(132)
-        fmt = _sniff_format(head)
-        fh.seek(0)
-        if fmt not in FORMAT_NAMES and not head.strip(b"\0"):
-            raise ImageError("truncated", "the file starts with zero bytes where its header belongs: a writer has "
-                             "reserved the space but not written it yet", where)
-        expected = EXTENSION_FORMATS.get(Path(where).suffix.lower())
-        if fmt not in FORMAT_NAMES:
-            raise ImageError("not_an_image", f"the file holds {fmt}, not a 16-bit TIFF, PNG or DICOM image", where)
-        if expected and expected != fmt:
-            raise ImageError("not_an_image", f"the file is named {Path(where).suffix} but holds a {FORMAT_NAMES[fmt]} "
-                             f"image, not a {FORMAT_NAMES[expected]}: export it again in the format its name says", where)
-        reader = {"tiff": _read_tiff, "png": _read_png, "dicom": _read_dicom}[fmt]
+        return _read_open(fh, os.fstat(fh.fileno()).st_size, where, max_height, max_width)
+
+
+def read_image_bytes(data: bytes, where: str, max_height: int = 10_000, max_width: int = 10_000) -> np.ndarray:
+    """read_image of a file's content already in memory (`where` names it in errors and decides the extension)."""
+    return _read_open(io.BytesIO(data), len(data), where, max_height, max_width)
+
+
+def load_recorded(places: list[PathLike], sha256: str) -> tuple[bytes, str]:
+    """The content of a recorded image from the first of its places that still holds exactly it (read once:
+    what is hashed is what is used), and that place; ImageError `unreadable` naming each place tried."""
+    tried = []
+    for place in places:
+        shown = os.fsdecode(place)
         try:
-            img16 = reader(fh, size, max_height, max_width)
+            with _open_regular(place) as fh:
+                data = fh.read()
         except ImageError as exc:
-            exc.path = where
-            raise
-        except MemoryError:
-            raise ImageError("too_large", "there is not enough memory to decode the image", where) from None
-        except Exception as exc:  # anything else a header or decoder throws is this file's fault, not the batch's
-            raise ImageError("corrupt", f"the {FORMAT_NAMES[fmt]} could not be read "
-                             f"({type(exc).__name__}: {exc}); export it again", where) from None
-    return img16
+            tried.append(f"{shown}: {exc.message}")
+            continue
+        if hashlib.sha256(data).hexdigest() != sha256:
+            tried.append(f"{shown}: now holds other content")
+            continue
+        return data, shown
+    raise ImageError("unreadable", "; ".join(tried) or "no place recorded")
+
+
+def _read_open(fh: BinaryIO, size: int, where: str, max_height: int, max_width: int) -> np.ndarray:
+    if size == 0:
+        raise ImageError("not_an_image", "the file is empty (0 bytes): the scanner wrote nothing; rescan it", where)
+    head = fh.read(132)
+    fmt = _sniff_format(head)
+    fh.seek(0)
+    if fmt not in FORMAT_NAMES and not head.strip(b"\0"):
+        raise ImageError("truncated", "the file starts with zero bytes where its header belongs: a writer has "
+                         "reserved the space but not written it yet", where)
+    expected = EXTENSION_FORMATS.get(Path(where).suffix.lower())
+    if fmt not in FORMAT_NAMES:
+        raise ImageError("not_an_image", f"the file holds {fmt}, not a 16-bit TIFF, PNG or DICOM image", where)
+    if expected and expected != fmt:
+        raise ImageError("not_an_image", f"the file is named {Path(where).suffix} but holds a {FORMAT_NAMES[fmt]} "
+                         f"image, not a {FORMAT_NAMES[expected]}: export it again in the format its name says", where)
+    reader = {"tiff": _read_tiff, "png": _read_png, "dicom": _read_dicom}[fmt]
+    try:
+        return reader(fh, size, max_height, max_width)
+    except ImageError as exc:
+        exc.path = where
+        raise
+    except MemoryError:
+        raise ImageError("too_large", "there is not enough memory to decode the image", where) from None
+    except Exception as exc:  # anything else a header or decoder throws is this file's fault, not the batch's
+        raise ImageError("corrupt", f"the {FORMAT_NAMES[fmt]} could not be read "
+                         f"({type(exc).__name__}: {exc}); export it again", where) from None
 
 
 @contextmanager

@@ -9,16 +9,12 @@ point (Ctrl-C, a crash) resumes where it stopped, and a second run does nothing.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
 
 import numpy as np
-
-from inspector.errors import ImageError
 
 COMMIT_EVERY = 64  # rescored verdicts per transaction: an interrupted run loses at most this many
 
@@ -51,21 +47,10 @@ class RescoreSummary:
 
 def read_recorded(entry: dict, max_height: int, max_width: int) -> np.ndarray:
     """The image of a recorded content from the first place that still holds exactly that content."""
-    from inspector.imaging import read_image
+    from inspector.imaging import load_recorded, read_image_bytes
 
-    tried = []
-    for place in entry["places"]:
-        try:
-            with open(place, "rb") as fh:
-                digest = hashlib.file_digest(fh, "sha256").hexdigest()
-        except OSError as exc:
-            tried.append(f"{os.fsdecode(place)}: {exc.strerror or exc}")
-            continue
-        if digest != entry["sha256"]:
-            tried.append(f"{os.fsdecode(place)}: now holds other content")
-            continue
-        return read_image(place, max_height, max_width)
-    raise ImageError("unreadable", "; ".join(tried) or "no place recorded")
+    data, place = load_recorded(entry["places"], entry["sha256"])
+    return read_image_bytes(data, place, max_height, max_width)
 
 
 def rescore(store: Any, detector: Any, since: datetime | None, until: datetime | None, max_height: int,

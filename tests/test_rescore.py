@@ -59,7 +59,7 @@ def test_rescore_adds_a_verdict_per_content_for_the_new_model_and_keeps_the_capt
     lines = proc.stdout.splitlines()
     assert lines[0] == f"model {sha_b[:12]}: 2 of 4 recorded image(s) rescored, 2 not found"
     assert any("now holds other content" in line for line in lines)
-    assert any("No such file" in line for line in lines)
+    assert any("does not exist" in line for line in lines)
     rescored = model_verdicts(db, sha_b)
     assert len(rescored) == 2
     assert model_verdicts(db, sha_a) == capture_verdicts  # the capture verdicts stay as they were
