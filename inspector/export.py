@@ -16,18 +16,23 @@ from inspector.report import FORMATS, collect_outcomes, iso_time, render_csv, re
 from inspector.report_html import render_html
 
 
-def export_report(store, cfg: Config, fmt: str, out: str | os.PathLike, since: datetime | None = None,
-                  until: datetime | None = None, station: str | None = None) -> tuple[Path, int]:
-    """Write the export in `fmt`; returns the file and how many outcomes it holds."""
+def render_report(store, cfg: Config, fmt: str, since: datetime | None = None, until: datetime | None = None,
+                  station: str | None = None) -> tuple[str, int]:
+    """The export in `fmt` as text, and how many outcomes it holds (`inspector export`, the web's reports)."""
     if fmt not in FORMATS:
         raise InspectorError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
     if since is not None and until is not None and until <= since:
         raise InspectorError(f"--until ({iso_time(until)}) is not after --since ({iso_time(since)}); nothing can match")
     rows = collect_outcomes(store, cfg, since, until, station)
     if fmt == "csv":
-        text = render_csv(rows)
-    elif fmt == "json":
-        text = render_json(rows, since, until)
-    else:
-        text = render_html(store, cfg, rows, since, until)
-    return write_report(out, text), len(rows)
+        return render_csv(rows), len(rows)
+    if fmt == "json":
+        return render_json(rows, since, until), len(rows)
+    return render_html(store, cfg, rows, since, until), len(rows)
+
+
+def export_report(store, cfg: Config, fmt: str, out: str | os.PathLike, since: datetime | None = None,
+                  until: datetime | None = None, station: str | None = None) -> tuple[Path, int]:
+    """Write the export in `fmt`; returns the file and how many outcomes it holds."""
+    text, count = render_report(store, cfg, fmt, since, until, station)
+    return write_report(out, text), count

@@ -9,13 +9,29 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from inspector.errors import StoreError
-from inspector.schema import VERDICTS, images, models, rejections, verdicts
+from inspector.schema import VERDICTS, WITHDRAWN, images, models, rejections, reviews, verdicts
+
+
+def newest_review_label(sha256_column: sa.ColumnElement) -> sa.ScalarSelect:
+    """The label of the newest review of a content (correlated on `sha256_column`); NULL when none."""
+    return (sa.select(reviews.c.label).where(reviews.c.sha256 == sha256_column)
+            .order_by(reviews.c.id.desc()).limit(1).scalar_subquery())
+
+
+def newest_review_id(sha256_column: sa.ColumnElement) -> sa.ScalarSelect:
+    """The id of the newest review of a content, the one a new review supersedes; NULL when none."""
+    return sa.select(sa.func.max(reviews.c.id)).where(reviews.c.sha256 == sha256_column).scalar_subquery()
+
+
+def is_reviewed(sha256_column: sa.ColumnElement) -> sa.ColumnElement:
+    """The content has a standing review: its newest review exists and was not withdrawn."""
+    return sa.func.coalesce(newest_review_label(sha256_column), WITHDRAWN) != WITHDRAWN
 
 
 class Queries:
     """Read-only queries; each runs in one short read transaction of the Store it is mixed into."""
 
-    def _verdict_select(self, since, until, verdict, model, columns, station=None) -> sa.Select:
+    def _verdict_select(self, since, until, verdict, model, columns, station=None, reviewed=None) -> sa.Select:
         if model:  # the verdicts this model gave these images, at capture or by `inspector rescore`
             if not re.fullmatch(r"[0-9a-fA-F]{1,64}", model):
                 raise StoreError(f"model {model!r} is not a sha256 or a prefix of one (hex digits)")
@@ -33,6 +49,8 @@ class Queries:
             query = query.where(verdicts.c.verdict == verdict)
         if station is not None:
             query = query.where(images.c.station == station)
+        if reviewed is not None:
+            query = query.where(is_reviewed(images.c.sha256) if reviewed else ~is_reviewed(images.c.sha256))
         return query
 
     def _glob(self, query: sa.Select, path_glob: str | None) -> tuple[sa.Select, str | None]:
@@ -51,22 +69,29 @@ class Queries:
 
     def query_verdicts(self, since: datetime | None = None, until: datetime | None = None,
                        verdict: str | None = None, path_glob: str | None = None, model: str | None = None,
-                       limit: int | None = None, station: str | None = None) -> list[dict]:
+                       limit: int | None = None, station: str | None = None, reviewed: bool | None = None,
+                       offset: int = 0) -> list[dict]:
         """One row per image path with its verdict, newest first; path_glob matches the whole path; station: only
-        the files that station recorded."""
+        the files that station recorded; reviewed: only images with (True) or without (False) a standing review;
+        offset: rows skipped first (pages)."""
         cols = [images.c.id, images.c.station, images.c.first_seen.label("time"), images.c.path, images.c.path_raw, images.c.sha256,
                 images.c.size, images.c.mtime_ns, images.c.status, images.c.duplicate_of, images.c.moved_to,
                 verdicts.c.model_sha256, verdicts.c.p_abnormal, verdicts.c.verdict, verdicts.c.reason,
                 verdicts.c.threshold, verdicts.c.method, verdicts.c.ready_to_commit_seconds,
                 verdicts.c.inference_seconds, verdicts.c.heatmap_path, verdicts.c.created_at.label("verdict_time")]
-        query, left = self._glob(self._verdict_select(since, until, verdict, model, cols, station), path_glob)
+        query, left = self._glob(self._verdict_select(since, until, verdict, model, cols, station, reviewed),
+                                 path_glob)
         query = query.order_by(images.c.first_seen.desc(), images.c.id.desc())
-        if left is None and limit is not None:
-            query = query.limit(limit)
+        if left is None:
+            query = query.limit(limit).offset(offset or None)
         out = []
+        skip = offset if left is not None else 0
         with self.read() as conn:
             for row in conn.execute(query):
                 if left is not None and not fnmatch.fnmatchcase(row.path, left):
+                    continue
+                if skip:
+                    skip -= 1
                     continue
                 item = dict(row._mapping)
                 item["duplicate"] = row.status == "duplicate"
@@ -74,6 +99,57 @@ class Queries:
                 if limit is not None and len(out) >= limit:
                     break
         return out
+
+    def review_states(self, shas: set[str] | list[str]) -> dict[str, dict]:
+        """The newest review of each content (reviews supersede, never overwrite; a `withdrawn` one means none
+        stands) with `count`, how many it has; contents without a review are left out."""
+        out: dict[str, dict] = {}
+        shas = sorted(set(shas))
+        with self.read() as conn:
+            for start in range(0, len(shas), 500):
+                chunk = shas[start:start + 500]
+                counts = dict(conn.execute(sa.select(reviews.c.sha256, sa.func.count()).where(
+                    reviews.c.sha256.in_(chunk)).group_by(reviews.c.sha256)).all())
+                newest = sa.select(sa.func.max(reviews.c.id)).where(reviews.c.sha256.in_(chunk)).group_by(
+                    reviews.c.sha256)
+                for row in conn.execute(sa.select(reviews).where(reviews.c.id.in_(newest))):
+                    out[row.sha256] = {**dict(row._mapping), "count": int(counts[row.sha256])}
+        return out
+
+    def station_names(self) -> list[str]:
+        """Every station that recorded a file or wrote a heartbeat here, by name."""
+        from inspector.schema import stations
+
+        with self.read() as conn:
+            names = set(conn.execute(sa.select(images.c.station).distinct()).scalars())
+            names |= set(conn.execute(sa.select(stations.c.name)).scalars())
+        return sorted(n for n in names if n)
+
+    def image_detail(self, image_id: int) -> dict | None:
+        """One recorded file version by its id: the images row, the verdict it was given (`verdict_*` keys, None
+        before one) and that verdict's model metadata (`meta_json`); None for an id the database does not know."""
+        cols = [*images.c, verdicts.c.id.label("verdict_row_id"), verdicts.c.model_sha256, verdicts.c.p_abnormal,
+                verdicts.c.verdict, verdicts.c.reason, verdicts.c.threshold, verdicts.c.method,
+                verdicts.c.heatmap_path, verdicts.c.created_at.label("verdict_time"),
+                verdicts.c.station.label("verdict_station"), models.c.meta_json, models.c.path.label("model_path")]
+        query = (sa.select(*cols)
+                 .select_from(images.outerjoin(verdicts, images.c.verdict_id == verdicts.c.id)
+                              .outerjoin(models, models.c.sha256 == verdicts.c.model_sha256))
+                 .where(images.c.id == image_id))
+        with self.read() as conn:
+            row = conn.execute(query).first()
+        return dict(row._mapping) if row is not None else None
+
+    def content_history(self, sha256: str) -> dict:
+        """Everything recorded of one content: every verdict (one per model, at capture or by rescore), newest
+        first, and every file version that held it, oldest first."""
+        with self.read() as conn:
+            given = conn.execute(sa.select(verdicts, models.c.path.label("model_path"))
+                                 .select_from(verdicts.outerjoin(models, models.c.sha256 == verdicts.c.model_sha256))
+                                 .where(verdicts.c.sha256 == sha256)
+                                 .order_by(verdicts.c.created_at.desc(), verdicts.c.id.desc())).all()
+            files = conn.execute(sa.select(images).where(images.c.sha256 == sha256).order_by(images.c.id)).all()
+        return {"verdicts": [dict(r._mapping) for r in given], "files": [dict(r._mapping) for r in files]}
 
     def rescore_todo(self, model_sha256: str, since: datetime | None = None,
                      until: datetime | None = None) -> list[dict]:
@@ -101,10 +177,10 @@ class Queries:
 
     def count_verdicts(self, since: datetime | None = None, until: datetime | None = None,
                        verdict: str | None = None, path_glob: str | None = None, model: str | None = None,
-                       station: str | None = None) -> int:
+                       station: str | None = None, reviewed: bool | None = None) -> int:
         """How many rows query_verdicts would return without a limit (for "50 of N shown")."""
-        query, left = self._glob(self._verdict_select(since, until, verdict, model, [images.c.path], station),
-                                 path_glob)
+        query, left = self._glob(self._verdict_select(since, until, verdict, model, [images.c.path], station,
+                                                      reviewed), path_glob)
         with self.read() as conn:
             if left is not None:
                 return sum(fnmatch.fnmatchcase(p, left) for p in conn.execute(query).scalars())

@@ -20,6 +20,7 @@ from inspector.artifact import inspector_metadata, read_head
 from inspector.config import Config
 from inspector.durable import write_atomic
 from inspector.errors import InspectorError
+from inspector.schema import WITHDRAWN
 
 FORMATS = ("csv", "json", "html")
 OUTCOME_FIELDS = ["time", "kind", "outcome", "p_abnormal", "threshold", "reason", "path", "path_raw_hex",
@@ -39,23 +40,6 @@ def bundle_of(path: str, rule: str, capture_dir: str | os.PathLike) -> str:
     return bundle_for(path, parse_bundle_rule(rule), os.path.abspath(capture_dir)) or UNMATCHED_BUNDLE
 
 
-def review_status_by_sha(store, shas: set[str]) -> dict[str, dict]:
-    """The newest review of each content (reviews supersede, never overwrite) and how many exist."""
-    from inspector.schema import reviews
-
-    out: dict[str, dict] = {}
-    if not shas:
-        return out
-    with store.read() as conn:
-        query = sa.select(reviews).order_by(reviews.c.created_at, reviews.c.id)
-        for row in conn.execute(query):
-            if row.sha256 not in shas:
-                continue
-            count = out.get(row.sha256, {}).get("count", 0) + 1
-            out[row.sha256] = {**dict(row._mapping), "count": count}
-    return out
-
-
 def collect_outcomes(store, cfg: Config, since: datetime | None = None,
                      until: datetime | None = None, station: str | None = None) -> list[dict]:
     """Verdicts and rejections in [since, until), newest first, each with its review status and bundle (station:
@@ -63,7 +47,7 @@ def collect_outcomes(store, cfg: Config, since: datetime | None = None,
     verdict_rows = store.query_verdicts(since=since, until=until, station=station)
     rejection_rows = store.query_rejections(since=since, until=until, station=station)
     shas = {r["sha256"] for r in verdict_rows if r["sha256"]} | {r["sha256"] for r in rejection_rows if r["sha256"]}
-    reviewed = review_status_by_sha(store, shas)
+    reviewed = store.review_states(shas)
     from inspector.review import UNMATCHED_BUNDLE, bundle_for, parse_bundle_rule
 
     rule, capture_root = parse_bundle_rule(cfg.review.bundle_rule), os.path.abspath(cfg.watch.capture_dir)
@@ -83,7 +67,7 @@ def collect_outcomes(store, cfg: Config, since: datetime | None = None,
                      "station": r["station"]})
     for row in rows:
         review = reviewed.get(row["sha256"]) if row["sha256"] else None
-        if review:
+        if review and review["label"] != WITHDRAWN:
             row["review_status"] = "reviewed"
         else:
             row["review_status"] = "pending" if row["outcome"] in ("abnormal", "rescan") else "not needed"

@@ -13,6 +13,9 @@ SCHEMA_VERSION = 3
 # The Alembic revision (inspector/migrations/versions) that each schema version is.
 SCHEMA_REVISIONS = {1: "0001", 2: "0002", 3: "0003"}
 VERDICTS = ("normal", "abnormal", "rescan")
+# A review's label besides dataset.LABELS: the decision it supersedes is taken back (an undo); the image is
+# unreviewed again, back in the queue, and no label of it is learned from.
+WITHDRAWN = "withdrawn"
 
 
 class UTCDateTime(sa.types.TypeDecorator):

@@ -199,3 +199,19 @@ def test_explain_writes_overlay_and_prints_verdict(tmp_path):
     assert lines[2] == f"heat map: {tmp_path / 'heat.png'}"
     assert cv2.imread(str(tmp_path / "heat.png")).shape == (150, 90, 3)
     assert os.path.getsize(tmp_path / "heat.png") > 0
+
+
+def test_withdraw_takes_the_current_review_back(station):
+    sha = station.sha["e1"]
+    assert run(station, "review", sha, "--label", "normal", "--by", "ann").exit_code == 0
+    result = run(station, "review", sha, "--withdraw", "--by", "ann")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith(f"review 2: {station.files['e1']} (sha256 {sha[:12]}) withdrawn by ann;")
+    assert lines[1].startswith("supersedes review 1: normal by ann at ")
+    assert str(station.files["e1"]) in run(station, "reviews", "--pending").output  # back in the queue
+    assert error_of(run(station, "review", station.sha["e2"], "--withdraw")) == \
+        f"{station.sha['e2']} has no review to withdraw"
+    both = run(station, "review", sha, "--withdraw", "--label", "normal")
+    assert both.exit_code == 2 and "give --label normal|abnormal, or --withdraw" in both.output
+    assert run(station, "review", sha).exit_code == 2

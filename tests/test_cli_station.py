@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from inspector.cli import cli
-from inspector.cli.station import TIME_FORMS, parse_time
+from inspector.times import TIME_FORMS, parse_time
 from inspector.schema import SCHEMA_VERSION
 from inspector.store import open_store
 from tests.store_rows import record_rejection, record_verdict
@@ -121,7 +121,7 @@ def test_status_counts_thousands_of_waiting_files_in_a_few_queries(config, tmp_p
     """It made one query per waiting file (3-9 s for 5000); now one per few hundred."""
     import sqlalchemy as sa
 
-    from inspector.cli.station import count_waiting
+    from inspector.overview import count_waiting
     from inspector.config import load_config
 
     capture = tmp_path / "capture"

@@ -281,3 +281,133 @@ def test_export_refuses_an_existing_dataset_and_bad_rules(station, store, tmp_pa
 def test_bundle_for_outside_the_capture_folder(tmp_path):
     assert bundle_for(str(tmp_path / "elsewhere" / "x.tif"), None, str(tmp_path / "capture")) == "elsewhere"
     assert bundle_for(str(tmp_path / "capture" / "a" / "b" / "x.tif"), None, str(tmp_path / "capture")) == "a/b"
+
+
+# ---- the review station's needs: withdrawals, decisions on a seen state, the queue's places ---------------------
+def test_a_withdrawal_supersedes_the_review_and_puts_the_image_back_in_the_queue(station, store, tmp_path):
+    from inspector.review import ReviewConflict, withdraw_review
+
+    sha = station.sha["e1"]
+    first = record_review(store, sha, "abnormal", ["scratch"], reviewer="ann")
+    assert sha not in {r["sha256"] for r in pending_reviews(store)}
+    back = withdraw_review(store, first.id, reviewer="ann")
+    assert (back.label, back.previous["id"], back.note) == ("withdrawn", first.id, f"withdraws review {first.id}")
+    assert sha in {r["sha256"] for r in pending_reviews(store)}
+    assert latest_reviews(store) == []  # nothing stands: nothing to learn from, nothing exported
+    summary = export_labels(store, tmp_path / "ds", "subfolder", station.capture)
+    assert summary.exported == [] and not summary.skipped
+    with pytest.raises(ReviewConflict, match=rf"review {first.id} .* was already superseded: withdrawn by ann"):
+        withdraw_review(store, first.id, reviewer="ann")
+    with pytest.raises(ReviewError, match="is itself a withdrawal"):
+        withdraw_review(store, back.id, reviewer="ann")
+    again = record_review(store, sha, "normal", reviewer="bob")
+    assert again.previous["id"] == back.id
+    with pytest.raises(ReviewError, match="was recorded by bob, not ann"):
+        withdraw_review(store, again.id, reviewer="ann", only_by="ann")
+    assert [r["label"] for r in query_reviews(store, sha)] == ["normal", "withdrawn", "abnormal"]
+    with pytest.raises(ReviewError, match="no review 999"):
+        withdraw_review(store, 999)
+
+
+def test_a_decision_on_a_state_seen_earlier_is_refused_once_another_review_came_first(station, store):
+    from inspector.review import ANY, ReviewConflict
+
+    sha = station.sha["e4"]
+    ann = record_review(store, sha, "normal", reviewer="ann", expect_current=None)
+    with pytest.raises(ReviewConflict, match=r"was reviewed meanwhile: normal by ann at .* \(review 1\)"):
+        record_review(store, sha, "abnormal", reviewer="bob", expect_current=None)
+    bob = record_review(store, sha, "abnormal", reviewer="bob", expect_current=ann.id)
+    assert bob.previous["id"] == ann.id
+    assert record_review(store, sha, "normal", reviewer="cli", expect_current=ANY).previous["id"] == bob.id
+
+
+def test_a_review_records_the_verdict_the_operator_saw(station, store):
+    import sqlalchemy as sa
+
+    from inspector.schema import verdicts
+
+    sha = station.sha["e4"]
+    with store.read() as conn:
+        capture = conn.execute(sa.select(verdicts.c.id).where(verdicts.c.sha256 == sha)).scalar_one()
+        other = conn.execute(sa.select(verdicts.c.id).where(verdicts.c.sha256 == station.sha["e1"])).scalar_one()
+    from tests.store_rows import record_verdict as record
+
+    record(store, "/elsewhere/e4.tif", sha, 10, 5, MODEL2, 0.2, "normal", None, 0.5, "global")  # a later model's
+    assert record_review(store, sha, "abnormal", reviewer="ann").model_sha256 == MODEL2  # the CLI: the latest
+    seen = record_review(store, sha, "abnormal", reviewer="ann", verdict_id=capture)
+    assert (seen.model_sha256, seen.model_verdict, seen.p_abnormal) == (MODEL, "abnormal", 0.7)
+    with pytest.raises(ReviewError, match=f"verdict {other} is not a verdict of image"):
+        record_review(store, sha, "abnormal", reviewer="ann", verdict_id=other)
+
+
+def test_queue_places_walk_the_pending_verdicts_oldest_first(station, store):
+    import sqlalchemy as sa
+
+    from inspector.review import count_pending, queue_place
+    from inspector.schema import images
+
+    with store.read() as conn:
+        ids = dict(conn.execute(sa.select(images.c.sha256, images.c.id).where(images.c.status != "duplicate")).all())
+    e1, e3, e4 = ids[station.sha["e1"]], ids[station.sha["e3"]], ids[station.sha["e4"]]
+    assert count_pending(store) == 3
+    first = queue_place(store)
+    assert (first.item["image_id"], first.before, first.after, first.next_item["image_id"]) == (e1, 0, 2, e3)
+    skipped = queue_place(store, after=e1)
+    assert (skipped.item["image_id"], skipped.before, skipped.after) == (e3, 1, 1)
+    assert queue_place(store, at=e3).item["image_id"] == e3
+    end = queue_place(store, after=e4)
+    assert (end.item, end.before, end.after) == (None, 3, 0)
+    record_review(store, station.sha["e3"], "normal", reviewer="ann")
+    assert queue_place(store, after=e1).item["image_id"] == e4 and count_pending(store) == 2
+    assert queue_place(store, after=123456).item["image_id"] == e1  # an unknown place: from the oldest
+
+
+def test_verdict_queries_filter_by_review_state_and_page(station, store):
+    sha = station.sha["e1"]
+    assert {r["sha256"] for r in store.query_verdicts(reviewed=False)} >= {sha}
+    first = record_review(store, sha, "normal", reviewer="ann")
+    reviewed = store.query_verdicts(reviewed=True)
+    assert {r["sha256"] for r in reviewed} == {sha} and store.count_verdicts(reviewed=True) == 2  # e1 and its copy
+    from inspector.review import withdraw_review
+
+    withdraw_review(store, first.id, reviewer="ann")
+    assert store.query_verdicts(reviewed=True) == [] and store.count_verdicts(reviewed=False) == 5
+    every = store.query_verdicts()
+    assert [r["id"] for r in store.query_verdicts(limit=2, offset=2)] == [r["id"] for r in every[2:4]]
+    assert store.review_states([sha])[sha]["label"] == "withdrawn" and store.review_states([sha])[sha]["count"] == 2
+
+
+def test_concurrent_decisions_on_one_image_never_fork_its_history(database_url):
+    """Eight reviewers at once: with the state they saw, one wins and seven are told; without (the CLI), every
+    review supersedes a different one, so the history stays one line (SQLite's writer lock, PostgreSQL's advisory
+    lock on the content)."""
+    import threading
+
+    from inspector.review import ReviewConflict
+
+    sha = "e" * 64
+    with open_store(database_url) as store:
+        record_verdict(store, "/capture/x.tif", sha, 10, 1, MODEL, 0.9, "abnormal", None, 0.5, "global")
+    outcomes: list[str] = []
+
+    def reviewer(i: int, expect) -> None:
+        with open_store(database_url) as own:
+            try:
+                kwargs = {} if expect == "cli" else {"expect_current": None}
+                record_review(own, sha, "normal", reviewer=f"r{i}", **kwargs)
+                outcomes.append("recorded")
+            except ReviewConflict:
+                outcomes.append("conflict")
+
+    for expect in (None, "cli"):
+        outcomes.clear()
+        threads = [threading.Thread(target=reviewer, args=(i, expect)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(outcomes) == (["conflict"] * 7 + ["recorded"] if expect is None else ["recorded"] * 8)
+    with open_store(database_url) as store:
+        rows = query_reviews(store, sha)
+    superseded = [r["supersedes"] for r in rows if r["supersedes"] is not None]
+    assert len(rows) == 9 and len(superseded) == len(set(superseded)) == 8

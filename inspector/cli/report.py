@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from inspector.cli import cli, with_config
-from inspector.cli.station import STATION, TIME, TIME_FORMS
+from inspector.cli.station import STATION, TIME
+from inspector.times import TIME_FORMS
 from inspector.config import Config
 
 

@@ -7,7 +7,8 @@ import json
 import click
 
 from inspector.cli import cli, with_config
-from inspector.cli.station import format_local, open_reader, render_csv, render_table
+from inspector.cli.station import open_reader, render_csv, render_table
+from inspector.times import format_local
 from inspector.report import iso_time
 from inspector.config import Config
 from inspector.paths import display_path
@@ -67,8 +68,10 @@ def describe_review(row: dict) -> str:
 
 @cli.command()
 @click.argument("ref", metavar="IMAGE|SHA")
-@click.option("--label", type=click.Choice(["normal", "abnormal"]), required=True,
-              help="The final decision on the electrode.")
+@click.option("--label", type=click.Choice(["normal", "abnormal"]), default=None,
+              help="The final decision on the electrode (or --withdraw).")
+@click.option("--withdraw", is_flag=True,
+              help="Take back the image's current review instead (an undo): it waits in the review queue again.")
 @click.option("--anomaly", "anomalies", multiple=True, metavar="TYPE",
               help="Anomaly seen (repeatable): scratch, line, edge_cut, edge_tension, smudge, edge_ink_flow, "
                    "bubble, missing_ink, agglomerate, ink_fluctuation, ink_entry_exit (METHOD.md spellings too), "
@@ -76,20 +79,33 @@ def describe_review(row: dict) -> str:
 @click.option("--by", "reviewer", default=None, help="Who decided (default: $USER, else 'unknown').")
 @click.option("--note", default="", help="Free text kept with the review.")
 @with_config
-def review(cfg: Config, ref: str, label: str, anomalies: tuple[str, ...], reviewer: str | None, note: str) -> None:
+def review(cfg: Config, ref: str, label: str | None, withdraw: bool, anomalies: tuple[str, ...],
+           reviewer: str | None, note: str) -> None:
     """Record the final decision on a scored image.
 
     IMAGE|SHA is an image file (matched by its content), a path the station recorded (also
     after the file was moved), or its sha256 (a unique prefix of at least 8 digits). Reviews
-    are never overwritten: a new review supersedes the previous one and both are kept.
+    are never overwritten: a new review supersedes the previous one and both are kept;
+    --withdraw supersedes it with a withdrawal, so the image is unreviewed again.
     """
     from inspector.dataset import ANOMALY_TYPES, close_known_anomaly
-    from inspector.review import parse_anomalies, record_review, resolve_image
+    from inspector.review import ReviewError, newest_review, parse_anomalies, record_review, resolve_image, \
+        withdraw_review
 
+    if (label is None) == (not withdraw):
+        raise click.UsageError("give --label normal|abnormal, or --withdraw to take back the current review")
+    if withdraw and anomalies:
+        raise click.UsageError("--anomaly goes with --label, not with --withdraw")
     kinds = parse_anomalies(list(anomalies))  # a typo fails before the database is touched
     with open_writer(cfg) as store:
         sha = resolve_image(store, ref)
-        rec = record_review(store, sha, label, kinds, reviewer, note)
+        if withdraw:
+            current = newest_review(store, sha)
+            if current is None:
+                raise ReviewError(f"{display_path(ref)} has no review to withdraw")
+            rec = withdraw_review(store, current["id"], reviewer, note)
+        else:
+            rec = record_review(store, sha, label, kinds, reviewer, note)
     p_text = "" if rec.p_abnormal is None else f" P(abnormal)={rec.p_abnormal:.4f}"
     click.echo(f"review {rec.id}: {display_path(rec.path or rec.sha256)} (sha256 {rec.sha256[:12]}) "
                f"{describe_review({'label': rec.label, 'anomalies': rec.anomalies, 'reviewer': rec.reviewer})}; "

@@ -6,10 +6,8 @@ import csv
 import dataclasses
 import io
 import json
-import os
-import re
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 import click
 
@@ -17,39 +15,9 @@ from inspector.cli import cli, with_config
 from inspector.config import Config
 from inspector.paths import display_path
 from inspector.report import iso_time
+from inspector.times import TIME_FORMS, format_age, format_local, parse_time
 
-TIME_FORMS = ("an ISO date or time (2026-11-22, 2026-11-22T08:00, 2026-11-22 08:00:30), "
-              "an age (45s, 30m, 1h, 2d, 1w) or today/yesterday")
-_AGE = re.compile(r"(\d+)\s*([smhdw])")
-_AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 DEFAULT_TABLE_LIMIT = 50
-
-
-def local_midnight(now: datetime, days_back: int = 0) -> datetime:
-    """Start of the local calendar day, as an aware datetime."""
-    local = now.astimezone()
-    midnight = datetime(local.year, local.month, local.day) - timedelta(days=days_back)
-    return midnight.astimezone()  # naive local -> aware, DST-correct for that date
-
-
-def parse_time(text: str, now: datetime | None = None) -> datetime:
-    """A --since/--until value -> aware UTC datetime; times without a zone are local."""
-    now = now or datetime.now(timezone.utc)
-    value = text.strip().lower()
-    if value in ("today", "yesterday"):
-        return local_midnight(now, 0 if value == "today" else 1).astimezone(timezone.utc)
-    if value == "now":
-        return now.astimezone(timezone.utc)
-    age = _AGE.fullmatch(value)
-    if age:
-        return (now - timedelta(**{_AGE_UNITS[age.group(2)]: int(age.group(1))})).astimezone(timezone.utc)
-    try:
-        parsed = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(f"{text!r} is not a time: use {TIME_FORMS}") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.astimezone()  # local wall time
-    return parsed.astimezone(timezone.utc)
 
 
 class TimeParam(click.ParamType):
@@ -67,10 +35,6 @@ class TimeParam(click.ParamType):
 
 
 TIME = TimeParam()
-
-
-def format_local(when: datetime | None) -> str:
-    return when.astimezone().strftime("%Y-%m-%d %H:%M:%S") if when else "-"
 
 
 def render_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -220,68 +184,6 @@ def rejections(cfg: Config, since, until, station, limit, fmt) -> None:
               (len(rows), total), "no rejections match")
 
 
-def count_waiting(cfg: Config, store) -> int | None:
-    """Files in the capture folder with no outcome yet; None when the folder does not exist.
-
-    One query per few hundred files (a folder of thousands waiting answers in well under a second).
-    """
-    from inspector.watcher import iter_capture_files, probe
-
-    if not os.path.isdir(cfg.watch.capture_dir):
-        return None
-    root = os.path.realpath(cfg.watch.capture_dir)  # the daemon records paths under the real path
-    stats = []
-    for path in iter_capture_files(root, cfg.watch.patterns):
-        found = probe(path, root)
-        if found is not None:
-            stats.append((os.fsencode(path), found[0].size, found[0].mtime_ns))
-    return len(set(stats) - store.known_files(stats))
-
-
-def degraded_folders(cfg: Config) -> list[str]:
-    """With after = "move": processed/ or quarantine/ that are not real folders (the daemon refuses to move there)."""
-    import stat as stat_module
-
-    if cfg.watch.after != "move":
-        return []
-    problems = []
-    for name in ("processed", "quarantine"):
-        folder = os.path.join(cfg.watch.capture_dir, name)
-        try:
-            mode = os.lstat(folder).st_mode
-        except OSError:
-            continue  # created on the first move
-        if not stat_module.S_ISDIR(mode):
-            kind = "a symlink" if stat_module.S_ISLNK(mode) else "not a folder"
-            problems.append(f"{display_path(folder)} is {kind}: files stay in the capture folder until it is "
-                            "a real folder inside it")
-    return problems
-
-
-def station_states(rows: list[dict], now: datetime, counts: dict) -> list[dict]:
-    """Each station's heartbeat as `status` shows it: running, not responding (no beat for 3 heartbeats) or
-    stopped, with its files recorded today."""
-    from inspector.heartbeat import is_live
-
-    out = []
-    for row in rows:
-        state = "stopped" if row["stopped_at"] is not None else "running" if is_live(row, now) else "not responding"
-        out.append(dict(row, state=state, seen_seconds_ago=max(0.0, (now - row["last_seen"]).total_seconds()),
-                        scored_today=counts["images_today_by_station"].get(row["name"], 0),
-                        rejected_today=counts["rejections_today_by_station"].get(row["name"], 0)))
-    return out
-
-
-def format_age(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s ago"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min ago"
-    if seconds < 36 * 3600:
-        return f"{seconds / 3600:.1f} h ago"
-    return f"{seconds / 86400:.1f} days ago"
-
-
 @cli.command()
 @STATION
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
@@ -295,17 +197,17 @@ def status(cfg: Config, station: str | None, fmt: str) -> None:
     "not responding" once three heartbeats are missed (killed, host down, network cut), "stopped"
     after a clean stop. With --station, the counts are that station's only.
     """
+    from inspector.overview import station_overview
+
     with open_reader(cfg) as store:
-        counts = store.status_counts(local_midnight(datetime.now(timezone.utc)).astimezone(timezone.utc), station)
-        beats, now = store.station_rows()
-        plant_model = store.promoted_model()
-        waiting = count_waiting(cfg, store)
-    stations = [s for s in station_states(beats, now, counts) if station is None or s["name"] == station]
-    degraded = degraded_folders(cfg)
-    model = counts["model"]
+        view = station_overview(cfg, store, station)
+    counts, stations, plant_model, waiting, degraded = (view.counts, view.stations, view.plant_model, view.waiting,
+                                                        view.degraded)
+    model = view.model
     if fmt == "json":
-        out = dict(counts, last_verdict_at=iso_time(counts["last_verdict_at"]), files_waiting=waiting, degraded=degraded,
-                   capture_dir=str(cfg.watch.capture_dir), database=store.where, station=station,
+        out = dict(counts, last_verdict_at=iso_time(counts["last_verdict_at"]), files_waiting=waiting,
+                   to_review=view.to_review, degraded=degraded,
+                   capture_dir=str(cfg.watch.capture_dir), database=view.database, station=station,
                    stations=[dict(s, started_at=iso_time(s["started_at"]), last_seen=iso_time(s["last_seen"]),
                                   stopped_at=iso_time(s["stopped_at"])) for s in stations],
                    plant_model=dict(plant_model, promoted_at=iso_time(plant_model["promoted_at"]))
@@ -314,7 +216,7 @@ def status(cfg: Config, station: str | None, fmt: str) -> None:
             out["model"] = dict(model, first_used=iso_time(model["first_used"]), promoted_at=iso_time(model.get("promoted_at")))
         click.echo(json.dumps(out, indent=2, ensure_ascii=False))
         return
-    click.echo(f"database       {store.where}" + (f"  (station {station} only)" if station else ""))
+    click.echo(f"database       {view.database}" + (f"  (station {station} only)" if station else ""))
     for problem in degraded:
         click.echo(f"degraded       {problem}")
     click.echo(f"model          {model['sha256'][:12]}  {model['path'] or '(path not recorded)'}" if model
@@ -328,6 +230,8 @@ def status(cfg: Config, station: str | None, fmt: str) -> None:
         click.echo(f"{label:<14} {', '.join(parts) if parts else 'none'}  (today/total)")
     click.echo(f"duplicates     {counts['duplicates_today']}/{counts['duplicates_total']}  (today/total)")
     click.echo(f"last verdict   {format_local(counts['last_verdict_at'])}")
+    click.echo(f"to review      {view.to_review} abnormal/rescan verdict(s) without a decision "
+               "(`inspector reviews --pending`, or the review station: `inspector serve`)")
     if waiting is None:
         click.echo(f"files waiting  unknown: capture folder {cfg.watch.capture_dir} does not exist")
     else:
