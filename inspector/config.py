@@ -134,6 +134,19 @@ class RetrainConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    host: str = "127.0.0.1"  # the review station's address; another only behind the plant's TLS proxy
+    port: int = 8470
+    users_file: str = ""  # "" = state.dir/web-users.json (`inspector user add` writes it)
+    secret_key_file: str = ""  # "" = state.dir/web-secret.key (signs the session cookies; made at first start)
+    remote_user_header: str = ""  # e.g. "X-Remote-User": the user a reverse proxy authenticated ...
+    trusted_proxies: tuple[str, ...] = ()  # ... accepted only from these addresses (or networks, 10.0.0.0/24)
+    session_hours: float = 12.0  # a login lasts this long (a shift)
+    secure_cookies: bool = False  # true behind a TLS proxy: the session cookie travels only over https
+    threads: int = 8  # requests served at once
+
+
+@dataclass(frozen=True)
 class Config:
     imaging: ImagingConfig = field(default_factory=ImagingConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
@@ -148,12 +161,23 @@ class Config:
     quality: QualityConfig = field(default_factory=QualityConfig)
     review: ReviewConfig = field(default_factory=ReviewConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     source: str = "(built-in defaults)"
 
     @property
     def station_name(self) -> str:
         """station.name, or the host name when it is empty."""
         return self.station.name or socket.gethostname()
+
+    @property
+    def users_path(self) -> Path:
+        """web.users_file, or state.dir/web-users.json."""
+        return Path(self.web.users_file) if self.web.users_file else self.state.dir / "web-users.json"
+
+    @property
+    def secret_key_path(self) -> Path:
+        """web.secret_key_file, or state.dir/web-secret.key."""
+        return Path(self.web.secret_key_file) if self.web.secret_key_file else self.state.dir / "web-secret.key"
 
     def require_dir(self, key: str) -> Path:
         """The folder at dotted `key`, which must exist (e.g. watch.capture_dir)."""
@@ -166,7 +190,8 @@ class Config:
 
 # Which keys are paths: relative ones are taken relative to the config file's folder.
 _PATH_KEYS = {("watch", "capture_dir"), ("state", "dir"), ("model", "path")}
-_OPTIONAL_PATH_KEYS = {("train", "cache_dir"), ("retrain", "base_dataset")}
+_OPTIONAL_PATH_KEYS = {("train", "cache_dir"), ("retrain", "base_dataset"), ("web", "users_file"),
+                       ("web", "secret_key_file")}
 
 _CHOICES = {
     ("convert", "method"): METHODS,
@@ -218,6 +243,8 @@ def _check_value(section: str, name: str, value: object, file: str) -> None:
         raise ConfigError(f"must be positive, got {value}", key, file)
     if (section, name) == ("review", "bundle_rule") and not (value == "subfolder" or value.startswith("regex:")):
         raise ConfigError(f"{value!r} is neither 'subfolder' nor 'regex:PATTERN'", key, file)
+    if section == "web":
+        _check_web(name, value, key, file)
     allowed = {("model", "features"): STAGES, ("model", "pooling"): POOLINGS}.get((section, name))
     if allowed and (not value or any(v not in allowed for v in value) or len(set(value)) != len(value)):
         raise ConfigError(f"must be a list of distinct values among {', '.join(allowed)}, got {list(value)}", key, file)
@@ -225,6 +252,28 @@ def _check_value(section: str, name: str, value: object, file: str) -> None:
         bad = [m for m in value if m not in METHODS]
         if bad or not value:
             raise ConfigError(f"methods must be among {', '.join(METHODS)}, got {list(value)}", key, file)
+
+
+def _check_web(name: str, value: object, key: str, file: str) -> None:
+    import ipaddress
+    import re
+
+    if name == "port" and not 1 <= value <= 65535:
+        raise ConfigError(f"must be a TCP port, 1 to 65535, got {value}", key, file)
+    if name == "host" and not str(value).strip():
+        raise ConfigError("must name an address to listen on, e.g. 127.0.0.1", key, file)
+    if name in ("session_hours", "threads") and value <= 0:
+        raise ConfigError(f"must be positive, got {value}", key, file)
+    if name == "remote_user_header" and value and not re.fullmatch(r"[A-Za-z0-9-]+", str(value)):
+        raise ConfigError(f"{value!r} is not an HTTP header name (letters, digits and -, e.g. X-Remote-User)",
+                          key, file)
+    if name == "trusted_proxies":
+        for address in value:  # type: ignore[union-attr]
+            try:
+                ipaddress.ip_network(address, strict=False)
+            except ValueError:
+                raise ConfigError(f"{address!r} is not an IP address or network (e.g. 127.0.0.1, 10.0.0.0/24)",
+                                  key, file) from None
 
 
 def _coerce(section: str, name: str, hint: object, value: object, file: str) -> object:
@@ -343,6 +392,10 @@ def _build(data: dict, base: Path, file: str) -> Config:
         raise ConfigError(f"must be at least 3 x station.heartbeat_seconds ({station.heartbeat_seconds:g} s): "  # type: ignore[attr-defined]
                           "a live daemon renews its claims every heartbeat, and a lease it cannot renew in time "
                           "lets another daemon take its files over", "station.claim_lease_seconds", file)
+    web = built["web"]
+    if web.remote_user_header and not web.trusted_proxies:  # type: ignore[attr-defined]
+        raise ConfigError("is set, but web.trusted_proxies is empty: name the reverse proxy's address, the only "
+                          "sender whose user header is believed", "web.remote_user_header", file)
     return Config(**built, source=file)  # type: ignore[arg-type]
 
 

@@ -1,0 +1,170 @@
+"""Who is asking: a login (signed session cookie) or the plant's reverse proxy's user header, and their role.
+
+Every page but /login, /healthz and the static files needs a user; a POST that records a review needs the
+reviewer role. A session names its user and that user's stamp (role and password hash), so a new password, a
+new role or a removed user ends the sessions made before. Failed logins are throttled per name and address.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+import threading
+import time
+from collections import defaultdict, deque
+
+from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
+
+from inspector.web import WebError
+from inspector.web.users import User
+
+log = logging.getLogger("inspector.web")
+blueprint = Blueprint("auth", __name__)
+OPEN_ENDPOINTS = {"auth.login", "pages.healthz", "static"}
+# Failed logins counted in FAILURE_WINDOW_SECONDS: per name (guessing one password), and per address (guessing many
+# names; higher, since a whole shift may come through one proxy address).
+NAME_FAILURES, ADDRESS_FAILURES, FAILURE_WINDOW_SECONDS = 5, 20, 300
+
+
+class LoginThrottle:
+    """Failed logins per key ("name:..." and "addr:...") in the last FAILURE_WINDOW_SECONDS; one per app."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._failures: dict[str, deque] = defaultdict(deque)
+
+    def _recent(self, key: str, now: float) -> deque:
+        times = self._failures[key]
+        while times and times[0] < now - FAILURE_WINDOW_SECONDS:
+            times.popleft()
+        return times
+
+    def wait_seconds(self, keys: list[str]) -> float:
+        """0 when a login may be tried now, else how long until the oldest counted failure expires."""
+        now = time.monotonic()
+        with self._lock:
+            waits = [times[0] + FAILURE_WINDOW_SECONDS - now for key in keys
+                     if len(times := self._recent(key, now)) >= (NAME_FAILURES if key.startswith("name:")
+                                                                  else ADDRESS_FAILURES)]
+        return max(waits, default=0.0)
+
+    def failed(self, keys: list[str]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key in keys:
+                self._recent(key, now).append(now)
+
+    def succeeded(self, keys: list[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._failures.pop(key, None)
+
+
+def station():
+    return current_app.extensions["inspector"]
+
+
+def from_trusted_proxy() -> bool:
+    proxies = station()["cfg"].web.trusted_proxies
+    try:
+        address = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(p, strict=False) for p in proxies)
+
+
+def request_user() -> User | None:
+    """The user of this request, or None; raises WebError 403 for a proxy user the users file does not know."""
+    users = station()["users"]
+    header = station()["cfg"].web.remote_user_header
+    if header:
+        name = request.headers.get(header, "").strip()
+        if name and from_trusted_proxy():
+            user = users.get(name)
+            if user is None:
+                raise WebError(403, f"{name} (named by the proxy's {header} header) is not a user of this station: "
+                                    f"an administrator runs `inspector user add {name} --role viewer` (or reviewer)")
+            g.via_proxy = True
+            return user
+        if name:
+            log.warning("ignored the %s header from %s: not in web.trusted_proxies", header, request.remote_addr)
+    name, stamp = session.get("user"), session.get("stamp")
+    if not name:
+        return None
+    user = users.get(name)
+    if user is None or user.password_hash is None or user.stamp != stamp:
+        session.clear()  # removed, or its password or role changed since this login
+        return None
+    return user
+
+
+@blueprint.before_app_request
+def require_login():
+    g.via_proxy = False
+    g.user = None
+    if request.endpoint in OPEN_ENDPOINTS:
+        return None
+    g.user = request_user()
+    if g.user is not None:
+        return None
+    if request.method in ("GET", "HEAD"):
+        return redirect(url_for("auth.login", next=request.full_path if request.query_string else request.path))
+    raise WebError(401, "You are not logged in (or your login has ended): log in and try again.")
+
+
+def reviewer_only(view):
+    """For views that record reviews: a viewer is refused (403)."""
+
+    @functools.wraps(view)
+    def wrapped(*args, **kwargs):
+        if not g.user.can_review:
+            raise WebError(403, f"{g.user.name} is a viewer: only a reviewer records decisions "
+                                f"(`inspector user role {g.user.name} reviewer`).")
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def safe_next(target: str | None) -> str:
+    """A place on this site to go to after the login, never another site."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return url_for("queue.home")
+    return target
+
+
+@blueprint.route("/login", methods=["GET", "POST"])
+def login():
+    users = station()["users"]
+    problem = None
+    status = 200
+    name = request.form.get("name", "").strip() if request.method == "POST" else ""
+    if request.method == "POST":
+        keys = [f"name:{name}", f"addr:{request.remote_addr}"]
+        throttle = station()["throttle"]
+        wait = throttle.wait_seconds(keys)
+        if wait > 0:
+            problem, status = f"Too many failed logins: wait {wait:.0f} s and try again.", 429
+        else:
+            user = users.verify(name, request.form.get("password", ""))
+            if user is None:
+                throttle.failed(keys)
+                log.warning("failed login as %r from %s", name, request.remote_addr)
+                problem, status = "Wrong name or password.", 401
+            else:
+                throttle.succeeded(keys)
+                session.clear()
+                session.permanent = True
+                session["user"], session["stamp"] = user.name, user.stamp
+                log.info("login: %s (%s) from %s", user.name, user.role, request.remote_addr)
+                return redirect(safe_next(request.form.get("next")))
+    no_users = not users.load()
+    return render_template("login.html", problem=problem, name=name, next=request.values.get("next", ""),
+                           no_users=no_users, users_file=station()["cfg"].users_path, user=None), status
+
+
+@blueprint.route("/logout", methods=["POST"])
+def logout():
+    log.info("logout: %s", g.user.name)
+    session.clear()
+    return redirect(url_for("auth.login"))

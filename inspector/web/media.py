@@ -1,0 +1,168 @@
+"""The pictures of a recorded image, by its id in the database (never by a path from the request): the image in
+its model's own conversion at full size, the daemon's Grad-CAM heat map, and the 16-bit original.
+
+The file is read from where the database last recorded its content (processed/ after a move, else the capture
+path, or another file that held it) and used only while it still hashes to the recorded sha256. Converted
+images are kept in a small cache of encoded PNGs, so the next electrode (which the queue page prefetches) and a
+second look cost nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections import OrderedDict
+
+import cv2
+import numpy as np
+from flask import Blueprint, Response, current_app, send_file
+
+from inspector.errors import ImageError, InspectorError
+from inspector.web import WebError
+
+blueprint = Blueprint("media", __name__)
+CACHE_IMAGES = 12  # encoded full-size PNGs kept (a 2000 x 1000 scan: about 1 to 2 MB each)
+MIME = {".tif": "image/tiff", ".tiff": "image/tiff", ".png": "image/png", ".dcm": "application/dicom",
+        ".dicom": "application/dicom"}
+CACHED = "private, max-age=86400"  # an image id always shows the same content
+
+
+class PngCache:
+    """Encoded PNGs by key; concurrent requests for one key render it once."""
+
+    def __init__(self, size: int = CACHE_IMAGES):
+        self.size = size
+        self._lock = threading.Lock()
+        self._items: OrderedDict[tuple, bytes] = OrderedDict()
+        self._rendering: dict[tuple, threading.Lock] = {}
+
+    def get(self, key: tuple, render) -> bytes:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            busy = self._rendering.setdefault(key, threading.Lock())
+        with busy:
+            with self._lock:
+                if key in self._items:
+                    return self._items[key]
+            try:
+                png = render()
+            finally:
+                with self._lock:
+                    self._rendering.pop(key, None)
+            with self._lock:
+                self._items[key] = png
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+        return png
+
+
+CACHE = PngCache()
+
+
+def ext():
+    return current_app.extensions["inspector"]
+
+
+def recorded(image_id: int) -> dict:
+    detail = ext()["store"].image_detail(image_id)
+    if detail is None:
+        raise WebError(404, f"no recorded image {image_id}")
+    return detail
+
+
+def places_of(detail: dict) -> list:
+    """Where the content may be now: this file version's place first, then every other file that held it."""
+    places: list = []
+    files = ext()["store"].content_history(detail["sha256"])["files"]
+    for row in [detail, *files]:
+        for place in (row["moved_to"], bytes(row["path_raw"])):
+            if place is not None and place not in places:
+                places.append(place)
+    return places
+
+
+def original_bytes(detail: dict) -> tuple[bytes, str]:
+    from inspector.imaging import load_recorded
+
+    try:
+        return load_recorded(places_of(detail), detail["sha256"])
+    except ImageError as exc:
+        raise WebError(404, f"the image file is unavailable: {exc.message}") from None
+
+
+def encode_png(img8: np.ndarray) -> bytes:
+    """One gray channel when the three are equal (naive, global, local), else the colour image; fast deflate."""
+    if img8.ndim == 3 and np.array_equal(img8[..., 0], img8[..., 1]) and np.array_equal(img8[..., 0], img8[..., 2]):
+        img8 = img8[..., 0]
+    elif img8.ndim == 3:
+        img8 = cv2.cvtColor(img8, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", img8, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise WebError(500, "OpenCV could not encode the image as PNG")
+    return buf.tobytes()
+
+
+def converted_png(detail: dict) -> bytes:
+    """The image as its model saw it (the model's conversion and window) at the image's own size."""
+    from inspector.convert import Window, convert_image
+    from inspector.imaging import read_image_bytes
+
+    cfg = ext()["cfg"]
+    data, place = original_bytes(detail)
+    try:
+        img16 = read_image_bytes(data, place, cfg.imaging.max_height, cfg.imaging.max_width)
+    except ImageError as exc:
+        raise WebError(404, f"the image file cannot be read: {exc.message}") from None
+    meta = json.loads(detail["meta_json"]) if detail.get("meta_json") else {}
+    clahe = meta.get("clahe") or {}
+    try:
+        img8 = convert_image(img16, meta.get("method") or detail.get("method") or "local",
+                             window=Window(*meta["window"]) if meta.get("window") else None,
+                             clahe_clip_limit=float(clahe.get("clip_limit", 2.0)),
+                             clahe_tile_grid=int(clahe.get("tile_grid", 8)))
+    except InspectorError as exc:
+        raise WebError(404, f"the image cannot be converted: {exc}") from None
+    return encode_png(img8)
+
+
+@blueprint.route("/image/<int:image_id>/window.png")
+def window(image_id: int):
+    detail = recorded(image_id)
+    png = CACHE.get((detail["sha256"], detail["model_sha256"], detail["method"]), lambda: converted_png(detail))
+    return Response(png, mimetype="image/png", headers={"Cache-Control": CACHED})
+
+
+@blueprint.route("/image/<int:image_id>/heatmap.png")
+def heatmap(image_id: int):
+    """The heat map the daemon drew for this verdict (a PNG under that station's state.dir)."""
+    detail = recorded(image_id)
+    path = detail.get("heatmap_path")
+    if not path:
+        raise WebError(404, "no heat map was drawn for this verdict (only abnormal verdicts get one, drawn when "
+                            "the daemon is idle; `inspector explain IMAGE --out PNG` draws one at any time)")
+    try:
+        with open(path, "rb") as fh:
+            png = fh.read()
+    except OSError as exc:
+        raise WebError(404, f"the heat map {os.path.basename(path)} cannot be read here ({exc.strerror}): it is "
+                            f"kept on the disk of station {detail['verdict_station'] or '?'}") from None
+    if not png.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise WebError(404, "the heat map file is not a PNG")
+    return Response(png, mimetype="image/png", headers={"Cache-Control": CACHED})
+
+
+@blueprint.route("/image/<int:image_id>/original")
+def original(image_id: int):
+    """The 16-bit file as the scanner wrote it, as a download named as it was captured."""
+    import io
+
+    detail = recorded(image_id)
+    data, _ = original_bytes(detail)
+    captured = os.path.basename(bytes(detail["path_raw"])).decode("utf-8", "replace")
+    name = re.sub(r"[^\w.\- ]+", "_", captured).strip() or f"image-{image_id}"
+    mime = MIME.get(os.path.splitext(name)[1].lower(), "application/octet-stream")
+    return send_file(io.BytesIO(data), mimetype=mime, as_attachment=True, download_name=name, max_age=0)

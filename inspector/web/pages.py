@@ -1,0 +1,140 @@
+"""The station's other pages: health, status (refreshing itself), verdict search, one verdict's history, reports."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+from flask import Blueprint, Response, current_app, g, render_template, request
+
+from inspector.errors import StoreError
+from inspector.web import WebError
+
+blueprint = Blueprint("pages", __name__)
+PAGE_ROWS = 50
+# The export's HTML report is one self-contained file: inline CSS, data: images, no script at all.
+REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'"
+STATUS_REFRESH_SECONDS = 5
+
+
+def ext():
+    return current_app.extensions["inspector"]
+
+
+@blueprint.route("/healthz")
+def healthz():
+    """For the plant's monitoring, without a login: 200 `ok` while the database answers, else 503."""
+    try:
+        ext()["store"].schema_version()
+    except StoreError as exc:
+        return Response(f"database unavailable: {exc}\n", 503, mimetype="text/plain")
+    return Response("ok\n", 200, mimetype="text/plain")
+
+
+def overview_of(station: str | None):
+    from inspector.overview import station_overview
+
+    return station_overview(ext()["cfg"], ext()["store"], station)
+
+
+@blueprint.route("/status")
+def status():
+    station = request.args.get("station") or None
+    return render_template("status.html", user=g.user, view=overview_of(station), station=station,
+                           stations=ext()["store"].station_names(), refresh=STATUS_REFRESH_SECONDS)
+
+
+@blueprint.route("/status/panel")
+def status_panel():
+    """The status page's changing part, fetched by static/status.js every STATUS_REFRESH_SECONDS."""
+    station = request.args.get("station") or None
+    return render_template("status_panel.html", view=overview_of(station), station=station,
+                           now=datetime.now().astimezone())
+
+
+def time_arg(name: str) -> tuple[str, datetime | None]:
+    from inspector.times import parse_time
+
+    text = request.args.get(name, "").strip()
+    if not text:
+        return "", None
+    try:
+        return text, parse_time(text)
+    except ValueError as exc:
+        raise WebError(400, f"{name}: {exc}") from None
+
+
+def search_filters() -> dict:
+    """The verdict search's filters from the query string (also the report's period)."""
+    since_text, since = time_arg("since")
+    until_text, until = time_arg("until")
+    verdict = request.args.get("verdict") or None
+    if verdict not in (None, "normal", "abnormal", "rescan"):
+        raise WebError(400, f"verdict {verdict!r} is not normal, abnormal or rescan")
+    reviewed = {"yes": True, "no": False}.get(request.args.get("reviewed", ""))
+    return {"since_text": since_text, "since": since, "until_text": until_text, "until": until, "verdict": verdict,
+            "station": request.args.get("station") or None, "path": request.args.get("path", "").strip() or None,
+            "reviewed": reviewed, "reviewed_text": request.args.get("reviewed", "")}
+
+
+@blueprint.route("/verdicts")
+def verdicts():
+    f = search_filters()
+    try:
+        page = max(1, int(request.args.get("page", "1")))
+    except ValueError:
+        page = 1
+    query = dict(since=f["since"], until=f["until"], verdict=f["verdict"], path_glob=f["path"], station=f["station"],
+                 reviewed=f["reviewed"])
+    store = ext()["store"]
+    total = store.count_verdicts(**query)
+    pages = max(1, math.ceil(total / PAGE_ROWS))
+    page = min(page, pages)
+    rows = store.query_verdicts(**query, limit=PAGE_ROWS, offset=(page - 1) * PAGE_ROWS)
+    states = store.review_states({r["sha256"] for r in rows})
+    args = {k: v for k, v in request.args.items() if k != "page" and v}
+    return render_template("verdicts.html", user=g.user, f=f, rows=rows, states=states, total=total, page=page,
+                           pages=pages, args=args, stations=store.station_names(), page_rows=PAGE_ROWS)
+
+
+@blueprint.route("/verdict/<int:image_id>")
+def verdict(image_id: int):
+    from inspector.review import query_reviews
+
+    store = ext()["store"]
+    detail = store.image_detail(image_id)
+    if detail is None:
+        raise WebError(404, f"No recorded image {image_id} is known here.")
+    history = store.content_history(detail["sha256"])
+    reviews = query_reviews(store, detail["sha256"])
+    from inspector.web.queue import anomaly_choices
+
+    return render_template("verdict.html", user=g.user, d=detail, history=history, reviews=reviews,
+                           current=reviews[0] if reviews else None, anomaly_types=anomaly_choices())
+
+
+@blueprint.route("/reports")
+def reports():
+    return render_template("reports.html", user=g.user, stations=ext()["store"].station_names(), f=search_filters())
+
+
+@blueprint.route("/reports/view")
+def report_view():
+    """`inspector export --format html` for the period, rendered now (thumbnails read from the images' files)."""
+    return _report("html")
+
+
+@blueprint.route("/reports/export.csv")
+def report_csv():
+    return _report("csv")
+
+
+def _report(fmt: str) -> Response:
+    from inspector.export import render_report
+
+    f = search_filters()
+    text, _ = render_report(ext()["store"], ext()["cfg"], fmt, f["since"], f["until"], f["station"])
+    if fmt == "csv":
+        return Response(text, mimetype="text/csv",
+                        headers={"Content-Disposition": 'attachment; filename="inspector-outcomes.csv"'})
+    return Response(text, mimetype="text/html", headers={"Content-Security-Policy": REPORT_CSP})

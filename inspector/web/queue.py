@@ -1,0 +1,118 @@
+"""The review queue, the home page: one flagged electrode at a time, oldest first, decided with one key.
+
+A decision is `review.record_review`, exactly as `inspector review` records it, with the verdict the operator
+saw and the review they saw as current: when another operator decided first, nothing is written and the page
+says who did. Undo (Z) is `review.withdraw_review` of the operator's own last decision: a superseding review,
+so the electrode waits in the queue again. The last decisions of a login are kept in its session.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, current_app, flash, g, redirect, render_template, request, session, url_for
+
+from inspector.dataset import ANOMALY_TYPES
+from inspector.paths import display_path
+from inspector.review import ReviewConflict, queue_place, record_review, withdraw_review
+from inspector.web import WebError
+from inspector.web.auth import reviewer_only
+
+log = logging.getLogger("inspector.web")
+blueprint = Blueprint("queue", __name__)
+UNDO_DEPTH = 20  # decisions a session can take back, newest first
+# The keys of the anomaly panel: the top row of a keyboard, one per type of the paper's eleven.
+ANOMALY_KEYS = tuple("1234567890-")
+
+
+def anomaly_choices() -> list[tuple[str, str]]:
+    """(key, type) for the anomaly panel, in the paper's order."""
+    return list(zip(ANOMALY_KEYS, ANOMALY_TYPES))
+
+
+def store():
+    return current_app.extensions["inspector"]["store"]
+
+
+def form_int(name: str, optional: bool = False) -> int | None:
+    text = request.form.get(name, "").strip()
+    if not text and optional:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise WebError(400, f"The form's {name} is {text!r}, not a number: reload the page.") from None
+
+
+def arg_int(name: str) -> int | None:
+    try:
+        return int(request.args[name]) if request.args.get(name) else None
+    except ValueError:
+        return None
+
+
+def station_arg() -> str | None:
+    return request.values.get("station") or None
+
+
+def known_stations() -> list[str]:
+    return store().station_names()
+
+
+@blueprint.route("/")
+def home():
+    station = station_arg()
+    place = queue_place(store(), after=arg_int("after"), at=arg_int("at"), station=station)
+    item = place.item
+    undo = session.get("undo") or []
+    return render_template("queue.html", user=g.user, item=item, place=place, station=station,
+                           stations=known_stations(), anomaly_types=anomaly_choices(),
+                           undo=undo[0] if undo else None, restarted=arg_int("after") is not None and item is None)
+
+
+@blueprint.route("/review", methods=["POST"])
+@reviewer_only
+def decide():
+    image_id = form_int("image_id")
+    detail = store().image_detail(image_id)
+    if detail is None or detail["verdict_row_id"] is None:
+        raise WebError(404, f"No scored image {image_id} is known here; nothing was recorded.")
+    label = request.form.get("label", "")
+    anomalies = request.form.getlist("anomaly") + [request.form.get("other", "")]
+    try:
+        rec = record_review(store(), detail["sha256"], label, [a for a in anomalies if a.strip()], g.user.name,
+                            request.form.get("note", "").strip(), verdict_id=form_int("verdict_id"),
+                            expect_current=form_int("review_id", optional=True))
+    except ReviewConflict as exc:
+        raise WebError(409, str(exc)) from None
+    shown = display_path(detail["path"])
+    log.info("review %d by %s: %s for %s", rec.id, rec.reviewer, rec.label, shown)
+    name = shown.rsplit("/", 1)[-1]
+    undo = [[rec.id, image_id, f"{rec.label} for {name}"], *(session.get("undo") or [])][:UNDO_DEPTH]
+    session["undo"] = undo
+    kinds = f" ({', '.join(rec.anomalies)})" if rec.anomalies else ""
+    flash(f"Recorded {rec.label}{kinds} for {name} (review {rec.id}). Z takes it back.", "ok")
+    target = request.form.get("then")
+    if target == "verdict":
+        return redirect(url_for("pages.verdict", image_id=image_id), 303)
+    return redirect(url_for("queue.home", after=image_id, station=station_arg()), 303)
+
+
+@blueprint.route("/undo", methods=["POST"])
+@reviewer_only
+def undo():
+    review_id = form_int("review_id")
+    stack = session.get("undo") or []
+    entry = next((e for e in stack if e[0] == review_id), None)
+    if entry is None:
+        raise WebError(409, f"Review {review_id} is not one of your last decisions in this login; nothing was "
+                            "undone. A decision can be changed on its verdict's page.")
+    try:
+        rec = withdraw_review(store(), review_id, g.user.name, only_by=g.user.name)
+    except ReviewConflict as exc:
+        session["undo"] = [e for e in stack if e[0] != review_id]
+        raise WebError(409, str(exc)) from None
+    session["undo"] = [e for e in stack if e[0] != review_id]
+    log.info("review %d by %s withdraws review %d", rec.id, rec.reviewer, review_id)
+    flash(f"Took back review {review_id} ({entry[2]}); the electrode waits for a decision again.", "ok")
+    return redirect(url_for("queue.home", at=entry[1], station=station_arg()), 303)

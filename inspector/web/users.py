@@ -1,0 +1,201 @@
+"""The review station's users: a JSON file of names, roles and argon2id password hashes.
+
+Written only by `inspector user ...` (atomically, mode 0600, under a lock file so two admins cannot lose each
+other's change); read by the web server, which sees a change at its next request (the file's stamp). A user
+without a password can only come in through the plant's reverse proxy (web.remote_user_header).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from inspector.durable import write_atomic
+from inspector.errors import InspectorError
+
+ROLES = ("viewer", "reviewer")  # viewer: reads everything; reviewer: also records reviews
+MIN_PASSWORD = 8
+_NAME = re.compile(r"[\w.@\\-]{1,64}")
+FORMAT = "inspector-users"
+
+
+class UserError(InspectorError):
+    """A users-file change that cannot be made as asked, or a users file that cannot be read."""
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str
+    password_hash: str | None  # None: only through the reverse proxy's header
+    created_at: str
+    changed_at: str
+
+    @property
+    def can_review(self) -> bool:
+        return self.role == "reviewer"
+
+    @property
+    def stamp(self) -> str:
+        """Changes with the password and the role: a session made before such a change is no longer valid."""
+        return hashlib.sha256(f"{self.role}\0{self.password_hash}".encode()).hexdigest()[:16]
+
+
+def check_name(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise UserError(f"{name!r} is not a user name: 1 to 64 letters, digits or . _ @ - \\ (no spaces); it is "
+                        "recorded as the reviewer of each decision")
+    return name
+
+
+def check_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD:
+        raise UserError(f"the password is too short: at least {MIN_PASSWORD} characters")
+    if password != password.strip() or any(not c.isprintable() for c in password):
+        raise UserError("the password has leading or trailing spaces or a character that does not print; "
+                        "choose another")
+    return password
+
+
+def _hasher():
+    from argon2 import PasswordHasher
+
+    return PasswordHasher()  # argon2id with the library's current defaults (RFC 9106 low-memory profile)
+
+
+class UsersFile:
+    """The users of one review station; `load` re-reads the file only when it changed on disk."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._cached: tuple[tuple[int, int, int] | None, dict[str, User]] = (None, {})
+        self._dummy_hash: str | None = None
+
+    # ---- reading --------------------------------------------------------------------------
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise UserError(f"users file {self.path} cannot be examined ({exc.strerror})") from exc
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def load(self) -> dict[str, User]:
+        stamp = self._stamp()
+        with self._lock:
+            if stamp is not None and stamp == self._cached[0]:
+                return self._cached[1]
+            users = self._read() if stamp is not None else {}
+            self._cached = (stamp, users)
+            return users
+
+    def _read(self) -> dict[str, User]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise UserError(f"users file {self.path} cannot be read ({exc.strerror}): the web server's user needs "
+                            "read access to it") from exc
+        except ValueError as exc:
+            raise UserError(f"users file {self.path} is not valid JSON ({exc}); restore it or remove it and add "
+                            "the users again with `inspector user add`") from exc
+        if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("users"), dict):
+            raise UserError(f"users file {self.path} is not an inspector users file")
+        users = {}
+        for name, entry in data["users"].items():
+            if not isinstance(entry, dict) or entry.get("role") not in ROLES:
+                raise UserError(f"users file {self.path}: user {name!r} has no valid role")
+            users[name] = User(name, entry["role"], entry.get("password_hash"), entry.get("created_at", ""),
+                               entry.get("changed_at", ""))
+        return users
+
+    def get(self, name: str) -> User | None:
+        return self.load().get(name)
+
+    def verify(self, name: str, password: str) -> User | None:
+        """The user when the password is theirs; None otherwise (an unknown name costs the same hashing time)."""
+        from argon2.exceptions import InvalidHashError, VerificationError
+
+        user = self.get(name)
+        hasher = _hasher()
+        if user is None or user.password_hash is None:
+            if self._dummy_hash is None:
+                self._dummy_hash = hasher.hash("not a password of anyone")
+            with contextlib.suppress(VerificationError):
+                hasher.verify(self._dummy_hash, password)
+            return None
+        try:
+            hasher.verify(user.password_hash, password)
+        except (VerificationError, InvalidHashError):
+            return None
+        return user
+
+    # ---- changes (`inspector user ...`) ---------------------------------------------------
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[dict]:
+        """Read-modify-write under an exclusive lock file beside the users file; written atomically, mode 0600."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(self.path.with_name(self.path.name + ".lock"), "a")
+        except OSError as exc:
+            raise UserError(f"cannot write beside users file {self.path} ({exc.strerror})") from exc
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            users = {name: dict(role=u.role, password_hash=u.password_hash, created_at=u.created_at,
+                                changed_at=u.changed_at) for name, u in (self._read() if self.path.exists() else {}).items()}
+            yield users
+            text = json.dumps({"format": FORMAT, "users": users}, indent=1, sort_keys=True)
+            try:
+                write_atomic(self.path, text + "\n", mode=0o600)
+            except OSError as exc:
+                raise UserError(f"cannot write users file {self.path} ({exc.strerror})") from exc
+
+    def add(self, name: str, role: str, password: str | None) -> None:
+        check_name(name)
+        _check_role(role)
+        hashed = _hasher().hash(check_password(password)) if password is not None else None
+        now = _now()
+        with self._changing() as users:
+            if name in users:
+                raise UserError(f"user {name} exists already: `inspector user passwd {name}` sets a new password, "
+                                f"`inspector user role {name} ROLE` another role")
+            users[name] = dict(role=role, password_hash=hashed, created_at=now, changed_at=now)
+
+    def set_password(self, name: str, password: str | None) -> None:
+        hashed = _hasher().hash(check_password(password)) if password is not None else None
+        with self._changing() as users:
+            self._existing(users, name).update(password_hash=hashed, changed_at=_now())
+
+    def set_role(self, name: str, role: str) -> None:
+        _check_role(role)
+        with self._changing() as users:
+            self._existing(users, name).update(role=role, changed_at=_now())
+
+    def remove(self, name: str) -> None:
+        with self._changing() as users:
+            self._existing(users, name)
+            del users[name]
+
+    def _existing(self, users: dict, name: str) -> dict:
+        if name not in users:
+            raise UserError(f"no user {name} in {self.path}; `inspector user list` shows them")
+        return users[name]
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise UserError(f"role {role!r} is not one of {', '.join(ROLES)}")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
