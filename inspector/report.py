@@ -35,7 +35,7 @@ def iso_time(when: datetime | None) -> str | None:
 
 def bundle_of(path: str, rule: str, capture_dir: str | os.PathLike) -> str:
     """The bundle of a captured file by review.bundle_rule, the same rule export-labels uses."""
-    from inspector.review import UNMATCHED_BUNDLE, bundle_for, parse_bundle_rule
+    from inspector.labelset import UNMATCHED_BUNDLE, bundle_for, parse_bundle_rule
 
     return bundle_for(path, parse_bundle_rule(rule), os.path.abspath(capture_dir)) or UNMATCHED_BUNDLE
 
@@ -48,7 +48,7 @@ def collect_outcomes(store, cfg: Config, since: datetime | None = None,
     rejection_rows = store.query_rejections(since=since, until=until, station=station)
     shas = {r["sha256"] for r in verdict_rows if r["sha256"]} | {r["sha256"] for r in rejection_rows if r["sha256"]}
     reviewed = store.review_states(shas)
-    from inspector.review import UNMATCHED_BUNDLE, bundle_for, parse_bundle_rule
+    from inspector.labelset import UNMATCHED_BUNDLE, bundle_for, parse_bundle_rule
 
     rule, capture_root = parse_bundle_rule(cfg.review.bundle_rule), os.path.abspath(cfg.watch.capture_dir)
     rows: list[dict] = []

@@ -128,7 +128,7 @@ def compare(current: Score | None, candidate: Score) -> list[str]:
 # ---- the training set -------------------------------------------------------------------------
 def build_training_set(cfg: Config, store, work: Path, say: Callable[[str], None]) -> tuple[Dataset, Dataset, int]:
     """work/ becomes a dataset: base/ (a link to the base dataset) plus reviewed/ (export-labels)."""
-    from inspector.review import export_labels
+    from inspector.labelset import export_labels
 
     base = load_dataset(cfg.retrain.base_dataset)
     summary = export_labels(store, work / "reviewed", cfg.review.bundle_rule, cfg.watch.capture_dir)

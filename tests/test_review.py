@@ -13,8 +13,9 @@ import pytest
 from image_files import sample_image16, write_tiff16
 from inspector.dataset import load_dataset
 from inspector.imaging import file_sha256
-from inspector.review import (ReviewError, bundle_for, export_labels, latest_reviews, parse_anomalies,
-                              parse_bundle_rule, pending_reviews, query_reviews, record_review, resolve_image)
+from inspector.labelset import bundle_for, export_labels, parse_bundle_rule
+from inspector.review import (ReviewError, latest_reviews, parse_anomalies, pending_reviews, query_reviews,
+                              record_review, resolve_image)
 from inspector.store import open_store
 from tests.store_rows import record_verdict
 

@@ -189,7 +189,8 @@ def export_labels_command(cfg: Config, out: str) -> None:
     regular expression on the file name. Images are hard-linked when OUT is on the same
     filesystem, else copied; a file that is gone or changed is skipped with the reason.
     """
-    from inspector.review import ReviewError, export_labels, latest_reviews
+    from inspector.labelset import export_labels
+    from inspector.review import ReviewError, latest_reviews
 
     with open_reader(cfg) as store:
         if not latest_reviews(store):
