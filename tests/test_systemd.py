@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-UNITS = ("inspector.service", "inspector-retrain.service", "inspector-retrain.timer")
+UNITS = ("inspector.service", "inspector-retrain.service", "inspector-retrain.timer", "inspector-web.service")
 
 
 def read_unit(path) -> dict[str, dict[str, list[str]]]:
@@ -81,6 +81,22 @@ def test_retrain_units_keys(repo_root):
     assert one(timer, "Install", "WantedBy") == "timers.target"
 
 
+def test_web_unit_keys(repo_root):
+    unit = read_unit(repo_root / "systemd" / "inspector-web.service")
+    svc = "Service"
+    assert one(unit, svc, "ExecStart").split() == [
+        "/opt/inspector/.venv/bin/inspector", "--config", "/etc/inspector/config.toml", "serve"]
+    assert one(unit, svc, "Restart") == "on-failure"
+    assert one(unit, svc, "ReadWritePaths").split() == ["/var/lib/inspector"]  # images are only read
+    for key, value in HARDENING.items():
+        if key != "RestrictAddressFamilies":
+            assert one(unit, svc, key) == value, key
+    assert one(unit, svc, "RestrictAddressFamilies").split() == ["AF_UNIX", "AF_INET", "AF_INET6"]  # it serves
+    assert one(unit, svc, "PrivateDevices") == "yes"  # no GPU: no torch in the web server
+    assert one(unit, svc, "MemoryDenyWriteExecute") == "yes"
+    assert one(unit, "Install", "WantedBy") == "multi-user.target"
+
+
 def verify(folder, names) -> tuple[int, list[str]]:
     """Run systemd-analyze verify; return its exit code and the lines that are real unit errors.
 
@@ -124,14 +140,14 @@ def test_verify_check_catches_a_bad_key(repo_root, tmp_path):
     assert "Failed to parse service type" in errors[0] and "Unknown key" in errors[1]
 
 
-def readme_exposure(repo_root) -> tuple[float, str | None]:
-    """The exposure level the README's systemd section gives inspector.service, and the systemd it names."""
+def readme_exposure(repo_root, unit: str = "inspector.service") -> tuple[float, str | None]:
+    """The exposure level the README's systemd section gives `unit`, and the systemd it names."""
     text = (repo_root / "README.md").read_text()
     assert "### systemd" in text, "README.md has no systemd section"
     section = text[text.index("### systemd"):]
-    found = re.search(r"systemd-analyze\s+security\b.*?exposure\s+level\s+of\s+\*\*(\d+(?:\.\d+)?)\b"
-                      r"(?:.{0,40}?\(systemd\s+(\d+))?", section, re.S)
-    assert found, "README.md's systemd section no longer gives inspector.service's exposure level as **N.N**"
+    found = re.search(r"systemd-analyze\s+security\s+--offline=yes\s+systemd/" + re.escape(unit) +
+                      r"`.*?exposure\s+level\s+of\s+\*\*(\d+(?:\.\d+)?)\b(?:.{0,40}?\(systemd\s+(\d+))?", section, re.S)
+    assert found, f"README.md's systemd section no longer gives {unit}'s exposure level as **N.N**"
     return float(found.group(1)), found.group(2)
 
 
@@ -159,21 +175,22 @@ def systemd_version() -> str:
 
 
 @needs_analyze
-def test_security_exposure_at_most_the_readmes(repo_root, tmp_path):
+@pytest.mark.parametrize("unit", ["inspector.service", "inspector-web.service"])
+def test_security_exposure_at_most_the_readmes(repo_root, tmp_path, unit):
     """The unit rates no worse than the README says; on the systemd the README names, exactly as it says.
 
     Other systemd versions weigh the settings differently, so elsewhere only "no worse" is asked. An
     improvement on the README's version fails too: the README's figure is then out of date.
     """
-    claimed, claimed_version = readme_exposure(repo_root)
-    copy_for_verify(repo_root, tmp_path, ("inspector.service",))
-    exposure, rating = security_exposure(tmp_path / "inspector.service")
-    print(f"systemd-analyze security (systemd {systemd_version()}): inspector.service exposure {exposure} "
+    claimed, claimed_version = readme_exposure(repo_root, unit)
+    copy_for_verify(repo_root, tmp_path, (unit,))
+    exposure, rating = security_exposure(tmp_path / unit)
+    print(f"systemd-analyze security (systemd {systemd_version()}): {unit} exposure {exposure} "
           f"{rating}; README: {claimed} (systemd {claimed_version})")
-    assert exposure <= claimed, (f"inspector.service's exposure rose to {exposure} {rating}, above the README's "
+    assert exposure <= claimed, (f"{unit}'s exposure rose to {exposure} {rating}, above the README's "
                                  f"{claimed}: a hardening setting was lost or loosened")
     if systemd_version() == claimed_version:
-        assert exposure == claimed, (f"systemd {claimed_version} now rates inspector.service {exposure} {rating}; "
+        assert exposure == claimed, (f"systemd {claimed_version} now rates {unit} {exposure} {rating}; "
                                      f"the README still says {claimed}")
 
 

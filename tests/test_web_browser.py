@@ -44,7 +44,7 @@ def scan_ready(driver) -> bool:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     st = build_station(tmp_path_factory.mktemp("web") / "station", flagged=4, normal=2, scale=0.2,
-                       station_names=("line1", "line2"), full_size_first=True)
+                       station_names=("line1", "line2"), full_size=1)
     with Served(st.config) as server:
         yield st, server
 

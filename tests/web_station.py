@@ -49,10 +49,10 @@ def heat_overlay(img16: np.ndarray, seed: int) -> np.ndarray:
 
 def build_station(root: Path, flagged: int = 4, normal: int = 2, scale: float = 0.2, database_url: str | None = None,
                   station_names: tuple[str, ...] = ("line1",), evil: bool = False, extra_config: str = "",
-                  full_size_first: bool = False) -> Station:
+                  full_size: int = 0) -> Station:
     """`flagged` abnormal/rescan scans (every fourth a rescan, the first named EVIL_NAME when `evil`) and `normal`
-    normal ones, first seen one second apart in that order, spread over `station_names`; `full_size_first`: the
-    first scan 2000 x 1000 pixels (height x width), as the plant's scanner writes them."""
+    normal ones, first seen one second apart in that order, spread over `station_names`; the first `full_size`
+    scans 2000 x 1000 pixels (height x width), as the plant's scanner writes them."""
     root.mkdir(parents=True, exist_ok=True)
     url = database_url or f"sqlite:///{root / 'inspector.db'}"
     (root / "config.toml").write_text(
@@ -73,8 +73,8 @@ def build_station(root: Path, flagged: int = 4, normal: int = 2, scale: float = 
         store.record_model(MODEL, "models/detector.safetensors", json.dumps(META))
         for i in range(flagged + normal):
             is_flagged = i < flagged
-            if full_size_first and i == 0:
-                img16 = np.ascontiguousarray(synth_electrode(100, scale=1.0, abnormal=True)[:2000, :1000])
+            if i < full_size:
+                img16 = np.ascontiguousarray(synth_electrode(100 + i, scale=1.0, abnormal=is_flagged)[:2000, :1000])
             else:
                 img16 = synth_electrode(100 + i, scale=scale, abnormal=is_flagged)
             name = EVIL_NAME if evil and i == 0 else f"bundle{1 + i % 3:02d}-electrode-{i:03d}.tif"

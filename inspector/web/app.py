@@ -149,8 +149,13 @@ def serve(cfg: Config, host: str, port: int, ready=None) -> None:
 
     with open_configured(cfg) as store:
         app = create_app(cfg, store)
-        server = create_server(app, host=host, port=port, threads=cfg.web.threads, ident="inspector",
-                               clear_untrusted_proxy_headers=True)
+        try:
+            server = create_server(app, host=host, port=port, threads=cfg.web.threads, ident="inspector",
+                                   clear_untrusted_proxy_headers=True)
+        except OSError as exc:
+            raise InspectorError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): another program (an "
+                                 "inspector serve already running?) has it, or the address is not this host's; "
+                                 "choose another with --port / --host or web.port / web.host") from exc
         previous = signal.signal(signal.SIGTERM, _stop)
         try:
             if ready is not None:
