@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,11 +28,11 @@ def say(text: str) -> None:
     print(f"\n{BOLD}== {text}{END}", flush=True)
 
 
-def run(*args: str, check: bool = True, allowed: tuple[int, ...] = (0,)) -> int:
+def run(*args: str, check: bool = True, allowed: tuple[int, ...] = (0,), stdin: str | None = None) -> int:
     """Run `inspector ARGS...` with the demo's config, echoing the command first."""
     shown = " ".join(shlex.quote(a) for a in args)
     print(f"$ inspector --config {OUT.name}/config.toml {shown}", flush=True)
-    proc = subprocess.run([*EXE, "--config", str(OUT / "config.toml"), *args])
+    proc = subprocess.run([*EXE, "--config", str(OUT / "config.toml"), *args], input=stdin, text=True)
     if check and proc.returncode not in allowed:
         raise SystemExit(f"demo: `inspector {shown}` failed with exit code {proc.returncode}")
     return proc.returncode
@@ -168,7 +170,7 @@ def wait_for_outcomes(db: Path, expected: int, timeout: float = 180.0) -> int:
 def main() -> int:
     started = time.monotonic()
     OUT.mkdir(parents=True, exist_ok=True)
-    for stale in ("inspector.db", "inspector.db-wal", "inspector.db-shm"):
+    for stale in ("inspector.db", "inspector.db-wal", "inspector.db-shm", "var/web-users.json"):
         (OUT / stale).unlink(missing_ok=True)
     shutil.rmtree(OUT / "capture", ignore_errors=True)  # an earlier run's scans: this run's start afresh
     say("Backbone weights")
@@ -245,8 +247,70 @@ def main() -> int:
     run("export", "--format", "html", "--out", str(OUT / "report.html"))
     run("export", "--format", "csv", "--out", str(OUT / "verdicts.csv"))
     print(f"\nopen {OUT / 'report.html'} in a browser.")
-    print(f"demo finished in {time.monotonic() - started:.0f} s; everything is under {OUT}/")
+
+    say("9. The review station: operators clear the flagged electrodes in a browser")
+    password = secrets.token_urlsafe(9)
+    run("user", "add", DEMO_USER, "--role", "reviewer", "--password-stdin", stdin=password + "\n")
+    station = start_review_station()
+    try:
+        print(f"the review station answered {station.url}healthz: {healthz(station.url)}")
+        print(f"\n{BOLD}open {station.url} and log in as {DEMO_USER}, password {password}{END}\n"
+              "(N normal, A abnormal, S skip, Z undo; the electrodes the operator did not review wait there)")
+        print(f"demo finished in {time.monotonic() - started:.0f} s; everything is under {OUT}/")
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            print("the review station keeps running until you press Ctrl-C", flush=True)
+            try:
+                station.proc.wait()
+            except KeyboardInterrupt:
+                print("\nstopping the review station")
+        else:
+            print(f"(not a terminal: the review station stops now; `inspector --config {OUT.name}/config.toml serve` "
+                  "starts it again)")
+    finally:
+        station.stop()
     return 0
+
+
+DEMO_USER = "demo-operator"
+WEB_PORT = 8470
+
+
+class ReviewStation:
+    """`inspector serve` in a subprocess; `url` is where it listens."""
+
+    def __init__(self, proc: subprocess.Popen, url: str):
+        self.proc, self.url = proc, url
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def start_review_station() -> ReviewStation:
+    """On port 8470, or on a free port when that one is taken (another station, an earlier demo)."""
+    for port in (WEB_PORT, 0):
+        print(f"$ inspector --config {OUT.name}/config.toml serve --port {port} &", flush=True)
+        proc = subprocess.Popen([*EXE, "--config", str(OUT / "config.toml"), "serve", "--port", str(port)],
+                                stderr=subprocess.PIPE, text=True)
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            found = re.search(r"review station on (http://\S+/)", line)
+            if found:
+                threading.Thread(target=lambda: [sys.stderr.write(rest) for rest in proc.stderr], daemon=True).start()
+                return ReviewStation(proc, found.group(1))
+        proc.wait()
+    raise SystemExit("demo: `inspector serve` did not start (see its message above)")
+
+
+def healthz(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url + "healthz", timeout=10) as answer:
+        return answer.read().decode().strip()
 
 
 def flagged_truth(db: Path) -> list[tuple[str, bool]]:

@@ -37,3 +37,12 @@ def test_demo_detector_passes_most_normals_and_flags_most_abnormals(tmp_path):
     cleared = re.findall(r"review \d+: \S+-electrode-(\d{3})\.tif \(sha256 \w+\) normal by demo-operator", text)
     assert all(int(i) % 3 != 0 for i in cleared) and (cleared or passed == normal)
     assert "decision: " in text and (out / "report.html").stat().st_size > 0
+    # the review station was up, for the user to log in to; without a terminal the demo does not wait
+    station = re.search(r"open (http://127\.0\.0\.1:\d+/) and log in as demo-operator, password (\S+)", text)
+    assert station, text[-2000:]
+    assert f"the review station answered {station.group(1)}healthz: ok" in text
+    assert "(not a terminal: the review station stops now" in text
+    from inspector.web.users import UsersFile
+
+    user = UsersFile(out / "var" / "web-users.json").verify("demo-operator", station.group(2))
+    assert user is not None and user.can_review
