@@ -10,7 +10,9 @@ one torch thread against two (bench/torch_threads.py), read+convert against the 
 (bench/convert_read.py), 2 and 4 `inspector watch` daemons sharing one capture folder and one
 PostgreSQL database against 1 daemon, the claim overhead per file and the takeover of a killed daemon's
 claims against the lease (bench/fleet.py, FLEET_FILES files per run, in the first FLEET_REPEAT rounds:
-nine daemon start-ups a round), and on a CUDA machine images/s at 2000 x 1000 with batching, fp16 and
+nine daemon start-ups a round), the review station's time to first byte, pages per second with 10,000 verdicts
+against a static file, and in Chromium a review screen and the next electrode after a decision key (bench/web.py),
+and on a CUDA machine images/s at 2000 x 1000 with batching, fp16 and
 channels_last against the same model with the data already on the GPU (the ceiling).
 
 Every measurement runs --repeat times (the cross-validations --cv-repeat times), in rounds, so that
@@ -45,20 +47,23 @@ from convert_read import Figure, describe_machine, write_readme_block  # noqa: E
 RESULTS = HERE / "RESULTS.md"
 REPEAT = 4  # rounds of `make bench` (the last note of RESULTS.md gives the time each part took)
 CV_REPEAT = 3  # bench/cv_cache.py (both thread counts) runs in the first CV_REPEAT rounds only
-PARTS = ("cv_cache", "cv_cache_1thread", "daemon", "pipeline", "prep", "threads", "convert", "fleet", "gpu")
+PARTS = ("cv_cache", "cv_cache_1thread", "daemon", "pipeline", "prep", "threads", "convert", "fleet", "web", "gpu")
 CV_PARTS = ("cv_cache", "cv_cache_1thread")
 FLEET_FILES = 500  # files per fleet run of `make bench` (bench/fleet.py alone: 1000)
 FLEET_REPEAT = 2  # bench/fleet.py runs in the first FLEET_REPEAT rounds only: nine daemons start in each
 
 
-def json_figures(args: list[str], what: str, timeout: float = 3600) -> tuple[list[Figure], str]:
+def json_figures(args: list[str], what: str, timeout: float = 3600,
+                 notes: list[str] | None = None) -> tuple[list[Figure], str]:
     """Run a bench script with --json as a subprocess (its own torch threads and OpenMP teams) and read
-    the table rows from the last line of its output."""
+    the table rows (and, into `notes`, its notes) from the last line of its output."""
     proc = subprocess.run([sys.executable, *args, "--json"], capture_output=True, text=True, timeout=timeout)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     try:
-        rows = json.loads(lines[-1])["figures"]
-        return [Figure(**row) for row in rows], ""
+        data = json.loads(lines[-1])
+        if notes is not None:
+            notes.extend(data.get("notes") or [])
+        return [Figure(**row) for row in data["figures"]], ""
     except (IndexError, KeyError, TypeError, ValueError):
         text = proc.stdout + proc.stderr
         return [], f"{what} gave no figures I could read (exit {proc.returncode}):\n{text[-1500:]}"
@@ -262,6 +267,10 @@ def run_part(part: str, args, notes: list[str]) -> list[Figure]:
                      "4 minutes")
         return fleet.measure(files, claim_files=100 if quick else 400,
                              takeover_files=min(files, 24 if quick else fleet.TAKEOVER_FILES), notes=notes)
+    elif part == "web":
+        figures, problem = json_figures([str(HERE / "web.py")]
+                                        + (["--verdicts", "2000", "--scans", "8", "--seconds", "2"] if quick else []),
+                                        "bench/web.py", notes=notes)
     elif part == "gpu":
         return gpu_figures("cuda")
     else:

@@ -41,10 +41,10 @@ def scan_ready(driver) -> bool:
                                  "return !!(i && i.complete && i.naturalWidth > 0);")
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    st = build_station(tmp_path_factory.mktemp("web") / "station", flagged=4, normal=2, scale=0.2,
-                       station_names=("line1", "line2"), full_size=1)
+@pytest.fixture
+def served(tmp_path):
+    st = build_station(tmp_path / "station", flagged=4, normal=2, scale=0.2, station_names=("line1", "line2"),
+                       full_size=1)
     with Served(st.config) as server:
         yield st, server
 
@@ -103,6 +103,29 @@ def test_an_operator_clears_three_electrodes_with_the_keyboard_and_undoes_one(se
     assert [r["sha256"] for r in json.loads(pending.stdout)] == shas[2:]
     assert png_size(artifacts / "web-review-1280x800.png") == (1280, 800)
     assert png_size(artifacts / "web-review-768x1024.png") == (768, 1024)
+
+
+def test_a_decision_someone_else_made_first_is_shown_over_the_electrode(served):
+    st, server = served
+    first, second = st.flagged[:2]
+    driver = chromium(1280, 800)
+    try:
+        log_in(driver, server.url, "ann", PASSWORDS["ann"])
+        wait_for(lambda: shown_image_id(driver) == str(first["image_id"]) and scan_ready(driver), "the first electrode")
+        subprocess.run([sys.executable, "-m", "inspector", "--config", str(st.config), "review", first["sha256"],
+                        "--label", "abnormal", "--by", "bob"], check=True, capture_output=True)
+        press(driver, "n")
+        alert = wait_for(lambda: driver.execute_script(
+            "const a = document.querySelector('.flash.error'); return a && a.textContent;"), "the refusal")
+        assert "was reviewed meanwhile: abnormal by bob" in alert and "your decision was not recorded" in alert
+        assert shown_image_id(driver) == str(first["image_id"])  # still in front of the operator
+        press(driver, "s")
+        wait_for(lambda: shown_image_id(driver) == str(second["image_id"]), "the next electrode after a skip")
+    finally:
+        driver.quit()
+    listed = subprocess.run([sys.executable, "-m", "inspector", "--config", str(st.config), "reviews", "--format",
+                             "json"], capture_output=True, text=True, check=True)
+    assert [(r["reviewer"], r["label"]) for r in json.loads(listed.stdout)] == [("bob", "abnormal")]
 
 
 def test_the_status_page_refreshes_itself(served, repo_root):
