@@ -111,7 +111,8 @@ def test_login_redirects_only_inside_the_site(app):
     client = app.test_client()
     page = client.get("/login")
     for target, expected in (("/verdicts?verdict=abnormal", "/verdicts?verdict=abnormal"), ("//evil.example/", "/"),
-                             ("https://evil.example/", "/"), ("/\\evil.example", "/")):
+                             ("https://evil.example/", "/"), ("/\\evil.example", "/"), ("/\t/evil.example", "/"),
+                             ("/\n/evil.example", "/"), ("/ /evil.example", "/")):
         client = app.test_client()
         page = client.get("/login")
         answer = client.post("/login", data={"name": "ann", "password": PASSWORDS["ann"], "next": target,
@@ -369,3 +370,28 @@ def test_reports_render_the_export_on_demand(app, station):
     assert csv.mimetype == "text/csv" and csv.data.count(b"\n") == 7  # header + 6 outcomes
     bad = client.get("/reports/view?since=2d&until=3d")
     assert bad.status_code == 400 and b"is not after" in bad.data
+
+
+def test_decisions_conflicts_and_undo_on_either_database(tmp_path, database_url):
+    """The station on a plant's PostgreSQL database as on SQLite: the queue, a decision, a refused stale one,
+    an undo, the status panel and the search."""
+    st = build_station(tmp_path / "db", flagged=2, normal=1, scale=0.05, database_url=database_url,
+                       station_names=("line1", "line2"))
+    with open_store(database_url, station="line1") as store:
+        app = create_app(st.cfg, store)
+        ann, vic = logged_in(app), logged_in(app, "vic")
+        first, second = st.flagged
+        stale = ann.get("/").data.decode()
+        assert decide(ann, first, "abnormal", anomaly=["bubble"]).status_code == 303
+        late = ann.post("/review", data={"csrf_token": token_of(stale), "image_id": first["image_id"],
+                                         "verdict_id": verdict_id_of(st, first), "review_id": "", "label": "normal"})
+        assert late.status_code == 409
+        page = ann.get("/").data.decode()
+        assert f'data-image-id="{second["image_id"]}"' in page
+        assert ann.post("/undo", data={"csrf_token": token_of(page), "review_id": "1"}).status_code == 303
+        assert [(r["label"], r["supersedes"], r["station"]) for r in review_rows(st)] == \
+            [("abnormal", None, "line1"), ("withdrawn", 1, "line1")]
+        panel = vic.get("/status/panel?station=line2").data.decode()
+        assert re.search(r'id="tile-today">1<', panel)  # line2 scored the second scan only
+        assert "2 verdicts;" in vic.get("/verdicts?verdict=abnormal&reviewed=no").data.decode()
+        assert "1 verdict;" in vic.get("/verdicts?station=line2").data.decode()

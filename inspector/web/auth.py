@@ -127,8 +127,15 @@ def reviewer_only(view):
 
 
 def safe_next(target: str | None) -> str:
-    """A place on this site to go to after the login, never another site."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """A place on this site to go to after the login, never another site: a path (no scheme, no host), without
+    a backslash, a space or a control character (browsers drop tabs and newlines, so "/\t/evil" is "//evil")."""
+    from urllib.parse import urlsplit
+
+    if (not target or not target.startswith("/") or any(c == "\\" or not c.isprintable() or c.isspace()
+                                                        for c in target)):
+        return url_for("queue.home")
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or target.startswith("//"):
         return url_for("queue.home")
     return target
 
