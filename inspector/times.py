@@ -35,7 +35,10 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
         return now.astimezone(timezone.utc)
     age = _AGE.fullmatch(value)
     if age:
-        return (now - timedelta(**{_AGE_UNITS[age.group(2)]: int(age.group(1))})).astimezone(timezone.utc)
+        try:
+            return (now - timedelta(**{_AGE_UNITS[age.group(2)]: int(age.group(1))})).astimezone(timezone.utc)
+        except OverflowError:
+            raise ValueError(f"{text!r} reaches before the year 1") from None
     try:
         parsed = datetime.fromisoformat(text.strip())
     except ValueError:

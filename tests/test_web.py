@@ -395,3 +395,57 @@ def test_decisions_conflicts_and_undo_on_either_database(tmp_path, database_url)
         assert re.search(r'id="tile-today">1<', panel)  # line2 scored the second scan only
         assert "2 verdicts;" in vic.get("/verdicts?verdict=abnormal&reviewed=no").data.decode()
         assert "1 verdict;" in vic.get("/verdicts?station=line2").data.decode()
+
+
+def test_a_login_ends_after_web_session_hours_even_while_in_use(tmp_path):
+    import time
+
+    st = build_station(tmp_path / "short", flagged=1, normal=0, scale=0.05, extra_config="[web]\nsession_hours = 0.0005\n")
+    with open_store(st.cfg.database.url) as store:
+        client = logged_in(create_app(st.cfg, store))
+        assert client.get("/status/panel").status_code == 200  # each answer re-signs the cookie ...
+        time.sleep(2.0)
+        assert client.get("/status/panel").status_code == 302  # ... but the login itself is 1.8 s old
+
+
+def test_odd_numbers_and_query_keys_are_refused_plainly(app, station):
+    client = logged_in(app)
+    huge = "9" * 20
+    assert client.get(f"/verdict/{huge}").status_code == 404
+    assert client.get(f"/image/{huge}/window.png").status_code == 404
+    assert client.get(f"/?after={huge}").status_code == 200
+    page = client.get("/").data.decode()
+    answer = client.post("/review", data={"csrf_token": token_of(page), "image_id": huge, "verdict_id": "1",
+                                          "label": "normal"})
+    assert answer.status_code == 400 and b"not a record" in answer.data
+    assert client.get("/verdicts?since=99999999999w").status_code == 400
+    assert client.get("/verdicts?path=" + "*" * 600).status_code == 400
+    listed = client.get("/verdicts?endpoint=x&_method=POST&_external=1&_scheme=javascript&verdict=abnormal")
+    assert listed.status_code == 200 and b"javascript" not in listed.data
+    assert review_rows(station) == []
+
+
+def test_a_broken_users_file_is_a_plain_503(app, station):
+    station.cfg.users_path.write_text("{broken")
+    answer = app.test_client().post("/login", data={"name": "ann", "password": "x"})
+    page = app.test_client().get("/login")
+    assert page.status_code == 503 and b"users file cannot be read" in page.data and b"{broken" not in page.data
+    assert answer.status_code in (400, 503)
+
+
+def test_proxy_users_share_a_kiosk_without_sharing_an_undo(tmp_path):
+    st = build_station(tmp_path / "k", flagged=2, normal=0, scale=0.05,
+                       extra_config='[web]\nremote_user_header = "X-Remote-User"\ntrusted_proxies = ["10.0.0.1"]\n')
+    from inspector.web.users import UsersFile
+
+    UsersFile(st.cfg.users_path).add("bob", "reviewer", None)
+    with open_store(st.cfg.database.url) as store:
+        kiosk = create_app(st.cfg, store).test_client()
+        kiosk.environ_base.update(REMOTE_ADDR="::ffff:10.0.0.1", HTTP_X_REMOTE_USER="ann")  # an IPv4 proxy via ::
+        assert decide(kiosk, st.flagged[0], "normal").status_code == 303
+        assert b'id="form-undo"' in kiosk.get("/").data
+        kiosk.environ_base["HTTP_X_REMOTE_USER"] = "bob"
+        page = kiosk.get("/").data
+        assert b"bob" in page and b'id="form-undo"' not in page
+        refused = kiosk.post("/undo", data={"csrf_token": token_of(page), "review_id": "1"})
+        assert refused.status_code == 409 and len(review_rows(st)) == 1

@@ -7,6 +7,8 @@ without Flask.
 
 from inspector.errors import InspectorError
 
+MAX_ID = 2**63 - 1  # a database id; a larger number in a URL or a form is no record of this station's
+
 
 class WebError(InspectorError):
     """A request the station refuses, with the HTTP status to answer and what the user should do."""

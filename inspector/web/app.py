@@ -23,7 +23,7 @@ from inspector.errors import InspectorError, StoreError
 from inspector.paths import display_path
 from inspector.times import format_age, format_local
 from inspector.web import WebError
-from inspector.web.users import UsersFile
+from inspector.web.users import UserError, UsersFile
 
 log = logging.getLogger("inspector.web")
 HERE = Path(__file__).resolve().parent
@@ -115,6 +115,12 @@ def create_app(cfg: Config, store) -> Flask:
         log.warning("database error on %s %s: %s", request.method, request.path, exc)
         return error_page(503, f"The database cannot answer now: {exc}")
 
+    @app.errorhandler(UserError)
+    def users_file_error(exc: UserError):
+        log.error("users file: %s", exc)
+        return error_page(503, "The station's users file cannot be read: the server log says why; an "
+                               "administrator fixes it (`inspector user list` on the station).")
+
     @app.errorhandler(InspectorError)
     def inspector_error(exc: InspectorError):
         return error_page(400, str(exc))
@@ -147,6 +153,8 @@ def serve(cfg: Config, host: str, port: int, ready=None) -> None:
 
     from inspector.store import open_configured
 
+    with open_configured(cfg, readonly=True):
+        pass  # a database that is not there yet is refused ("start inspector watch"), never created empty here
     with open_configured(cfg) as store:
         app = create_app(cfg, store)
         try:

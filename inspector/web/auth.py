@@ -12,12 +12,12 @@ import ipaddress
 import logging
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 
 from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
 
 from inspector.web import WebError
-from inspector.web.users import User
+from inspector.web.users import USER_NAME, User
 
 log = logging.getLogger("inspector.web")
 blueprint = Blueprint("auth", __name__)
@@ -27,17 +27,22 @@ OPEN_ENDPOINTS = {"auth.login", "pages.healthz", "static"}
 NAME_FAILURES, ADDRESS_FAILURES, FAILURE_WINDOW_SECONDS = 5, 20, 300
 
 
+MAX_KEYS = 10_000  # names and addresses remembered at most (the oldest forgotten first): memory stays bounded
+
+
 class LoginThrottle:
     """Failed logins per key ("name:..." and "addr:...") in the last FAILURE_WINDOW_SECONDS; one per app."""
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._failures: dict[str, deque] = defaultdict(deque)
+        self._failures: dict[str, deque] = {}
 
     def _recent(self, key: str, now: float) -> deque:
-        times = self._failures[key]
+        times = self._failures.get(key, deque())
         while times and times[0] < now - FAILURE_WINDOW_SECONDS:
             times.popleft()
+        if not times:
+            self._failures.pop(key, None)
         return times
 
     def wait_seconds(self, keys: list[str]) -> float:
@@ -53,7 +58,12 @@ class LoginThrottle:
         now = time.monotonic()
         with self._lock:
             for key in keys:
-                self._recent(key, now).append(now)
+                times = self._recent(key, now)
+                times.append(now)
+                self._failures.pop(key, None)
+                self._failures[key] = times  # newest last: the first keys are the ones to forget
+            while len(self._failures) > MAX_KEYS:
+                self._failures.pop(next(iter(self._failures)))
 
     def succeeded(self, keys: list[str]) -> None:
         with self._lock:
@@ -71,6 +81,7 @@ def from_trusted_proxy() -> bool:
         address = ipaddress.ip_address(request.remote_addr or "")
     except ValueError:
         return False
+    address = getattr(address, "ipv4_mapped", None) or address  # ::ffff:10.0.0.7 from a server on ::
     return any(address in ipaddress.ip_network(p, strict=False) for p in proxies)
 
 
@@ -89,12 +100,13 @@ def request_user() -> User | None:
             return user
         if name:
             log.warning("ignored the %s header from %s: not in web.trusted_proxies", header, request.remote_addr)
-    name, stamp = session.get("user"), session.get("stamp")
+    name, stamp, since = session.get("user"), session.get("stamp"), session.get("login_at", 0)
     if not name:
         return None
     user = users.get(name)
-    if user is None or user.password_hash is None or user.stamp != stamp:
-        session.clear()  # removed, or its password or role changed since this login
+    expired = time.time() - float(since) > station()["cfg"].web.session_hours * 3600
+    if user is None or user.password_hash is None or user.stamp != stamp or expired:
+        session.clear()  # removed, its password or role changed since this login, or the login is too old
         return None
     return user
 
@@ -147,13 +159,14 @@ def login():
     status = 200
     name = request.form.get("name", "").strip() if request.method == "POST" else ""
     if request.method == "POST":
-        keys = [f"name:{name}", f"addr:{request.remote_addr}"]
+        # per address only for direct clients: behind the proxy every login comes from its address
+        keys = [f"name:{name[:64]}"] + ([] if from_trusted_proxy() else [f"addr:{request.remote_addr}"])
         throttle = station()["throttle"]
         wait = throttle.wait_seconds(keys)
         if wait > 0:
             problem, status = f"Too many failed logins: wait {wait:.0f} s and try again.", 429
         else:
-            user = users.verify(name, request.form.get("password", ""))
+            user = users.verify(name, request.form.get("password", "")) if USER_NAME.fullmatch(name) else None
             if user is None:
                 throttle.failed(keys)
                 log.warning("failed login as %r from %s", name, request.remote_addr)
@@ -162,7 +175,7 @@ def login():
                 throttle.succeeded(keys)
                 session.clear()
                 session.permanent = True
-                session["user"], session["stamp"] = user.name, user.stamp
+                session["user"], session["stamp"], session["login_at"] = user.name, user.stamp, int(time.time())
                 log.info("login: %s (%s) from %s", user.name, user.role, request.remote_addr)
                 return redirect(safe_next(request.form.get("next")))
     no_users = not users.load()

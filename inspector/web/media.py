@@ -20,7 +20,7 @@ import numpy as np
 from flask import Blueprint, Response, current_app, send_file
 
 from inspector.errors import ImageError, InspectorError
-from inspector.web import WebError
+from inspector.web import MAX_ID, WebError
 
 blueprint = Blueprint("media", __name__)
 CACHE_IMAGES = 12  # encoded full-size PNGs kept (a 2000 x 1000 scan: about 1 to 2 MB each)
@@ -50,13 +50,13 @@ class PngCache:
                     return self._items[key]
             try:
                 png = render()
+                with self._lock:
+                    self._items[key] = png
+                    while len(self._items) > self.size:
+                        self._items.popitem(last=False)
             finally:
                 with self._lock:
                     self._rendering.pop(key, None)
-            with self._lock:
-                self._items[key] = png
-                while len(self._items) > self.size:
-                    self._items.popitem(last=False)
         return png
 
 
@@ -68,7 +68,7 @@ def ext():
 
 
 def recorded(image_id: int) -> dict:
-    detail = ext()["store"].image_detail(image_id)
+    detail = ext()["store"].image_detail(image_id) if image_id <= MAX_ID else None
     if detail is None:
         raise WebError(404, f"no recorded image {image_id}")
     return detail
@@ -165,4 +165,6 @@ def original(image_id: int):
     captured = os.path.basename(bytes(detail["path_raw"])).decode("utf-8", "replace")
     name = re.sub(r"[^\w.\- ]+", "_", captured).strip() or f"image-{image_id}"
     mime = MIME.get(os.path.splitext(name)[1].lower(), "application/octet-stream")
-    return send_file(io.BytesIO(data), mimetype=mime, as_attachment=True, download_name=name, max_age=0)
+    answer = send_file(io.BytesIO(data), mimetype=mime, as_attachment=True, download_name=name, max_age=0)
+    answer.headers["Cache-Control"] = "no-store"
+    return answer

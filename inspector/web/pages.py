@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from datetime import datetime
 
 from flask import Blueprint, Response, current_app, g, render_template, request
 
 from inspector.errors import StoreError
-from inspector.web import WebError
+from inspector.web import MAX_ID, WebError
 
+log = logging.getLogger("inspector.web")
 blueprint = Blueprint("pages", __name__)
+FILTERS = ("since", "until", "verdict", "station", "path", "reviewed")  # the search's query keys, kept by its pages
+MAX_PATTERN = 512
 PAGE_ROWS = 50
 # The export's HTML report is one self-contained file: inline CSS, data: images, no script at all.
 REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'"
@@ -26,8 +30,9 @@ def healthz():
     """For the plant's monitoring, without a login: 200 `ok` while the database answers, else 503."""
     try:
         ext()["store"].schema_version()
-    except StoreError as exc:
-        return Response(f"database unavailable: {exc}\n", 503, mimetype="text/plain")
+    except StoreError as exc:  # the details (paths, hosts) are for the log, not for anyone who asks
+        log.warning("healthz: %s", exc)
+        return Response("database unavailable\n", 503, mimetype="text/plain")
     return Response("ok\n", 200, mimetype="text/plain")
 
 
@@ -59,9 +64,16 @@ def time_arg(name: str) -> tuple[str, datetime | None]:
     if not text:
         return "", None
     try:
-        return text, parse_time(text)
-    except ValueError as exc:
+        return text, parse_time(text[:100])
+    except (ValueError, OverflowError) as exc:
         raise WebError(400, f"{name}: {exc}") from None
+
+
+def path_arg() -> str | None:
+    pattern = request.args.get("path", "").strip()
+    if len(pattern) > MAX_PATTERN:
+        raise WebError(400, f"The path pattern is longer than {MAX_PATTERN} characters.")
+    return pattern or None
 
 
 def search_filters() -> dict:
@@ -73,7 +85,7 @@ def search_filters() -> dict:
         raise WebError(400, f"verdict {verdict!r} is not normal, abnormal or rescan")
     reviewed = {"yes": True, "no": False}.get(request.args.get("reviewed", ""))
     return {"since_text": since_text, "since": since, "until_text": until_text, "until": until, "verdict": verdict,
-            "station": request.args.get("station") or None, "path": request.args.get("path", "").strip() or None,
+            "station": request.args.get("station") or None, "path": path_arg(),
             "reviewed": reviewed, "reviewed_text": request.args.get("reviewed", "")}
 
 
@@ -92,7 +104,7 @@ def verdicts():
     page = min(page, pages)
     rows = store.query_verdicts(**query, limit=PAGE_ROWS, offset=(page - 1) * PAGE_ROWS)
     states = store.review_states({r["sha256"] for r in rows})
-    args = {k: v for k, v in request.args.items() if k != "page" and v}
+    args = {k: request.args[k] for k in FILTERS if request.args.get(k)}
     return render_template("verdicts.html", user=g.user, f=f, rows=rows, states=states, total=total, page=page,
                            pages=pages, args=args, stations=store.station_names(), page_rows=PAGE_ROWS)
 
@@ -102,7 +114,7 @@ def verdict(image_id: int):
     from inspector.review import query_reviews
 
     store = ext()["store"]
-    detail = store.image_detail(image_id)
+    detail = store.image_detail(image_id) if image_id <= MAX_ID else None
     if detail is None:
         raise WebError(404, f"No recorded image {image_id} is known here.")
     history = store.content_history(detail["sha256"])
@@ -135,6 +147,6 @@ def _report(fmt: str) -> Response:
     f = search_filters()
     text, _ = render_report(ext()["store"], ext()["cfg"], fmt, f["since"], f["until"], f["station"])
     if fmt == "csv":
-        return Response(text, mimetype="text/csv",
-                        headers={"Content-Disposition": 'attachment; filename="inspector-outcomes.csv"'})
+        return Response(text, mimetype="text/csv", headers={
+            "Content-Disposition": 'attachment; filename="inspector-outcomes.csv"', "Cache-Control": "no-store"})
     return Response(text, mimetype="text/html", headers={"Content-Security-Policy": REPORT_CSP})

@@ -15,12 +15,12 @@ from flask import Blueprint, current_app, flash, g, redirect, render_template, r
 from inspector.dataset import ANOMALY_TYPES
 from inspector.paths import display_path
 from inspector.review import ReviewConflict, queue_place, record_review, withdraw_review
-from inspector.web import WebError
+from inspector.web import MAX_ID, WebError
 from inspector.web.auth import reviewer_only
 
 log = logging.getLogger("inspector.web")
 blueprint = Blueprint("queue", __name__)
-UNDO_DEPTH = 20  # decisions a session can take back, newest first
+UNDO_DEPTH = 10  # decisions a session can take back, newest first (the session cookie stays well under 4 KB)
 # The keys of the anomaly panel: the top row of a keyboard, one per type of the paper's eleven.
 ANOMALY_KEYS = tuple("1234567890-")
 
@@ -39,16 +39,29 @@ def form_int(name: str, optional: bool = False) -> int | None:
     if not text and optional:
         return None
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise WebError(400, f"The form's {name} is {text!r}, not a number: reload the page.") from None
+        value = -1
+    if not 0 <= value <= MAX_ID:
+        raise WebError(400, f"The form's {name} is {text[:40]!r}, not a record's number: reload the page.")
+    return value
 
 
 def arg_int(name: str) -> int | None:
     try:
-        return int(request.args[name]) if request.args.get(name) else None
+        value = int(request.args[name]) if request.args.get(name) else None
     except ValueError:
         return None
+    return value if value is not None and 0 <= value <= MAX_ID else None
+
+
+def undo_stack() -> list:
+    """This login's last decisions, newest first: [review id, image id, what it was]; another user's are none."""
+    return session.get("undo", []) if session.get("undo_user") == g.user.name else []
+
+
+def set_undo_stack(entries: list) -> None:
+    session["undo"], session["undo_user"] = entries[:UNDO_DEPTH], g.user.name
 
 
 def station_arg() -> str | None:
@@ -64,7 +77,7 @@ def home():
     station = station_arg()
     place = queue_place(store(), after=arg_int("after"), at=arg_int("at"), station=station)
     item = place.item
-    undo = session.get("undo") or []
+    undo = undo_stack()
     return render_template("queue.html", user=g.user, item=item, place=place, station=station,
                            stations=known_stations(), anomaly_types=anomaly_choices(),
                            undo=undo[0] if undo else None, restarted=arg_int("after") is not None and item is None)
@@ -88,8 +101,8 @@ def decide():
     shown = display_path(detail["path"])
     log.info("review %d by %s: %s for %s", rec.id, rec.reviewer, rec.label, shown)
     name = shown.rsplit("/", 1)[-1]
-    undo = [[rec.id, image_id, f"{rec.label} for {name}"], *(session.get("undo") or [])][:UNDO_DEPTH]
-    session["undo"] = undo
+    short = name if len(name) <= 48 else name[:22] + "…" + name[-22:]
+    set_undo_stack([[rec.id, image_id, f"{rec.label} for {short}"], *undo_stack()])
     kinds = f" ({', '.join(rec.anomalies)})" if rec.anomalies else ""
     flash(f"Recorded {rec.label}{kinds} for {name} (review {rec.id}). Z takes it back.", "ok")
     target = request.form.get("then")
@@ -102,17 +115,16 @@ def decide():
 @reviewer_only
 def undo():
     review_id = form_int("review_id")
-    stack = session.get("undo") or []
+    stack = undo_stack()
     entry = next((e for e in stack if e[0] == review_id), None)
     if entry is None:
         raise WebError(409, f"Review {review_id} is not one of your last decisions in this login; nothing was "
                             "undone. A decision can be changed on its verdict's page.")
+    set_undo_stack([e for e in stack if e[0] != review_id])  # taken back now, or never again possible
     try:
         rec = withdraw_review(store(), review_id, g.user.name, only_by=g.user.name)
     except ReviewConflict as exc:
-        session["undo"] = [e for e in stack if e[0] != review_id]
         raise WebError(409, str(exc)) from None
-    session["undo"] = [e for e in stack if e[0] != review_id]
     log.info("review %d by %s withdraws review %d", rec.id, rec.reviewer, review_id)
     flash(f"Took back review {review_id} ({entry[2]}); the electrode waits for a decision again.", "ok")
     return redirect(url_for("queue.home", at=entry[1], station=station_arg()), 303)

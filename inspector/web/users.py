@@ -24,7 +24,7 @@ from inspector.errors import InspectorError
 
 ROLES = ("viewer", "reviewer")  # viewer: reads everything; reviewer: also records reviews
 MIN_PASSWORD = 8
-_NAME = re.compile(r"[\w.@\\-]{1,64}")
+USER_NAME = re.compile(r"[\w.@\\-]{1,64}")
 FORMAT = "inspector-users"
 
 
@@ -51,7 +51,7 @@ class User:
 
 
 def check_name(name: str) -> str:
-    if not _NAME.fullmatch(name):
+    if not USER_NAME.fullmatch(name):
         raise UserError(f"{name!r} is not a user name: 1 to 64 letters, digits or . _ @ - \\ (no spaces); it is "
                         "recorded as the reviewer of each decision")
     return name
