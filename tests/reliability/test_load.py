@@ -15,8 +15,8 @@ from daemon_helpers import DaemonProcess, db_count, wait_for, write_config
 from image_files import sample_image16, write_tiff16
 from soak import scaled
 
-BURST = scaled(2000, 10_000)
-DRIP_SECONDS = scaled(20, 300)
+BURST = scaled(1200, 10_000)  # make test (the CI budget) and make soak
+DRIP_SECONDS = scaled(15, 300)
 DRIP_INTERVAL_SECONDS = 0.05
 
 
