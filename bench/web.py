@@ -237,11 +237,11 @@ def measure(verdicts: int = 10_000, scans: int = 12, seconds: float = 5.0, notes
 
     notes = notes if notes is not None else []
     with tempfile.TemporaryDirectory(prefix="inspector-bench-web-") as tmp:
-        t0 = time.monotonic()
         st, total = build(Path(tmp) / "station", verdicts, scans)
         notes.append(f"web: {total} verdicts in SQLite ({scans} of them real 2000 x 1000 zlib TIFF scans with heat "
-                     f"maps), built in {time.monotonic() - t0:.0f} s; {CLIENTS} keep-alive clients for requests/s, "
-                     f"{seconds:g} s each; server: inspector serve (waitress, 8 threads) on loopback")
+                     f"maps); {CLIENTS} keep-alive clients for requests/s, {seconds:g} s each; server: inspector serve "
+                     f"(waitress, 8 threads) on loopback; in Chromium the operator looks at each scan "
+                     f"{LOOK_SECONDS:g} s before pressing N")
         with Served(st.config) as server:
             cookie = log_in(server.url, "ann", PASSWORDS["ann"])
             static = "/static/app.css"
