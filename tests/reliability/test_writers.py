@@ -144,6 +144,10 @@ def test_a_file_that_stays_cut_short_is_quarantined_as_truncated_after_the_retry
         wait_for(lambda: outcomes_of(db, "abandoned.tif")[1], 30, "the truncated rejection")
         waited = time.monotonic() - started
         assert "incomplete" in daemon.log()
+        # the move follows the commit, and leaving this block kills the daemon: wait for the move here (a
+        # fresh-clone run once looked between the two)
+        wait_for(lambda: places(capture, "abandoned.tif") == [capture / "quarantine" / "abandoned.tif"], 10,
+                 "the move to quarantine")
     assert waited >= 3.0, f"quarantined after {waited:.1f} s, before incomplete_retry_seconds"
     (reason, message), = outcomes_of(db, "abandoned.tif")[1]
     assert reason == "truncated"
