@@ -215,7 +215,8 @@ class Queries:
     def status_counts(self, today_start_utc: datetime, station: str | None = None) -> dict:
         """Model in use, counts by verdict and by rejection reason (today and total), last verdict time, and
         per station the files recorded today; `station`: only that station's files."""
-        joined = images.join(verdicts, images.c.verdict_id == verdicts.c.id)
+        # one count per electrode: a duplicate file (the same content again) is counted under duplicates only
+        joined = images.join(verdicts, sa.and_(images.c.verdict_id == verdicts.c.id, images.c.status != "duplicate"))
         mine = (lambda table: table.c.station == station) if station is not None else (lambda table: sa.true())
         with self.read() as conn:
             last = conn.execute(sa.select(verdicts.c.model_sha256, images.c.first_seen).select_from(joined)

@@ -241,13 +241,13 @@ def test_status_counts_and_waiting_files(filled, tmp_path):
     assert result.exit_code == 0, result.output
     out = result.output
     assert f"model          {MODEL[:12]}  /models/detector.safetensors" in out
-    assert "verdicts       abnormal 1/1, normal 2/2  (today/total)" in out
+    assert "verdicts       abnormal 1/1, normal 1/1  (today/total)" in out  # the copy of a.tif: a duplicate
     assert "rejections     not_an_image 1/1  (today/total)" in out
     assert "duplicates     1/1  (today/total)" in out
     assert f"files waiting  2 in {cap}" in out
     data = json.loads(run(filled, "status", "--format", "json").output)
     assert data["files_waiting"] == 2 and data["model"]["sha256"] == MODEL
-    assert data["verdicts_total"] == {"abnormal": 1, "normal": 2} and data["last_verdict_at"]
+    assert data["verdicts_total"] == {"abnormal": 1, "normal": 1} and data["last_verdict_at"]
 
 
 def test_status_without_capture_dir(filled, tmp_path):
