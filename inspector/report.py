@@ -108,15 +108,18 @@ def render_json(rows: list[dict], since: datetime | None, until: datetime | None
 
 
 def summarize(rows: list[dict], key) -> list[dict]:
-    """Counts per group and the pass rate: normal verdicts over every outcome (a rejected file did not pass)."""
+    """Counts per group and the pass rate: normal verdicts over every electrode (a rejected file did not pass).
+
+    One count per electrode: a duplicate file (content recorded before under another name) is counted under
+    `duplicates` only, as `inspector status` counts it, and is not in `total`."""
     groups: dict[str, dict] = defaultdict(lambda: {"normal": 0, "abnormal": 0, "rescan": 0, "rejected": 0,
-                                                   "pending": 0})
+                                                   "pending": 0, "duplicates": 0})
     for r in rows:
-        groups[key(r)][r["outcome"]] += 1
+        groups[key(r)]["duplicates" if r["status"] == "duplicate" else r["outcome"]] += 1
     out = []
     for name in sorted(groups):
         g = groups[name]
-        total = sum(g.values())
+        total = sum(g.values()) - g["duplicates"]
         out.append({"group": name, "total": total, **g, "pass_rate": g["normal"] / total if total else None})
     return out
 

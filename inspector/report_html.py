@@ -131,19 +131,20 @@ def confusion_png(cv: dict) -> bytes:
 
 
 def totals_table(title: str, summary: list[dict]) -> str:
-    head = ("<tr><th class='l'>" + esc(title) + "</th><th>images</th><th>normal</th><th>abnormal</th>"
-            "<th>rescan</th><th>rejected</th><th>pass rate</th></tr>")
+    head = ("<tr><th class='l'>" + esc(title) + "</th><th>electrodes</th><th>normal</th><th>abnormal</th>"
+            "<th>rescan</th><th>rejected</th><th>pass rate</th><th>duplicate files</th></tr>")
     body = "".join(
         f"<tr><td class='l'>{esc(s['group'])}</td><td>{s['total']}</td><td>{s['normal']}</td>"
         f"<td>{s['abnormal']}</td><td>{s['rescan']}</td><td>{s['rejected']}</td>"
-        f"<td>{esc(metrics.format_percent(s['pass_rate'], 1))}%</td></tr>" for s in summary)
+        f"<td>{esc(metrics.format_percent(s['pass_rate'], 1))}%</td><td>{s['duplicates']}</td></tr>" for s in summary)
     return f"<table>{head}{body}</table>" if summary else "<p class='muted'>no images in this period</p>"
 
 
 def section_totals(rows: list[dict]) -> str:
     every = summarize(rows, lambda r: "all")
     parts = ["<h2 id='totals'>Totals and pass rate</h2>",
-             "<p>Pass rate: normal verdicts over every outcome (abnormal, rescan and rejected files did not pass).</p>",
+             "<p>Pass rate: normal verdicts over every electrode (abnormal, rescan and rejected files did not pass). "
+             "A duplicate file (a content recorded before under another name) is counted once, as a duplicate.</p>",
              totals_table("period", every), "<h3>Per day (local time)</h3>",
              totals_table("day", summarize(rows, local_day)), "<h3>Per bundle</h3>",
              totals_table("bundle", summarize(rows, lambda r: r["bundle"]))]
@@ -161,8 +162,12 @@ def review_cell(row: dict) -> str:
 
 
 def section_flagged(store, rows: list[dict], cfg: Config) -> str:
-    flagged = [r for r in rows if r["outcome"] in ("abnormal", "rescan")]
+    flagged = [r for r in rows if r["outcome"] in ("abnormal", "rescan") and r["status"] != "duplicate"]
     parts = [f"<h2 id='flagged'>Abnormal and rescan ({len(flagged)})</h2>"]
+    copies = sum(r["outcome"] in ("abnormal", "rescan") and r["status"] == "duplicate" for r in rows)
+    if copies:
+        parts.append(f"<p class='muted'>{copies} duplicate file(s) of these electrodes not listed again "
+                     "(`inspector verdicts` marks them dup).</p>")
     if not flagged:
         return parts[0] + "<p class='muted'>none in this period</p>"
     conversions = model_conversions(store)

@@ -211,6 +211,28 @@ def test_totals_per_day_and_bundle(station):
     assert len(days) == 2 and sum(d["total"] for d in days) == 5
 
 
+def test_a_duplicate_file_counts_once_per_electrode(station):
+    """The same abnormal scan saved again under another name: one electrode, one duplicate file, in the totals and
+    in the flagged list, as `inspector status` counts them."""
+    import shutil
+
+    tmp_path, cfg, shas, files = station
+    copy = files["abnormal"].with_name("a1-again.tif")
+    shutil.copy(files["abnormal"], copy)
+    with open_store(cfg.database.url) as store:
+        assert record_verdict(store, str(copy), shas[files["abnormal"]], 10, 2, MODEL, 0.9, "abnormal", None, 0.5,
+                              "global") == "duplicate"
+        rows = collect_outcomes(store, cfg)
+        from inspector.report import summarize
+        from inspector.report_html import section_flagged
+
+        lineA = {s["group"]: s for s in summarize(rows, lambda r: r["bundle"])}["lineA"]
+        assert (lineA["total"], lineA["abnormal"], lineA["duplicates"], lineA["pass_rate"]) == (2, 1, 1, 0.5)
+        flagged = section_flagged(store, rows, cfg)
+    assert "Abnormal and rescan (3)" in flagged and "a1-again.tif" not in flagged
+    assert "1 duplicate file(s) of these electrodes not listed again" in flagged
+
+
 def test_bundle_rules(tmp_path):
     cap = tmp_path / "capture"
     assert bundle_of(str(cap / "b7" / "x.tif"), "subfolder", cap) == "b7"
