@@ -300,7 +300,7 @@ def start_review_station() -> ReviewStation:
             sys.stderr.write(line)
             found = re.search(r"review station on (http://\S+/)", line)
             if found:
-                threading.Thread(target=lambda: [sys.stderr.write(rest) for rest in proc.stderr], daemon=True).start()
+                threading.Thread(target=shutil.copyfileobj, args=(proc.stderr, sys.stderr), daemon=True).start()
                 return ReviewStation(proc, found.group(1))
         proc.wait()
     raise SystemExit("demo: `inspector serve` did not start (see its message above)")

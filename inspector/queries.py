@@ -23,6 +23,13 @@ def newest_review_id(sha256_column: sa.ColumnElement) -> sa.ScalarSelect:
     return sa.select(sa.func.max(reviews.c.id)).where(reviews.c.sha256 == sha256_column).scalar_subquery()
 
 
+def add_places(places: list, moved_to: str | None, path_raw: bytes) -> None:
+    """One recorded file's places, where it was moved first (a rescore, the review station read from there)."""
+    for place in (moved_to, bytes(path_raw)):
+        if place is not None and place not in places:
+            places.append(place)
+
+
 def is_reviewed(sha256_column: sa.ColumnElement) -> sa.ColumnElement:
     """The content has a standing review: its newest review exists and was not withdrawn."""
     return sa.func.coalesce(newest_review_label(sha256_column), WITHDRAWN) != WITHDRAWN
@@ -127,7 +134,10 @@ class Queries:
 
     def image_detail(self, image_id: int) -> dict | None:
         """One recorded file version by its id: the images row, the verdict it was given (`verdict_*` keys, None
-        before one) and that verdict's model metadata (`meta_json`); None for an id the database does not know."""
+        before one) and that verdict's model metadata (`meta_json`); None for an id the database does not know
+        (also one past the 64-bit ids any database can hold)."""
+        if not 0 <= image_id < 2**63:
+            return None
         cols = [*images.c, verdicts.c.id.label("verdict_row_id"), verdicts.c.model_sha256, verdicts.c.p_abnormal,
                 verdicts.c.verdict, verdicts.c.reason, verdicts.c.threshold, verdicts.c.method,
                 verdicts.c.heatmap_path, verdicts.c.created_at.label("verdict_time"),
@@ -170,10 +180,20 @@ class Queries:
             for row in conn.execute(query):
                 entry = todo.setdefault(row.sha256, {"sha256": row.sha256, "places": [], "verdict": row.verdict,
                                                      "model_sha256": row.model_sha256})
-                for place in (row.moved_to, bytes(row.path_raw)):
-                    if place is not None and place not in entry["places"]:
-                        entry["places"].append(place)
+                add_places(entry["places"], row.moved_to, row.path_raw)
         return list(todo.values())
+
+    def recorded_places(self, sha256: str, first: dict | None = None) -> list:
+        """Every place a content was recorded at, in the order to try it: the file version `first` (an images
+        row) before the others, each one's moved_to before its capture path, oldest file first."""
+        places: list = []
+        if first is not None:
+            add_places(places, first["moved_to"], first["path_raw"])
+        with self.read() as conn:
+            for row in conn.execute(sa.select(images.c.moved_to, images.c.path_raw)
+                                    .where(images.c.sha256 == sha256).order_by(images.c.id)):
+                add_places(places, row.moved_to, row.path_raw)
+        return places
 
     def count_verdicts(self, since: datetime | None = None, until: datetime | None = None,
                        verdict: str | None = None, path_glob: str | None = None, model: str | None = None,

@@ -149,7 +149,6 @@ def record_review(store: Store, sha256: str, label: str, anomalies: tuple[str, .
         raise ReviewError(f"label {label!r} is not normal or abnormal")
     kinds = parse_anomalies(list(anomalies))
     who = (reviewer or "").strip() or default_reviewer()
-    now = utc_now()
     with store.write() as conn:
         _lock_content(conn, sha256)
         if verdict_id is not None:
@@ -166,15 +165,8 @@ def record_review(store: Store, sha256: str, label: str, anomalies: tuple[str, .
         if expect_current is not ANY and (previous.id if previous is not None else None) != expect_current:
             raise ReviewConflict(f"{_shown(conn, sha256)} was reviewed meanwhile: {_describe(previous)}; "
                                  "your decision was not recorded")
-        new_id = conn.execute(sa.insert(reviews).values(
-            sha256=sha256, label=label, anomalies=";".join(kinds), reviewer=who, note=note or "",
-            model_verdict=verdict.verdict, model_sha256=verdict.model_sha256,
-            supersedes=previous.id if previous is not None else None, created_at=now,
-            station=store.station)).inserted_primary_key[0]
-        path = conn.execute(sa.select(_first_path(sha256))).scalar()
-    return ReviewRecord(int(new_id), sha256, path, label, kinds, who, note or "", verdict.verdict,
-                        verdict.model_sha256, verdict.p_abnormal, now,
-                        dict(previous._mapping) if previous is not None else None)
+        return _append(conn, store, sha256, label, kinds, who, note or "", verdict.verdict, verdict.model_sha256,
+                       verdict.p_abnormal, previous)
 
 
 def withdraw_review(store: Store, review_id: int, reviewer: str | None = None, note: str = "",
@@ -183,7 +175,6 @@ def withdraw_review(store: Store, review_id: int, reviewer: str | None = None, n
     unreviewed again and waits in the queue; nothing is deleted. Only the newest review of its image can be
     withdrawn (ReviewConflict otherwise); `only_by`: refused unless that reviewer recorded it."""
     who = (reviewer or "").strip() or default_reviewer()
-    now = utc_now()
     with store.write() as conn:
         target = conn.execute(sa.select(reviews).where(reviews.c.id == review_id)).first()
         if target is None:
@@ -198,14 +189,21 @@ def withdraw_review(store: Store, review_id: int, reviewer: str | None = None, n
         if only_by is not None and target.reviewer != only_by:
             raise ReviewError(f"review {review_id} was recorded by {target.reviewer}, not {only_by}: record a new "
                               "decision on the image instead")
-        new_id = conn.execute(sa.insert(reviews).values(
-            sha256=target.sha256, label=WITHDRAWN, anomalies="", reviewer=who,
-            note=note or f"withdraws review {review_id}", model_verdict=target.model_verdict,
-            model_sha256=target.model_sha256, supersedes=target.id, created_at=now,
-            station=store.station)).inserted_primary_key[0]
-        path = conn.execute(sa.select(_first_path(target.sha256))).scalar()
-    return ReviewRecord(int(new_id), target.sha256, path, WITHDRAWN, (), who, note or f"withdraws review {review_id}",
-                        target.model_verdict, target.model_sha256, None, now, dict(target._mapping))
+        return _append(conn, store, target.sha256, WITHDRAWN, (), who, note or f"withdraws review {review_id}",
+                       target.model_verdict, target.model_sha256, None, target)
+
+
+def _append(conn, store: Store, sha256: str, label: str, kinds: tuple[str, ...], who: str, note: str,
+            model_verdict: str | None, model_sha256: str | None, p_abnormal: float | None, previous) -> ReviewRecord:
+    """The one insert of a review row (a decision or a withdrawal), superseding `previous` (None: the first)."""
+    now = utc_now()
+    new_id = conn.execute(sa.insert(reviews).values(
+        sha256=sha256, label=label, anomalies=";".join(kinds), reviewer=who, note=note, model_verdict=model_verdict,
+        model_sha256=model_sha256, supersedes=previous.id if previous is not None else None, created_at=now,
+        station=store.station)).inserted_primary_key[0]
+    path = conn.execute(sa.select(_first_path(sha256))).scalar()
+    return ReviewRecord(int(new_id), sha256, path, label, kinds, who, note, model_verdict, model_sha256, p_abnormal,
+                        now, dict(previous._mapping) if previous is not None else None)
 
 
 def newest_review(store: Store, sha256: str) -> dict | None:

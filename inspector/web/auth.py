@@ -14,9 +14,9 @@ import threading
 import time
 from collections import deque
 
-from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, g, redirect, render_template, request, session, url_for
 
-from inspector.web import WebError
+from inspector.web import WebError, ext
 from inspector.web.users import USER_NAME, User
 
 log = logging.getLogger("inspector.web")
@@ -71,12 +71,8 @@ class LoginThrottle:
                 self._failures.pop(key, None)
 
 
-def station():
-    return current_app.extensions["inspector"]
-
-
 def from_trusted_proxy() -> bool:
-    proxies = station()["cfg"].web.trusted_proxies
+    proxies = ext()["cfg"].web.trusted_proxies
     try:
         address = ipaddress.ip_address(request.remote_addr or "")
     except ValueError:
@@ -87,8 +83,8 @@ def from_trusted_proxy() -> bool:
 
 def request_user() -> User | None:
     """The user of this request, or None; raises WebError 403 for a proxy user the users file does not know."""
-    users = station()["users"]
-    header = station()["cfg"].web.remote_user_header
+    users = ext()["users"]
+    header = ext()["cfg"].web.remote_user_header
     if header:
         name = request.headers.get(header, "").strip()
         if name and from_trusted_proxy():
@@ -104,7 +100,7 @@ def request_user() -> User | None:
     if not name:
         return None
     user = users.get(name)
-    expired = time.time() - float(since) > station()["cfg"].web.session_hours * 3600
+    expired = time.time() - float(since) > ext()["cfg"].web.session_hours * 3600
     if user is None or user.password_hash is None or user.stamp != stamp or expired:
         session.clear()  # removed, its password or role changed since this login, or the login is too old
         return None
@@ -154,14 +150,14 @@ def safe_next(target: str | None) -> str:
 
 @blueprint.route("/login", methods=["GET", "POST"])
 def login():
-    users = station()["users"]
+    users = ext()["users"]
     problem = None
     status = 200
     name = request.form.get("name", "").strip() if request.method == "POST" else ""
     if request.method == "POST":
         # per address only for direct clients: behind the proxy every login comes from its address
         keys = [f"name:{name[:64]}"] + ([] if from_trusted_proxy() else [f"addr:{request.remote_addr}"])
-        throttle = station()["throttle"]
+        throttle = ext()["throttle"]
         wait = throttle.wait_seconds(keys)
         if wait > 0:
             problem, status = f"Too many failed logins: wait {wait:.0f} s and try again.", 429
@@ -180,7 +176,7 @@ def login():
                 return redirect(safe_next(request.form.get("next")))
     no_users = not users.load()
     return render_template("login.html", problem=problem, name=name, next=request.values.get("next", ""),
-                           no_users=no_users, users_file=station()["cfg"].users_path, user=None), status
+                           no_users=no_users, users_file=ext()["cfg"].users_path, user=None), status
 
 
 @blueprint.route("/logout", methods=["POST"])

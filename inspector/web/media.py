@@ -17,10 +17,10 @@ from collections import OrderedDict
 
 import cv2
 import numpy as np
-from flask import Blueprint, Response, current_app, send_file
+from flask import Blueprint, Response, send_file
 
 from inspector.errors import ImageError, InspectorError
-from inspector.web import MAX_ID, WebError
+from inspector.web import WebError, ext
 
 blueprint = Blueprint("media", __name__)
 CACHE_IMAGES = 12  # encoded full-size PNGs kept (a 2000 x 1000 scan: about 1 to 2 MB each)
@@ -63,33 +63,18 @@ class PngCache:
 CACHE = PngCache()
 
 
-def ext():
-    return current_app.extensions["inspector"]
-
-
 def recorded(image_id: int) -> dict:
-    detail = ext()["store"].image_detail(image_id) if image_id <= MAX_ID else None
+    detail = ext()["store"].image_detail(image_id)
     if detail is None:
         raise WebError(404, f"no recorded image {image_id}")
     return detail
-
-
-def places_of(detail: dict) -> list:
-    """Where the content may be now: this file version's place first, then every other file that held it."""
-    places: list = []
-    files = ext()["store"].content_history(detail["sha256"])["files"]
-    for row in [detail, *files]:
-        for place in (row["moved_to"], bytes(row["path_raw"])):
-            if place is not None and place not in places:
-                places.append(place)
-    return places
 
 
 def original_bytes(detail: dict) -> tuple[bytes, str]:
     from inspector.imaging import load_recorded
 
     try:
-        return load_recorded(places_of(detail), detail["sha256"])
+        return load_recorded(ext()["store"].recorded_places(detail["sha256"], first=detail), detail["sha256"])
     except ImageError as exc:
         raise WebError(404, f"the image file is unavailable: {exc.message}") from None
 

@@ -6,10 +6,10 @@ import logging
 import math
 from datetime import datetime
 
-from flask import Blueprint, Response, current_app, g, render_template, request
+from flask import Blueprint, Response, g, render_template, request
 
 from inspector.errors import StoreError
-from inspector.web import MAX_ID, WebError
+from inspector.web import WebError, ext
 
 log = logging.getLogger("inspector.web")
 blueprint = Blueprint("pages", __name__)
@@ -20,9 +20,6 @@ PAGE_ROWS = 50
 REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'"
 STATUS_REFRESH_SECONDS = 5
 
-
-def ext():
-    return current_app.extensions["inspector"]
 
 
 @blueprint.route("/healthz")
@@ -114,7 +111,7 @@ def verdict(image_id: int):
     from inspector.review import query_reviews
 
     store = ext()["store"]
-    detail = store.image_detail(image_id) if image_id <= MAX_ID else None
+    detail = store.image_detail(image_id)
     if detail is None:
         raise WebError(404, f"No recorded image {image_id} is known here.")
     history = store.content_history(detail["sha256"])

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, current_app, flash, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, flash, g, redirect, render_template, request, session, url_for
 
 from inspector.dataset import ANOMALY_TYPES
 from inspector.paths import display_path
 from inspector.review import ReviewConflict, queue_place, record_review, withdraw_review
-from inspector.web import MAX_ID, WebError
+from inspector.web import WebError, ext
 from inspector.web.auth import reviewer_only
 
 log = logging.getLogger("inspector.web")
@@ -23,6 +23,7 @@ blueprint = Blueprint("queue", __name__)
 UNDO_DEPTH = 10  # decisions a session can take back, newest first (the session cookie stays well under 4 KB)
 # The keys of the anomaly panel: the top row of a keyboard, one per type of the paper's eleven.
 ANOMALY_KEYS = tuple("1234567890-")
+MAX_ID = 2**63 - 1  # a database id; a larger number in a form or a link is no record of this station's
 
 
 def anomaly_choices() -> list[tuple[str, str]]:
@@ -31,7 +32,7 @@ def anomaly_choices() -> list[tuple[str, str]]:
 
 
 def store():
-    return current_app.extensions["inspector"]["store"]
+    return ext()["store"]
 
 
 def form_int(name: str, optional: bool = False) -> int | None:
