@@ -12,6 +12,9 @@ from inspector.errors import StoreError
 from inspector.schema import VERDICTS, WITHDRAWN, images, models, rejections, reviews, verdicts
 
 
+MAX_ROW_ID = 2**63 - 1  # the largest id any of the databases holds (a 64-bit integer)
+
+
 def newest_review_label(sha256_column: sa.ColumnElement) -> sa.ScalarSelect:
     """The label of the newest review of a content (correlated on `sha256_column`); NULL when none."""
     return (sa.select(reviews.c.label).where(reviews.c.sha256 == sha256_column)
@@ -136,7 +139,7 @@ class Queries:
         """One recorded file version by its id: the images row, the verdict it was given (`verdict_*` keys, None
         before one) and that verdict's model metadata (`meta_json`); None for an id the database does not know
         (also one past the 64-bit ids any database can hold)."""
-        if not 0 <= image_id < 2**63:
+        if not 0 <= image_id <= MAX_ROW_ID:
             return None
         cols = [*images.c, verdicts.c.id.label("verdict_row_id"), verdicts.c.model_sha256, verdicts.c.p_abnormal,
                 verdicts.c.verdict, verdicts.c.reason, verdicts.c.threshold, verdicts.c.method,

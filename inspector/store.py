@@ -462,8 +462,12 @@ def shown_url(url: str) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
-def open_configured(cfg, readonly: bool = False) -> Store:
-    """open_store with the config's database.url, busy timeout and station name."""
+def open_configured(cfg, readonly: bool = False, create: bool = True) -> Store:
+    """open_store with the config's database.url, busy timeout and station name; `create=False`: a writer that
+    refuses a database that is not there yet ("start inspector watch") instead of creating an empty one (a review,
+    the review station: they need verdicts to exist)."""
+    if not create and not readonly:
+        open_configured(cfg, readonly=True).close()  # raises "no database at ... yet"
     return open_store(cfg.database.url, cfg.database.busy_timeout_seconds, readonly=readonly,
                       station=cfg.station_name)
 

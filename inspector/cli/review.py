@@ -19,15 +19,6 @@ PENDING_FIELDS = ["time", "verdict", "p_abnormal", "reason", "path", "sha256", "
                   "model_sha256"]
 
 
-def open_writer(cfg: Config):
-    """The database for writing; refuses to create one, since a review needs verdicts to exist."""
-    from inspector.store import open_configured
-
-    with open_reader(cfg):  # raises "no database at ... yet" instead of creating an empty one
-        pass
-    return open_configured(cfg)
-
-
 @cli.command()
 @click.argument("image", type=click.Path(dir_okay=False, exists=True))
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
@@ -97,7 +88,9 @@ def review(cfg: Config, ref: str, label: str | None, withdraw: bool, anomalies: 
     if withdraw and anomalies:
         raise click.UsageError("--anomaly goes with --label, not with --withdraw")
     kinds = parse_anomalies(list(anomalies))  # a typo fails before the database is touched
-    with open_writer(cfg) as store:
+    from inspector.store import open_configured
+
+    with open_configured(cfg, create=False) as store:
         sha = resolve_image(store, ref)
         if withdraw:
             current = newest_review(store, sha)

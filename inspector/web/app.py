@@ -153,9 +153,7 @@ def serve(cfg: Config, host: str, port: int, ready=None) -> None:
 
     from inspector.store import open_configured
 
-    with open_configured(cfg, readonly=True):
-        pass  # a database that is not there yet is refused ("start inspector watch"), never created empty here
-    with open_configured(cfg) as store:
+    with open_configured(cfg, create=False) as store:
         app = create_app(cfg, store)
         try:
             server = create_server(app, host=host, port=port, threads=cfg.web.threads, ident="inspector",

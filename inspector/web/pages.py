@@ -9,6 +9,7 @@ from datetime import datetime
 from flask import Blueprint, Response, g, render_template, request
 
 from inspector.errors import StoreError
+from inspector.schema import VERDICTS
 from inspector.web import WebError, ext
 
 log = logging.getLogger("inspector.web")
@@ -62,7 +63,7 @@ def time_arg(name: str) -> tuple[str, datetime | None]:
         return "", None
     try:
         return text, parse_time(text[:100])
-    except (ValueError, OverflowError) as exc:
+    except ValueError as exc:  # parse_time's own message, also for an age past the year 1
         raise WebError(400, f"{name}: {exc}") from None
 
 
@@ -78,8 +79,8 @@ def search_filters() -> dict:
     since_text, since = time_arg("since")
     until_text, until = time_arg("until")
     verdict = request.args.get("verdict") or None
-    if verdict not in (None, "normal", "abnormal", "rescan"):
-        raise WebError(400, f"verdict {verdict!r} is not normal, abnormal or rescan")
+    if verdict is not None and verdict not in VERDICTS:
+        raise WebError(400, f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
     reviewed = {"yes": True, "no": False}.get(request.args.get("reviewed", ""))
     return {"since_text": since_text, "since": since, "until_text": until_text, "until": until, "verdict": verdict,
             "station": request.args.get("station") or None, "path": path_arg(),

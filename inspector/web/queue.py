@@ -14,6 +14,7 @@ from flask import Blueprint, flash, g, redirect, render_template, request, sessi
 
 from inspector.dataset import ANOMALY_TYPES
 from inspector.paths import display_path
+from inspector.queries import MAX_ROW_ID
 from inspector.review import ReviewConflict, queue_place, record_review, withdraw_review
 from inspector.web import WebError, ext
 from inspector.web.auth import reviewer_only
@@ -23,7 +24,6 @@ blueprint = Blueprint("queue", __name__)
 UNDO_DEPTH = 10  # decisions a session can take back, newest first (the session cookie stays well under 4 KB)
 # The keys of the anomaly panel: the top row of a keyboard, one per type of the paper's eleven.
 ANOMALY_KEYS = tuple("1234567890-")
-MAX_ID = 2**63 - 1  # a database id; a larger number in a form or a link is no record of this station's
 
 
 def anomaly_choices() -> list[tuple[str, str]]:
@@ -43,7 +43,7 @@ def form_int(name: str, optional: bool = False) -> int | None:
         value = int(text)
     except ValueError:
         value = -1
-    if not 0 <= value <= MAX_ID:
+    if not 0 <= value <= MAX_ROW_ID:
         raise WebError(400, f"The form's {name} is {text[:40]!r}, not a record's number: reload the page.")
     return value
 
@@ -53,7 +53,7 @@ def arg_int(name: str) -> int | None:
         value = int(request.args[name]) if request.args.get(name) else None
     except ValueError:
         return None
-    return value if value is not None and 0 <= value <= MAX_ID else None
+    return value if value is not None and 0 <= value <= MAX_ROW_ID else None
 
 
 def undo_stack() -> list:
@@ -69,10 +69,6 @@ def station_arg() -> str | None:
     return request.values.get("station") or None
 
 
-def known_stations() -> list[str]:
-    return store().station_names()
-
-
 @blueprint.route("/")
 def home():
     station = station_arg()
@@ -80,7 +76,7 @@ def home():
     item = place.item
     undo = undo_stack()
     return render_template("queue.html", user=g.user, item=item, place=place, station=station,
-                           stations=known_stations(), anomaly_types=anomaly_choices(),
+                           stations=store().station_names(), anomaly_types=anomaly_choices(),
                            undo=undo[0] if undo else None, restarted=arg_int("after") is not None and item is None)
 
 
