@@ -137,6 +137,17 @@ def convert_image(img16: np.ndarray, method: str, window: Window | tuple[int, in
     return _three_channels(clahe.apply(to_uint8(img16, window)))
 
 
+def convert_recorded(img16: np.ndarray, meta: dict | None, method: str | None = None) -> np.ndarray:
+    """convert_image with the conversion a model's stored metadata (its JSON, as the models table keeps it)
+    names: method, window and CLAHE; without metadata `method` (else local). Torch-free: reports, the web."""
+    meta = meta or {}
+    clahe = meta.get("clahe") or {}
+    return convert_image(img16, meta.get("method") or method or "local",
+                         window=Window(*meta["window"]) if meta.get("window") else None,
+                         clahe_clip_limit=float(clahe.get("clip_limit", 2.0)),
+                         clahe_tile_grid=int(clahe.get("tile_grid", 8)))
+
+
 def local_window(img16: np.ndarray) -> Window:
     """The image's own 0.01/99.99 percentile window (method local); a constant image has none."""
     hist = WindowHistogram()

@@ -66,7 +66,7 @@ def source_path(row: dict) -> str:
 
 def thumbnail(row: dict, meta: dict | None, cfg: Config) -> str:
     """The source image in its model's own conversion, small; a placeholder says why when it cannot be."""
-    from inspector.convert import Window, convert_image
+    from inspector.convert import convert_recorded
     from inspector.imaging import read_image
 
     path = source_path(row)
@@ -76,13 +76,8 @@ def thumbnail(row: dict, meta: dict | None, cfg: Config) -> str:
         return placeholder(f"source image unavailable: {exc.message}")
     except OSError as exc:
         return placeholder(f"source image unavailable: {exc.strerror or exc}")
-    method, window, clahe = "local", None, {}
-    if meta:
-        method, clahe = meta.get("method", "local"), meta.get("clahe") or {}
-        window = Window(*meta["window"]) if meta.get("window") else None
     try:
-        img8 = convert_image(img16, method, window=window, clahe_clip_limit=float(clahe.get("clip_limit", 2.0)),
-                             clahe_tile_grid=int(clahe.get("tile_grid", 8)))
+        img8 = convert_recorded(img16, meta)
     except InspectorError as exc:
         return placeholder(f"cannot convert: {exc}")
     return img_tag(encode_png(img8), f"thumbnail of {os.path.basename(path)}", "thumb")

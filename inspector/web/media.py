@@ -93,7 +93,7 @@ def encode_png(img8: np.ndarray) -> bytes:
 
 def converted_png(detail: dict) -> bytes:
     """The image as its model saw it (the model's conversion and window) at the image's own size."""
-    from inspector.convert import Window, convert_image
+    from inspector.convert import convert_recorded
     from inspector.imaging import read_image_bytes
 
     cfg = ext()["cfg"]
@@ -102,13 +102,9 @@ def converted_png(detail: dict) -> bytes:
         img16 = read_image_bytes(data, place, cfg.imaging.max_height, cfg.imaging.max_width)
     except ImageError as exc:
         raise WebError(404, f"the image file cannot be read: {exc.message}") from None
-    meta = json.loads(detail["meta_json"]) if detail.get("meta_json") else {}
-    clahe = meta.get("clahe") or {}
+    meta = json.loads(detail["meta_json"]) if detail.get("meta_json") else None
     try:
-        img8 = convert_image(img16, meta.get("method") or detail.get("method") or "local",
-                             window=Window(*meta["window"]) if meta.get("window") else None,
-                             clahe_clip_limit=float(clahe.get("clip_limit", 2.0)),
-                             clahe_tile_grid=int(clahe.get("tile_grid", 8)))
+        img8 = convert_recorded(img16, meta, detail.get("method"))
     except InspectorError as exc:
         raise WebError(404, f"the image cannot be converted: {exc}") from None
     return encode_png(img8)
