@@ -1,18 +1,21 @@
 """after = "move": files with a committed outcome go to processed/DATE/ or quarantine/ inside the capture
-folder, only while they are the version judged, never overwriting, never through a symlink."""
+folder, only while they are the version judged, never replacing a file (an atomic no-replace rename: two
+daemons moving same-named files never destroy one), never through a symlink."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import stat
 from typing import Any, Callable
 
+from inspector.durable import rename_noreplace, same_entry
 from inspector.paths import display_path
 from inspector.watcher import FileStamp, OutsideCapture, ReadyFile, real_dir_inside
 
 log = logging.getLogger("inspector.daemon")
+
+MAX_TAKEN = 100  # destination names lost to other movers in a row before a move is given up (it is retried later)
 
 
 class Mover:
@@ -34,12 +37,16 @@ class Mover:
         self.fault = fault
         self.degraded: dict[str, str] = {}  # folder -> why moves there are refused (not a real folder inside)
 
-    def move(self, item: ReadyFile, parts: tuple[str, ...], sha256: str | None, image_raw: bytes | None) -> str | None:
-        """after = "move": rename into processed/DATE or quarantine, never overwriting anything.
+    def move(self, item: ReadyFile, parts: tuple[str, ...], sha256: str | None, image_raw: bytes | None,
+             recorded: str | None = None) -> str | None:
+        """after = "move": rename into processed/DATE or quarantine, never replacing anything.
 
         Only the version that was judged is moved, and the moved file is checked to be it. For a
         scored image (`image_raw`) the destination is committed before the rename, so the database
-        always says where the file is or is about to be.
+        always says where the file is or is about to be. The destination name is taken by the file
+        system's own atomic no-replace rename: another daemon (or anything else) that took the same
+        name first makes this one try the next free name, never destroys its file. `recorded` is
+        where an earlier, interrupted move said the file was going.
         """
         if not self.enabled:
             return None
@@ -47,7 +54,6 @@ class Mover:
         version = (item.stamp.mtime_ns, item.stamp.inode)
         try:
             folder = real_dir_inside(self.root, *parts)
-            dest = unique_destination(folder, os.path.basename(path))
         except OSError as exc:
             log.error("cannot move %s to %s (%s); it stays in place", shown, parts[0], exc.strerror or exc)
             if isinstance(exc, OutsideCapture):
@@ -58,25 +64,40 @@ class Mover:
             if os.path.lexists(path):
                 log.warning("%s changed after it was read; it stays in place and is judged again", shown)
             return None
-        if image_raw is not None:
-            self.store_call(self.store.record_moved, image_raw, sha256, display_path(dest), *version)
-        try:
-            os.rename(path, dest)
-            self.fault("mid_move")  # renamed: the instant right after the most exposed step of a move
-        except OSError as exc:
-            if isinstance(exc, FileNotFoundError) and not os.path.lexists(path):
-                log.info("%s is gone before it could be moved (deleted, or moved by another inspector)", shown)
-            else:
-                log.error("cannot move %s to %s (%s); it stays in place", shown, parts[0], exc.strerror)
+        if recorded and same_entry(recorded, path):  # a hard-link move (NFS) cut short before its unlink
+            os.unlink(path)
+            log.info("moved %s -> %s (finished)", shown, self.shown(recorded))
+            return recorded
+        taken = 0  # names another process took between our look and our rename
+        while True:
+            dest = unique_destination(folder, os.path.basename(path))
+            if image_raw is not None:
+                self.store_call(self.store.record_moved, image_raw, sha256, display_path(dest), *version)
+            try:
+                rename_noreplace(path, dest)
+                self.fault("mid_move")  # renamed: the instant right after the most exposed step of a move
+                break
+            except FileExistsError:
+                taken += 1
+                if taken < MAX_TAKEN:
+                    continue  # taken meanwhile (another daemon moving a same-named file): the next free name
+                log.error("cannot move %s to %s: %d free names were taken before it could be renamed; "
+                          "it stays in place", shown, parts[0], taken)
+            except OSError as exc:
+                if isinstance(exc, FileNotFoundError) and not os.path.lexists(path):
+                    log.info("%s is gone before it could be moved (deleted, or moved by another inspector)", shown)
+                else:
+                    log.error("cannot move %s to %s (%s); it stays in place", shown, parts[0], exc.strerror)
             if image_raw is not None:
                 self.store_call(self.store.record_moved, image_raw, sha256, None, *version)
             return None
         if not _is_version(dest, item.stamp, sha256):
             log.error("%s changed while it was being moved: it is not the content its outcome was recorded for; "
                       "putting it back to be judged again", shown)
-            with contextlib.suppress(OSError):
-                if not os.path.lexists(path):
-                    os.rename(dest, path)
+            try:
+                rename_noreplace(dest, path)
+            except OSError as exc:  # a new file under the old name meanwhile: both kept, this one where it is
+                log.error("cannot put %s back (%s); it stays at %s", shown, exc.strerror, self.shown(dest))
             if image_raw is not None:
                 self.store_call(self.store.record_moved, image_raw, sha256, None, *version)
             return None
@@ -108,7 +129,10 @@ def _is_version(path: str, stamp: FileStamp, sha256: str | None) -> bool:
 
 
 def unique_destination(folder: str, name: str) -> str:
-    """folder/name, or folder/stem-N.ext for the first N free; the name stays within 255 bytes."""
+    """folder/name, or folder/stem-N.ext for the first N free now; the name stays within 255 bytes.
+
+    Free now, not reserved: only rename_noreplace takes it (another process may take it first).
+    """
     stem, ext = os.path.splitext(name)
     candidate, n = name, 0
     while os.path.lexists(os.path.join(folder, candidate)):

@@ -100,7 +100,8 @@ class Scoring:
                 if outcome["kind"] == "rejection":
                     self.mover.move(item, ("quarantine",), outcome["sha256"], None)
                 else:
-                    self.mover.move(item, ("processed", date.today().isoformat()), outcome["sha256"], raw)
+                    self.mover.move(item, ("processed", date.today().isoformat()), outcome["sha256"], raw,
+                                    recorded=outcome["moved_to"])
             finally:
                 self._release([item])
 
@@ -397,4 +398,9 @@ class Scoring:
             log.info("verdict %s p=%s %s%s (%.2f s)%s", v.verdict, p_text, shown, dup, v.ready_to_commit_seconds, extra)
             if v.verdict == "abnormal" and result == "new" and job.img16 is not None:
                 self.heatmaps.submit(self.detector, job.img16, job.sha256)  # after the commit: never delays a verdict
-        self.mover.move(item, ("processed", date.today().isoformat()), job.sha256, os.fsencode(item.path))
+        raw, recorded = os.fsencode(item.path), None
+        if result == "exists" and self.mover.enabled:  # recorded before: a move may have been cut short
+            stamp = item.stamp
+            found = self._store_call(self.store.file_outcome, raw, stamp.size, stamp.mtime_ns, stamp.inode)
+            recorded = found and found.get("moved_to")
+        self.mover.move(item, ("processed", date.today().isoformat()), job.sha256, raw, recorded=recorded)

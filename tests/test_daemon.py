@@ -823,3 +823,24 @@ def test_a_burst_on_postgresql_gets_one_outcome_per_file_in_batched_commits(tmp_
                               "json"], capture_output=True, text=True, timeout=120)
     assert listing.returncode == 0, listing.stderr
     assert len(json.loads(listing.stdout)) == 10
+
+
+def test_a_hard_link_move_cut_short_is_finished_without_a_second_copy(tmp_path, station):
+    """On NFS the no-replace move is a hard link into processed/ and then the source unlinked: a daemon killed
+    between the two leaves the file under both names. The next run sees the capture name as the version whose
+    outcome says where it went, and only unlinks it (no second name, no new outcome)."""
+    cfg = station(after="move")
+    capture = tmp_path / "capture"
+    write_image(capture / "scan.tif", seed=7)
+    old = time.time() - 3600
+    os.utime(capture / "scan.tif", (old, old))
+    assert CliRunner().invoke(cli, ["watch", "--once", "--config", cfg.source]).exit_code == 0
+    (moved,) = [p for p in (capture / "processed").rglob("*") if p.is_file()]
+    os.link(moved, capture / "scan.tif")  # the state a kill between link and unlink leaves
+    result = CliRunner().invoke(cli, ["watch", "--once", "--config", cfg.source])
+    assert result.exit_code == 0, result.output
+    assert not (capture / "scan.tif").exists()
+    assert [p for p in capture.rglob("*") if p.is_file()] == [moved] and moved.stat().st_nlink == 1
+    db = cfg.database.url
+    assert db_count(db, IMAGES) == 1 and db_count(db, REJECTIONS) == 0
+    assert db_rows(db, "SELECT moved_to FROM images") == [(str(moved.resolve()),)]
