@@ -4,6 +4,7 @@ A dataset is a folder holding labels.csv with the header ``path,bundle,label[,an
 ``path`` relative to the folder, ``label`` normal|abnormal, ``anomaly`` an optional
 ``;``-separated list of anomaly types (a normal electrode may list a minor one). The paper's
 eleven types are ANOMALY_TYPES; a plant's own taxonomy may add any other name (see anomaly_name).
+An abnormal image may have a defect mask, masks/<its path with .png> (see mask_rel, localize.py).
 The synthetic electrode generator (inspector/synth.py) builds on this module, never the reverse.
 """
 
@@ -24,8 +25,10 @@ import numpy as np
 from inspector.durable import write_atomic
 from inspector.errors import DatasetError, ImageError
 from inspector.imaging import file_sha256, read_image
+from inspector.localize import read_mask
 
 LABELS_FILE = "labels.csv"
+MASKS_DIR = "masks"  # defect masks: MASKS_DIR/<the image's path, suffix .png>
 LABELS = ("normal", "abnormal")
 REQUIRED_COLUMNS = ("path", "bundle", "label")
 ANOMALY_TYPES = (
@@ -59,6 +62,11 @@ def write_labels(path: Path, rows) -> None:
     for rel, bundle, label, anomalies in rows:
         writer.writerow([rel, bundle, label, anomalies if isinstance(anomalies, str) else ";".join(anomalies)])
     write_atomic(path, buf.getvalue())
+
+
+def mask_rel(rel: str) -> str:
+    """Where an image's defect mask lies in its dataset folder: "b1/x_0001.tif" -> "masks/b1/x_0001.png"."""
+    return str(PurePosixPath(MASKS_DIR, PurePosixPath(rel.replace("\\", "/")).with_suffix(".png")))
 
 
 def _known(key: str) -> str | None:
@@ -162,6 +170,11 @@ class Dataset:
     @property
     def bundles(self) -> list[str]:
         return sorted({s.bundle for s in self.samples})
+
+    def mask_path(self, i: int) -> Path | None:
+        """Sample i's defect mask (mask_rel) where that file exists, else None; the file is not read."""
+        path = self.root / mask_rel(self.samples[i].rel)
+        return path if path.is_file() else None
 
     def fingerprint(self) -> str:
         """sha256 over sorted (rel, bundle, label, size, mtime_ns): cheap, so caches can key on it.
@@ -327,6 +340,8 @@ class CheckReport:
     duplicates: list[list[str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     unknown_anomalies: dict[str, int] = field(default_factory=dict)  # type outside the paper's eleven -> samples
+    # defect masks: abnormal (readable) images, those with a mask, masks of normal images and of no image
+    masks: dict = field(default_factory=lambda: {"abnormal": 0, "with_mask": 0, "for_normal": [], "without_image": []})
 
     @property
     def ok(self) -> bool:
@@ -343,6 +358,7 @@ class CheckReport:
             "duplicate_content": self.duplicates,
             "notes": self.notes,
             "unknown_anomalies": self.unknown_anomalies,
+            "masks": self.masks,
         }
 
     def totals(self) -> dict[str, int]:
@@ -356,6 +372,7 @@ class CheckReport:
             lines.append(f"{bundle:<{width}}  {c['normal']:>7}  {c['abnormal']:>8}  {c['normal'] + c['abnormal']:>6}")
         t = self.totals()
         lines.append(f"{'total':<{width}}  {t['normal']:>7}  {t['abnormal']:>8}  {t['normal'] + t['abnormal']:>6}")
+        lines.append(f"defect masks ({MASKS_DIR}/): {self.masks['with_mask']} of {self.masks['abnormal']} abnormal images")
         if self.problems or self.duplicates:
             lines.append("")
             lines.append(f"problems ({len(self.problems) + len(self.duplicates)}):")
@@ -380,12 +397,14 @@ def check_dataset(root: str | Path, max_height: int = 10_000, max_width: int = 1
     counts: dict[str, Counter] = defaultdict(Counter)
     for lineno, sample in rows:
         try:
-            read_image(sample.path, max_height=max_height, max_width=max_width)
+            img = read_image(sample.path, max_height=max_height, max_width=max_width)
         except ImageError as exc:
             report.problems.append(Problem(
                 "unreadable", f"{root / LABELS_FILE} line {lineno}: image {sample.rel} is unusable: "
                 f"{exc.message} [{exc.reason}]; replace or remove it", lineno, sample.rel))
             continue
+        if sample.label == "abnormal":
+            _check_mask(report, root, lineno, sample, img.shape)
         counts[sample.bundle][sample.label] += 1
         by_digest[file_sha256(sample.path)].append(sample.rel)
     report.problems.sort(key=lambda p: p.line)
@@ -404,9 +423,48 @@ def check_dataset(root: str | Path, max_height: int = 10_000, max_width: int = 1
             report.notes.append(
                 f"balanced accuracy is undefined for bundle {bundle} (no normal example); cross-validation "
                 "reports its TPR alone and marks it; its counts still enter the pooled totals")
+    _stray_masks(report, rows)
     unknown = Counter(a for _, sample in rows for a in sample.anomalies if a not in ANOMALY_TYPES)
     report.unknown_anomalies = {name: unknown[name] for name in sorted(unknown)}
     if unknown:
         report.notes.append(unknown_anomalies_note(report.unknown_anomalies))
     return report
+
+
+def _check_mask(report: CheckReport, root: Path, lineno: int, sample: Sample, shape: tuple[int, ...]) -> None:
+    """Count an abnormal image and its mask; a damaged mask or one of another size is a problem."""
+    report.masks["abnormal"] += 1
+    rel = mask_rel(sample.rel)
+    if not (root / rel).is_file():
+        return
+    report.masks["with_mask"] += 1
+    where = f"{root / LABELS_FILE} line {lineno}"
+    try:
+        mask = read_mask(root / rel)
+    except DatasetError as exc:
+        report.problems.append(Problem("mask_unreadable", f"{where}: {exc}", lineno, sample.rel))
+        return
+    if mask.shape != tuple(shape[:2]):
+        report.problems.append(Problem(
+            "mask_size", f"{where}: mask {rel} is {mask.shape[0]} x {mask.shape[1]} px but image {sample.rel} is "
+            f"{shape[0]} x {shape[1]} (height x width); a mask must be as large as its image", lineno, sample.rel))
+    elif not mask.any():
+        report.notes.append(f"mask {rel} of image {sample.rel} marks no defect pixel; localization cannot be measured on it")
+
+
+def _stray_masks(report: CheckReport, rows: list[tuple[int, Sample]]) -> None:
+    """Masks under MASKS_DIR of images labelled normal, or of none in labels.csv: a note (a warning) for each kind."""
+    folder = report.root / MASKS_DIR
+    if not folder.is_dir():
+        return
+    labels = {mask_rel(s.rel): s.label for _, s in rows}
+    found = sorted(str(PurePosixPath(MASKS_DIR, *p.relative_to(folder).parts)) for p in folder.rglob("*.png") if p.is_file())
+    report.masks["for_normal"] = [m for m in found if labels.get(m, "abnormal") != "abnormal"]
+    report.masks["without_image"] = [m for m in found if m not in labels]
+    for key, what, fix in (("for_normal", "images labelled normal", "relabel each image or remove its mask"),
+                           ("without_image", "images not listed in labels.csv", "remove each or add its image")):
+        stray = report.masks[key]
+        if stray:
+            shown = ", ".join(stray[:5]) + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
+            report.notes.append(f"{_plural(len(stray), 'mask')} for {what}: {shown}; {fix}")
 

@@ -13,8 +13,9 @@ from click.testing import CliRunner
 
 from inspector.cli import cli
 from inspector.dataset import (ANOMALY_TYPES, Sample, anomaly_name, check_dataset, leave_one_bundle_out,
-                               load_dataset, normalize_anomaly)
+                               load_dataset, mask_rel, normalize_anomaly)
 from inspector.errors import DatasetError
+from inspector.localize import write_mask
 
 
 def write_image(path: Path, seed: int = 0, shape: tuple[int, int] = (64, 32), compression: str | None = "zlib") -> None:
@@ -337,3 +338,87 @@ def test_cli_check_exit_codes(flawed_set, tmp_path):
     assert result.exit_code == 1
     assert result.output == (f"Error: dataset folder {tmp_path / 'none'} does not exist; "
                              "give a folder holding labels.csv\n")
+
+
+def test_mask_rel_and_dataset_mask_path(tmp_path):
+    assert mask_rel("bundle01/bundle01_0003.tif") == "masks/bundle01/bundle01_0003.png"
+    assert mask_rel("a\\b\\c.dcm") == "masks/a/b/c.png" and mask_rel("x.png") == "masks/x.png"
+    root = make_set(tmp_path / "ds", ["b1/a.tif,b1,abnormal,line", "b1/b.tif,b1,abnormal,smudge", "c.tif,b2,normal,"])
+    write_mask(root / "masks/b1/a.png", np.ones((64, 32), bool))
+    ds = load_dataset(root)
+    assert ds.mask_path(0) == root.resolve() / "masks/b1/a.png"
+    assert ds.mask_path(1) is None and ds.mask_path(2) is None
+    (root / "masks/b1/b.png").mkdir(parents=True)  # a folder by that name is no mask
+    assert ds.mask_path(1) is None
+
+
+@pytest.fixture
+def masked_set(tmp_path) -> Path:
+    """Four abnormal images (64 x 32) with a good, a too-small, a damaged and no mask; stray masks of a normal
+    image and of no image."""
+    root = make_set(tmp_path / "masked", [
+        "b1/good.tif,b1,abnormal,line",
+        "b1/small.tif,b1,abnormal,smudge",
+        "b2/damaged.tif,b2,abnormal,bubble",
+        "b2/bare.tif,b2,abnormal,scratch",
+        "b1/normal.tif,b1,normal,",
+        "b2/normal.tif,b2,normal,",
+    ])
+    mask = np.zeros((64, 32), bool)
+    mask[10:20, 5:9] = True
+    write_mask(root / "masks/b1/good.png", mask)
+    write_mask(root / "masks/b1/small.png", mask[:32, :16])
+    write_mask(root / "masks/b2/damaged.png", mask)
+    data = (root / "masks/b2/damaged.png").read_bytes()
+    (root / "masks/b2/damaged.png").write_bytes(data[: len(data) // 2])
+    write_mask(root / "masks/b1/normal.png", mask)
+    write_mask(root / "masks/b3/gone.png", mask)
+    return root
+
+
+def test_check_counts_masks_and_flags_wrong_ones(masked_set):
+    report = check_dataset(masked_set)
+    f = masked_set / "labels.csv"
+    assert report.masks == {"abnormal": 4, "with_mask": 3, "for_normal": ["masks/b1/normal.png"],
+                            "without_image": ["masks/b3/gone.png"]}
+    assert [(p.kind, p.line, p.rel) for p in report.problems] == [("mask_size", 3, "b1/small.tif"),
+                                                                  ("mask_unreadable", 4, "b2/damaged.tif")]
+    assert report.problems[0].message == (f"{f} line 3: mask masks/b1/small.png is 32 x 16 px but image b1/small.tif "
+                                          "is 64 x 32 (height x width); a mask must be as large as its image")
+    assert report.problems[1].message.startswith(f"{f} line 4: mask {masked_set / 'masks/b2/damaged.png'} "
+                                                 "is a damaged PNG")
+    assert report.notes == ["1 mask for images labelled normal: masks/b1/normal.png; relabel each image or remove "
+                            "its mask",
+                            "1 mask for images not listed in labels.csv: masks/b3/gone.png; remove each or add its image"]
+    assert "defect masks (masks/): 3 of 4 abnormal images" in report.format_text()
+    assert not report.ok
+
+
+def test_stray_and_empty_masks_are_notes_not_problems(masked_set):
+    (masked_set / "masks/b1/small.png").unlink()
+    (masked_set / "masks/b2/damaged.png").unlink()
+    write_mask(masked_set / "masks/b2/bare.png", np.zeros((64, 32), bool))
+    for i in range(7):
+        write_mask(masked_set / f"masks/b9/{i}.png", np.ones((4, 4), bool))
+    report = check_dataset(masked_set)
+    assert report.ok and report.problems == []
+    assert report.masks["with_mask"] == 2 and len(report.masks["without_image"]) == 8
+    assert "mask masks/b2/bare.png of image b2/bare.tif marks no defect pixel; localization cannot be measured on it" in report.notes
+    assert ("8 masks for images not listed in labels.csv: masks/b3/gone.png, masks/b9/0.png, masks/b9/1.png, "
+            "masks/b9/2.png, masks/b9/3.png and 3 more; remove each or add its image") in report.notes
+
+
+def test_cli_check_json_keeps_mask_counts(masked_set):
+    result = CliRunner().invoke(cli, ["dataset", "check", "--json", str(masked_set)])
+    assert result.exit_code == 1
+    d = json.loads(result.stdout)
+    assert d["masks"]["with_mask"] == 3 and d["masks"]["for_normal"] == ["masks/b1/normal.png"]
+    assert [p["kind"] for p in d["problems"]] == ["mask_size", "mask_unreadable"]
+
+
+def test_check_without_masks_counts_none(tmp_path):
+    root = make_set(tmp_path, ["a.tif,b1,normal", "b.tif,b1,abnormal", "c.tif,b2,normal", "d.tif,b2,abnormal"])
+    report = check_dataset(root)
+    assert report.ok and report.masks == {"abnormal": 2, "with_mask": 0, "for_normal": [], "without_image": []}
+    assert "defect masks (masks/): 0 of 2 abnormal images" in report.format_text()
+
