@@ -16,8 +16,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from inspector.dataset import ANOMALY_TYPES, LABELS_FILE, Dataset, load_dataset, write_labels
+from inspector.dataset import ANOMALY_TYPES, LABELS_FILE, Dataset, load_dataset, mask_rel, write_labels
 from inspector.errors import DatasetError
+from inspector.localize import write_mask
 
 FULL_HEIGHT = 2072  # mean height at scale 1.0; sizes below are in full-resolution pixels
 MINOR_SHARE = 0.25  # share of normal electrodes that carry one minor, acceptable anomaly
@@ -26,6 +27,9 @@ MINOR_SHARE = 0.25  # share of normal electrodes that carry one minor, acceptabl
 # a window as an abnormal one), so severity alone cannot make an instance minor: an operator passes
 # a minor flaw because it is faint, below the coating's own grain.
 MINOR_GAIN = 0.25
+# A defect mask marks where an abnormal anomaly moved the drawn image by at least this many counts
+# before grain and noise: there the written count changed; elsewhere it moved by at most one count.
+MASK_MIN_CHANGE = 1.0
 
 
 @dataclass(frozen=True)
@@ -280,6 +284,17 @@ def synth_image(rng: np.random.Generator, character: Character, anomalies: Seque
     minor: the anomalies are the acceptable kind a normal electrode may carry, drawn at MINOR_GAIN
     of their contrast.
     """
+    return synth_image_with_mask(rng, character, anomalies, severity, shape, minor)[0]
+
+
+def synth_image_with_mask(rng: np.random.Generator, character: Character, anomalies: Sequence[str],
+                          severity: float | Sequence[float], shape: tuple[int, int],
+                          minor: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """synth_image's electrode (the same pixels) and its defect mask: true where the anomalies changed
+    the image by at least MASK_MIN_CHANGE counts before grain and noise (so the count changed there,
+    bar a hot pixel, and by at most one count elsewhere); None for minor anomalies (not a defect) or
+    none at all.
+    """
     h, w = shape
     unit = h / FULL_HEIGHT
     noise_rng = np.random.default_rng(rng.integers(2**63))  # same noise with or without anomalies
@@ -299,6 +314,7 @@ def synth_image(rng: np.random.Generator, character: Character, anomalies: Seque
     img[:, w - rim:] += 150
     cv = _Canvas(img, x0, x1, y0, y1, float(character.coat_level), float(character.substrate_level), unit)
     sevs = [severity] * len(anomalies) if np.isscalar(severity) else list(severity)
+    clean = img.copy() if anomalies and not minor else None
     for name, sev in zip(anomalies, sevs):
         if name not in DRAWERS:
             raise DatasetError(f"unknown anomaly type {name!r}; use one of {', '.join(ANOMALY_TYPES)} "
@@ -307,6 +323,7 @@ def synth_image(rng: np.random.Generator, character: Character, anomalies: Seque
         DRAWERS[name](rng, cv, float(np.clip(sev, 0.0, 1.0)))
         if before is not None:
             cv.img -= (1.0 - MINOR_GAIN) * (cv.img - before)  # in place: img is the same array
+    mask = None if clean is None else np.abs(img - clean) >= MASK_MIN_CHANGE
     grain = noise_rng.standard_normal((h, w), dtype=np.float32)
     sigma = character.grain_sigma * unit
     if sigma >= 0.3:
@@ -318,7 +335,7 @@ def synth_image(rng: np.random.Generator, character: Character, anomalies: Seque
         n_hot = int(noise_rng.binomial(h * w, character.hot_rate))
         idx = noise_rng.integers(0, h * w, n_hot)
         img.flat[idx] = noise_rng.uniform(3800, 6000, n_hot)
-    return np.clip(np.rint(img), 0, 65535).astype(np.uint16)
+    return np.clip(np.rint(img), 0, 65535).astype(np.uint16), mask
 
 
 def _pick_anomalies(rng: np.random.Generator, abnormal: bool) -> tuple[list[str], list[float]]:
@@ -376,7 +393,11 @@ def write_tiff(path: Path, img16: np.ndarray) -> None:
 
 def synthesize(out: str | Path, bundles: int = 12, per_bundle: int = 60, abnormal_rate: float = 0.21,
                scale: float = 1.0, seed: int = 0, progress: bool = True) -> Dataset:
-    """Write bundleNN/bundleNN_XXXX.tif and labels.csv (with the anomaly column); deterministic per seed."""
+    """Write bundleNN/bundleNN_XXXX.tif, labels.csv (with the anomaly column) and, for each abnormal
+    image, its defect mask masks/bundleNN/bundleNN_XXXX.png (synth_image_with_mask); deterministic per seed.
+
+    A mask left by an earlier run for an image now normal is removed.
+    """
     if bundles < 1 or per_bundle < 1:
         raise DatasetError(f"need at least 1 bundle and 1 image per bundle, got {bundles} x {per_bundle}")
     if not 0 <= abnormal_rate <= 1:
@@ -401,9 +422,14 @@ def synthesize(out: str | Path, bundles: int = 12, per_bundle: int = 60, abnorma
                 rng = np.random.default_rng([seed, 2, b, i])
                 is_abn = i in abnormal
                 names, sevs = _pick_anomalies(rng, is_abn)
-                img16 = synth_image(rng, character, names, sevs, draw_shape(rng, scale), minor=not is_abn)
+                img16, mask = synth_image_with_mask(rng, character, names, sevs, draw_shape(rng, scale),
+                                                    minor=not is_abn)
                 rel = f"{name}/{name}_{i:04d}.tif"
                 write_tiff(out / rel, img16)
+                if mask is not None:
+                    write_mask(out / mask_rel(rel), mask)
+                else:
+                    (out / mask_rel(rel)).unlink(missing_ok=True)
                 rows.append((rel, name, "abnormal" if is_abn else "normal", ";".join(names)))
                 bar.update(1)
     finally:
@@ -413,7 +439,7 @@ def synthesize(out: str | Path, bundles: int = 12, per_bundle: int = 60, abnorma
 
 
 def summarize(dataset: Dataset) -> dict:
-    """Counts, abnormal share, image sizes (from TIFF headers only) and anomaly counts of a set."""
+    """Counts, abnormal share, image sizes (from TIFF headers only), anomaly and defect mask counts of a set."""
     import tifffile
 
     heights, widths = [], []
@@ -432,6 +458,7 @@ def summarize(dataset: Dataset) -> dict:
         "bundles": len(dataset.bundles),
         "abnormal": int(y.sum()),
         "abnormal_share": float(y.mean()) if len(y) else 0.0,
+        "masks": sum(dataset.mask_path(i) is not None for i in range(len(dataset))),
         "height": [min(heights), round(float(np.mean(heights)), 1), max(heights)],
         "width": [min(widths), round(float(np.mean(widths)), 1), max(widths)],
         "anomalies": counts,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import time
 
 import cv2
@@ -12,9 +14,11 @@ import tifffile
 from click.testing import CliRunner
 
 from inspector.cli import cli
-from inspector.dataset import ANOMALY_TYPES, load_dataset
+from inspector.dataset import ANOMALY_TYPES, check_dataset, load_dataset
 from inspector.errors import DatasetError
-from inspector.synth import draw_character, summarize, synth_electrode, synth_image, synthesize
+from inspector.localize import read_mask
+from inspector.synth import (draw_character, draw_shape, summarize, synth_electrode, synth_image,
+                             synth_image_with_mask, synthesize)
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +200,7 @@ def test_cli_synth_summary_and_refuses_non_empty(tmp_path):
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert f"wrote 10 images in 2 bundles to {out}" in result.output
-    assert "abnormal: 2 (20.0%)" in result.output
+    assert f"abnormal: 2 (20.0%), each with its defect mask: 2 in {out / 'masks'}" in result.output
     assert "size: height " in result.output and "scratch" in result.output
     assert len(load_dataset(out)) == 10
     result = CliRunner().invoke(cli, args)
@@ -225,3 +229,89 @@ def test_new_electrodes_of_a_bundle_share_its_coating(small_set):
         ours, theirs = np.array(by_bundle[name]), np.array([coated_median(img) for img in new])
         spread = max(ours.std(), 3.0)
         assert abs(np.median(theirs) - np.median(ours)) <= 3 * spread, (name, theirs, ours)
+
+
+# sha256 over labels.csv and every image's rel, shape and pixels of synthesize(OUT, 2, 8, 0.5, 0.1, seed=13) as
+# main wrote it before the defect masks (commit 64ae6be): writing masks must not change one pixel
+PIXELS_BEFORE_MASKS = "03d85b27a390cba50df2c4a5e3c470f16870f646c62ac41dd336d4776c46aa9c"
+
+
+def test_masks_leave_the_images_unchanged(tmp_path):
+    ds = synthesize(tmp_path / "s", bundles=2, per_bundle=8, abnormal_rate=0.5, scale=0.1, seed=13, progress=False)
+    digest = hashlib.sha256((ds.root / "labels.csv").read_bytes())
+    for s in ds.samples:
+        img = tifffile.imread(s.path)
+        digest.update(f"{s.rel} {img.shape}".encode())
+        digest.update(img.tobytes())
+    assert digest.hexdigest() == PIXELS_BEFORE_MASKS
+    kinds = {(s.label, len(s.anomalies)) for s in ds.samples}
+    assert {("abnormal", 2), ("normal", 1)} <= kinds  # two defects on one image, minor flaws on normals
+
+
+def test_a_mask_for_every_abnormal_image_and_none_for_normals(small_set):
+    ds, _ = small_set
+    for i, s in enumerate(ds.samples):
+        path = ds.mask_path(i)
+        if s.label == "normal":
+            assert path is None and not (ds.root / "masks" / s.bundle / s.path.with_suffix(".png").name).exists()
+            continue
+        assert path == ds.root / "masks" / s.bundle / s.path.with_suffix(".png").name, s.rel
+        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        assert raw.dtype == np.uint8 and raw.shape == tifffile.imread(s.path).shape, s.rel
+        assert set(np.unique(raw).tolist()) == {0, 255}, s.rel  # every mask marks some defect pixels
+    assert summarize(ds)["masks"] == int(ds.y.sum()) == 150
+    report = check_dataset(ds.root)
+    assert report.ok and report.masks == {"abnormal": 150, "with_mask": 150, "for_normal": [], "without_image": []}
+
+
+def plain_character(seed: int):
+    """A bundle's look without hot pixels (a hot pixel overwrites a count, defect or not)."""
+    return dataclasses.replace(draw_character(np.random.default_rng(seed)), hot_rate=0.0)
+
+
+@pytest.mark.parametrize("anomalies", [[name] for name in ANOMALY_TYPES] + [["smudge", "line"], ["bubble", "edge_cut"]])
+@pytest.mark.parametrize("scale", [0.05, 0.2])
+def test_the_mask_is_exactly_where_the_defect_changed_the_counts(anomalies, scale):
+    """The same electrode without the defect (same seed: same coating, grain and noise) differs from it at every
+    mask pixel and by at most one count (rounding) outside the mask."""
+    for seed in range(3):
+        character, shape = plain_character(seed), draw_shape(np.random.default_rng(seed), scale)
+        img, mask = synth_image_with_mask(np.random.default_rng([seed, 2]), character, anomalies, 0.35 + 0.3 * seed,
+                                          shape)
+        clean = synth_image(np.random.default_rng([seed, 2]), character, [], 0.0, shape)
+        diff = np.abs(img.astype(np.int32) - clean)
+        assert mask.shape == img.shape and mask.any()
+        assert diff[~mask].max() <= 1, (anomalies, seed)
+        assert diff[mask].min() >= 1, (anomalies, seed)
+        assert np.array_equal(img, synth_image(np.random.default_rng([seed, 2]), character, anomalies,
+                                               0.35 + 0.3 * seed, shape))  # the same pixels as synth_image
+
+
+def test_a_planted_line_is_in_its_mask():
+    """A vertical line seen in the pixels (the columns that changed most) is the mask's column band."""
+    character, shape = plain_character(4), (208, 114)
+    img, mask = synth_image_with_mask(np.random.default_rng(9), character, ["line"], 1.0, shape)
+    clean = synth_image(np.random.default_rng(9), character, [], 1.0, shape)
+    column_change = np.abs(img.astype(np.int32) - clean).sum(axis=0)
+    cols = np.flatnonzero(mask.any(axis=0))
+    assert cols.max() - cols.min() < 12 and np.argmax(column_change) in cols  # a thin band of columns
+    rows = np.flatnonzero(mask.any(axis=1))
+    assert len(rows) > 0.4 * 0.9 * shape[0]  # a line spans at least 40% of the coated length
+
+
+def test_minor_anomalies_and_clean_images_have_no_mask():
+    character, shape = plain_character(0), (104, 57)
+    for anomalies, minor in ((["scratch"], True), ([], False), ([], True)):
+        img, mask = synth_image_with_mask(np.random.default_rng(1), character, anomalies, 0.1, shape, minor=minor)
+        assert mask is None and img.dtype == np.uint16
+
+
+def test_synth_again_removes_the_masks_of_images_now_normal(tmp_path):
+    out = tmp_path / "s"
+    synthesize(out, bundles=2, per_bundle=6, abnormal_rate=0.5, scale=0.05, seed=1, progress=False)
+    ds = synthesize(out, bundles=2, per_bundle=6, abnormal_rate=0.5, scale=0.05, seed=2, progress=False)
+    written = sorted(str(p.relative_to(out)) for p in (out / "masks").rglob("*.png"))
+    expected = sorted(f"masks/{s.rel.removesuffix('.tif')}.png" for s in ds.samples if s.label == "abnormal")
+    assert written == expected
+    assert all(read_mask(out / m).any() for m in written)
+

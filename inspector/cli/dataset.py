@@ -27,7 +27,8 @@ def synth_command(cfg: Config, out: str, bundles: int, per_bundle: int, abnormal
     """Write a synthetic labeled set of 16-bit electrode X-rays (TIFF + labels.csv) to OUT.
 
     Bundles differ in coating level, grain and margins; abnormal electrodes carry 1-2 of the
-    11 anomaly types, and a quarter of normal ones a minor, acceptable one.
+    11 anomaly types, and a quarter of normal ones a minor, acceptable one. Each abnormal image
+    gets a defect mask, masks/<bundle>/<name>.png (255 where the defect changed the counts).
     """
     from inspector.synth import summarize, synthesize
 
@@ -39,7 +40,8 @@ def synth_command(cfg: Config, out: str, bundles: int, per_bundle: int, abnormal
     info = summarize(ds)
     h, w = info["height"], info["width"]
     click.echo(f"wrote {info['images']} images in {info['bundles']} bundles to {path}")
-    click.echo(f"abnormal: {info['abnormal']} ({info['abnormal_share']:.1%})")
+    click.echo(f"abnormal: {info['abnormal']} ({info['abnormal_share']:.1%}), "
+               f"each with its defect mask: {info['masks']} in {path / 'masks'}")
     click.echo(f"size: height {h[0]}-{h[2]} (mean {h[1]}), width {w[0]}-{w[2]} (mean {w[1]}) px")
     click.echo("anomalies (in abnormal / in normal as minor):")
     for name, c in info["anomalies"].items():
