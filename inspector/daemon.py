@@ -120,6 +120,7 @@ class Daemon(Scoring):
         """Serve until stop is set (or, with once, until everything waiting has an outcome)."""
         handler = EventHandler(self.events, self.rescan)
         self.once = once
+        self.tracker.judge_by_mtime = once  # one pass has no earlier sight of a file: its mtime's age decides
         if not once:
             self.observer = build_observer(self.root, handler, self.cfg.watch.polling, self.poll_seconds)
         self.worker = threading.Thread(target=self._work, name="inspector-worker", daemon=True)

@@ -37,15 +37,20 @@ IMAGE_REASONS = (
 
 
 class ImageError(InspectorError):
-    """An image that cannot be scored, with a stable reason code."""
+    """An image that cannot be scored, with a stable reason code.
 
-    def __init__(self, reason: str, message: str, path: str | None = None):
+    `incomplete`: the file may still be being written (cut short, empty): the daemon holds it and judges
+    it again when it changes, and records this outcome only once it has stayed so for the retry time.
+    """
+
+    def __init__(self, reason: str, message: str, path: str | None = None, incomplete: bool | None = None):
         if reason not in IMAGE_REASONS:
             raise ValueError(f"unknown image reason code {reason!r}")
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.path = path
+        self.incomplete = reason == "truncated" if incomplete is None else incomplete
 
     def __str__(self) -> str:
         where = f"{self.path}: " if self.path else ""

@@ -13,11 +13,8 @@ import io
 import logging
 import math
 import os
-import signal
 import stat
 import struct
-import subprocess
-import sys
 import threading
 import warnings
 import zlib
@@ -27,7 +24,9 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
+from inspector.dicom import read_dicom
 from inspector.errors import ImageError
+from inspector.imagecheck import DECODE_ERRORS, TRUNCATION_WORDS, check_size, decode_error
 
 PathLike = str | bytes | os.PathLike
 
@@ -35,11 +34,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 EXTENSION_FORMATS = {".tif": "tiff", ".tiff": "tiff", ".png": "png", ".dcm": "dicom", ".dicom": "dicom"}
 FORMAT_NAMES = {"tiff": "TIFF", "png": "PNG", "dicom": "DICOM"}
-# Exceptions tifffile, imagecodecs, zlib and pydicom raise on damaged input.
-DECODE_ERRORS = (ValueError, RuntimeError, TypeError, KeyError, IndexError, EOFError, struct.error,
-                 zlib.error, OSError, OverflowError, AttributeError)
-_TRUNCATION_WORDS = ("truncat", "incomplete", "failed to read", "end of file", "eof", "less than expected",
-                     "segments", "count")
 
 
 def file_sha256(path: PathLike) -> str:
@@ -81,7 +75,9 @@ def load_recorded(places: list[PathLike], sha256: str) -> tuple[bytes, str]:
 
 def _read_open(fh: BinaryIO, size: int, where: str, max_height: int, max_width: int) -> np.ndarray:
     if size == 0:
-        raise ImageError("not_an_image", "the file is empty (0 bytes): the scanner wrote nothing; rescan it", where)
+        # a file is often created first and written a moment later: empty is incomplete until it stays empty
+        raise ImageError("not_an_image", "the file is empty (0 bytes): the scanner wrote nothing; rescan it", where,
+                         incomplete=True)
     head = fh.read(132)
     fmt = _sniff_format(head)
     fh.seek(0)
@@ -94,7 +90,7 @@ def _read_open(fh: BinaryIO, size: int, where: str, max_height: int, max_width: 
     if expected and expected != fmt:
         raise ImageError("not_an_image", f"the file is named {Path(where).suffix} but holds a {FORMAT_NAMES[fmt]} "
                          f"image, not a {FORMAT_NAMES[expected]}: export it again in the format its name says", where)
-    reader = {"tiff": _read_tiff, "png": _read_png, "dicom": _read_dicom}[fmt]
+    reader = {"tiff": _read_tiff, "png": _read_png, "dicom": read_dicom}[fmt]
     try:
         return reader(fh, size, max_height, max_width)
     except ImageError as exc:
@@ -212,6 +208,7 @@ def _tifffile_strict() -> Iterator[_LogRecorder]:
 def _read_tiff(fh: BinaryIO, size: int, max_height: int, max_width: int) -> np.ndarray:
     import tifffile
 
+    _check_tiff_directory_written(fh, size)
     try:
         with _tifffile_strict() as log, tifffile.TiffFile(fh, name="image.tif") as tif:
             pages = len(tif.pages)
@@ -229,15 +226,42 @@ def _read_tiff(fh: BinaryIO, size: int, max_height: int, max_width: int) -> np.n
     except MemoryError:
         raise
     except Warning as exc:
-        raise _decode_error("TIFF", exc) from None
+        raise decode_error("TIFF", exc) from None
     except DECODE_ERRORS as exc:  # TiffFileError and imagecodecs' errors are ValueError/RuntimeError
-        raise _decode_error("TIFF", exc) from None
+        raise decode_error("TIFF", exc) from None
     if img.ndim != 2 or img.dtype != np.uint16:
         raise ImageError("wrong_dtype", f"the TIFF decodes to a {img.dtype} array of shape {img.shape}, "
                          "not a 2-D 16-bit image")
     if page.photometric == 0:  # MINISWHITE: invert so that a higher value is always brighter
         img = ((1 << page.bitspersample) - 1 - img).astype(np.uint16)
     return img
+
+
+def _check_tiff_directory_written(fh: BinaryIO, size: int) -> None:
+    """libtiff (and OpenCV, Pillow, most C scanner software) writes the header with a zero directory offset,
+    then the image data, and the image directory last: until then the file is incomplete (`truncated`,
+    provisional), not damaged. So is a directory that starts or ends past the end of the file."""
+    fh.seek(0)
+    head = fh.read(16)
+    order = "<" if head[:2] == b"II" else ">"
+    big = head[2:4] in (b"+\0", b"\0+")
+    offset_at, offset_size, count_size, entry_size = (8, 8, 8, 20) if big else (4, 4, 2, 12)
+    if len(head) < offset_at + offset_size:
+        raise ImageError("truncated", f"the TIFF header is cut short ({size} bytes): the file is incomplete "
+                         "(was it still being written?)")
+    offset = int.from_bytes(head[offset_at:offset_at + offset_size], "little" if order == "<" else "big")
+    if offset == 0:
+        raise ImageError("truncated", "the TIFF header does not point to an image directory yet (offset 0): its "
+                         "writer (libtiff and the software built on it write the directory last) has not finished; "
+                         "it is judged again when it changes")
+    fh.seek(offset)
+    count_bytes = fh.read(count_size)
+    count = int.from_bytes(count_bytes, "little" if order == "<" else "big") if len(count_bytes) == count_size else 0
+    end = offset + count_size + count * entry_size + offset_size
+    if len(count_bytes) < count_size or end > size:
+        raise ImageError("truncated", f"the TIFF's image directory at byte {offset} runs past the end of the file "
+                         f"({size} bytes): its writer has not finished writing it; it is judged again when it changes")
+    fh.seek(0)
 
 
 def _check_tiff_header(page, pages: int, max_height: int, max_width: int) -> None:
@@ -249,7 +273,7 @@ def _check_tiff_header(page, pages: int, max_height: int, max_width: int) -> Non
         raise ImageError("multi_page", f"the TIFF is a volume of {page.imagedepth} slices; inspector scores one "
                          "2-D image per file")
     height, width = page.imagelength, page.imagewidth
-    _check_size(height, width, max_height, max_width)
+    check_size(height, width, max_height, max_width)
     if page.samplesperpixel != 1 or page.photometric not in (0, 1):
         kind = {2: "RGB colour", 3: "palette colour", 6: "YCbCr colour"}.get(int(page.photometric), "not grayscale")
         raise ImageError("not_grayscale", f"the TIFF is {kind} with {page.samplesperpixel} samples per pixel; "
@@ -259,14 +283,6 @@ def _check_tiff_header(page, pages: int, max_height: int, max_width: int) -> Non
         kind = {1: "unsigned integer", 2: "signed integer", 3: "floating point"}.get(int(fmt), "unknown")
         raise ImageError("wrong_dtype", f"the TIFF holds {bits}-bit {kind} pixels; inspector needs unsigned "
                          "integers of 9 to 16 bits (a 16-bit gray export)")
-
-
-def _check_size(height: int, width: int, max_height: int, max_width: int) -> None:
-    if height <= 0 or width <= 0:
-        raise ImageError("corrupt", f"the header claims an image of {width} x {height} pixels: the file is damaged")
-    if height > max_height or width > max_width:
-        raise ImageError("too_large", f"the header claims {width} x {height} pixels (width x height), more than "
-                         f"the limit of {max_width} x {max_height} (imaging.max_width/max_height in config.toml)")
 
 
 def _check_tiff_segments(page, size: int) -> None:
@@ -346,18 +362,9 @@ def _check_tiff_zero_tail(fh: BinaryIO, page) -> None:
 def _raise_logged(messages: list[str], stage: str) -> None:
     if messages:
         text = "; ".join(messages)
-        reason = "truncated" if any(w in text.lower() for w in _TRUNCATION_WORDS) else "corrupt"
+        reason = "truncated" if any(w in text.lower() for w in TRUNCATION_WORDS) else "corrupt"
         raise ImageError(reason, f"tifffile reported a problem while {stage} ({text}): the file is "
                          f"{'incomplete' if reason == 'truncated' else 'damaged'}; rescan it")
-
-
-def _decode_error(fmt: str, exc: BaseException) -> ImageError:
-    """Sort a decoder's exception into truncated or corrupt, keeping its words for the operator."""
-    text = str(exc) or type(exc).__name__
-    if any(w in text.lower() for w in _TRUNCATION_WORDS):
-        return ImageError("truncated", f"the {fmt} data ends early ({text}): the file is truncated "
-                          "(was it still being written?)")
-    return ImageError("corrupt", f"the {fmt} data cannot be decoded ({text}): the file is corrupt; rescan it")
 
 
 # --- PNG ----------------------------------------------------------------------------------------
@@ -369,7 +376,7 @@ def _read_png(fh: BinaryIO, size: int, max_height: int, max_width: int) -> np.nd
     if len(head) < 33 or head[12:16] != b"IHDR" or struct.unpack(">I", head[8:12])[0] != 13:
         raise ImageError("corrupt", "the PNG does not start with a valid IHDR header: the file is damaged")
     width, height, depth, colour, compression, filtering, interlace = struct.unpack(">IIBBBBB", head[16:29])
-    _check_size(height, width, max_height, max_width)
+    check_size(height, width, max_height, max_width)
     if colour != 0:
         kind = {2: "RGB colour", 3: "palette colour", 4: "gray with an alpha channel",
                 6: "RGB colour with alpha"}.get(colour, f"colour type {colour}")
@@ -432,282 +439,3 @@ def _check_png_stream(idat: bytes, raw_bytes: int | None) -> None:
         raise ImageError("corrupt", "the PNG pixel stream stops before its end: the file is corrupt; rescan it")
     if raw_bytes is not None and len(out) != raw_bytes:
         raise ImageError("corrupt", f"the PNG pixel stream holds {len(out)} bytes but the image needs {raw_bytes}")
-
-
-# --- DICOM --------------------------------------------------------------------------------------
-
-# pydicom decodes each compressed transfer syntax with plugins (pydicom.pixels.get_decoder(uid)
-# .available_plugins: those whose packages are installed). inspector tries the available ones of these, in
-# this order, in its own process; only where none of them is available does it run the others (GDCM: the
-# one permissive JPEG Lossless decoder) in a child process, because GDCM aborts or crashes the whole process
-# (SIGABRT, SIGSEGV) on some damaged JPEG Lossless, JPEG-LS and JPEG 2000 headers, where these raise an
-# exception. "pydicom" is pydicom's own RLE Lossless decoder.
-DICOM_IN_PROCESS_PLUGINS = ("pydicom", "pyjpegls", "pillow", "pylibjpeg")
-# pip packages of the plugins inspector depends on (pyproject.toml), for the operator's advice.
-DICOM_PLUGIN_PACKAGES = {"gdcm": "python-gdcm", "pyjpegls": "pyjpegls", "pillow": "pillow"}
-# A file the child decoder takes longer than this on is refused, not waited for.
-CHILD_DECODE_SECONDS = 120.0
-_EXPORT_ADVICE = "uncompressed (Explicit VR Little Endian), JPEG-LS, JPEG 2000 or JPEG Lossless"
-_PYDICOM_PREAMBLE = "Unable to decode as exceptions were raised by all available plugins:"
-_CHILD_DECODER = r"""
-import io, os, sys
-sys.path[:] = sys.argv[2:]
-result = os.fdopen(os.dup(1), "wb")
-os.dup2(2, 1)  # the C libraries print to stdout: only this program may write the result there
-try:
-    import numpy as np, pydicom
-    from pydicom.pixels import pixel_array
-except Exception as exc:
-    result.write(("BROKEN %s: %s" % (type(exc).__name__, exc)).encode())
-    sys.exit(0)
-ds = pydicom.dcmread(io.BytesIO(sys.stdin.buffer.read()))
-failures = []
-for plugin in sys.argv[1].split(","):
-    try:
-        pixels = np.ascontiguousarray(pixel_array(ds, decoding_plugin=plugin))
-    except Exception as exc:
-        text = " ".join(str(exc).split())
-        failures.append("GDCM could not decode the data" if "'NoneType' object has no attribute 'encode'" in text
-                        else text or type(exc).__name__)
-        continue
-    result.write(("OK %s %s\n" % (pixels.dtype.str, " ".join(map(str, pixels.shape)))).encode())
-    result.write(pixels.tobytes())
-    sys.exit(0)
-result.write(("FAILED " + "\n".join(failures)).encode())
-"""
-
-
-def _read_dicom(fh: BinaryIO, size: int, max_height: int, max_width: int) -> np.ndarray:
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        fh.seek(0)
-        data = fh.read()
-        _check_dicom_header(_dcmread(data, stop_before_pixels=True), max_height, max_width)
-        ds = _dcmread(data)
-        if "PixelData" not in ds:
-            raise ImageError("not_an_image", "the DICOM file holds no pixel data (it is not an image)")
-        in_process, in_child = _dicom_decoders(ds)
-        if in_process or in_child:
-            _check_dicom_stream_end(ds)
-        pixels = _decode_dicom(ds, data, in_process, in_child)
-    except ImageError:
-        raise
-    except MemoryError:
-        raise
-    except (InvalidDicomError, *DECODE_ERRORS) as exc:
-        raise _decode_error("DICOM", exc) from None
-    if pixels.ndim != 2:
-        raise ImageError("multi_page", f"the DICOM pixel data has shape {pixels.shape}, not one 2-D image")
-    return _rescale_dicom(ds, pixels)
-
-
-def _dcmread(data: bytes, stop_before_pixels: bool = False):
-    """The dataset; one that ends inside an element (pydicom warns and reads on) is `truncated`.
-
-    Read from memory: pydicom names the file in that warning, and a file opened by descriptor has a
-    number for a name, which made pydicom raise a TypeError instead.
-    """
-    import pydicom
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels)
-    for warning in caught:
-        text = str(warning.message)
-        if text.startswith("End of file reached"):
-            raise ImageError("truncated", f"the DICOM file ends inside its data ({text.split(' in file ')[0]}): "
-                             "the file is truncated (was it still being written?)")
-    return ds
-
-
-def _dicom_decoders(ds) -> tuple[list[str], list[str]]:
-    """The pydicom plugins to decode this file with (in process, in a child), asked of pydicom before decoding.
-
-    A valid encoding that no installed plugin decodes is `unsupported_encoding`, naming the transfer syntax:
-    the file may well be fine, and re-exporting the same scan would not help. Uncompressed data needs none.
-    """
-    from pydicom.pixels import get_decoder
-    from pydicom.uid import UID, JPEGExtended12Bit
-
-    meta = getattr(ds, "file_meta", None)
-    value = meta.get("TransferSyntaxUID") if meta is not None else None
-    if value is None:
-        return [], []  # pydicom guesses an uncompressed syntax from the data, or refuses the file
-    uid = UID(str(value))
-    if not uid.is_valid:
-        raise ImageError("corrupt", f"the DICOM transfer syntax {str(uid)!r} is not a valid UID: the header is "
-                         "damaged; export it again")
-    if uid.type not in ("", "Transfer Syntax"):
-        raise ImageError("corrupt", f"the DICOM names {uid} ({uid.name}, a {uid.type} UID) as its transfer "
-                         "syntax: the header is damaged; export it again")
-    if not uid.type:
-        raise ImageError("unsupported_encoding", f"the DICOM pixel data is encoded in transfer syntax {uid}, a "
-                         "private or newer syntax the installed pydicom does not know: the file may well be fine; "
-                         f"have the scanner export it {_EXPORT_ADVICE}")
-    named = f"{uid.name} (transfer syntax {uid})"
-    try:
-        decoder = get_decoder(uid)
-    except NotImplementedError:
-        raise ImageError("unsupported_encoding", f"the DICOM pixel data is encoded as {named}, which pydicom has "
-                         f"no decoder for: the file may well be fine; have the scanner export it {_EXPORT_ADVICE}"
-                         ) from None
-    if not decoder.is_encapsulated:
-        return [], []
-    plugins = list(decoder.available_plugins)
-    bits = int(ds.get("BitsStored", 8))
-    if uid == JPEGExtended12Bit and bits > 8:
-        plugins = [p for p in plugins if p not in ("gdcm", "pillow")]  # pydicom: both read 8-bit samples only
-        if not plugins:
-            raise ImageError("unsupported_encoding", f"the DICOM pixel data is encoded as {named} with {bits}-bit "
-                             "samples, which no installed decoder reads (pydicom's only one, pylibjpeg-libjpeg, is "
-                             "GPL-licensed and not part of inspector): the file may well be fine; have the scanner "
-                             f"export it {_EXPORT_ADVICE}")
-    if not plugins:
-        missing = {m.split(" - ")[0]: m for m in decoder.missing_dependencies}  # "label - requires ..."
-        ours = [DICOM_PLUGIN_PACKAGES[p] for p in (*DICOM_IN_PROCESS_PLUGINS, *DICOM_PLUGIN_PACKAGES)
-                if p in missing and p in DICOM_PLUGIN_PACKAGES]
-        if ours:
-            todo = (f"install {' or '.join(dict.fromkeys(ours))} into inspector's Python environment (inspector "
-                    "depends on them: `pip install -e .` installs them)")
-        else:
-            todo = f"install a decoder pydicom can use for it ({'; '.join(missing.values())})"
-        raise ImageError("unsupported_encoding", f"the DICOM pixel data is encoded as {named} and no decoder for "
-                         f"it is installed: the file may well be fine; {todo}, or have the scanner export it "
-                         f"{_EXPORT_ADVICE}")
-    in_process = [p for p in DICOM_IN_PROCESS_PLUGINS if p in plugins]
-    return (in_process, []) if in_process else ([], plugins)
-
-
-def _check_dicom_stream_end(ds) -> None:
-    """A JPEG, JPEG-LS or JPEG 2000 codestream ends with its end marker (FF D9, then at most padding zeros).
-
-    One without it was cut short, typically a file still being written: decoders would fill it out with
-    made-up pixels, or (CharLS, for JPEG-LS) spend seconds failing on it. RLE has no end marker.
-    """
-    from pydicom import uid as uids
-    from pydicom.encaps import generate_frames
-
-    syntax = ds.file_meta.TransferSyntaxUID
-    if syntax not in (*uids.JPEGTransferSyntaxes, *uids.JPEGLSTransferSyntaxes, *uids.JPEG2000TransferSyntaxes):
-        return
-    frame = next(generate_frames(ds.PixelData, number_of_frames=1), b"")
-    if not frame.rstrip(b"\0").endswith(b"\xff\xd9"):
-        raise ImageError("truncated", f"the DICOM's {syntax.name} data ({len(frame)} bytes) ends without its "
-                         "end-of-image marker: the file is truncated (was it still being written?)")
-
-
-def _decode_dicom(ds, data: bytes, in_process: list[str], in_child: list[str]) -> np.ndarray:
-    """Decode with each plugin in turn, as pydicom would, but never let a decoder crash take the process."""
-    from pydicom.pixels import pixel_array
-
-    if not in_process and not in_child:
-        return ds.pixel_array
-    failures = []
-    for plugin in in_process:
-        try:
-            return pixel_array(ds, decoding_plugin=plugin)
-        except MemoryError:
-            raise
-        except Exception as exc:  # the plugin's own words, whatever it raises
-            failures.append(_plugin_failure(exc))
-    if in_child:
-        pixels, failure = _decode_in_child(data, in_child)
-        if pixels is not None:
-            return pixels
-        failures.append(failure)
-    raise _decode_error("DICOM", RuntimeError("; ".join(failures)))
-
-
-def _plugin_failure(exc: BaseException | str) -> str:
-    """One plugin's complaint on one line, without pydicom's preamble and cut to a readable length."""
-    text = " ".join(str(exc).replace(_PYDICOM_PREAMBLE, "").split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:199] + "…"
-
-
-def _decode_in_child(data: bytes, plugins: list[str]) -> tuple[np.ndarray | None, str]:
-    """Run pydicom's `plugins` on the file in a child Python: (pixels, "") or (None, what went wrong).
-
-    A decoder that crashes, hangs or fails there costs this one file (`corrupt`), never the process.
-    """
-    names = ", ".join(plugins)
-    command = [sys.executable, "-I", "-c", _CHILD_DECODER, ",".join(plugins), *[p for p in sys.path if p]]
-    try:
-        proc = subprocess.run(command, input=data, capture_output=True, timeout=CHILD_DECODE_SECONDS)
-    except subprocess.TimeoutExpired:
-        raise ImageError("corrupt", f"the {names} decoder took more than {CHILD_DECODE_SECONDS:g} s on the DICOM "
-                         "pixel data and was stopped: the file is probably damaged; export it again") from None
-    except OSError as exc:
-        raise ImageError("unsupported_encoding", f"the {names} decoder process cannot be started ({exc}): the "
-                         "file may well be fine; it is the station that cannot decode it now") from None
-    if proc.returncode < 0:
-        try:
-            what = signal.Signals(-proc.returncode).name
-        except ValueError:
-            what = f"signal {-proc.returncode}"
-        return None, f"the {names} decoder crashed ({what}) on the compressed data"
-    status, _, rest = proc.stdout.partition(b" ")
-    if status == b"BROKEN":
-        raise ImageError("unsupported_encoding", f"the {names} decoder cannot be loaded "
-                         f"({rest.decode('utf-8', 'replace')}): the file may well be fine; repair inspector's "
-                         "Python environment (`pip install -e .`)")
-    if status == b"FAILED":
-        return None, "; ".join(_plugin_failure(line) for line in rest.decode("utf-8", "replace").splitlines())
-    head, _, payload = rest.partition(b"\n")
-    fields = head.decode("ascii", "replace").split()
-    if status != b"OK" or not fields:
-        last = (proc.stderr.decode("utf-8", "replace").strip().splitlines() or ["no output"])[-1]
-        return None, f"the {names} decoder process failed (exit status {proc.returncode}: {last})"
-    dtype, shape = np.dtype(fields[0]), tuple(int(n) for n in fields[1:])
-    if dtype.kind not in "ui" or len(payload) != dtype.itemsize * math.prod(shape):
-        return None, f"the {names} decoder returned {len(payload)} bytes of {dtype} for shape {shape}"
-    return np.frombuffer(payload, dtype).reshape(shape), ""
-
-
-def _check_dicom_header(ds, max_height: int, max_width: int) -> None:
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise ImageError("multi_page", f"the DICOM holds {frames} frames; inspector scores one image per file")
-    if "Rows" not in ds or "Columns" not in ds:
-        raise ImageError("not_an_image", "the DICOM file has no Rows/Columns: it holds no image")
-    _check_size(int(ds.Rows), int(ds.Columns), max_height, max_width)
-    samples, photometric = int(ds.get("SamplesPerPixel", 1)), str(ds.get("PhotometricInterpretation", ""))
-    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise ImageError("not_grayscale", f"the DICOM is {photometric or 'unknown'} with {samples} samples per "
-                         "pixel; inspector needs MONOCHROME1 or MONOCHROME2")
-    allocated, stored = int(ds.get("BitsAllocated", 0)), int(ds.get("BitsStored", ds.get("BitsAllocated", 0)))
-    if allocated != 16 or not 9 <= stored <= 16:
-        raise ImageError("wrong_dtype", f"the DICOM stores {stored} of {allocated} bits per pixel; inspector needs "
-                         "16-bit pixels with 9 to 16 bits used")
-
-
-def _dicom_number(ds, keyword: str, default: float) -> float:
-    """One numeric header value; text, several values or a missing value where one is needed is corrupt."""
-    try:
-        value = ds.get(keyword, default)  # pydicom converts DS/IS text on access, and may raise there
-        if value is None or value == "":
-            return default
-        return float(value)
-    except (TypeError, ValueError):
-        raise ImageError("corrupt", f"the DICOM {keyword} is {str(value)!r}, not one number; the scanner's "
-                         "export is damaged: export it again") from None
-
-
-def _rescale_dicom(ds, pixels: np.ndarray) -> np.ndarray:
-    """Apply Rescale Slope/Intercept; invert MONOCHROME1 so that higher always means brighter."""
-    slope, intercept = _dicom_number(ds, "RescaleSlope", 1), _dicom_number(ds, "RescaleIntercept", 0)
-    if not (math.isfinite(slope) and math.isfinite(intercept)) or slope == 0:
-        raise ImageError("corrupt", f"the DICOM Rescale Slope {slope} / Intercept {intercept} are not usable")
-    stored = int(ds.get("BitsStored", 16))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
-    stored_lo, stored_hi = (-(1 << (stored - 1)), (1 << (stored - 1)) - 1) if signed else (0, (1 << stored) - 1)
-    values = pixels.astype(np.float64) * slope + intercept
-    if ds.PhotometricInterpretation == "MONOCHROME1":
-        lo, hi = sorted((stored_lo * slope + intercept, stored_hi * slope + intercept))
-        values = (lo + hi) - values  # maps the representable range onto itself, reversed
-    values = np.floor(values + 0.5)
-    low, high = float(values.min()), float(values.max())
-    if low < 0 or high > 65535:
-        raise ImageError("wrong_dtype", f"after Rescale Slope {slope:g} and Intercept {intercept:g} the pixel values "
-                         f"span {low:g} to {high:g}, outside the 0-65535 a 16-bit image can hold")
-    return np.clip(values, 0, 65535).astype(np.uint16)

@@ -17,7 +17,8 @@ import os
 import queue
 import time
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from itertools import islice
 from datetime import date
 from typing import Any, Callable
 
@@ -32,6 +33,7 @@ TICK_SECONDS = 0.1
 MAX_BACKOFF_SECONDS = 10.0  # a database back after an outage is used again within this
 HEATMAP_DRAIN_SECONDS = 10.0  # on stop, heat maps still queued get this long; verdicts are already committed
 RECENT_OUTCOMES = 256  # outcomes remembered by content, more than the files ever in flight
+SLOW_PREPARE_SECONDS = 2.0  # a file in preparation longer than this holds back no batch behind it
 
 
 def fault_point(point: str) -> None:
@@ -72,6 +74,7 @@ class _Job:
     seconds: float = 0.0  # spent preparing it
     outcome: dict | None = None  # existing verdict for this content and model
     rejection: tuple[str, str] | None = None
+    incomplete: bool = False  # the rejection may be a file still being written (ImageError.incomplete)
 
 
 class Scoring:
@@ -107,12 +110,12 @@ class Scoring:
 
     def _work(self) -> None:
         """The only thread that runs the model. A pool of workers prepares the files ahead of it (hash,
-        read, quality gate, conversion); this thread takes them in order, in batches of the files in
-        flight, scores them, commits each batch in one transaction and then moves the files. Heat maps are
+        read, quality gate, conversion); this thread takes them in order as they are prepared, in batches
+        of the files in flight (a slow one is passed by: _take_prepared), scores them, commits each batch in one transaction and then moves the files. Heat maps are
         drawn here when no file waits."""
         batch_size = self.cfg.infer.batch_size
         ahead = 2 * batch_size + self.workers  # files being prepared or waiting for the model: memory stays flat
-        inflight: deque[tuple[ReadyFile, Future]] = deque()
+        inflight: deque[tuple[ReadyFile, Future, float]] = deque()  # (file, its preparation, since)
         pool = worker_pool(self.workers)
         try:
             while not self.stop.is_set():
@@ -124,19 +127,20 @@ class Scoring:
                 if not inflight:
                     self.heatmaps.run_one()  # nothing waits to be scored: draw evidence owed
                     continue
-                # The files in flight, up to a batch: a lone file is scored at once, a burst in full batches
-                # (waiting for files already being prepared costs no throughput; small batches would).
-                pairs = [inflight.popleft() for _ in range(min(batch_size, len(inflight)))]
+                pairs = self._take_prepared(inflight, batch_size)
+                if not pairs:
+                    continue
                 try:
-                    self._score_isolated([job for job in (self._prepared(*pair) for pair in pairs) if job])
+                    self._score_isolated([job for job in (self._prepared(item, future) for item, future, _ in pairs)
+                                          if job])
                 except _Stopped:
                     log.info("stopping with %d file(s) not committed; they stay in place",
                              len(pairs) + len(inflight))
                 finally:
-                    for item, _ in pairs:
+                    for item, _, _ in pairs:
                         self.tracker.release(item.path)
         finally:
-            for item, future in inflight:
+            for item, future, _ in inflight:
                 future.cancel()
                 self.tracker.release(item.path)
             pool.shutdown(wait=True, cancel_futures=True)
@@ -150,7 +154,29 @@ class Scoring:
                 item = self.ready.get(timeout=TICK_SECONDS) if idle else self.ready.get_nowait()
             except queue.Empty:
                 return
-            inflight.append((item, pool.submit(self._prepare, item, self.detector)))
+            inflight.append((item, pool.submit(self._prepare, item, self.detector), time.monotonic()))
+
+    def _take_prepared(self, inflight: deque, batch_size: int) -> list[tuple[ReadyFile, Future, float]]:
+        """Up to a batch of the prepared files in flight, oldest first; [] after a tick when none is ready.
+
+        A lone file is taken at once and a burst in full batches (waiting for files already being prepared
+        costs no throughput; small batches would), but no file in preparation for longer than
+        SLOW_PREPARE_SECONDS is waited for: one huge or slow file (a share that reads slowly, a header over
+        gigabytes) holds back neither the files behind it nor a stop.
+        """
+        now = time.monotonic()
+        oldest = [future for _, future, since in islice(inflight, batch_size)
+                  if not future.done() and now - since < SLOW_PREPARE_SECONDS]
+        if oldest:
+            wait(oldest, timeout=TICK_SECONDS)
+            if not all(future.done() for future in oldest):
+                return []  # the next round looks again (and feeds the pool meanwhile)
+        else:
+            wait([future for _, future, _ in inflight], timeout=TICK_SECONDS, return_when=FIRST_COMPLETED)
+        taken = [entry for entry in inflight if entry[1].done()][:batch_size]
+        for entry in taken:
+            inflight.remove(entry)
+        return taken
 
     def _prepared(self, item: ReadyFile, future: Future) -> _Job | None:
         """A worker's result; a bug while preparing one file is logged, and the rescan offers it again."""
@@ -270,12 +296,12 @@ class Scoring:
         except ImageError as exc:
             if not os.path.lexists(item.path):
                 return None  # moved or deleted meanwhile: nothing to record
-            job.rejection = (exc.reason, exc.message)
+            job.rejection, job.incomplete = (exc.reason, exc.message), exc.incomplete
         job.seconds = time.perf_counter() - t0
         if not self._unchanged(item):
             return None  # written to while we read it: judge it again once it settles
-        if job.rejection is not None and job.rejection[0] == "truncated" and not item.final:
-            self._hold(item, job.rejection[1])
+        if job.incomplete and not item.final:
+            self._hold(item, *job.rejection)
             return None
         return job
 
@@ -324,14 +350,14 @@ class Scoring:
         while len(self._recent) > RECENT_OUTCOMES:
             self._recent.popitem(last=False)
 
-    def _hold(self, item: ReadyFile, message: str) -> None:
+    def _hold(self, item: ReadyFile, reason: str, message: str) -> None:
         """A file read as cut short gets no outcome yet: its writer may only have paused."""
         retry = self.cfg.watch.incomplete_retry_seconds
         if self.once:
             log.info("incomplete %s (%s); left without an outcome for a later run", self._shown(item.path), message)
             return
-        log.info("incomplete %s (%s); judged again when it changes, quarantined as truncated if it stays "
-                 "like this for %g s (watch.incomplete_retry_seconds)", self._shown(item.path), message, retry)
+        log.info("incomplete %s (%s); judged again when it changes, quarantined as %s if it stays "
+                 "like this for %g s (watch.incomplete_retry_seconds)", self._shown(item.path), message, reason, retry)
         self.tracker.hold(item)
 
     def _unchanged(self, item: ReadyFile) -> bool:

@@ -153,9 +153,9 @@ def build_observer(root: str, handler: EventHandler, polling: bool, poll_seconds
 class ReadyFile:
     """A file judged complete: its stamp then, since when it was unchanged and when it was judged ready.
 
-    `problem` names why it cannot be opened (it gets `unreadable`); `final` is set when the file has not
-    changed for watch.incomplete_retry_seconds (by its mtime, or seen by us while held as incomplete):
-    a `truncated` read of it is then final, not provisional.
+    `problem` names why it cannot be opened (it gets `unreadable`); `final` is set when the station has seen
+    the file unchanged for watch.incomplete_retry_seconds while holding it as incomplete: a `truncated` (or
+    empty) read of it is then final, not provisional.
     """
     path: str
     stamp: FileStamp
@@ -183,7 +183,13 @@ class _Entry:
 
 
 class Tracker:
-    """Files waiting to settle plus files handed to the worker; together at most `capacity` (back-pressure)."""
+    """Files waiting to settle plus files handed to the worker; together at most `capacity` (back-pressure).
+
+    Settling and the retry time run on this station's monotonic clock, from when it first saw the file's
+    current stamp: a file server's clock may differ from ours by minutes, so a file's mtime says nothing
+    about how long ago, by our clock, it last changed. Only `judge_by_mtime` (`watch --once`, which has
+    no earlier sight of the file) lets an mtime older than the retry time make a cut-short read final.
+    """
 
     def __init__(self, root: str, patterns: tuple[str, ...], settle_seconds: float, capacity: int,
                  incomplete_retry_seconds: float = 300.0):
@@ -194,6 +200,7 @@ class Tracker:
         # After a close event the file is stat-ed once more this much later: a scanner may reopen it.
         self.close_guard_seconds = min(settle_seconds, 0.25)
         self.capacity = capacity
+        self.judge_by_mtime = False
         self.pending: dict[str, _Entry] = {}
         self._claimed: set[str] = set()
         self._lock = threading.Lock()
@@ -238,8 +245,7 @@ class Tracker:
             return True
         stamp, problem = found
         if entry is None or entry.stamp != stamp:
-            # A file last modified long ago (dropped while we were down) counts as settled already.
-            entry = _Entry(stamp, now - min(age_seconds(stamp), self.settle_seconds), problem)
+            entry = _Entry(stamp, now, problem)  # settling starts now, whatever the file's mtime says
             self.pending[path] = entry
         if closed:
             entry.closed_at = now
@@ -263,8 +269,10 @@ class Tracker:
                 self.pending[path] = _Entry(stamp, now, problem)  # it changed: settle again (an incomplete one grew)
                 continue
             unchanged = now - entry.stable_since
-            # a cut-short read of it is final once unchanged that long, seen by us or by its mtime
-            final = max(unchanged if entry.incomplete else 0.0, age_seconds(stamp)) >= self.incomplete_retry_seconds
+            # a cut-short read of it is final once we have seen it unchanged that long (or, judging by mtime, once
+            # its mtime is that old)
+            age = age_seconds(stamp) if self.judge_by_mtime else 0.0
+            final = max(unchanged if entry.incomplete else 0.0, age) >= self.incomplete_retry_seconds
             if entry.incomplete:
                 if not final:
                     continue
@@ -280,7 +288,8 @@ class Tracker:
 
 
 def age_seconds(stamp: FileStamp) -> float:
-    """Seconds since the file was last modified (0 for a modification time in the future)."""
+    """Seconds since the file was last modified by the wall clock (0 for an mtime in the future); only
+    `watch --once` trusts it: a file server's clock may differ from ours."""
     return max(0.0, time.time() - stamp.mtime_ns / 1e9)
 
 

@@ -183,7 +183,7 @@ class DaemonProcess:
     """`inspector watch` as a real subprocess with a real notify socket; stderr kept in a file."""
 
     def __init__(self, tmp_path: Path, config: Path, extra_env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = ()):
+                 args: tuple[str, ...] = (), prefix: tuple[str, ...] = ()):
         self.tmp_path = tmp_path
         sock_path = tmp_path / f"notify-{time.monotonic_ns()}.sock"
         if len(os.fsencode(sock_path)) > 100:  # AF_UNIX paths are limited to 108 bytes
@@ -195,7 +195,8 @@ class DaemonProcess:
         self._log = open(self.log_path, "wb")
         # faults are injected by the test-only runner; the service itself reads no fault settings
         program = [str(Path(__file__).with_name("fault_runner.py"))] if "INSPECTOR_FAULT" in env else ["-m", "inspector"]
-        self.proc = subprocess.Popen([sys.executable, *program, "watch", "--config", str(config), *args],
+        # prefix: a command the daemon runs under (`faketime +10m`: the station's clock ahead of the files')
+        self.proc = subprocess.Popen([*prefix, sys.executable, *program, "watch", "--config", str(config), *args],
                                      cwd=tmp_path, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 60) -> None:

@@ -456,6 +456,8 @@ def test_watch_once_scores_files_dropped_while_stopped(tmp_path, station):
         old = time.time() - 3600
         os.utime(capture / f"waiting-{i}.tif", (old, old))
     make_bad_file(capture / "empty.tif", "empty")
+    # empty for an hour: not_an_image (a fresh empty file is incomplete: --once leaves it for a later run)
+    os.utime(capture / "empty.tif", (old, old))
     result = CliRunner().invoke(cli, ["watch", "--once", "--config", cfg.source])
     assert result.exit_code == 0, result.output
     db = cfg.database.url

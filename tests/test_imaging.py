@@ -28,7 +28,7 @@ from pydicom.uid import (UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, HTJ2K
                          JPEG2000, JPEG2000Lossless, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
                          JPEGLSLossless, JPEGLSNearLossless, RLELossless)
 
-from inspector import imaging
+from inspector import dicom
 from inspector.errors import IMAGE_REASONS, ImageError
 from inspector.imaging import file_sha256, read_image
 
@@ -169,7 +169,8 @@ def test_decoder_errors_keep_the_decoder_words(tmp_path):
     err = reason_of(make_bad_file(tmp_path / "z.tif", "corrupt_deflate"))
     assert err.message.startswith("the TIFF data cannot be decoded (") and "the file is corrupt" in err.message
     err = reason_of(make_bad_file(tmp_path / "t.dcm", "truncated_dicom"))
-    assert err.reason == "truncated" and "less than expected" in err.message
+    # found from the header, before pydicom reads the data ("less than expected")
+    assert err.reason == "truncated" and "declares 4096 bytes of pixel data from byte" in err.message
 
 
 def test_tifffile_logged_damage_is_an_error(tmp_path):
@@ -642,8 +643,8 @@ def test_a_decoder_crash_costs_the_file_not_the_process(tmp_path):
 ], ids=["abort", "hang", "broken-install", "failed", "exit"])
 def test_every_end_of_the_child_decoder_is_a_rejection(tmp_path, monkeypatch, child, reason, words):
     path = write_dicom_encoded(tmp_path / "scan.dcm", sample_image16(), JPEGLossless)
-    monkeypatch.setattr(imaging, "_CHILD_DECODER", child)
-    monkeypatch.setattr(imaging, "CHILD_DECODE_SECONDS", 1.0)
+    monkeypatch.setattr(dicom, "_CHILD_DECODER", child)
+    monkeypatch.setattr(dicom, "CHILD_DECODE_SECONDS", 1.0)
     started = time.perf_counter()
     err = reason_of(path)
     assert (err.reason, words in err.message) == (reason, True), str(err)
@@ -697,3 +698,33 @@ def test_mutated_compressed_dicoms_end_as_image_or_known_rejection(tmp_path, syn
         assert time.perf_counter() - started < 5.0, f"case {i}: {outcome}"
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     assert outcomes.get("corrupt", 0) and outcomes.get("truncated", 0), outcomes
+
+
+def _padded_after_end_marker(tmp_path, source: Path, padding: bytes) -> Path:
+    """`source` with `padding` after its codestream's end marker, re-encapsulated by pydicom."""
+    ds = pydicom.dcmread(source)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    assert frame.rstrip(b"\0").endswith(b"\xff\xd9")
+    ds.PixelData = encapsulate([frame.rstrip(b"\0") + padding])
+    ds.save_as(tmp_path / f"padded-{source.name}")
+    return tmp_path / f"padded-{source.name}"
+
+
+@pytest.mark.parametrize("source", ["MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm", JPEGLosslessSV1])
+def test_0xff_padding_after_the_end_marker_is_read_like_the_unpadded_file(tmp_path, source):
+    """Issue 25, case 6: JPEG Lossless and JPEG 2000 DICOMs from real devices whose fragment is padded with 0xFF
+    after the FF D9 end marker (legal: fill bytes) were quarantined as `truncated`. pydicom ships the JPEG 2000
+    and JPEG-LS files; the JPEG Lossless one is encoded by libjpeg-turbo (imagecodecs) and decoded by GDCM."""
+    if source == JPEGLosslessSV1:
+        source = write_dicom_encoded(tmp_path / "jpeg-lossless.dcm", full_range_image16(), JPEGLosslessSV1)
+    else:
+        source = PYDICOM_TEST_FILES / source
+    expected = read_image(source)
+    for padding in (b"\xff", b"\xff\xff", b"\xff" * 7):
+        np.testing.assert_array_equal(read_image(_padded_after_end_marker(tmp_path, source, padding)), expected)
+    cut = _padded_after_end_marker(tmp_path, source, b"")
+    ds = pydicom.dcmread(cut)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1)).rstrip(b"\0")
+    ds.PixelData = encapsulate([frame[:-2] + b"\xff\xff"])  # no end marker, only fill bytes: still cut short
+    ds.save_as(cut)
+    assert reason_of(cut).reason == "truncated"

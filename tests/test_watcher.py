@@ -106,7 +106,9 @@ def test_tracker_close_event_needs_one_more_unchanged_stat(tmp_path):
     assert [r.size for r in tracker.settle(now=12.3)] == [11]
 
 
-def test_tracker_old_file_is_ready_at_once_and_ignores_hidden_and_temporary_names(tmp_path):
+def test_tracker_settles_an_old_file_on_its_own_clock_and_ignores_hidden_and_temporary_names(tmp_path):
+    """A file whose mtime is long past (dropped while the daemon was down, or a file server's clock behind
+    ours) settles like any other: settle_seconds from when the station first saw it (issue 25, case 4)."""
     old = tmp_path / "old.tif"
     old.write_bytes(b"1")
     _old(old)
@@ -116,11 +118,33 @@ def test_tracker_old_file_is_ready_at_once_and_ignores_hidden_and_temporary_name
     tracker.note(str(tmp_path / "pipe.tif"), closed=False, now=50.0)
     tracker.note(str(tmp_path / ".hidden.tif"), closed=True, now=50.0)
     tracker.note(str(tmp_path / "x.tif.part"), closed=True, now=50.0)
-    assert [(r.path, r.problem) for r in tracker.settle(now=50.0)] == [(str(old), "")]
-    assert len(tracker) == 2  # old.tif handed on, the FIFO settling like any file
+    assert tracker.settle(now=50.0) == [] and len(tracker) == 2  # its old mtime does not make it settled
     # the FIFO is handed on too, never opened, with its problem named: it gets an `unreadable` outcome
-    assert [(r.path, r.problem) for r in tracker.settle(now=52.5)] == [(str(tmp_path / "pipe.tif"),
-                                                                        "not a regular file")]
+    assert sorted((r.path, r.problem) for r in tracker.settle(now=52.5)) == [
+        (str(old), ""), (str(tmp_path / "pipe.tif"), "not a regular file")]
+
+
+def test_an_old_mtime_never_makes_a_cut_short_read_final(tmp_path):
+    """Issue 25, case 4: a file server's clock 10 minutes behind ours made a half-written file's mtime look old,
+    and its first cut-short read final. Only the station's own sight of the file, unchanged, counts."""
+    path = tmp_path / "scan.tif"
+    path.write_bytes(b"half")
+    ten_minutes_ago = time.time() - 600
+    os.utime(path, (ten_minutes_ago, ten_minutes_ago))
+    tracker = Tracker(str(tmp_path), PATTERNS, settle_seconds=1.0, capacity=10, incomplete_retry_seconds=30.0)
+    tracker.note(str(path), closed=False, now=100.0)
+    assert tracker.settle(now=100.5) == []
+    (item,) = tracker.settle(now=101.0)
+    assert not item.final
+    tracker.hold(item)
+    assert tracker.settle(now=120.0) == []  # seen unchanged for 20 s of our 30: still waiting for the writer
+    (item,) = tracker.settle(now=130.5)
+    assert item.final
+    tracker.judge_by_mtime = True  # `watch --once` has no earlier sight: there the mtime decides
+    tracker.release(item.path)
+    tracker.note(str(path), closed=False, now=200.0)
+    (item,) = tracker.settle(now=201.0)
+    assert item.final
 
 
 def test_tracker_holds_an_incomplete_file_until_it_grows_or_its_retry_time_passes(tmp_path):
@@ -167,22 +191,22 @@ def test_scanner_skips_known_files_and_waits_for_room(tmp_path):
     scanner.step(now=0.0)
     assert sorted(os.path.basename(p) for p in tracker.pending) == ["0.tif", "2.tif"]
     assert scanner.active and scanner.passes == 0
-    done = [os.path.basename(r.path) for r in tracker.settle(now=0.0)]
-    scanner.step(now=0.1)  # still no room: both are claimed by the worker
+    done = [os.path.basename(r.path) for r in tracker.settle(now=1.0)]
+    scanner.step(now=1.1)  # still no room: both are claimed by the worker
     assert scanner.active and not tracker.pending
     for name in done:  # the worker commits them: from now on they are known
         known.add(os.fsencode(tmp_path / name))
         tracker.release(str(tmp_path / name))
-    scanner.step(now=0.2)
+    scanner.step(now=1.2)
     assert sorted(os.path.basename(p) for p in tracker.pending) == ["3.tif", "4.tif"]
-    for r in tracker.settle(now=0.3):
+    for r in tracker.settle(now=2.3):
         known.add(os.fsencode(r.path))
         tracker.release(r.path)
-    scanner.step(now=0.4)
+    scanner.step(now=2.4)
     assert not scanner.active and scanner.passes == 1
     scanner.step(now=30.0)  # next pass only after rescan_seconds
     assert not scanner.active
-    scanner.step(now=61.0)
+    scanner.step(now=63.0)
     assert scanner.passes == 2 and not tracker.pending  # every file has an outcome now
 
 
