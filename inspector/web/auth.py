@@ -8,6 +8,7 @@ new role or a removed user ends the sessions made before. Failed logins are thro
 from __future__ import annotations
 
 import functools
+import hmac
 import ipaddress
 import logging
 import threading
@@ -72,6 +73,7 @@ class LoginThrottle:
 
 
 def from_trusted_proxy() -> bool:
+    """The request came from an address in web.trusted_proxies (its user header may be believed: see proxied)."""
     proxies = ext()["cfg"].web.trusted_proxies
     try:
         address = ipaddress.ip_address(request.remote_addr or "")
@@ -81,13 +83,22 @@ def from_trusted_proxy() -> bool:
     return any(address in ipaddress.ip_network(p, strict=False) for p in proxies)
 
 
+def proxy_secret_sent() -> bool:
+    """The request carries web.proxy_secret in web.proxy_secret_header: the proxy sent it, not another program on
+    the proxy's host nor a web page (a page cannot know the secret)."""
+    web = ext()["cfg"].web
+    sent = request.headers.get(web.proxy_secret_header, "")
+    return bool(web.proxy_secret) and hmac.compare_digest(sent.encode(), web.proxy_secret.encode())
+
+
 def request_user() -> User | None:
     """The user of this request, or None; raises WebError 403 for a proxy user the users file does not know."""
     users = ext()["users"]
     header = ext()["cfg"].web.remote_user_header
     if header:
         name = request.headers.get(header, "").strip()
-        if name and from_trusted_proxy():
+        trusted = from_trusted_proxy()
+        if name and trusted and proxy_secret_sent():
             user = users.get(name)
             if user is None:
                 raise WebError(403, f"{name} (named by the proxy's {header} header) is not a user of this station: "
@@ -95,7 +106,8 @@ def request_user() -> User | None:
             g.via_proxy = True
             return user
         if name:
-            log.warning("ignored the %s header from %s: not in web.trusted_proxies", header, request.remote_addr)
+            why = (f"no valid {ext()['cfg'].web.proxy_secret_header}" if trusted else "not in web.trusted_proxies")
+            log.warning("ignored the %s header from %s: %s", header, request.remote_addr, why)
     name, stamp, since = session.get("user"), session.get("stamp"), session.get("login_at", 0)
     if not name:
         return None
