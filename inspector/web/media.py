@@ -26,7 +26,7 @@ blueprint = Blueprint("media", __name__)
 CACHE_IMAGES = 12  # encoded full-size PNGs kept (a 2000 x 1000 scan: about 1 to 2 MB each)
 MIME = {".tif": "image/tiff", ".tiff": "image/tiff", ".png": "image/png", ".dcm": "application/dicom",
         ".dicom": "application/dicom"}
-CACHED = "private, max-age=86400"  # an image id always shows the same content
+NO_STORE = "no-store"  # scans of the plant's product: kept by no browser or proxy cache, like the pages
 
 
 class PngCache:
@@ -114,7 +114,7 @@ def converted_png(detail: dict) -> bytes:
 def window(image_id: int):
     detail = recorded(image_id)
     png = CACHE.get((detail["sha256"], detail["model_sha256"], detail["method"]), lambda: converted_png(detail))
-    return Response(png, mimetype="image/png", headers={"Cache-Control": CACHED})
+    return Response(png, mimetype="image/png", headers={"Cache-Control": NO_STORE})
 
 
 @blueprint.route("/image/<int:image_id>/heatmap.png")
@@ -133,7 +133,7 @@ def heatmap(image_id: int):
                             f"kept on the disk of station {detail['verdict_station'] or '?'}") from None
     if not png.startswith(b"\x89PNG\r\n\x1a\n"):
         raise WebError(404, "the heat map file is not a PNG")
-    return Response(png, mimetype="image/png", headers={"Cache-Control": CACHED})
+    return Response(png, mimetype="image/png", headers={"Cache-Control": NO_STORE})
 
 
 @blueprint.route("/image/<int:image_id>/original")
