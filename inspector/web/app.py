@@ -149,7 +149,14 @@ def create_app(cfg: Config, store) -> Flask:
     return app
 
 
+AUDITED = (400, 401, 403, 413, 429)  # refusals the audit log records (a 404 or 409 is an ordinary answer)
+
+
 def error_page(status: int, message: str):
+    if status in AUDITED:
+        user = g.get("user")
+        log.warning("refused %d %s %s for %s from %s: %s", status, request.method, display_path(request.path)[:200],
+                    user.name if user else "(no user)", request.remote_addr, message)
     wants_text = request.accept_mimetypes.best == "text/plain" or request.path.startswith("/image/")
     if wants_text:
         return message + "\n", status, {"Content-Type": "text/plain; charset=utf-8"}

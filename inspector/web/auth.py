@@ -232,7 +232,7 @@ def login():
                 return redirect(safe_next(request.form.get("next")))
     no_users = not users.load()
     return render_template("login.html", problem=problem, name=name, next=request.values.get("next", ""),
-                           no_users=no_users, users_file=ext()["cfg"].users_path, user=None), status
+                           no_users=no_users, user=None), status
 
 
 @blueprint.route("/logout", methods=["POST"])

@@ -12,7 +12,9 @@ import fcntl
 import hashlib
 import json
 import os
+import logging
 import re
+import stat
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,6 +28,7 @@ ROLES = ("viewer", "reviewer")  # viewer: reads everything; reviewer: also recor
 MIN_PASSWORD = 8
 USER_NAME = re.compile(r"[\w.@\\-]{1,64}")
 FORMAT = "inspector-users"
+log = logging.getLogger("inspector.web")
 
 
 class UserError(InspectorError):
@@ -83,22 +86,32 @@ class UsersFile:
         self._lock = threading.Lock()
         self._cached: tuple[tuple[int, int, int] | None, dict[str, User]] = (None, {})
         self._dummy_hash: str | None = None
+        self._seen = False  # loaded once: a missing file is logged when it goes missing, not at every request
 
     # ---- reading --------------------------------------------------------------------------
-    def _stamp(self) -> tuple[int, int, int] | None:
+    def _stamp(self) -> tuple[int, int, int, int] | None:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise UserError(f"users file {self.path} cannot be examined ({exc.strerror})") from exc
-        return st.st_ino, st.st_size, st.st_mtime_ns
+        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode
 
     def load(self) -> dict[str, User]:
+        """The users; re-read when the file changed (its mode included), logging a file gone or opened to others."""
         stamp = self._stamp()
         with self._lock:
-            if stamp is not None and stamp == self._cached[0]:
+            if stamp == self._cached[0] and (stamp is not None or self._seen):
                 return self._cached[1]
+            self._seen = True
+            if stamp is None:
+                log.warning("users file %s does not exist: no one can log in until `inspector user add` "
+                            "writes it again", self.path)
+            elif stat.S_IMODE(stamp[3]) & 0o077:
+                log.warning("users file %s is readable or writable by other users (mode %04o): its password hashes "
+                            "can be copied or its roles changed; `chmod 600 %s`", self.path, stat.S_IMODE(stamp[3]),
+                            self.path)
             users = self._read() if stamp is not None else {}
             self._cached = (stamp, users)
             return users
