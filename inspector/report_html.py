@@ -17,6 +17,7 @@ from inspector import metrics
 from inspector.plots import figure_png, pyplot, roc_figure
 from inspector.config import Config
 from inspector.errors import ImageError, InspectorError
+from inspector.paths import display_path
 from inspector.report import latest_cv, local_day, model_conversions, model_in_use, summarize
 
 THUMB_HEIGHT_PX = 160
@@ -174,7 +175,7 @@ def section_flagged(store, rows: list[dict], cfg: Config) -> str:
         p = "-" if r["p_abnormal"] is None else f"{r['p_abnormal']:.3f}"
         reason = f"<br><span class='muted'>{esc(r['reason'])}</span>" if r["reason"] else ""
         parts.append(
-            f"<tr><td class='l'>{esc(when)}</td><td class='l'><code>{esc(r['path'])}</code></td>"
+            f"<tr><td class='l'>{esc(when)}</td><td class='l'><code>{esc(display_path(r['path']))}</code></td>"
             f"<td class='l'>{esc(r['bundle'])}</td><td class='l'><span class='{esc(r['outcome'])}'>"
             f"{esc(r['outcome'])}</span>{reason}</td><td>{esc(p)}</td><td class='l'>{review_cell(r)}</td>"
             f"<td>{thumbnail(r, conversions.get(r['model_sha256']), cfg)}</td><td>{heatmap(r)}</td></tr>")
