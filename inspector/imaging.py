@@ -63,9 +63,11 @@ def read_image_bytes(data: bytes, where: str, max_height: int = 10_000, max_widt
 def load_recorded(places: list[PathLike], sha256: str) -> tuple[bytes, str]:
     """The content of a recorded image from the first of its places that still holds exactly it (read once:
     what is hashed is what is used), and that place; ImageError `unreadable` naming each place tried."""
+    from inspector.paths import display_path
+
     tried = []
     for place in places:
-        shown = os.fsdecode(place)
+        shown = display_path(place)  # for messages: one line, always encodable
         try:
             with _open_regular(place) as fh:
                 data = fh.read()
@@ -75,7 +77,7 @@ def load_recorded(places: list[PathLike], sha256: str) -> tuple[bytes, str]:
         if hashlib.sha256(data).hexdigest() != sha256:
             tried.append(f"{shown}: now holds other content")
             continue
-        return data, shown
+        return data, os.fsdecode(place)
     raise ImageError("unreadable", "; ".join(tried) or "no place recorded")
 
 

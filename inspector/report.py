@@ -56,7 +56,7 @@ def collect_outcomes(store, cfg: Config, since: datetime | None = None,
         rows.append({"when": r["time"], "kind": "verdict", "outcome": r["verdict"] or "pending",
                      "p_abnormal": r["p_abnormal"], "threshold": r["threshold"], "reason": r["reason"],
                      "path": r["path"], "path_raw": r["path_raw"], "sha256": r["sha256"], "status": r["status"],
-                     "duplicate_of": r["duplicate_of"], "moved_to": r["moved_to"],
+                     "duplicate_of": r["duplicate_of"], "moved_to": r["moved_to"], "moved_to_raw": r["moved_to_raw"],
                      "model_sha256": r["model_sha256"], "method": r["method"], "heatmap_path": r["heatmap_path"],
                      "station": r["station"]})
     for r in rejection_rows:

@@ -62,10 +62,10 @@ def encode_png(img: np.ndarray, height_px: int = THUMB_HEIGHT_PX) -> bytes:
 
 def recorded_places(row: dict) -> list:
     """Where the image was recorded: where the daemon moved it, then its capture path (exact bytes)."""
-    from inspector.queries import add_places
+    from inspector.queries import add_places, moved_place
 
     places: list = []
-    add_places(places, row.get("moved_to_raw") or row["moved_to"], row["path_raw"])
+    add_places(places, moved_place(row), row["path_raw"])
     return places
 
 
