@@ -144,6 +144,12 @@ class WebConfig:
     session_hours: float = 12.0  # a login lasts this long (a shift)
     secure_cookies: bool = False  # true behind a TLS proxy: the session cookie travels only over https
     threads: int = 8  # requests served at once
+    allowed_hosts: tuple[str, ...] = ()  # Host names the station answers to; () = localhost names and web.host's
+    proxy_secret: str = ""  # the value of proxy_secret_header the proxy sends: without it no user header is believed
+    proxy_secret_header: str = "X-Inspector-Proxy-Secret"
+    connection_limit: int = 1000  # connections held open at once (waitress); more wait in the listen backlog
+    channel_timeout: int = 30  # seconds a connection may stay silent before it is closed
+    max_request_bytes: int = 1_048_576  # a request body past this is refused (413) before it is read
 
 
 @dataclass(frozen=True)
@@ -262,9 +268,20 @@ def _check_web(name: str, value: object, key: str, file: str) -> None:
         raise ConfigError(f"must be a TCP port, 1 to 65535, got {value}", key, file)
     if name == "host" and not str(value).strip():
         raise ConfigError("must name an address to listen on, e.g. 127.0.0.1", key, file)
-    if name in ("session_hours", "threads") and value <= 0:
+    if name in ("session_hours", "threads", "connection_limit", "channel_timeout", "max_request_bytes") and value <= 0:
         raise ConfigError(f"must be positive, got {value}", key, file)
-    if name == "remote_user_header" and value and not re.fullmatch(r"[A-Za-z0-9-]+", str(value)):
+    if name == "connection_limit" and value < 10:
+        raise ConfigError(f"must be at least 10 (browsers open several connections each), got {value}", key, file)
+    if name == "max_request_bytes" and value < 65536:
+        raise ConfigError(f"must be at least 65536 (the decision forms), got {value}", key, file)
+    if name == "allowed_hosts":
+        for host in value:  # type: ignore[union-attr]
+            if not re.fullmatch(r"(\*\.)?[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]+", str(host)):
+                raise ConfigError(f"{host!r} is not a host name or address (e.g. inspector.plant.example, "
+                                  "10.0.0.5, *.plant.example; no port)", key, file)
+    if name == "proxy_secret" and value and (len(str(value)) < 16 or not str(value).isprintable()):
+        raise ConfigError("must be at least 16 printable characters (e.g. `openssl rand -hex 32`)", key, file)
+    if name in ("remote_user_header", "proxy_secret_header") and value and not re.fullmatch(r"[A-Za-z0-9-]+", str(value)):
         raise ConfigError(f"{value!r} is not an HTTP header name (letters, digits and -, e.g. X-Remote-User)",
                           key, file)
     if name == "trusted_proxies":
@@ -396,6 +413,11 @@ def _build(data: dict, base: Path, file: str) -> Config:
     if web.remote_user_header and not web.trusted_proxies:  # type: ignore[attr-defined]
         raise ConfigError("is set, but web.trusted_proxies is empty: name the reverse proxy's address, the only "
                           "sender whose user header is believed", "web.remote_user_header", file)
+    if web.remote_user_header and not web.proxy_secret:  # type: ignore[attr-defined]
+        raise ConfigError("is set, but web.proxy_secret is empty: any program on a trusted proxy's host (and any web "
+                          "page through DNS rebinding) could name a user; set a secret the proxy sends in "
+                          f"{web.proxy_secret_header} on every request (e.g. `openssl rand -hex 32`)",  # type: ignore[attr-defined]
+                          "web.remote_user_header", file)
     return Config(**built, source=file)  # type: ignore[arg-type]
 
 

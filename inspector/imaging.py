@@ -57,9 +57,11 @@ def read_image_bytes(data: bytes, where: str, max_height: int = 10_000, max_widt
 def load_recorded(places: list[PathLike], sha256: str) -> tuple[bytes, str]:
     """The content of a recorded image from the first of its places that still holds exactly it (read once:
     what is hashed is what is used), and that place; ImageError `unreadable` naming each place tried."""
+    from inspector.paths import display_path
+
     tried = []
     for place in places:
-        shown = os.fsdecode(place)
+        shown = display_path(place)  # for messages: one line, always encodable
         try:
             with _open_regular(place) as fh:
                 data = fh.read()
@@ -69,8 +71,41 @@ def load_recorded(places: list[PathLike], sha256: str) -> tuple[bytes, str]:
         if hashlib.sha256(data).hexdigest() != sha256:
             tried.append(f"{shown}: now holds other content")
             continue
-        return data, shown
+        return data, os.fsdecode(place)
     raise ImageError("unreadable", "; ".join(tried) or "no place recorded")
+
+
+def read_recorded(places: list[PathLike], sha256: str, max_height: int = 10_000,
+                  max_width: int = 10_000) -> tuple[np.ndarray, str]:
+    """The scored image (load_recorded: only while a place still holds exactly the recorded content), decoded;
+    what every reader that shows a scan uses (the review station, the report's thumbnails)."""
+    data, place = load_recorded(places, sha256)
+    return read_image_bytes(data, place, max_height, max_width), place
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def load_heatmap(path: PathLike, sha256: str) -> bytes:
+    """The PNG of the heat map drawn for content `sha256`, as every reader shows one (the review station, the
+    report): only a file named for that content (explain.heatmap_path: <sha256>.png), a regular file reached
+    without a symbolic link at its end, holding a PNG; ImageError `unreadable` saying which check failed."""
+    where = os.fsdecode(path)
+    if os.path.basename(where) != f"{sha256}.png":
+        raise ImageError("unreadable", "the heat map recorded is not the one drawn for this content", where)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        if os.path.islink(path):
+            raise ImageError("unreadable", "the heat map is a symbolic link, not the file the daemon drew",
+                             where) from None
+        raise ImageError("unreadable", f"the heat map cannot be read here ({exc.strerror})", where) from None
+    with os.fdopen(fd, "rb") as fh:
+        _require_regular(os.fstat(fd).st_mode, where)
+        data = fh.read()
+    if not data.startswith(PNG_SIGNATURE):
+        raise ImageError("unreadable", "the heat map file is not a PNG", where)
+    return data
 
 
 def _read_open(fh: BinaryIO, size: int, where: str, max_height: int, max_width: int) -> np.ndarray:

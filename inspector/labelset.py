@@ -95,11 +95,13 @@ def _safe_name(text: str) -> str:
 
 def _find_source(conn, sha256: str) -> tuple[dict | None, str | None, list[str]]:
     """The first recorded file of this content that still holds it: moved_to first, then the original path."""
-    rows = conn.execute(sa.select(images.c.path, images.c.path_raw, images.c.moved_to)
+    from inspector.queries import moved_place
+
+    rows = conn.execute(sa.select(images.c.path, images.c.path_raw, images.c.moved_to, images.c.moved_to_raw)
                         .where(images.c.sha256 == sha256).order_by(images.c.id)).all()
     problems: list[str] = []
     for row in rows:
-        for candidate, shown in ((row.moved_to, row.moved_to), (row.path_raw, row.path)):
+        for candidate, shown in ((moved_place(row._mapping), row.moved_to), (row.path_raw, row.path)):
             if not candidate:
                 continue
             if not os.path.isfile(candidate):

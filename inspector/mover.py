@@ -10,7 +10,6 @@ import stat
 from typing import Any, Callable
 
 from inspector.durable import rename_noreplace, same_entry
-from inspector.paths import display_path
 from inspector.watcher import FileStamp, OutsideCapture, ReadyFile, real_dir_inside
 
 log = logging.getLogger("inspector.daemon")
@@ -72,7 +71,7 @@ class Mover:
         while True:
             dest = unique_destination(folder, os.path.basename(path))
             if image_raw is not None:
-                self.store_call(self.store.record_moved, image_raw, sha256, display_path(dest), *version)
+                self.store_call(self.store.record_moved, image_raw, sha256, dest, *version)  # its exact bytes
             try:
                 rename_noreplace(path, dest)
                 self.fault("mid_move")  # renamed: the instant right after the most exposed step of a move

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 from datetime import datetime
 
@@ -24,6 +25,13 @@ def newest_review_label(sha256_column: sa.ColumnElement) -> sa.ScalarSelect:
 def newest_review_id(sha256_column: sa.ColumnElement) -> sa.ScalarSelect:
     """The id of the newest review of a content, the one a new review supersedes; NULL when none."""
     return sa.select(sa.func.max(reviews.c.id)).where(reviews.c.sha256 == sha256_column).scalar_subquery()
+
+
+def moved_place(row) -> str | None:
+    """Where an images row says its file was moved, as a path to open: the exact bytes (moved_to_raw, schema 4)
+    as os.fsdecode gives them back, else the readable moved_to of a row moved before."""
+    raw = row.get("moved_to_raw")
+    return os.fsdecode(bytes(raw)) if raw is not None else row.get("moved_to")
 
 
 def add_places(places: list, moved_to: str | None, path_raw: bytes) -> None:
@@ -86,6 +94,7 @@ class Queries:
         offset: rows skipped first (pages)."""
         cols = [images.c.id, images.c.station, images.c.first_seen.label("time"), images.c.path, images.c.path_raw, images.c.sha256,
                 images.c.size, images.c.mtime_ns, images.c.status, images.c.duplicate_of, images.c.moved_to,
+                images.c.moved_to_raw,
                 verdicts.c.model_sha256, verdicts.c.p_abnormal, verdicts.c.verdict, verdicts.c.reason,
                 verdicts.c.threshold, verdicts.c.method, verdicts.c.ready_to_commit_seconds,
                 verdicts.c.inference_seconds, verdicts.c.heatmap_path, verdicts.c.created_at.label("verdict_time")]
@@ -170,7 +179,7 @@ class Queries:
         place its file was recorded at (`places`: moved_to or path_raw, in the order to try) and the verdict
         it was given at capture (`verdict`, `model_sha256`)."""
         done = sa.select(verdicts.c.sha256).where(verdicts.c.model_sha256 == model_sha256)
-        query = (sa.select(images.c.sha256, images.c.path_raw, images.c.moved_to, verdicts.c.verdict,
+        query = (sa.select(images.c.sha256, images.c.path_raw, images.c.moved_to, images.c.moved_to_raw, verdicts.c.verdict,
                            verdicts.c.model_sha256)
                  .select_from(images.join(verdicts, images.c.verdict_id == verdicts.c.id))
                  .where(images.c.sha256.not_in(done)).order_by(images.c.id))
@@ -183,7 +192,7 @@ class Queries:
             for row in conn.execute(query):
                 entry = todo.setdefault(row.sha256, {"sha256": row.sha256, "places": [], "verdict": row.verdict,
                                                      "model_sha256": row.model_sha256})
-                add_places(entry["places"], row.moved_to, row.path_raw)
+                add_places(entry["places"], moved_place(row._mapping), row.path_raw)
         return list(todo.values())
 
     def recorded_places(self, sha256: str, first: dict | None = None) -> list:
@@ -191,11 +200,11 @@ class Queries:
         row) before the others, each one's moved_to before its capture path, oldest file first."""
         places: list = []
         if first is not None:
-            add_places(places, first["moved_to"], first["path_raw"])
+            add_places(places, moved_place(first), first["path_raw"])
         with self.read() as conn:
-            for row in conn.execute(sa.select(images.c.moved_to, images.c.path_raw)
+            for row in conn.execute(sa.select(images.c.moved_to, images.c.moved_to_raw, images.c.path_raw)
                                     .where(images.c.sha256 == sha256).order_by(images.c.id)):
-                add_places(places, row.moved_to, row.path_raw)
+                add_places(places, moved_place(row._mapping), row.path_raw)
         return places
 
     def count_verdicts(self, since: datetime | None = None, until: datetime | None = None,

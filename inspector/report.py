@@ -56,7 +56,7 @@ def collect_outcomes(store, cfg: Config, since: datetime | None = None,
         rows.append({"when": r["time"], "kind": "verdict", "outcome": r["verdict"] or "pending",
                      "p_abnormal": r["p_abnormal"], "threshold": r["threshold"], "reason": r["reason"],
                      "path": r["path"], "path_raw": r["path_raw"], "sha256": r["sha256"], "status": r["status"],
-                     "duplicate_of": r["duplicate_of"], "moved_to": r["moved_to"],
+                     "duplicate_of": r["duplicate_of"], "moved_to": r["moved_to"], "moved_to_raw": r["moved_to_raw"],
                      "model_sha256": r["model_sha256"], "method": r["method"], "heatmap_path": r["heatmap_path"],
                      "station": r["station"]})
     for r in rejection_rows:
@@ -93,11 +93,24 @@ def outcome_record(row: dict) -> dict:
     }
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula
+
+
+def inert_cell(value):
+    """A text cell a spreadsheet shows as text: one starting like a formula gets a leading apostrophe (OWASP's
+    advice for CSV injection); numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
 def render_csv(rows: list[dict]) -> str:
+    """The outcomes, one row each; no text cell starts a formula (a reviewer's own anomaly type, a note, a
+    file name reach spreadsheets through this file)."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=OUTCOME_FIELDS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(outcome_record(r) for r in rows)
+    writer.writerows({k: inert_cell(v) for k, v in outcome_record(r).items()} for r in rows)
     return out.getvalue()
 
 

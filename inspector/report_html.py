@@ -17,6 +17,7 @@ from inspector import metrics
 from inspector.plots import figure_png, pyplot, roc_figure
 from inspector.config import Config
 from inspector.errors import ImageError, InspectorError
+from inspector.paths import display_path
 from inspector.report import latest_cv, local_day, model_conversions, model_in_use, summarize
 
 THUMB_HEIGHT_PX = 160
@@ -59,39 +60,48 @@ def encode_png(img: np.ndarray, height_px: int = THUMB_HEIGHT_PX) -> bytes:
     return buf.tobytes()
 
 
-def source_path(row: dict) -> str:
-    """Where the image is now: moved_to when the daemon moved it, else its capture path (exact bytes)."""
-    return row["moved_to"] or os.fsdecode(row["path_raw"])
+def recorded_places(row: dict) -> list:
+    """Where the image was recorded: where the daemon moved it, then its capture path (exact bytes)."""
+    from inspector.queries import add_places, moved_place
+
+    places: list = []
+    add_places(places, moved_place(row), row["path_raw"])
+    return places
 
 
 def thumbnail(row: dict, meta: dict | None, cfg: Config) -> str:
-    """The source image in its model's own conversion, small; a placeholder says why when it cannot be."""
+    """The scored image in its model's own conversion, small, only while its file still holds what was scored
+    (imaging.read_recorded, as the review station reads it); a placeholder says why when it cannot be."""
     from inspector.convert import convert_recorded
-    from inspector.imaging import read_image
+    from inspector.imaging import read_recorded
 
-    path = source_path(row)
     try:
-        img16 = read_image(path, max_height=cfg.imaging.max_height, max_width=cfg.imaging.max_width)
+        img16, _ = read_recorded(recorded_places(row), row["sha256"], cfg.imaging.max_height, cfg.imaging.max_width)
     except ImageError as exc:
         return placeholder(f"source image unavailable: {exc.message}")
-    except OSError as exc:
-        return placeholder(f"source image unavailable: {exc.strerror or exc}")
     try:
         img8 = convert_recorded(img16, meta)
     except InspectorError as exc:
         return placeholder(f"cannot convert: {exc}")
-    return img_tag(encode_png(img8), f"thumbnail of {os.path.basename(path)}", "thumb")
+    return img_tag(encode_png(img8), f"thumbnail of {display_path(row['path']).rsplit('/', 1)[-1]}", "thumb")
 
 
 def heatmap(row: dict) -> str:
-    """The Grad-CAM overlay stored with the verdict, small; a placeholder when there is none."""
+    """The Grad-CAM overlay stored with the verdict, small, checked as the review station checks it
+    (imaging.load_heatmap); a placeholder when there is none or it fails the check."""
+    from inspector.imaging import load_heatmap
+
     path = row.get("heatmap_path")
     if not path:
         return placeholder("no heat map")
-    img = cv2.imread(path, cv2.IMREAD_COLOR) if os.path.isfile(path) else None
+    try:
+        png = load_heatmap(path, row["sha256"])
+    except ImageError as exc:
+        return placeholder(f"heat map unavailable: {exc.message}")
+    img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
-        return placeholder(f"heat map missing: {os.path.basename(path)}")
-    return img_tag(encode_png(img), f"heat map of {os.path.basename(row['path'])}", "heat")
+        return placeholder("heat map unreadable: the PNG does not decode")
+    return img_tag(encode_png(img), f"heat map of {display_path(row['path']).rsplit('/', 1)[-1]}", "heat")
 
 
 def roc_png(cv: dict) -> bytes | None:
@@ -174,7 +184,7 @@ def section_flagged(store, rows: list[dict], cfg: Config) -> str:
         p = "-" if r["p_abnormal"] is None else f"{r['p_abnormal']:.3f}"
         reason = f"<br><span class='muted'>{esc(r['reason'])}</span>" if r["reason"] else ""
         parts.append(
-            f"<tr><td class='l'>{esc(when)}</td><td class='l'><code>{esc(r['path'])}</code></td>"
+            f"<tr><td class='l'>{esc(when)}</td><td class='l'><code>{esc(display_path(r['path']))}</code></td>"
             f"<td class='l'>{esc(r['bundle'])}</td><td class='l'><span class='{esc(r['outcome'])}'>"
             f"{esc(r['outcome'])}</span>{reason}</td><td>{esc(p)}</td><td class='l'>{review_cell(r)}</td>"
             f"<td>{thumbnail(r, conversions.get(r['model_sha256']), cfg)}</td><td>{heatmap(r)}</td></tr>")

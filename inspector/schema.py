@@ -9,9 +9,9 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # The Alembic revision (inspector/migrations/versions) that each schema version is.
-SCHEMA_REVISIONS = {1: "0001", 2: "0002", 3: "0003"}
+SCHEMA_REVISIONS = {1: "0001", 2: "0002", 3: "0003", 4: "0004"}
 VERDICTS = ("normal", "abnormal", "rescan")
 # A review's label besides dataset.LABELS: the decision it supersedes is taken back (an undo); the image is
 # unreviewed again, back in the queue, and no label of it is learned from.
@@ -71,7 +71,8 @@ images = sa.Table(
     sa.Column("first_seen", UTCDateTime, nullable=False, index=True),
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("duplicate_of", sa.Text, nullable=True),
-    sa.Column("moved_to", sa.Text, nullable=True),
+    sa.Column("moved_to", sa.Text, nullable=True),  # where the daemon moved the file, readable (display_path)
+    sa.Column("moved_to_raw", sa.LargeBinary, nullable=True),  # ... and its exact bytes (schema 4; NULL before)
     # Which verdict this path shows (the same content may have verdicts from several models).
     sa.Column("verdict_id", sa.Integer, sa.ForeignKey("verdicts.id"), nullable=True),
     # The file version's identity beyond its stat: a rename over the name brings a new inode, a

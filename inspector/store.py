@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from inspector import __version__
 from inspector.errors import StoreError
 from inspector.paths import display_path
-from inspector.queries import Queries
+from inspector.queries import Queries, moved_place
 from inspector.fleet import Fleet, holds_claim
 from inspector.schema import (SCHEMA_REVISIONS, SCHEMA_VERSION, VERDICTS, alembic_command, alembic_revision, db_now,
                               images, insert_new, metadata, models, rejections, schema_info, to_path_raw, utc_now,
@@ -276,9 +276,10 @@ class Store(Queries, Fleet):
                 results.append(_WRITERS[type(record)](conn, record, self.station))
         return results
 
-    def record_moved(self, path_raw: bytes | str, sha256: str, moved_to: str | None, mtime_ns: int | None = None,
-                     inode: int | None = None) -> None:
-        """Note where a scored file is being moved (before the rename; None when the rename failed).
+    def record_moved(self, path_raw: bytes | str, sha256: str, moved_to: bytes | str | None,
+                     mtime_ns: int | None = None, inode: int | None = None) -> None:
+        """Note where a scored file is being moved (before the rename; None when the rename failed): its exact
+        bytes (moved_to_raw) and its readable form (moved_to, display_path), as path_raw and path.
 
         With mtime and inode only that file version's row changes: the same content exported again
         under the same name is another row, moved to another place.
@@ -289,20 +290,24 @@ class Store(Queries, Fleet):
         if inode is not None:
             where.append(matches_or_unrecorded(images.c.inode, inode))
         with self.write() as conn:
-            conn.execute(sa.update(images).where(*where).values(moved_to=None if moved_to is None else str(moved_to)))
+            conn.execute(sa.update(images).where(*where).values(
+                moved_to=None if moved_to is None else display_path(moved_to),
+                moved_to_raw=None if moved_to is None else to_path_raw(moved_to)))
 
     def file_outcome(self, path_raw: bytes | str, size: int, mtime_ns: int, inode: int | None = None) -> dict | None:
         """What is recorded for this file version: kind 'verdict' (with sha256, moved_to) or 'rejection'."""
         raw = to_path_raw(path_raw)
         with self.read() as conn:
             for kind, table in (("verdict", images), ("rejection", rejections)):
-                query = sa.select(table.c.sha256, *([table.c.moved_to] if table is images else [])).where(
+                query = sa.select(table.c.sha256, *([table.c.moved_to, table.c.moved_to_raw] if table is images
+                                                    else [])).where(
                     table.c.path_raw == raw, table.c.size == size, table.c.mtime_ns == mtime_ns)
                 if inode is not None:
                     query = query.where(matches_or_unrecorded(table.c.inode, inode))
                 row = conn.execute(query.order_by(table.c.id.desc()).limit(1)).first()
                 if row is not None:
-                    return {"kind": kind, "sha256": row.sha256, "moved_to": getattr(row, "moved_to", None)}
+                    return {"kind": kind, "sha256": row.sha256, "moved_to": moved_place(row._mapping) if
+                            table is images else None}
         return None
 
     def set_heatmap(self, sha256: str, model_sha256: str, heatmap_path: str) -> None:

@@ -21,8 +21,9 @@ MISSING = None if CHROMIUM and CHROMEDRIVER else (
     "when apt is reachable)")
 
 
-def chromium(width: int = 1280, height: int = 800):
-    """Headless Chromium whose viewport is exactly width x height CSS pixels at one device pixel each."""
+def chromium(width: int = 1280, height: int = 800, flags: tuple[str, ...] = ()):
+    """Headless Chromium whose viewport is exactly width x height CSS pixels at one device pixel each; `flags`
+    added to its command line (e.g. --host-resolver-rules)."""
     os.environ["SE_OFFLINE"] = "true"
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -31,7 +32,7 @@ def chromium(width: int = 1280, height: int = 800):
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-extensions", "--force-device-scale-factor=1"):
+                 "--disable-extensions", "--force-device-scale-factor=1", *flags):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     resize(driver, width, height)

@@ -92,6 +92,12 @@ def test_no_file_gives_defaults(tmp_path):
         ("[database]\nurl = 'inspector.db'\n", "database.url in {file}: 'inspector.db' is not a database URL"),
         ("[review]\nbundle_rule = 'folder'\n", "review.bundle_rule in {file}: 'folder' is neither 'subfolder' nor 'regex:PATTERN'"),
         ("not toml ===\n", "in {file}: is not valid TOML"),
+        ("[web]\nremote_user_header = 'X-Remote-User'\ntrusted_proxies = ['127.0.0.1']\n",
+         "web.remote_user_header in {file}: is set, but web.proxy_secret is empty"),
+        ("[web]\nproxy_secret = 'short'\n", "web.proxy_secret in {file}: must be at least 16 printable characters"),
+        ("[web]\nallowed_hosts = ['evil.example:80']\n", "web.allowed_hosts in {file}: 'evil.example:80' is not a host"),
+        ("[web]\nconnection_limit = 5\n", "web.connection_limit in {file}: must be at least 10"),
+        ("[web]\nmax_request_bytes = 0\n", "web.max_request_bytes in {file}: must be positive, got 0"),
     ],
 )
 def test_bad_values_name_key_and_file(tmp_path, text, message):

@@ -55,10 +55,10 @@ def station(tmp_path):
     abnormal = write_tiff(cap / "lineA" / "a1.tif", 2)
     evil = write_tiff(cap / EVIL_DIR / EVIL_FILE, 3)
     missing = cap / "lineB" / "gone.tif"  # scored, then deleted: the report shows a placeholder
-    heat = tmp_path / "var" / "heatmaps" / "a1.png"
+    shas = {p: file_sha256(p) for p in (normal, abnormal, evil)}
+    heat = tmp_path / "var" / "heatmaps" / shas[abnormal][:2] / f"{shas[abnormal]}.png"  # as the daemon names it
     heat.parent.mkdir(parents=True)
     cv2.imwrite(str(heat), np.full((96, 48, 3), (0, 0, 255), np.uint8))
-    shas = {p: file_sha256(p) for p in (normal, abnormal, evil)}
     shas[missing] = "9" * 64
     cfg = load_config(tmp_path / "config.toml")
     with open_store(cfg.database.url) as store:
@@ -96,7 +96,7 @@ def test_csv_has_one_row_per_outcome_with_review_status(station):
     a = by_path[str(files["abnormal"])]
     assert (a["outcome"], a["review_status"], a["review_label"], a["reviewed_by"], a["review_count"]) == \
         ("abnormal", "reviewed", "abnormal", "bob", "2")
-    assert a["bundle"] == "lineA" and a["heatmap_path"].endswith("a1.png")
+    assert a["bundle"] == "lineA" and a["heatmap_path"].endswith(f"{a['sha256']}.png")
     assert by_path[str(files["evil"])]["review_status"] == "pending"
     assert by_path[str(files["missing"])]["outcome"] == "rescan"
     assert by_path[str(files["missing"])]["review_status"] == "pending"

@@ -17,6 +17,8 @@ from inspector.store import open_store
 from inspector.web.app import create_app
 from web_station import EVIL_NAME, PASSWORDS, build_station
 
+PROXY_SECRET = "proxy-secret-0123456789"
+FROM_PROXY = {"HTTP_X_INSPECTOR_PROXY_SECRET": PROXY_SECRET}  # what the proxy adds to every request
 TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
@@ -161,18 +163,19 @@ def test_a_new_password_a_new_role_or_a_removed_user_ends_the_sessions(app, stat
 
 def test_the_proxy_header_is_believed_only_from_a_trusted_proxy(tmp_path):
     st = build_station(tmp_path / "p", flagged=1, normal=0, scale=0.1,
-                       extra_config='[web]\nremote_user_header = "X-Remote-User"\ntrusted_proxies = ["10.0.0.0/24"]\n')
+                       extra_config='[web]\nremote_user_header = "X-Remote-User"\ntrusted_proxies = ["10.0.0.0/24"]\n'
+                                    f'proxy_secret = "{PROXY_SECRET}"\n')
     with open_store(st.cfg.database.url) as store:
         app = create_app(st.cfg, store)
         proxied = app.test_client()
-        proxied.environ_base.update(REMOTE_ADDR="10.0.0.7", HTTP_X_REMOTE_USER="ann")
+        proxied.environ_base.update(REMOTE_ADDR="10.0.0.7", HTTP_X_REMOTE_USER="ann", **FROM_PROXY)
         page = proxied.get("/")
         assert page.status_code == 200 and b'id="form-normal"' in page.data and b"Log out" not in page.data
         outsider = app.test_client()
-        outsider.environ_base.update(REMOTE_ADDR="192.168.1.9", HTTP_X_REMOTE_USER="ann")
+        outsider.environ_base.update(REMOTE_ADDR="192.168.1.9", HTTP_X_REMOTE_USER="ann", **FROM_PROXY)
         assert outsider.get("/").status_code == 302  # the header is ignored: log in like anyone
         stranger = app.test_client()
-        stranger.environ_base.update(REMOTE_ADDR="10.0.0.7", HTTP_X_REMOTE_USER="mallory")
+        stranger.environ_base.update(REMOTE_ADDR="10.0.0.7", HTTP_X_REMOTE_USER="mallory", **FROM_PROXY)
         refused = stranger.get("/")
         assert refused.status_code == 403 and b"mallory" in refused.data and b"inspector user add mallory" in refused.data
 
@@ -435,13 +438,14 @@ def test_a_broken_users_file_is_a_plain_503(app, station):
 
 def test_proxy_users_share_a_kiosk_without_sharing_an_undo(tmp_path):
     st = build_station(tmp_path / "k", flagged=2, normal=0, scale=0.05,
-                       extra_config='[web]\nremote_user_header = "X-Remote-User"\ntrusted_proxies = ["10.0.0.1"]\n')
+                       extra_config='[web]\nremote_user_header = "X-Remote-User"\ntrusted_proxies = ["10.0.0.1"]\n'
+                                    f'proxy_secret = "{PROXY_SECRET}"\n')
     from inspector.web.users import UsersFile
 
     UsersFile(st.cfg.users_path).add("bob", "reviewer", None)
     with open_store(st.cfg.database.url) as store:
         kiosk = create_app(st.cfg, store).test_client()
-        kiosk.environ_base.update(REMOTE_ADDR="::ffff:10.0.0.1", HTTP_X_REMOTE_USER="ann")  # an IPv4 proxy via ::
+        kiosk.environ_base.update(REMOTE_ADDR="::ffff:10.0.0.1", HTTP_X_REMOTE_USER="ann", **FROM_PROXY)  # an IPv4 proxy via ::
         assert decide(kiosk, st.flagged[0], "normal").status_code == 303
         assert b'id="form-undo"' in kiosk.get("/").data
         kiosk.environ_base["HTTP_X_REMOTE_USER"] = "bob"

@@ -82,6 +82,15 @@ def create_app(cfg: Config, store) -> Flask:
     )
     app.extensions["inspector"] = {"cfg": cfg, "store": store, "users": UsersFile(cfg.users_path),
                                    "throttle": auth.LoginThrottle(), "static_version": static_version()}
+    app.extensions["inspector"]["hosts"] = allowed_hosts(cfg, cfg.web.host)  # serve's --host replaces it
+
+    @app.before_request
+    def refuse_other_hosts():
+        host = request.headers.get("Host", "")
+        if not host_allowed(host, app.extensions["inspector"]["hosts"]):
+            raise WebError(400, f"This station does not answer to the host name {host[:100]!r}: use its own "
+                                "address, or an administrator adds the name to web.allowed_hosts.")
+
     CSRFProtect(app)
     app.jinja_env.filters["path"] = display_path
     app.jinja_env.filters["local"] = format_local
@@ -140,7 +149,14 @@ def create_app(cfg: Config, store) -> Flask:
     return app
 
 
+AUDITED = (400, 401, 403, 413, 429)  # refusals the audit log records (a 404 or 409 is an ordinary answer)
+
+
 def error_page(status: int, message: str):
+    if status in AUDITED:
+        user = g.get("user")
+        log.warning("refused %d %s %s for %s from %s: %s", status, request.method, display_path(request.path)[:200],
+                    user.name if user else "(no user)", request.remote_addr, message)
     wants_text = request.accept_mimetypes.best == "text/plain" or request.path.startswith("/image/")
     if wants_text:
         return message + "\n", status, {"Content-Type": "text/plain; charset=utf-8"}
@@ -149,19 +165,12 @@ def error_page(status: int, message: str):
 
 def serve(cfg: Config, host: str, port: int, ready=None) -> None:
     """Run the review station on waitress until SIGTERM or Ctrl-C; `ready(url)` once it listens."""
-    from waitress import create_server
-
     from inspector.store import open_configured
 
     with open_configured(cfg, create=False) as store:
         app = create_app(cfg, store)
-        try:
-            server = create_server(app, host=host, port=port, threads=cfg.web.threads, ident="inspector",
-                                   clear_untrusted_proxy_headers=True)
-        except OSError as exc:
-            raise InspectorError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): another program (an "
-                                 "inspector serve already running?) has it, or the address is not this host's; "
-                                 "choose another with --port / --host or web.port / web.host") from exc
+        app.extensions["inspector"]["hosts"] = allowed_hosts(cfg, host)
+        server = make_server(app, cfg, host, port)
         previous = signal.signal(signal.SIGTERM, _stop)
         try:
             if ready is not None:
@@ -171,6 +180,110 @@ def serve(cfg: Config, host: str, port: int, ready=None) -> None:
         finally:
             signal.signal(signal.SIGTERM, previous)
             server.close()
+
+
+def make_server(app: Flask, cfg: Config, host: str, port: int):
+    """waitress with the station's limits: web.connection_limit connections held at once (poll(), not select(),
+    so past 1024 descriptors too), silent ones closed after web.channel_timeout, a body past web.max_request_bytes
+    refused from its Content-Length (or as its chunks arrive) before it is spooled, and a request framed both by
+    Content-Length and Transfer-Encoding refused with its connection closed (RFC 9112 section 6.1)."""
+    from waitress import create_server
+
+    web = cfg.web
+    open_files_for(web.connection_limit + web.threads + 64)
+    try:
+        server = create_server(app, host=host, port=port, threads=web.threads, ident="inspector",
+                               clear_untrusted_proxy_headers=True, connection_limit=web.connection_limit,
+                               channel_timeout=web.channel_timeout, cleanup_interval=min(30, web.channel_timeout),
+                               max_request_body_size=web.max_request_bytes, asyncore_use_poll=True)
+    except OSError as exc:
+        raise InspectorError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): another program (an "
+                             "inspector serve already running?) has it, or the address is not this host's; "
+                             "choose another with --port / --host or web.port / web.host") from exc
+    listeners = list(server.map.values()) if hasattr(server, "map") else [server]
+    for listener in listeners:
+        listener.channel_class = SingleFramingChannel
+    return server
+
+
+def _single_framing_channel():
+    from waitress.channel import HTTPChannel
+    from waitress.parser import HTTPRequestParser, ParsingError
+
+    class SingleFramingParser(HTTPRequestParser):
+        """waitress's parser, refusing a request with both Content-Length and Transfer-Encoding (waitress would
+        take it as chunked and keep the connection for the next request; a proxy that framed it by its length
+        would have forwarded another request in its body). The refusal is waitress's 400, which closes."""
+
+        def parse_header(self, header_plus):
+            head = header_plus.split(b"\r\n\r\n", 1)[0].lower()
+            fields = {line.split(b":", 1)[0].strip() for line in head.split(b"\r\n")[1:] if b":" in line}
+            if b"content-length" in fields and b"transfer-encoding" in fields:
+                raise ParsingError("the request has both Content-Length and Transfer-Encoding")
+            return super().parse_header(header_plus)
+
+    class Channel(HTTPChannel):
+        parser_class = SingleFramingParser
+
+    return Channel
+
+
+SingleFramingChannel = _single_framing_channel()
+
+
+def open_files_for(wanted: int) -> None:
+    """Raise this process's open-file limit to `wanted` descriptors where the hard limit allows (one per
+    connection); log what it could not."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < wanted:
+            log.warning("only %d open files allowed (hard limit): fewer than web.connection_limit connections "
+                        "can be held; raise LimitNOFILE in the service unit", target)
+
+
+def allowed_hosts(cfg: Config, host: str) -> list[str]:
+    """The names the station answers to in the Host header (any other gets 400, so a page of another site that a
+    DNS rebinding points here reads nothing): web.allowed_hosts ("*.plant.example" for every name under it),
+    else the loopback names and the listening address, and on a wildcard address this host's names and
+    addresses. (werkzeug's TRUSTED_HOSTS would do, but it cannot match an IPv6 address.)"""
+    import ipaddress
+    import socket
+
+    if cfg.web.allowed_hosts:
+        return [h.strip("[]").lower() for h in cfg.web.allowed_hosts]
+    names = {"localhost", "127.0.0.1", "::1", host.strip("[]")}
+    try:
+        wildcard = ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        wildcard = False
+    if wildcard:
+        names.discard(host.strip("[]"))
+        for name in (socket.gethostname(), socket.getfqdn()):
+            names.add(name)
+            try:
+                names.update(info[4][0] for info in socket.getaddrinfo(name, None))
+            except OSError:
+                pass
+    return sorted(n.lower() for n in names)
+
+
+def host_name(header: str) -> str | None:
+    """The name or address of a Host header without its port ("[::1]:8470" -> "::1"); None when malformed."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        name, bracket, rest = header[1:].partition("]")
+        return name if bracket and (not rest or (rest.startswith(":") and rest[1:].isdigit())) else None
+    name, _, port = header.partition(":")
+    return name if name and (not port or port.isdigit()) and ":" not in port else None
+
+
+def host_allowed(header: str, allowed: list[str]) -> bool:
+    name = host_name(header)
+    return name is not None and any(name == a or (a.startswith("*.") and name.endswith(a[1:])) for a in allowed)
 
 
 def _stop(signum, frame) -> None:

@@ -1,13 +1,15 @@
 """Who is asking: a login (signed session cookie) or the plant's reverse proxy's user header, and their role.
 
 Every page but /login, /healthz and the static files needs a user; a POST that records a review needs the
-reviewer role. A session names its user and that user's stamp (role and password hash), so a new password, a
-new role or a removed user ends the sessions made before. Failed logins are throttled per name and address.
+reviewer role. A session names its user and that user's stamp (role, password hash and the users file's
+generation of the user), so a logout, a new password, a new role (even changed back) or a removed user ends
+the sessions made before, on the server. Login tries are throttled per name and address (LoginThrottle).
 """
 
 from __future__ import annotations
 
 import functools
+import hmac
 import ipaddress
 import logging
 import threading
@@ -17,7 +19,7 @@ from collections import deque
 from flask import Blueprint, g, redirect, render_template, request, session, url_for
 
 from inspector.web import WebError, ext
-from inspector.web.users import USER_NAME, User
+from inspector.web.users import User, UserError
 
 log = logging.getLogger("inspector.web")
 blueprint = Blueprint("auth", __name__)
@@ -27,51 +29,94 @@ OPEN_ENDPOINTS = {"auth.login", "pages.healthz", "static"}
 NAME_FAILURES, ADDRESS_FAILURES, FAILURE_WINDOW_SECONDS = 5, 20, 300
 
 
-MAX_KEYS = 10_000  # names and addresses remembered at most (the oldest forgotten first): memory stays bounded
+MAX_KEYS = 10_000  # names and addresses with their own counter at most; memory stays bounded
+SWEEP_SECONDS = 1.0  # a full table is swept of expired counters at most this often
 
 
 class LoginThrottle:
-    """Failed logins per key ("name:..." and "addr:...") in the last FAILURE_WINDOW_SECONDS; one per app."""
+    """Login tries per key ("name:..." and "addr:...") in the last FAILURE_WINDOW_SECONDS; one per app.
+
+    A try is counted when it starts (`attempt`), before its password is checked, so parallel tries on one name
+    get no more checks than the limit; a successful one is then taken off the address's count (never the whole
+    count) and clears its name's. A counter is never forgotten while it counts: with MAX_KEYS counters alive,
+    new keys share one overflow counter per kind, so a flood of junk names makes tries wait, never a victim's
+    failures vanish.
+    """
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._failures: dict[str, deque] = {}
+        self._tries: dict[str, deque] = {}
+        self._swept = 0.0
+
+    @staticmethod
+    def _limit(key: str) -> int:
+        return NAME_FAILURES if key.startswith("name:") else ADDRESS_FAILURES
+
+    def _slot(self, key: str, now: float) -> str:
+        if key in self._tries or len(self._tries) < MAX_KEYS:
+            return key
+        if now - self._swept >= SWEEP_SECONDS:
+            self._swept = now
+            for old in [k for k, times in self._tries.items() if times[-1] < now - FAILURE_WINDOW_SECONDS]:
+                del self._tries[old]
+            if len(self._tries) < MAX_KEYS:
+                return key
+        return key.split(":", 1)[0] + ":*overflow*"  # a name can hold neither ':' nor '*'
 
     def _recent(self, key: str, now: float) -> deque:
-        times = self._failures.get(key, deque())
+        times = self._tries.get(key, deque())
         while times and times[0] < now - FAILURE_WINDOW_SECONDS:
             times.popleft()
-        if not times:
-            self._failures.pop(key, None)
         return times
 
-    def wait_seconds(self, keys: list[str]) -> float:
-        """0 when a login may be tried now, else how long until the oldest counted failure expires."""
-        now = time.monotonic()
-        with self._lock:
-            waits = [times[0] + FAILURE_WINDOW_SECONDS - now for key in keys
-                     if len(times := self._recent(key, now)) >= (NAME_FAILURES if key.startswith("name:")
-                                                                  else ADDRESS_FAILURES)]
+    def _wait(self, keys: list[str], now: float) -> float:
+        waits = []
+        for key in keys:
+            times = self._recent(self._slot(key, now), now)
+            if len(times) >= self._limit(key):
+                waits.append(times[-self._limit(key)] + FAILURE_WINDOW_SECONDS - now)
         return max(waits, default=0.0)
 
+    def _count(self, keys: list[str], now: float) -> None:
+        for key in keys:
+            slot = self._slot(key, now)
+            times = self._recent(slot, now)
+            times.append(now)
+            self._tries[slot] = times
+
+    def wait_seconds(self, keys: list[str]) -> float:
+        """0 when a login may be tried now, else how long until enough counted tries expire."""
+        with self._lock:
+            return self._wait(keys, time.monotonic())
+
     def failed(self, keys: list[str]) -> None:
+        """Count a failed try (one that was not counted by `attempt`)."""
+        with self._lock:
+            self._count(keys, time.monotonic())
+
+    def attempt(self, keys: list[str]) -> tuple[float, float]:
+        """(0, when) and the try counted, when it may go on to the password check; (seconds to wait, 0) if not."""
         now = time.monotonic()
         with self._lock:
-            for key in keys:
-                times = self._recent(key, now)
-                times.append(now)
-                self._failures.pop(key, None)
-                self._failures[key] = times  # newest last: the first keys are the ones to forget
-            while len(self._failures) > MAX_KEYS:
-                self._failures.pop(next(iter(self._failures)))
+            wait = self._wait(keys, now)
+            if wait > 0:
+                return wait, 0.0
+            self._count(keys, now)
+            return 0.0, now
 
-    def succeeded(self, keys: list[str]) -> None:
+    def succeeded(self, keys: list[str], when: float) -> None:
+        """The try counted at `when` found the right password: its name starts afresh; its address keeps every
+        other try it made (an attacker's own account does not buy more guesses)."""
         with self._lock:
             for key in keys:
-                self._failures.pop(key, None)
+                if key.startswith("name:"):
+                    self._tries.pop(key, None)
+                elif (times := self._tries.get(key)) is not None and when in times:
+                    times.remove(when)
 
 
 def from_trusted_proxy() -> bool:
+    """The request came from an address in web.trusted_proxies (its user header may be believed: see proxied)."""
     proxies = ext()["cfg"].web.trusted_proxies
     try:
         address = ipaddress.ip_address(request.remote_addr or "")
@@ -81,13 +126,22 @@ def from_trusted_proxy() -> bool:
     return any(address in ipaddress.ip_network(p, strict=False) for p in proxies)
 
 
+def proxy_secret_sent() -> bool:
+    """The request carries web.proxy_secret in web.proxy_secret_header: the proxy sent it, not another program on
+    the proxy's host nor a web page (a page cannot know the secret)."""
+    web = ext()["cfg"].web
+    sent = request.headers.get(web.proxy_secret_header, "")
+    return bool(web.proxy_secret) and hmac.compare_digest(sent.encode(), web.proxy_secret.encode())
+
+
 def request_user() -> User | None:
     """The user of this request, or None; raises WebError 403 for a proxy user the users file does not know."""
     users = ext()["users"]
     header = ext()["cfg"].web.remote_user_header
     if header:
         name = request.headers.get(header, "").strip()
-        if name and from_trusted_proxy():
+        trusted = from_trusted_proxy()
+        if name and trusted and proxy_secret_sent():
             user = users.get(name)
             if user is None:
                 raise WebError(403, f"{name} (named by the proxy's {header} header) is not a user of this station: "
@@ -95,7 +149,8 @@ def request_user() -> User | None:
             g.via_proxy = True
             return user
         if name:
-            log.warning("ignored the %s header from %s: not in web.trusted_proxies", header, request.remote_addr)
+            why = (f"no valid {ext()['cfg'].web.proxy_secret_header}" if trusted else "not in web.trusted_proxies")
+            log.warning("ignored the %s header from %s: %s", header, request.remote_addr, why)
     name, stamp, since = session.get("user"), session.get("stamp"), session.get("login_at", 0)
     if not name:
         return None
@@ -158,17 +213,18 @@ def login():
         # per address only for direct clients: behind the proxy every login comes from its address
         keys = [f"name:{name[:64]}"] + ([] if from_trusted_proxy() else [f"addr:{request.remote_addr}"])
         throttle = ext()["throttle"]
-        wait = throttle.wait_seconds(keys)
+        wait, when = throttle.attempt(keys)  # counted before the check: parallel tries cannot outrun the limit
         if wait > 0:
+            log.warning("refused login as %r from %s: too many failed logins (wait %.0f s)", name[:64],
+                        request.remote_addr, wait)
             problem, status = f"Too many failed logins: wait {wait:.0f} s and try again.", 429
         else:
-            user = users.verify(name, request.form.get("password", "")) if USER_NAME.fullmatch(name) else None
+            user = users.verify(name, request.form.get("password", ""))  # every name costs a hash: no timing tell
             if user is None:
-                throttle.failed(keys)
-                log.warning("failed login as %r from %s", name, request.remote_addr)
+                log.warning("failed login as %r from %s", name[:64], request.remote_addr)
                 problem, status = "Wrong name or password.", 401
             else:
-                throttle.succeeded(keys)
+                throttle.succeeded(keys, when)
                 session.clear()
                 session.permanent = True
                 session["user"], session["stamp"], session["login_at"] = user.name, user.stamp, int(time.time())
@@ -176,11 +232,19 @@ def login():
                 return redirect(safe_next(request.form.get("next")))
     no_users = not users.load()
     return render_template("login.html", problem=problem, name=name, next=request.values.get("next", ""),
-                           no_users=no_users, users_file=ext()["cfg"].users_path, user=None), status
+                           no_users=no_users, user=None), status
 
 
 @blueprint.route("/logout", methods=["POST"])
 def logout():
-    log.info("logout: %s", g.user.name)
+    """Ends every session of this user on the server (the users file's generation), not only this cookie."""
     session.clear()
+    try:
+        ext()["users"].end_sessions(g.user.name)
+    except UserError as exc:
+        log.error("logout of %s from %s could not end the sessions on the server: %s", g.user.name,
+                  request.remote_addr, exc)
+        raise WebError(503, "You are logged out in this browser, but the server could not record the logout: "
+                            "the server log says why; an administrator fixes it.") from None
+    log.info("logout: %s from %s", g.user.name, request.remote_addr)
     return redirect(url_for("auth.login"))

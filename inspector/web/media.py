@@ -26,7 +26,7 @@ blueprint = Blueprint("media", __name__)
 CACHE_IMAGES = 12  # encoded full-size PNGs kept (a 2000 x 1000 scan: about 1 to 2 MB each)
 MIME = {".tif": "image/tiff", ".tiff": "image/tiff", ".png": "image/png", ".dcm": "application/dicom",
         ".dicom": "application/dicom"}
-CACHED = "private, max-age=86400"  # an image id always shows the same content
+NO_STORE = "no-store"  # scans of the plant's product: kept by no browser or proxy cache, like the pages
 
 
 class PngCache:
@@ -94,14 +94,14 @@ def encode_png(img8: np.ndarray) -> bytes:
 def converted_png(detail: dict) -> bytes:
     """The image as its model saw it (the model's conversion and window) at the image's own size."""
     from inspector.convert import convert_recorded
-    from inspector.imaging import read_image_bytes
+    from inspector.imaging import read_recorded
 
     cfg = ext()["cfg"]
-    data, place = original_bytes(detail)
+    places = ext()["store"].recorded_places(detail["sha256"], first=detail)
     try:
-        img16 = read_image_bytes(data, place, cfg.imaging.max_height, cfg.imaging.max_width)
+        img16, _ = read_recorded(places, detail["sha256"], cfg.imaging.max_height, cfg.imaging.max_width)
     except ImageError as exc:
-        raise WebError(404, f"the image file cannot be read: {exc.message}") from None
+        raise WebError(404, f"the image file is unavailable: {exc.message}") from None
     meta = json.loads(detail["meta_json"]) if detail.get("meta_json") else None
     try:
         img8 = convert_recorded(img16, meta, detail.get("method"))
@@ -114,7 +114,7 @@ def converted_png(detail: dict) -> bytes:
 def window(image_id: int):
     detail = recorded(image_id)
     png = CACHE.get((detail["sha256"], detail["model_sha256"], detail["method"]), lambda: converted_png(detail))
-    return Response(png, mimetype="image/png", headers={"Cache-Control": CACHED})
+    return Response(png, mimetype="image/png", headers={"Cache-Control": NO_STORE})
 
 
 @blueprint.route("/image/<int:image_id>/heatmap.png")
@@ -125,15 +125,14 @@ def heatmap(image_id: int):
     if not path:
         raise WebError(404, "no heat map was drawn for this verdict (only abnormal verdicts get one, drawn when "
                             "the daemon is idle; `inspector explain IMAGE --out PNG` draws one at any time)")
+    from inspector.imaging import load_heatmap
+
     try:
-        with open(path, "rb") as fh:
-            png = fh.read()
-    except OSError as exc:
-        raise WebError(404, f"the heat map {os.path.basename(path)} cannot be read here ({exc.strerror}): it is "
-                            f"kept on the disk of station {detail['verdict_station'] or '?'}") from None
-    if not png.startswith(b"\x89PNG\r\n\x1a\n"):
-        raise WebError(404, "the heat map file is not a PNG")
-    return Response(png, mimetype="image/png", headers={"Cache-Control": CACHED})
+        png = load_heatmap(path, detail["sha256"])
+    except ImageError as exc:
+        raise WebError(404, f"the heat map is unavailable: {exc.message} (heat maps are kept on the disk of "
+                            f"station {detail['verdict_station'] or '?'})") from None
+    return Response(png, mimetype="image/png", headers={"Cache-Control": NO_STORE})
 
 
 @blueprint.route("/image/<int:image_id>/original")

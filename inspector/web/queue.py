@@ -96,7 +96,7 @@ def decide():
     except ReviewConflict as exc:
         raise WebError(409, str(exc)) from None
     shown = display_path(detail["path"])
-    log.info("review %d by %s: %s for %s", rec.id, rec.reviewer, rec.label, shown)
+    log.info("review %d by %s from %s: %s for %s", rec.id, rec.reviewer, request.remote_addr, rec.label, shown)
     name = shown.rsplit("/", 1)[-1]
     short = name if len(name) <= 48 else name[:22] + "…" + name[-22:]
     set_undo_stack([[rec.id, image_id, f"{rec.label} for {short}"], *undo_stack()])
@@ -122,6 +122,6 @@ def undo():
         rec = withdraw_review(store(), review_id, g.user.name, only_by=g.user.name)
     except ReviewConflict as exc:
         raise WebError(409, str(exc)) from None
-    log.info("review %d by %s withdraws review %d", rec.id, rec.reviewer, review_id)
+    log.info("review %d by %s from %s withdraws review %d", rec.id, rec.reviewer, request.remote_addr, review_id)
     flash(f"Took back review {review_id} ({entry[2]}); the electrode waits for a decision again.", "ok")
     return redirect(url_for("queue.home", at=entry[1], station=station_arg()), 303)

@@ -12,7 +12,9 @@ import fcntl
 import hashlib
 import json
 import os
+import logging
 import re
+import stat
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,6 +28,7 @@ ROLES = ("viewer", "reviewer")  # viewer: reads everything; reviewer: also recor
 MIN_PASSWORD = 8
 USER_NAME = re.compile(r"[\w.@\\-]{1,64}")
 FORMAT = "inspector-users"
+log = logging.getLogger("inspector.web")
 
 
 class UserError(InspectorError):
@@ -39,6 +42,7 @@ class User:
     password_hash: str | None  # None: only through the reverse proxy's header
     created_at: str
     changed_at: str
+    generation: int = 0  # counts the changes that end sessions: password, role, logout
 
     @property
     def can_review(self) -> bool:
@@ -46,8 +50,10 @@ class User:
 
     @property
     def stamp(self) -> str:
-        """Changes with the password and the role: a session made before such a change is no longer valid."""
-        return hashlib.sha256(f"{self.role}\0{self.password_hash}".encode()).hexdigest()[:16]
+        """Changes with every password, role or logout (the generation only grows) and with a user removed and
+        added again: a session made before such a change is no longer valid, even when the role is changed back."""
+        text = f"{self.role}\0{self.password_hash}\0{self.generation}\0{self.created_at}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def check_name(name: str) -> str:
@@ -80,22 +86,32 @@ class UsersFile:
         self._lock = threading.Lock()
         self._cached: tuple[tuple[int, int, int] | None, dict[str, User]] = (None, {})
         self._dummy_hash: str | None = None
+        self._seen = False  # loaded once: a missing file is logged when it goes missing, not at every request
 
     # ---- reading --------------------------------------------------------------------------
-    def _stamp(self) -> tuple[int, int, int] | None:
+    def _stamp(self) -> tuple[int, int, int, int] | None:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise UserError(f"users file {self.path} cannot be examined ({exc.strerror})") from exc
-        return st.st_ino, st.st_size, st.st_mtime_ns
+        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode
 
     def load(self) -> dict[str, User]:
+        """The users; re-read when the file changed (its mode included), logging a file gone or opened to others."""
         stamp = self._stamp()
         with self._lock:
-            if stamp is not None and stamp == self._cached[0]:
+            if stamp == self._cached[0] and (stamp is not None or self._seen):
                 return self._cached[1]
+            self._seen = True
+            if stamp is None:
+                log.warning("users file %s does not exist: no one can log in until `inspector user add` "
+                            "writes it again", self.path)
+            elif stat.S_IMODE(stamp[3]) & 0o077:
+                log.warning("users file %s is readable or writable by other users (mode %04o): its password hashes "
+                            "can be copied or its roles changed; `chmod 600 %s`", self.path, stat.S_IMODE(stamp[3]),
+                            self.path)
             users = self._read() if stamp is not None else {}
             self._cached = (stamp, users)
             return users
@@ -115,8 +131,11 @@ class UsersFile:
         for name, entry in data["users"].items():
             if not isinstance(entry, dict) or entry.get("role") not in ROLES:
                 raise UserError(f"users file {self.path}: user {name!r} has no valid role")
+            generation = entry.get("generation", 0)
+            if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
+                raise UserError(f"users file {self.path}: user {name!r} has no valid generation")
             users[name] = User(name, entry["role"], entry.get("password_hash"), entry.get("created_at", ""),
-                               entry.get("changed_at", ""))
+                               entry.get("changed_at", ""), generation)
         return users
 
     def get(self, name: str) -> User | None:
@@ -152,7 +171,7 @@ class UsersFile:
         with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             users = {name: dict(role=u.role, password_hash=u.password_hash, created_at=u.created_at,
-                                changed_at=u.changed_at) for name, u in (self._read() if self.path.exists() else {}).items()}
+                                changed_at=u.changed_at, generation=u.generation) for name, u in (self._read() if self.path.exists() else {}).items()}
             yield users
             text = json.dumps({"format": FORMAT, "users": users}, indent=1, sort_keys=True)
             try:
@@ -174,12 +193,17 @@ class UsersFile:
     def set_password(self, name: str, password: str | None) -> None:
         hashed = _hasher().hash(check_password(password)) if password is not None else None
         with self._changing() as users:
-            self._existing(users, name).update(password_hash=hashed, changed_at=_now())
+            _next_generation(self._existing(users, name)).update(password_hash=hashed, changed_at=_now())
 
     def set_role(self, name: str, role: str) -> None:
         _check_role(role)
         with self._changing() as users:
-            self._existing(users, name).update(role=role, changed_at=_now())
+            _next_generation(self._existing(users, name)).update(role=role, changed_at=_now())
+
+    def end_sessions(self, name: str) -> None:
+        """Every session of `name` ends (the web server's logout: a cookie saved before it is worth nothing)."""
+        with self._changing() as users:
+            _next_generation(self._existing(users, name))
 
     def remove(self, name: str) -> None:
         with self._changing() as users:
@@ -190,6 +214,11 @@ class UsersFile:
         if name not in users:
             raise UserError(f"no user {name} in {self.path}; `inspector user list` shows them")
         return users[name]
+
+
+def _next_generation(entry: dict) -> dict:
+    entry["generation"] = entry.get("generation", 0) + 1
+    return entry
 
 
 def _check_role(role: str) -> None:
