@@ -6,6 +6,7 @@ Above crossval and train, so that neither imports the other the wrong way round.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,9 +49,17 @@ def fit_quality_gate(source: ImageSource, idx: Sequence[int], view: View, cfg: C
 
 
 def train_model(dataset: Dataset, out: Path, method: str, cfg: Config, device: torch.device, target_recall: float,
-                warn: Callable[[str], None] | None = None) -> TrainOutcome:
-    """Train on every image; with target_recall, the threshold comes from out-of-fold predictions first."""
+                warn: Callable[[str], None] | None = None, normals_only: bool = False) -> TrainOutcome:
+    """Train on every image; with target_recall, the threshold comes from out-of-fold predictions first.
+
+    The normal model (normalmap.py) is fitted on the normals in every case; `normals_only` trains no head
+    and scores by the map alone (model.score "map"): a new line with no abnormal electrode yet.
+    """
     from inspector.model import ModelMeta, save_model
+    from inspector.normalfit import fit_normal
+
+    if normals_only:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, score="map"))
 
     require_method(method)
     if not 0 <= target_recall <= 1:
@@ -59,9 +68,14 @@ def train_model(dataset: Dataset, out: Path, method: str, cfg: Config, device: t
     store, use_cache = resolve_cache(cfg, dataset, True, warn)
     stats = EmbedStats()
     threshold, threshold_source, oof_info, p = 0.5, "default 0.5", None, None
+    if target_recall > 0 and normals_only and not (dataset.y == 1).any():
+        (warn or (lambda m: print(m, file=sys.stderr)))(
+            "note: no abnormal image to aim a recall at: the threshold stays at 0.5, the held-out normals' 99th "
+            "percentile of the map score")
+        target_recall = 0.0
     if target_recall > 0:
         res = cross_validate(dataset, [method], cfg, device, use_cache, warn=lambda m: None, stats=stats)
-        y, p = dataset.y, res.methods[method].oof
+        y, p = dataset.y, res.methods[method].scores[cfg.model.score]
         threshold = metrics.threshold_for_recall(y, p, target_recall)
         at = metrics.counts_at_threshold(y, p, threshold)
         threshold_source = (f"out-of-fold recall >= {target_recall:g} (leave-one-bundle-out over "
@@ -72,8 +86,12 @@ def train_model(dataset: Dataset, out: Path, method: str, cfg: Config, device: t
     idx = np.arange(len(dataset))
     view = fit_view(source, idx, method, cfg)
     net = build_net_on(cfg, device)
-    result = fit(net, source, idx, view, cfg, device, store, use_cache, stats, desc=f"train {method}")
-    if not result.learned:
+    if normals_only:
+        result = FitResult()
+    else:
+        result = fit(net, source, idx, view, cfg, device, store, use_cache, stats, desc=f"train {method}")
+    normal = fit_normal(net, source, idx, view, cfg, device)
+    if not normals_only and not result.learned:
         (warn or (lambda m: print(m, file=sys.stderr)))(
             f"warning: training ended no better than the class prior ({result.summary()}); the detector has "
             "learned (almost) nothing: check the labels, or try model.features, convert.method or more steps")
@@ -81,6 +99,7 @@ def train_model(dataset: Dataset, out: Path, method: str, cfg: Config, device: t
                      threshold=float(threshold), threshold_source=threshold_source, freeze=cfg.model.freeze,
                      weights=cfg.model.weights, features=net.embedding.stages, pooling=net.embedding.pooling,
                      head=net.head_kind, trained=True, train_fingerprint=dataset.fingerprint(),
+                     normal=normal, score=cfg.model.score,
                      metrics={"epochs": cfg.train.epochs, "epochs_run": len(result.losses), "steps": result.steps,
                               "final_loss": result.final_loss, "prior_loss": result.prior_loss,
                               "class_weights": cfg.train.class_weights, "seed": cfg.train.seed,

@@ -24,6 +24,8 @@ WINDOWED_METHODS = ("global", "mix", "clahe")  # conversions that need a window 
 STAGES = ("layer1", "layer2", "layer3", "layer4")  # the ResNet stages whose pooled output can feed the head
 POOLINGS = ("mean", "max", "std")
 HEADS = ("linear", "paper")
+SCORES = ("head", "map", "fusion")  # what P(abnormal) is (model.py); normalmap.py's map needs no head
+MAP_STAGES = ("input", "layer1", "layer2", "layer3")  # what the normal model may be fitted on (normalmap.py)
 OPTIMIZERS = ("adamw", "paper")
 
 
@@ -53,6 +55,8 @@ class ModelConfig:
     features: tuple[str, ...] = ("layer2", "layer3")
     pooling: tuple[str, ...] = ("mean",)
     head: str = "linear"
+    score: str = "head"
+    map_stages: tuple[str, ...] = ("input",)
 
 
 @dataclass(frozen=True)
@@ -203,6 +207,7 @@ _CHOICES = {
     ("convert", "method"): METHODS,
     ("model", "freeze"): ("paper", "none"),
     ("model", "head"): HEADS,
+    ("model", "score"): SCORES,
     ("train", "optimizer"): OPTIMIZERS,
     ("model", "device"): None,  # checked below: auto, cpu, cuda, cuda:N
     ("train", "class_weights"): ("none", "balanced"),
@@ -251,7 +256,8 @@ def _check_value(section: str, name: str, value: object, file: str) -> None:
         raise ConfigError(f"{value!r} is neither 'subfolder' nor 'regex:PATTERN'", key, file)
     if section == "web":
         _check_web(name, value, key, file)
-    allowed = {("model", "features"): STAGES, ("model", "pooling"): POOLINGS}.get((section, name))
+    allowed = {("model", "features"): STAGES, ("model", "pooling"): POOLINGS,
+               ("model", "map_stages"): MAP_STAGES}.get((section, name))
     if allowed and (not value or any(v not in allowed for v in value) or len(set(value)) != len(value)):
         raise ConfigError(f"must be a list of distinct values among {', '.join(allowed)}, got {list(value)}", key, file)
     if (section, name) == ("retrain", "methods"):

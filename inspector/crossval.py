@@ -20,6 +20,7 @@ from inspector.config import Config
 from inspector.durable import write_atomic
 from inspector.dataset import Dataset, leave_one_bundle_out
 from inspector.metrics import Counts
+from inspector.heldout import SCORES, HeldOutMaps
 
 if TYPE_CHECKING:
     import torch
@@ -45,11 +46,19 @@ class FoldResult:
 
 @dataclass
 class MethodResult:
-    """All folds of one method and its out-of-fold probabilities (one per image)."""
+    """All folds of one method and its out-of-fold probabilities (one per image).
+
+    `scores`: the out-of-fold P(abnormal) of each score (SCORES: the head, the normal model's map, their
+    fusion); `oof` is the configured one's (model.score), the one the folds' counts are at.
+    `localization`: where the held-out maps peaked against the defect masks (localize.summarize), None
+    when the dataset has no masks.
+    """
 
     method: str
     folds: list[FoldResult] = field(default_factory=list)
     oof: np.ndarray | None = None
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    localization: dict | None = None
 
     @property
     def pooled(self) -> Counts:
@@ -93,15 +102,20 @@ def cross_validate(dataset: Dataset, methods: list[str], cfg: Config, device: "t
     started = time.perf_counter()
     results: dict[str, MethodResult] = {}
     y = dataset.y
+    maps = HeldOutMaps(dataset, source, cfg, device)
     for method in methods:
         mres = MethodResult(method, oof=np.full(len(dataset), np.nan))
+        mres.scores = {name: np.full(len(dataset), np.nan) for name in SCORES}
         for fold in folds:
             view = fit_view(source, fold.train_idx, method, cfg)
             net.load_state_dict(fresh)
             t0 = time.perf_counter()
             fitted = fit(net, source, fold.train_idx, view, cfg, device, store, use_cache, stats,
                          desc=f"{method} {fold.bundle}")
-            p = predict_proba(net, source, fold.test_idx, view, cfg, device, store if use_cache else None, stats)
+            head = predict_proba(net, source, fold.test_idx, view, cfg, device, store if use_cache else None, stats)
+            for name, p_fold in maps.score_fold(net, view, fold, head).items():
+                mres.scores[name][fold.test_idx] = p_fold
+            p = mres.scores[cfg.model.score][fold.test_idx]
             mres.oof[fold.test_idx] = p
             counts = metrics.counts_at_threshold(y[fold.test_idx], p, DEFAULT_THRESHOLD)
             mres.folds.append(FoldResult(fold.bundle, counts, view.window, [int(i) for i in fold.test_idx],
@@ -110,6 +124,7 @@ def cross_validate(dataset: Dataset, methods: list[str], cfg: Config, device: "t
             if not fitted.learned:
                 (warn or (lambda m: None))(f"warning: {method}, fold {fold.bundle}: training ended no better than "
                                            f"the class prior ({fitted.summary()})")
+        mres.localization = maps.localization()
         results[method] = mres
     settings = run_settings(cfg, methods, use_cache)
     return CvResult(dataset, results, settings, dataset.fingerprint(), stats.passes, stats.hits,
@@ -131,7 +146,17 @@ def run_settings(cfg: Config, methods: list[str], use_cache: bool) -> dict:
             "batch_size": tc.batch_size, "seed": tc.seed, "cache": use_cache,
             "low_percentile": cc.low_percentile, "high_percentile": cc.high_percentile,
             "round_window": cc.round_window, "clahe_clip_limit": cc.clahe_clip_limit,
-            "clahe_tile_grid": cc.clahe_tile_grid, "threshold": DEFAULT_THRESHOLD}
+            "clahe_tile_grid": cc.clahe_tile_grid, "threshold": DEFAULT_THRESHOLD, "score": mc.score,
+            "map_stages": list(mc.map_stages)}
+
+
+def score_summary(y: np.ndarray, p: np.ndarray) -> dict:
+    """ROC AUC, pooled counts at 0.5 and normals passed at each recall target, of one out-of-fold score."""
+    has_both = bool((y == 1).any() and (y == 0).any())
+    return {"roc_auc": metrics.roc_auc(y, p),
+            "pooled": metrics.counts_at_threshold(y, p, DEFAULT_THRESHOLD).to_dict(),
+            "pass_rate_at_recall": {f"{t:g}": (metrics.pass_rate_at_recall(y, p, t) if has_both else None)
+                                    for t in RECALL_TARGETS}}
 
 
 def method_summary(y: np.ndarray, mres: MethodResult) -> dict:
@@ -143,6 +168,8 @@ def method_summary(y: np.ndarray, mres: MethodResult) -> dict:
         "roc_auc": metrics.roc_auc(y, p),
         "pass_rate_at_recall": {f"{t:g}": (metrics.pass_rate_at_recall(y, p, t) if has_both else None)
                                 for t in RECALL_TARGETS},
+        "scores": {name: score_summary(y, scores) for name, scores in mres.scores.items()},
+        "localization": mres.localization,
         "windows": [list(w) for w in mres.windows],
         "folds": [{"bundle": f.bundle, "images": len(f.test_idx), "window": list(f.window) if f.window else None,
                    "steps": f.steps, "final_loss": f.final_loss, "prior_loss": f.prior_loss,
@@ -161,7 +188,8 @@ def result_to_json(res: CvResult) -> dict:
                     "bundles": res.dataset.bundles},
         "methods": {m: method_summary(y, r) for m, r in res.methods.items()},
         "oof": [{"path": s.rel, "bundle": s.bundle, "label": s.label,
-                 "p_abnormal": {m: float(r.oof[i]) for m, r in res.methods.items()}}
+                 "p_abnormal": {m: float(r.oof[i]) for m, r in res.methods.items()},
+                 "scores": {m: {name: float(p[i]) for name, p in r.scores.items()} for m, r in res.methods.items()}}
                 for i, s in enumerate(res.dataset.samples)],
         "backbone_passes": res.passes,
         "cache_hits": res.hits,
@@ -222,12 +250,40 @@ def format_table(data: dict) -> str:
                          f"median {np.median([f['final_loss'] for f in folds]):.4f} against "
                          f"{np.median([f['prior_loss'] for f in folds]):.4f} for the class prior; "
                          f"{np.median([f['seconds'] for f in folds]):.1f} s per fold")
+    lines.extend(format_scores(data))
     for m in methods:
         windows = data["methods"][m]["windows"]
         if windows:
             shown = ", ".join(f"[{lo}, {hi}]" for lo, hi in windows[:6]) + (" ..." if len(windows) > 6 else "")
             lines.append(f"{m}: {len(windows)} distinct window(s) over {len(bundles)} folds: {shown}")
     return "\n".join(lines)
+
+
+def format_scores(data: dict) -> list[str]:
+    """The head, the normal model's map score and their fusion side by side, and where the maps peaked."""
+    from inspector.localize import format_localization
+
+    lines: list[str] = []
+    for m, s in data["methods"].items():
+        scores = s.get("scores") or {}
+        if not scores:
+            continue
+        chosen = data["config"].get("score", "head")
+        lines.append(f"{m}: scores out of fold (model.score = {chosen!r} decides)")
+        lines.append(f"  {'score':<8}{'ROC AUC':>9}{'BA@0.5':>9}" + "".join(f"{'passed@' + format(t, '.0%'):>13}"
+                                                                    for t in RECALL_TARGETS))
+        for name, f in scores.items():
+            c = f["pooled"]
+            row = (f"  {name:<8}{metrics.format_percent(f['roc_auc']):>9}"
+                   f"{metrics.format_percent(c.get('balanced_accuracy')):>9}")
+            row += "".join(f"{metrics.format_percent(f['pass_rate_at_recall'][f'{t:g}']):>13}" for t in RECALL_TARGETS)
+            lines.append(row)
+        where = s.get("localization")
+        if where:
+            lines.append(f"{m}: where the held-out maps peak, abnormal images with a defect mask (the mask dilated by "
+                         "2% of the width; chance = its share of the image)")
+            lines.extend("  " + line for line in format_localization(where).splitlines())
+    return lines
 
 
 def save_run(data: dict, state_dir: Path) -> tuple[Path, dict | None]:

@@ -1,4 +1,6 @@
-"""Grad-CAM evidence: where the detector looked when it called an electrode abnormal.
+"""Heat maps: where a scan is not normal (the normal model's map, normalmap.py) and, for the paper's network
+and models without a normal model, Grad-CAM evidence: where the detector looked when it called an electrode
+abnormal.
 
 The map follows the stages the head classifies (model.features): each chosen stage's activations
 are made leaves that require grad (the stage that feeds the next one is detached there, so each
@@ -35,6 +37,9 @@ OVERLAY_ALPHA = 0.4
 _GRADCAM_LOCK = threading.Lock()
 
 
+EXPLAIN_METHODS = ("auto", "normal", "gradcam")
+
+
 @dataclass(frozen=True)
 class Explanation:
     """A heat map at the converted image's size, the image itself, and the network's output."""
@@ -44,6 +49,17 @@ class Explanation:
     p_abnormal: float
     verdict: str  # "normal", "abnormal" or "rescan" (the quality gate; p_abnormal is then for reference)
     reason: str | None = None
+    method: str = "gradcam"  # "normal": the normal model's map; "gradcam": where the head's evidence came from
+    regions: object = None  # normalmap.Regions with the normal model's map (peak and boxes), else None
+
+
+def display_scale(heat: np.ndarray, calibration: dict) -> np.ndarray:
+    """A normal model's map for the eye, in [0, 1]: 0 up to the held-out normals' 90th percentile, 0.5 at the
+    box threshold, 1 beyond (cold stays cold: a normal scan is not stretched to its own maximum)."""
+    from inspector.normalmap import excess
+
+    span = 2.0 * max(float(calibration["box_threshold"]) - float(calibration["map_base"]), 1e-6)
+    return np.clip(excess(heat, calibration) / span, 0.0, 1.0)
 
 
 def _check_resnet(net: torch.nn.Module) -> torch.nn.Module:
@@ -101,17 +117,38 @@ def gradcam(net: torch.nn.Module, x: torch.Tensor, target: int = 1) -> np.ndarra
     return gradcam_logits(net, x, target)[0]
 
 
-def explain_image(detector, img16: np.ndarray) -> Explanation:
-    """Convert with the detector's own settings, run Grad-CAM, resize the map to the converted image."""
+def explain_image(detector, img16: np.ndarray, method: str = "auto", heat: np.ndarray | None = None) -> Explanation:
+    """Convert with the detector's own settings and map where the scan is not normal: the normal model's map
+    (method "normal"; "auto" where the model has one) from one forward pass, or Grad-CAM of the head
+    ("gradcam"; "auto" for a model without a normal model). `heat`: the map the verdict's own pass gave,
+    so the network does not run again."""
     from inspector.infer import check_quality
     from inspector.prepare import check_image16
 
+    if method not in EXPLAIN_METHODS:
+        raise InspectorError(f"explain method {method!r} is unknown; use one of {', '.join(EXPLAIN_METHODS)}")
+    has_map = bool(detector.meta.normal) and getattr(detector.net, "normal", None) is not None
+    if method == "normal" and not has_map:
+        raise ModelError("this model has no normal model (it was trained before inspector fitted one): retrain it, "
+                         "or explain it with --method gradcam")
+    use_map = method == "normal" or (method == "auto" and has_map)
     check_image16(img16)
     reason = check_quality(img16, detector.meta)
     img8 = detector.convert(img16)
-    x = preprocess_batch([img8], detector.meta.input_size).to(detector.device)
-    cam, logits = gradcam_logits(detector.net, x, target=1)
-    p_abnormal = float(logits.float().softmax(dim=1)[0, 1])
+    where = None
+    if use_map:
+        if heat is None:
+            x = preprocess_batch([img8], detector.meta.input_size).to(detector.device)
+            p_all, maps = detector.final_p(*detector._forward(x))
+            p_abnormal, heat = float(p_all[0]), maps[0]
+        else:
+            p_abnormal = float("nan")
+        where = detector.regions(heat, img16.shape[:2])
+        cam = display_scale(heat, detector.meta.normal["calibration"])
+    else:
+        x = preprocess_batch([img8], detector.meta.input_size).to(detector.device)
+        cam, logits = gradcam_logits(detector.net, x, target=1)
+        p_abnormal = float(logits.float().softmax(dim=1)[0, 1])
     height, width = img8.shape[:2]
     if cam.shape != (height, width):
         cam = cv2.resize(cam, (width, height), interpolation=cv2.INTER_LINEAR)
@@ -120,11 +157,13 @@ def explain_image(detector, img16: np.ndarray) -> Explanation:
         verdict = "rescan"
     else:
         verdict = "abnormal" if p_abnormal >= float(detector.meta.threshold) else "normal"
-    return Explanation(cam, img8, p_abnormal, verdict, reason)
+    return Explanation(cam, img8, p_abnormal, verdict, reason, "normal" if use_map else "gradcam", where)
 
 
-def render_overlay(img8: np.ndarray, cam: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """JET heat map blended over the converted image at the image's own size (red = strongest evidence)."""
+def render_overlay(img8: np.ndarray, cam: np.ndarray, alpha: float = OVERLAY_ALPHA,
+                   boxes: tuple = ()) -> np.ndarray:
+    """JET heat map blended over the converted image at the image's own size (red = strongest evidence), the
+    boxes ([x0, y0, x1, y1] in the image's pixels) outlined in white."""
     if img8.dtype != np.uint8 or img8.ndim != 3 or img8.shape[2] != 3:
         raise InspectorError(f"the overlay takes an HxWx3 uint8 image, got {img8.dtype} of shape {img8.shape}")
     height, width = img8.shape[:2]
@@ -134,13 +173,18 @@ def render_overlay(img8: np.ndarray, cam: np.ndarray, alpha: float = OVERLAY_ALP
     if cam.shape != (height, width):
         cam = cv2.resize(cam, (width, height), interpolation=cv2.INTER_LINEAR)
     heat = cv2.applyColorMap(np.rint(np.clip(cam, 0.0, 1.0) * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    return cv2.addWeighted(heat, alpha, img8, 1.0 - alpha, 0.0)
+    out = cv2.addWeighted(heat, alpha, img8, 1.0 - alpha, 0.0)
+    line = max(1, round(min(height, width) / 300))
+    for x0, y0, x1, y1 in boxes:
+        cv2.rectangle(out, (int(x0), int(y0)), (max(int(x0), int(x1) - 1), max(int(y0), int(y1) - 1)),
+                      (255, 255, 255), line)
+    return out
 
 
-def save_overlay(img8: np.ndarray, cam: np.ndarray, out_png: str | os.PathLike) -> Path:
+def save_overlay(img8: np.ndarray, cam: np.ndarray, out_png: str | os.PathLike, boxes: tuple = ()) -> Path:
     """Write the overlay as PNG atomically (temp file, fsync, rename): a reader never sees half a file."""
     out = Path(out_png)
-    ok, buf = cv2.imencode(".png", render_overlay(img8, cam))
+    ok, buf = cv2.imencode(".png", render_overlay(img8, cam, boxes=boxes))
     if not ok:
         raise InspectorError(f"OpenCV could not encode the heat map for {out}")
     try:

@@ -1,5 +1,6 @@
 """Heat maps for committed abnormal verdicts: drawn on the daemon's scoring thread in idle time and
-recorded in the store (daemon scheduling; the Grad-CAM itself is explain.py's)."""
+recorded in the store (daemon scheduling; the maps themselves are explain.py's: the normal model's map from
+the verdict's own pass, or Grad-CAM for a model without one)."""
 
 from __future__ import annotations
 
@@ -16,15 +17,17 @@ from inspector.explain import explain_image, heatmap_path, save_overlay
 log = logging.getLogger("inspector.heatmaps")
 
 
-def explain_and_record(detector, store, img16: np.ndarray, sha256: str, state_dir: str | os.PathLike) -> Path:
+def explain_and_record(detector, store, img16: np.ndarray, sha256: str, state_dir: str | os.PathLike,
+                       heat: np.ndarray | None = None) -> Path:
     """Heat map for a committed verdict: compute, save under the state folder, attach to the verdict.
 
     Nothing on the network is modified, and concurrent Grad-CAM calls are serialized by a module
     lock, so a caller on another thread than the one scoring is safe (the daemon draws heat maps
     on its scoring thread, see HeatmapQueue).
     """
-    explanation = explain_image(detector, img16)
-    out = save_overlay(explanation.img8, explanation.cam, heatmap_path(state_dir, sha256))
+    explanation = explain_image(detector, img16, heat=heat)  # heat: the verdict's own map, no second pass
+    boxes = explanation.regions.boxes if explanation.regions is not None else ()
+    out = save_overlay(explanation.img8, explanation.cam, heatmap_path(state_dir, sha256), boxes)
     store.set_heatmap(sha256, detector.sha256, str(out))
     return out
 
@@ -49,20 +52,21 @@ class HeatmapQueue:
     def __len__(self) -> int:
         return len(self.jobs)
 
-    def submit(self, detector, img16: np.ndarray, sha256: str) -> bool:
+    def submit(self, detector, img16: np.ndarray, sha256: str, heat: np.ndarray | None = None) -> bool:
+        """Owe a heat map; `heat`: the normal model's map from the verdict's pass (drawing it runs no network)."""
         if len(self.jobs) >= self.maxsize:
             log.warning("heat map queue full; no heat map for %s (run `inspector explain` for it)", sha256[:12])
             return False
-        self.jobs.append((detector, img16, sha256))
+        self.jobs.append((detector, img16, sha256, heat))
         return True
 
     def run_one(self) -> bool:
         """Draw the oldest heat map owed; False when none was waiting. Never raises for a bad one."""
         if not self.jobs:
             return False
-        detector, img16, sha256 = self.jobs.popleft()
+        detector, img16, sha256, heat = self.jobs.popleft()
         try:
-            out = explain_and_record(detector, self.store, img16, sha256, self.state_dir)
+            out = explain_and_record(detector, self.store, img16, sha256, self.state_dir, heat)
             self.done += 1
             log.info("heat map %s for %s", out, sha256[:12])
         except Exception as exc:  # evidence is a courtesy: never let it stop the station

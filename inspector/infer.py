@@ -18,6 +18,7 @@ from inspector.convert import Window, convert_image
 from inspector.devprep import DevicePrep
 from inspector.errors import InspectorError, ModelError
 from inspector.model import ModelMeta, load_model, preprocess_batch, resolve_device
+from inspector.normalmap import Regions, image_score, map_probability, regions
 from inspector.prepare import InputSpec, Prepared, check_image16, prepare
 
 CHECK_SEED = 20220201  # the built-in self-check image must be the same on every machine
@@ -31,6 +32,8 @@ class Prediction:
     threshold: float
     seconds: float
     reason: str | None = None
+    regions: Regions | None = None  # where the normal model's map peaks and what it boxes (None: no map)
+    heat: np.ndarray | None = None  # the map itself (h, w) over the whole image, for a heat map drawn later
 
 
 def model_window(meta: ModelMeta) -> Window | None:
@@ -97,17 +100,33 @@ class Detector:
 
     def score_tensor(self, x: torch.Tensor) -> list[float]:
         """P(abnormal) for a normalized (N, 3, H, W) batch on any device."""
-        return self._forward(x).cpu().tolist()
+        p, heat = self._forward(x)
+        return self.final_p(p, heat)[0].tolist()
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """P(abnormal) as a tensor on the device, not waited for (on CUDA the caller overlaps work with it)."""
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The head's P(abnormal) and, with a normal model, the map, as tensors on the device, not waited for
+        (on CUDA the caller overlaps work with them): one pass for both."""
         cuda = self.device.type == "cuda"
         x = x.to(self.device, memory_format=torch.channels_last) if cuda else x
         autocast = torch.autocast("cuda", dtype=torch.float16) if cuda else contextlib.nullcontext()
         self.net.eval()
         with torch.inference_mode(), autocast:
-            logits = self.net(x)
-        return logits.float().softmax(dim=1)[:, 1]
+            logits, heat = self.net.scored(x)
+        return logits.float().softmax(dim=1)[:, 1], (heat.float() if heat is not None else None)
+
+    def final_p(self, p_head: torch.Tensor, heat: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """P(abnormal) as the model scores (meta.score: the head, the map, or their fusion) and the maps on the
+        CPU (None without a normal model)."""
+        head = p_head.cpu().double().numpy()
+        if heat is None:
+            return head, None
+        maps = heat.cpu().numpy()
+        p_map = map_probability(image_score(maps), self.meta.normal["calibration"])
+        return {"head": head, "map": p_map, "fusion": (head + p_map) / 2.0}[self.meta.score], maps
+
+    def regions(self, heat: np.ndarray, shape: tuple[int, int]) -> Regions:
+        """The map's peak and boxes in pixels of the original image of `shape` (rows, columns)."""
+        return regions(heat, float(self.meta.normal["calibration"]["box_threshold"]), shape)
 
     def prepare(self, img16: np.ndarray) -> Prepared:
         """The CPU part of scoring (quality gate, conversion, resize); thread-safe and torch-free, so a
@@ -115,7 +134,7 @@ class Detector:
         (self.devprep), only the array checks: the raw image is kept for score_prepared."""
         if self.devprep is not None:
             check_image16(img16)
-            return Prepared(None, None, img16=img16)
+            return Prepared(None, None, img16=img16, shape=img16.shape[:2])
         return prepare(img16, self.spec)
 
     def score_prepared(self, prepared: Sequence[Prepared], paths: Sequence[str | None] | None = None,
@@ -145,22 +164,26 @@ class Detector:
                     for t in uploaded:
                         if t is not None:
                             t.record_stream(current)
-                reasons, probs_on_device = self._score_on_device(chunk, uploaded)
+                reasons, on_device = self._score_on_device(chunk, uploaded)
                 pending = self._upload(chunks[k + 1], side) if k + 1 < len(chunks) else []  # beside the forward
-                probs = iter(probs_on_device.cpu().tolist() if probs_on_device is not None else [])
             else:
                 reasons = [p.reason for p in chunk]
                 imgs8 = [p.img8 for p in chunk if p.reason is None]
-                probs = iter(self.score_batch(imgs8) if imgs8 else [])
+                on_device = self._forward(preprocess_batch(imgs8, self.meta.input_size)) if imgs8 else None
                 pending = self._upload(chunks[k + 1], side) if k + 1 < len(chunks) else []
+            p_all, heats = self.final_p(*on_device) if on_device is not None else (np.zeros(0), None)
+            scored = iter(range(len(p_all)))
             share = (time.perf_counter() - t0) / len(chunk)
-            for i, reason in enumerate(reasons, start):
+            for i, (reason, item) in enumerate(zip(reasons, chunk), start):
                 if reason is not None:
                     out.append(Prediction(names[i], None, "rescan", threshold, share + extra[i], reason))
                     continue
-                p = next(probs)
+                row = next(scored)
+                p = float(p_all[row])
                 verdict = "abnormal" if p >= threshold else "normal"
-                out.append(Prediction(names[i], p, verdict, threshold, share + extra[i]))
+                heat = heats[row] if heats is not None else None
+                where = self.regions(heat, item.shape) if heat is not None and item.shape is not None else None
+                out.append(Prediction(names[i], p, verdict, threshold, share + extra[i], regions=where, heat=heat))
             start += len(chunk)
         return out
 
@@ -173,9 +196,9 @@ class Detector:
         return [next(tensors) if p.img16 is not None and p.reason is None else None for p in chunk]
 
     def _score_on_device(self, chunk: Sequence[Prepared], uploaded: Sequence[torch.Tensor | None]) -> \
-            tuple[list[str | None], torch.Tensor | None]:
-        """Each entry's rescan reason, and P(abnormal) of the others (on the device, not waited for): the
-        uploaded ones prepared by DevicePrep, those prepared on the CPU normalized as score_batch does."""
+            tuple[list[str | None], tuple[torch.Tensor, torch.Tensor | None] | None]:
+        """Each entry's rescan reason, and _forward's outputs for the others (on the device, not waited for):
+        the uploaded ones prepared by DevicePrep, those prepared on the CPU normalized as score_batch does."""
         devprep = self.devprep
         assert devprep is not None
         on_device = [i for i, t in enumerate(uploaded) if t is not None]

@@ -24,9 +24,11 @@ from inspector.artifact import MAX_HEADER_BYTES, META_KEY, HeaderError, head_len
 from inspector.config import HEADS, METHODS, POOLINGS, STAGES, WINDOWED_METHODS
 from inspector.durable import atomic_target
 from inspector.errors import ModelError
+from inspector.normalmap import NormalModel, backbone_stages
 from inspector.prepare import resize_to
 
 CLASS_NAMES = ("normal", "abnormal")
+SCORES = ("head", "map", "fusion")
 FREEZE_MODES = ("paper", "none")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -156,6 +158,7 @@ class ElectrodeNet(nn.Module):
             self.fc = nn.Identity()
             self.head = nn.Linear(embedding.dim, 2)
         self.freeze = freeze
+        self.normal: NormalModel | None = None  # the model of a normal electrode (normalmap.py), once fitted
         self.apply_freeze(freeze)
 
     def apply_freeze(self, freeze: str) -> None:
@@ -206,6 +209,16 @@ class ElectrodeNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.embed(x))
+
+    def scored(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits and, with a normal model, the anomaly map (N, h, w) from the same pass: the backbone runs
+        once, as deep as the head or the map needs, and no gradient is taken."""
+        if self.normal is None:
+            return self(x), None
+        wanted = tuple(dict.fromkeys(self.embedding.stages + backbone_stages(self.normal.stages)))
+        maps = self.stage_maps(x, wanted)
+        features = torch.cat([pool_map(maps[s], self.embedding.pooling) for s in self.embedding.stages], dim=1)
+        return self.classify(features), self.normal(x, maps)
 
 
 def _load_imagenet_state() -> dict[str, torch.Tensor]:
@@ -293,6 +306,10 @@ class ModelMeta:
     metrics: dict = field(default_factory=dict)
     quality: dict = field(default_factory=dict)  # {"blur_min": float|None, "clipped_fraction": float|None}
     clahe: dict = field(default_factory=lambda: {"clip_limit": 2.0, "tile_grid": 8})
+    # the normal model (normalmap.py): {"stages": [...], "calibration": {...}}; {} in a file written before it
+    normal: dict = field(default_factory=dict)
+    # what P(abnormal) is: "head" (the classifier), "map" (the normal model's score), "fusion" (their mean)
+    score: str = "head"
     version: str = __version__
     created_at: str = ""
     tensors_sha256: str = ""
@@ -319,6 +336,10 @@ class ModelMeta:
             raise ModelError(f"model threshold {self.threshold} must be between 0 and 1")
         if self.freeze not in FREEZE_MODES:
             raise ModelError(f"model freeze {self.freeze!r} is unknown; use 'paper' or 'none'")
+        if self.score not in SCORES:
+            raise ModelError(f"model score {self.score!r} is unknown; use one of {', '.join(SCORES)}")
+        if self.score != "head" and not self.normal:
+            raise ModelError(f"model score {self.score!r} needs a normal model, and this file has none; retrain it")
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
@@ -448,6 +469,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
         raise _damaged(path, "checksum mismatch")
     net = ElectrodeNet(torchvision.models.resnet34(weights=None), freeze=meta.freeze, embedding=meta.embedding,
                        head=meta.head)
+    net.normal = NormalModel.from_state(tensors)  # None in a file written before the normal model
+    if (net.normal is None) != (not meta.normal):
+        raise _damaged(path, "the normal model's tensors and its metadata disagree")
     if meta.head == "paper" and "standardize.mean" not in tensors:  # written before standardization existed
         tensors = {**tensors, **{f"standardize.{k}": v for k, v in net.standardize.state_dict().items()}}
     try:

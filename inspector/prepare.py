@@ -50,6 +50,7 @@ class Prepared:
     img8: np.ndarray | None
     reason: str | None = None
     img16: np.ndarray | None = None
+    shape: tuple[int, int] | None = None  # the original image's (rows, columns): where a map's boxes are drawn
 
 
 def check_image16(img16: Any) -> None:
@@ -96,8 +97,8 @@ def prepare(img16: np.ndarray, spec: InputSpec) -> Prepared:
     gray = to_uint8(img16, spec.window) if spec.window is not None and spec.method in ("global", "mix") else None
     reason = quality.check(img16, spec.quality, spec.window, gray)
     if reason is not None:
-        return Prepared(None, reason)
+        return Prepared(None, reason, shape=img16.shape[:2])
     try:
-        return Prepared(convert_resized(img16, spec, gray))
+        return Prepared(convert_resized(img16, spec, gray), shape=img16.shape[:2])
     except InspectorError as exc:  # e.g. method local on an image without contrast
-        return Prepared(None, f"cannot convert: {exc}")
+        return Prepared(None, f"cannot convert: {exc}", shape=img16.shape[:2])

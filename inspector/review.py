@@ -265,6 +265,7 @@ def _pending_query(station: str | None) -> sa.Select:
     """Abnormal and rescan capture verdicts of files whose content has no standing review, oldest first."""
     query = (sa.select(images.c.first_seen.label("time"), images.c.path, images.c.sha256, images.c.moved_to,
                        verdicts.c.verdict, verdicts.c.p_abnormal, verdicts.c.reason, verdicts.c.heatmap_path,
+                       verdicts.c.boxes, verdicts.c.peak_x, verdicts.c.peak_y,
                        verdicts.c.model_sha256, images.c.id.label("image_id"), verdicts.c.id.label("verdict_id"),
                        images.c.station, verdicts.c.threshold, newest_review_id(images.c.sha256).label("review_id"))
              .select_from(images.join(verdicts, images.c.verdict_id == verdicts.c.id))

@@ -9,9 +9,9 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # The Alembic revision (inspector/migrations/versions) that each schema version is.
-SCHEMA_REVISIONS = {1: "0001", 2: "0002", 3: "0003", 4: "0004"}
+SCHEMA_REVISIONS = {1: "0001", 2: "0002", 3: "0003", 4: "0004", 5: "0005"}
 VERDICTS = ("normal", "abnormal", "rescan")
 # A review's label besides dataset.LABELS: the decision it supersedes is taken back (an undo); the image is
 # unreviewed again, back in the queue, and no label of it is learned from.
@@ -58,6 +58,10 @@ verdicts = sa.Table(
     sa.Column("heatmap_path", sa.Text, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False, index=True),
     sa.Column("station", sa.Text, nullable=True),  # who scored it (NULL: recorded before schema 3)
+    # where the normal model's map peaks and what it boxes, in original pixels (NULL: no normal model; schema 5)
+    sa.Column("peak_x", sa.Integer, nullable=True),
+    sa.Column("peak_y", sa.Integer, nullable=True),
+    sa.Column("boxes", sa.Text, nullable=True),  # JSON [[x0, y0, x1, y1], ...]
     sa.UniqueConstraint("sha256", "model_sha256", name="uq_verdicts_content_model"),
 )
 images = sa.Table(
@@ -239,3 +243,17 @@ def db_now(conn: Connection) -> datetime:
     if conn.dialect.name == "postgresql":
         return conn.execute(sa.text("SELECT now() AT TIME ZONE 'UTC'")).scalar_one().replace(tzinfo=timezone.utc)
     return utc_now()
+
+
+def parse_boxes(text: str | None) -> list[list[int]]:
+    """verdicts.boxes (JSON [[x0, y0, x1, y1], ...]) as a list; [] for NULL or anything that is not boxes."""
+    import json
+
+    try:
+        data = json.loads(text) if text else []
+    except ValueError:
+        return []
+    if not isinstance(data, list):
+        return []
+    return [[int(v) for v in box] for box in data
+            if isinstance(box, list) and len(box) == 4 and all(isinstance(v, int) for v in box)]

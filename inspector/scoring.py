@@ -56,6 +56,14 @@ def file_version(item: ReadyFile) -> Any:
     return FileVersion(os.fsencode(item.path), stamp.size, stamp.mtime_ns, stamp.inode, stamp.ctime_ns)
 
 
+def region_fields(regions: Any) -> dict:
+    """A prediction's normalmap.Regions as the verdict's peak_x, peak_y and boxes (JSON) columns."""
+    if regions is None:
+        return {"peak_x": None, "peak_y": None, "boxes": None}
+    return {"peak_x": regions.peak[0], "peak_y": regions.peak[1],
+            "boxes": json.dumps([list(b) for b in regions.boxes])}
+
+
 def model_meta_json(detector: Any) -> str:
     meta = detector.meta
     if hasattr(meta, "to_json"):
@@ -73,6 +81,7 @@ class _Job:
     prepared: Any = None  # prepare.Prepared: what the network takes (or the gate's rescan reason)
     seconds: float = 0.0  # spent preparing it
     outcome: dict | None = None  # existing verdict for this content and model
+    heat: Any = None  # the normal model's map from the verdict's own pass (None: no normal model), for a heat map
     rejection: tuple[str, str] | None = None
     incomplete: bool = False  # the rejection may be a file still being written (ImageError.incomplete)
 
@@ -398,12 +407,15 @@ class Scoring:
         if job.outcome is not None:
             o = job.outcome
             fields = (o["p_abnormal"], o["verdict"], o["reason"], o["threshold"], o["method"], 0.0)
+            where = {k: o.get(k) for k in ("peak_x", "peak_y", "boxes")}
         else:
             fields = (pred.p_abnormal, pred.verdict, pred.reason, pred.threshold,
                       getattr(self.detector.meta, "method", ""), pred.seconds if first else 0.0)
+            where = region_fields(pred.regions)
+            job.heat = pred.heat
         p_abnormal, verdict, reason, threshold, method, inference_seconds = fields
         return VerdictRecord(version, Verdict(job.sha256, model_sha, p_abnormal, verdict, reason, threshold, method,
-                                              time.monotonic() - item.ready_at, inference_seconds))
+                                              time.monotonic() - item.ready_at, inference_seconds, **where))
 
     def _report_and_move(self, job: _Job, record: Any, result: str) -> None:
         """After the batch's commit: count and log the outcome, queue a heat map, move the file."""
@@ -422,8 +434,8 @@ class Scoring:
             extra = f" ({v.reason})" if v.reason else ""
             dup = " duplicate content" if result == "duplicate" else ""
             log.info("verdict %s p=%s %s%s (%.2f s)%s", v.verdict, p_text, shown, dup, v.ready_to_commit_seconds, extra)
-            if v.verdict == "abnormal" and result == "new" and job.img16 is not None:
-                self.heatmaps.submit(self.detector, job.img16, job.sha256)  # after the commit: never delays a verdict
+            if v.verdict == "abnormal" and result == "new" and job.img16 is not None:  # after the commit
+                self.heatmaps.submit(self.detector, job.img16, job.sha256, job.heat)  # never delays a verdict
         raw, recorded = os.fsencode(item.path), None
         if result == "exists" and self.mover.enabled:  # recorded before: a move may have been cut short
             stamp = item.stamp

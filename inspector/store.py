@@ -330,6 +330,10 @@ class Verdict:
     method: str
     ready_to_commit_seconds: float | None = None
     inference_seconds: float | None = None
+    # where the normal model's map peaks and what it boxes (schema 5): original pixels; boxes as JSON
+    peak_x: int | None = None
+    peak_y: int | None = None
+    boxes: str | None = None
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:

@@ -196,8 +196,12 @@ class DaemonProcess:
         # faults are injected by the test-only runner; the service itself reads no fault settings
         program = [str(Path(__file__).with_name("fault_runner.py"))] if "INSPECTOR_FAULT" in env else ["-m", "inspector"]
         # prefix: a command the daemon runs under (`faketime +10m`: the station's clock ahead of the files')
+        # under a prefix the daemon is the prefix's child (faketime forks it): its own process group, so close()
+        # ends both and never leaves an orphaned daemon running on after the test
+        self.grouped = bool(prefix)
         self.proc = subprocess.Popen([*prefix, sys.executable, *program, "watch", "--config", str(config), *args],
-                                     cwd=tmp_path, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+                                     cwd=tmp_path, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=self.grouped)
 
     def wait_ready(self, timeout: float = 60) -> None:
         def ready() -> bool:
@@ -220,9 +224,12 @@ class DaemonProcess:
         return self.proc.wait(timeout=timeout)
 
     def close(self) -> None:
+        if self.grouped:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait(timeout=10)
+        self.proc.wait(timeout=10)
         self._log.close()
         self.notify.close()
         self.notify.path.unlink(missing_ok=True)

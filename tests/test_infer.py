@@ -96,8 +96,8 @@ def test_quality_gate_sends_blurred_and_clipped_back(gated_path):
     clipped = images(1, seed=2)[0]
     clipped[: int(128 * 0.73)] = 4500  # 73% of rows beyond the window's high end
     sent: list[int] = []
-    score_batch = det.score_batch
-    det.score_batch = lambda imgs8: sent.append(len(imgs8)) or score_batch(imgs8)
+    forward = det._forward
+    det._forward = lambda x: sent.append(len(x)) or forward(x)  # what reaches the network
     preds = det.predict([blurred_image(), images(1)[0], clipped], paths=["soft.tif", "ok.tif", "bright.tif"])
     soft, ok, bright = preds
     assert soft.verdict == "rescan" and soft.p_abnormal is None

@@ -57,9 +57,10 @@ def score_command(images: tuple[str, ...], model_path: str | None, as_json: bool
             if not as_json:
                 click.echo(f"{display_path(path)}: rejected: {exc.message} [{exc.reason}]")
             continue
+        where = pred.regions.to_json() if pred.regions is not None else {"peak": None, "boxes": None}
         records.append({"path": display_path(path), "verdict": pred.verdict, "p_abnormal": pred.p_abnormal,
                         "threshold": pred.threshold, "seconds": round(pred.seconds, 4), "reason": pred.reason,
-                        "model_sha256": det.sha256})
+                        "model_sha256": det.sha256, **where})
         if not as_json:
             click.echo(format_prediction(pred))
     if as_json:
@@ -76,6 +77,18 @@ def model_group() -> None:
 def file_sha256(path: Path) -> str:
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def describe_score(meta) -> str:
+    """What P(abnormal) is, and the normal model behind the maps, in one line."""
+    normal = meta.normal or {}
+    if not normal:
+        return "the head (no normal model: trained before inspector fitted one; heat maps are Grad-CAM, retrain for maps)"
+    cal = normal.get("calibration", {})
+    what = {"head": "the head (the classifier)", "map": "the normal model's map alone (no head: normals only)",
+            "fusion": "the mean of the head's and the normal model's map score"}[meta.score]
+    return (f"{what}; normal model on {'+'.join(normal.get('stages', []))} from {normal.get('images', '?')} normal "
+            f"images in {normal.get('bundles', '?')} bundle(s), boxes above map value {cal.get('box_threshold', 0):.3g}")
 
 
 def describe_quality(quality: dict) -> str:
@@ -123,6 +136,7 @@ def info_command(model_path: str, as_json: bool, cfg: Config) -> None:
         ("window", f"{meta.window[0]}-{meta.window[1]}" if meta.window else "none (not needed by this method)"),
         ("input size", f"{h} x {w} px (height x width)"),
         ("threshold", f"{meta.threshold:g} ({meta.threshold_source})"),
+        ("scores by", describe_score(meta)),
         ("quality gate", describe_quality(meta.quality)),
         ("clahe", f"clip_limit {clahe.get('clip_limit')}, tile_grid {clahe.get('tile_grid')}"),
         ("weights", meta.weights),

@@ -24,14 +24,21 @@ PENDING_FIELDS = ["time", "verdict", "p_abnormal", "reason", "path", "sha256", "
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
               help="Model artifact (default: model.path in config.toml).")
 @click.option("--out", "out_png", type=click.Path(dir_okay=False), required=True,
-              help="PNG to write: the Grad-CAM heat map over the converted image, at the image's size.")
+              help="PNG to write: the heat map over the converted image, at the image's size.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: model.device in config.toml).")
+@click.option("--method", type=click.Choice(["auto", "normal", "gradcam"]), default="auto", show_default=True,
+              help="normal: where the scan differs from the normal electrodes the model learned (its normal model); "
+                   "gradcam: where the head's evidence came from; auto: normal where the model has a normal model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict, peak and boxes as JSON.")
 @with_config
-def explain(cfg: Config, image: str, model_path: str | None, out_png: str, device: str | None) -> None:
-    """Show where the detector looked: Grad-CAM on its feature stages (model.features), laid over IMAGE.
+def explain(cfg: Config, image: str, model_path: str | None, out_png: str, device: str | None, method: str,
+            as_json: bool) -> None:
+    """Show where a scan is not normal, laid over IMAGE: the model's normal map (red: far from every normal
+    electrode at that place; white boxes: regions above the threshold fitted on normal electrodes), or
+    Grad-CAM of the head (--method gradcam, and models trained before the normal model).
 
-    Prints P(abnormal), the verdict and the PNG written. Red marks the regions that pushed the
-    verdict towards abnormal most.
+    Prints P(abnormal), the verdict, the map's peak and boxes (pixels of IMAGE: x the column, y the row)
+    and the PNG written.
     """
     from inspector.explain import explain_image, save_overlay
     from inspector.imaging import read_image
@@ -42,14 +49,23 @@ def explain(cfg: Config, image: str, model_path: str | None, out_png: str, devic
     if not det.meta.trained:
         click.echo("warning: this model is UNTRAINED (written by `inspector model init`): its verdicts are random",
                    err=True)
-    exp = explain_image(det, img16)
-    out = save_overlay(exp.img8, exp.cam, out_png)
+    exp = explain_image(det, img16, method)
+    where = exp.regions
+    out = save_overlay(exp.img8, exp.cam, out_png, where.boxes if where is not None else ())
+    if as_json:
+        click.echo(json.dumps({"path": display_path(image), "verdict": exp.verdict, "p_abnormal": exp.p_abnormal,
+                               "reason": exp.reason, "method": exp.method, "heatmap": str(out),
+                               **(where.to_json() if where is not None else {"peak": None, "boxes": None})}))
+        return
     if exp.verdict == "rescan":
         click.echo(f"{display_path(image)}: rescan ({exp.reason}); P(abnormal)={exp.p_abnormal:.4f} for reference only")
     else:
         click.echo(f"{display_path(image)}: {exp.verdict} P(abnormal)={exp.p_abnormal:.4f} "
                    f"(threshold {det.meta.threshold:g})")
-    click.echo(f"heat map: {out}")
+    if where is not None:
+        shown = ", ".join(f"[{x0}, {y0}, {x1}, {y1}]" for x0, y0, x1, y1 in where.boxes) or "none"
+        click.echo(f"map peak at x={where.peak[0]}, y={where.peak[1]}; boxes: {shown}")
+    click.echo(f"heat map ({'normal model' if exp.method == 'normal' else 'Grad-CAM'}): {out}")
 
 
 def describe_review(row: dict) -> str:

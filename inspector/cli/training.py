@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from inspector.cli import cli, with_config
+from inspector.cli.detector import describe_score
 from inspector.config import HEADS, METHODS, OPTIMIZERS, POOLINGS, STAGES, Config, network_order, parse_input_size
 from inspector.errors import InspectorError
 
@@ -99,14 +100,20 @@ def common_options(func):
 @click.option("--target-recall", type=click.FloatRange(0, 1), default=None, metavar="R",
               help="Choose the threshold from out-of-fold predictions so abnormal recall >= R "
                    "(runs leave-one-bundle-out first); 0 keeps 0.5 [default: train.target_recall].")
+@click.option("--normals-only", is_flag=True,
+              help="Train no head: score by the normal model's map alone (model.score = map), e.g. for a new line "
+                   "or coating with no abnormal electrode yet.")
 @with_config
 def train_command(cfg: Config, dataset: str, out: str | None, method: str | None, target_recall: float | None,
-                  **given) -> None:
+                  normals_only: bool, **given) -> None:
     """Train the detector on every image of DATASET and write the model the daemon uses.
 
     Pooled backbone features (model.features), standardized on these images, then the head,
     trained with cross-entropy and random h/v flips (train.optimizer); the conversion's window
-    and the standardization are fitted on these images and stored in the model.
+    and the standardization are fitted on these images and stored in the model. The normal model
+    (model.map_stages: per position, what the normal electrodes look like) is fitted on the normal
+    images; its map shows where a scan is not normal, and model.score decides whether P(abnormal) is
+    the head's, the map's or their mean.
     """
     from inspector.dataset import load_dataset
     from inspector.build import train_model
@@ -116,7 +123,7 @@ def train_command(cfg: Config, dataset: str, out: str | None, method: str | None
     ds = load_dataset(dataset)
     method = method or cfg.convert.method
     path = Path(out) if out else cfg.model.path
-    outcome = train_model(ds, path, method, cfg, device, cfg.train.target_recall, warn=warn)
+    outcome = train_model(ds, path, method, cfg, device, cfg.train.target_recall, warn=warn, normals_only=normals_only)
     meta = outcome.meta
     h, w = meta.input_size
     click.echo(f"trained {method} on {len(ds)} images ({len(ds.bundles)} bundles), input {h}x{w}, "
@@ -130,7 +137,8 @@ def train_command(cfg: Config, dataset: str, out: str | None, method: str | None
         click.echo(f"quality gate: blur_min {meta.quality['blur_min']:.3g}, "
                    f"clipped_fraction {meta.quality['clipped_fraction']:g}, "
                    f"trained on {h_lo}-{h_hi} x {w_lo}-{w_hi} px")
-    click.echo(f"training: {outcome.fit.summary()}")
+    click.echo(f"scores by: {describe_score(meta)}")
+    click.echo("training: " + ("no head (--normals-only)" if normals_only else outcome.fit.summary()))
     click.echo(f"wrote {outcome.path} (sha256 {outcome.sha256})")
 
 

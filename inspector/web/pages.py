@@ -9,7 +9,7 @@ from datetime import datetime
 from flask import Blueprint, Response, g, render_template, request
 
 from inspector.errors import StoreError
-from inspector.schema import VERDICTS
+from inspector.schema import VERDICTS, parse_boxes
 from inspector.web import WebError, ext
 
 log = logging.getLogger("inspector.web")
@@ -119,6 +119,7 @@ def verdict(image_id: int):
     reviews = query_reviews(store, detail["sha256"])
     from inspector.web.queue import anomaly_choices
 
+    detail = {**detail, "box_list": parse_boxes(detail.get("boxes"))}
     return render_template("verdict.html", user=g.user, d=detail, history=history, reviews=reviews,
                            current=reviews[0] if reviews else None, anomaly_types=anomaly_choices())
 

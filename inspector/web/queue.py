@@ -16,6 +16,7 @@ from inspector.dataset import ANOMALY_TYPES
 from inspector.paths import display_path
 from inspector.queries import MAX_ROW_ID
 from inspector.review import ReviewConflict, queue_place, record_review, withdraw_review
+from inspector.schema import parse_boxes
 from inspector.web import WebError, ext
 from inspector.web.auth import reviewer_only
 
@@ -74,6 +75,8 @@ def home():
     station = station_arg()
     place = queue_place(store(), after=arg_int("after"), at=arg_int("at"), station=station)
     item = place.item
+    if item is not None:
+        item = {**item, "box_list": parse_boxes(item.get("boxes"))}
     undo = undo_stack()
     return render_template("queue.html", user=g.user, item=item, place=place, station=station,
                            stations=store().station_names(), anomaly_types=anomaly_choices(),

@@ -1,5 +1,5 @@
 // The scan viewer: fit, 1:1 (one image pixel per screen pixel), zoom at the cursor, drag to pan, and the views
-// (the converted window, the heat map, the quality gate's reasons). inspectorViewer.attach() binds it to the
+// (the converted window, the heat map, the quality gate's reasons) and the map's boxes (B). inspectorViewer.attach() binds it to the
 // page's #viewer (again after the queue swaps in the next electrode); inspectorViewer.current is the live one.
 (function () {
   "use strict";
@@ -10,6 +10,7 @@
     const base = document.getElementById("img-window");
     const heat = document.getElementById("img-heat");
     const gate = document.getElementById("gate-panel");
+    const boxes = document.getElementById("img-boxes");
     const problem = document.getElementById("viewer-problem");
     const level = document.getElementById("zoom-level");
     let scale = 1, x = 0, y = 0, fitted = true, view = "window";
@@ -25,7 +26,20 @@
       const pct = Math.round(scale * window.devicePixelRatio * 100);
       level.textContent = fitted ? "fit (" + pct + "%)" : pct + "%";
     }
+    function sizeBoxes() {  // the outlines are in the original image's pixels, as the window image is
+      const [w, h] = size();
+      if (!boxes || !w || !h) return;
+      boxes.setAttribute("viewBox", "0 0 " + w + " " + h);
+      boxes.setAttribute("width", w);
+      boxes.setAttribute("height", h);
+    }
+    function toggleBoxes() {
+      if (!boxes) return;
+      boxes.hidden = !boxes.hidden;
+      document.querySelectorAll("[data-boxes]").forEach(function (b) { b.classList.toggle("on", !boxes.hidden); });
+    }
     function fit() {
+      sizeBoxes();
       const [w, h] = size(), r = viewer.getBoundingClientRect();
       scale = fitScale();
       x = (r.width - w * scale) / 2;
@@ -91,12 +105,14 @@
     document.querySelectorAll("[data-view]").forEach(function (b) {
       b.addEventListener("click", function () { show(b.dataset.view); });
     });
+    document.querySelectorAll("[data-boxes]").forEach(function (b) { b.addEventListener("click", toggleBoxes); });
     document.querySelectorAll("[data-zoom]").forEach(function (b) {
       b.addEventListener("click", function () {
         ({ fit: fit, one: oneToOne, in: function () { zoomBy(1.25); }, out: function () { zoomBy(0.8); } })[b.dataset.zoom]();
       });
     });
-    return { fit: fit, oneToOne: oneToOne, zoomBy: zoomBy, show: show, refit: function () { if (fitted) fit(); },
+    return { fit: fit, oneToOne: oneToOne, zoomBy: zoomBy, show: show, toggleBoxes: toggleBoxes,
+             refit: function () { if (fitted) fit(); },
              state: function () { return { scale: scale, x: x, y: y, fitted: fitted, view: view }; } };
   }
 
@@ -117,7 +133,7 @@
     if (e.target.closest && e.target.closest("input, textarea, select")) return;
     if (document.querySelector("#abnormal-panel[open]")) return;  // its keys pick anomaly types (queue.js)
     const act = { w: function () { v.show("window"); }, h: function () { v.show("heat"); },
-                  r: function () { v.show("gate"); }, f: v.fit, "1": v.oneToOne, "+": function () { v.zoomBy(1.25); },
+                  r: function () { v.show("gate"); }, b: v.toggleBoxes, f: v.fit, "1": v.oneToOne, "+": function () { v.zoomBy(1.25); },
                   "=": function () { v.zoomBy(1.25); }, "-": function () { v.zoomBy(0.8); } }[e.key.toLowerCase()];
     if (act) { e.preventDefault(); act(); }
   });

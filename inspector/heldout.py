@@ -1,0 +1,77 @@
+"""Out-of-fold scores of the normal model beside the head's, and where its maps peak on held-out defects.
+
+For each fold of `inspector cv`: the normal model is fitted on the fold's training normals (normalmap.fit,
+through its sums: the features of every image are computed once per view), each held-out image gets its
+map, its map score as a probability (normalmap.map_probability) and the fusion of that with the head's
+P(abnormal) (their mean). Held-out abnormal images with a defect mask (synth writes them) are scored for
+localization (localize.score_map): does the map's peak lie on the defect, how much of its mass does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from inspector import localize, normalmap
+from inspector.config import Config
+from inspector.dataset import Dataset
+
+if TYPE_CHECKING:
+    import torch
+
+    from inspector.dataset import Fold
+    from inspector.views import ImageSource, View
+
+SCORES = ("head", "map", "fusion")
+
+
+def fuse(p_head: np.ndarray, p_map: np.ndarray) -> np.ndarray:
+    """The fusion score: the mean of the head's P(abnormal) and the map's."""
+    return (np.asarray(p_head, dtype=np.float64) + np.asarray(p_map, dtype=np.float64)) / 2.0
+
+
+class HeldOutMaps:
+    """The normal model's side of a cross-validation: its scores per fold and the localization figures."""
+
+    def __init__(self, dataset: Dataset, source: "ImageSource", cfg: Config, device: "torch.device"):
+        self.dataset, self.source, self.cfg, self.device = dataset, source, cfg, device
+        self.stages = tuple(s for s in normalmap.MAP_STAGES if s in cfg.model.map_stages)
+        self._features: dict[tuple, normalmap.NormalFeatures] = {}
+        self.hits: list[tuple[str, localize.Hit]] = []
+
+    def features(self, net, view: "View") -> normalmap.NormalFeatures:
+        """Every image's map features under `view` (computed once per distinct view)."""
+        from inspector.normalfit import map_features
+
+        key = (view.method, view.window, view.clahe)
+        if key not in self._features:
+            self._features[key] = map_features(net, self.source, range(len(self.dataset)), view, self.cfg,
+                                               self.device, self.stages, desc="map features")
+        return self._features[key]
+
+    def score_fold(self, net, view: "View", fold: "Fold", p_head: np.ndarray) -> dict[str, np.ndarray]:
+        """{score name: P(abnormal) of the fold's held-out images}; records their localization."""
+        import torch
+
+        y = self.dataset.y
+        feats = self.features(net, view)
+        train_normals = [int(i) for i in fold.train_idx if y[int(i)] == 0]
+        model, cal = normalmap.fit(feats, train_normals)
+        test = [int(i) for i in fold.test_idx]
+        with torch.no_grad():
+            heat = model.from_features(feats.subset(test)).numpy()
+        p_map = normalmap.map_probability(normalmap.image_score(heat), cal)
+        for row, i in enumerate(test):
+            mask_path = self.dataset.mask_path(i) if y[i] == 1 else None
+            if mask_path is not None:
+                mask = localize.read_mask(mask_path)
+                if mask.any():
+                    shown = normalmap.excess(heat[row], cal)
+                    self.hits.append((";".join(self.dataset.samples[i].anomalies), localize.score_map(shown, mask)))
+        return {"head": np.asarray(p_head, dtype=np.float64), "map": p_map, "fusion": fuse(p_head, p_map)}
+
+    def localization(self) -> dict | None:
+        """The localization summary of the folds scored so far (then forgotten), None without masks."""
+        hits, self.hits = self.hits, []
+        return localize.summarize(hits) if hits else None
