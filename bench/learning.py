@@ -9,9 +9,13 @@ pooling. Every variant of one conversion shares the embedding cache (it keeps al
 poolings), so only the first pays for backbone passes. `global` runs with the window rounded to
 the nearest hundred (the paper's rounding) so that folds share windows and cached features.
 
-Writes bench/LEARNING.md and the block between the `learning` markers in README.md.
+Part `maps` (bench/learning_maps.py): on sets with defect masks at the demo's scale, where the normal
+model's held-out maps peak against the defects, and the head, the map score and their fusion side by side.
 
-    .venv/bin/python bench/learning.py [--quick] [--no-write]
+Writes bench/LEARNING.md (one section per part; a part not run keeps the section its last run wrote) and
+the blocks between the `learning` and `learning-maps` markers in README.md.
+
+    .venv/bin/python bench/learning.py [--part features|maps|all] [--quick] [--no-write]
 """
 
 from __future__ import annotations
@@ -119,30 +123,72 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write(rows: list[dict], setting: str, command: str) -> None:
+SECTIONS = {"features": "## Which features the head learns from",
+            "maps": "## Where the maps point, and which score decides"}
+
+
+def features_body(rows: list[dict], setting: str, command: str) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     backbone = "; ".join(f"{m}: {sum(r['passes'] for r in rows if r['method'] == m)} backbone passes in "
                          f"{sum(r['backbone_s'] for r in rows if r['method'] == m):.0f} s"
                          for m in METHODS)
-    body = (f"On {setting}; {stamp}; `{command}`.\n\n{table(rows)}\n\n"
+    return (f"On {setting}; {stamp}; `{command}`.\n\n{table(rows)}\n\n"
             f"Backbone passes (shared by all variants of a conversion through the cache): {backbone}. "
             "passed @R: share of normal electrodes passed automatically at the threshold that flags at "
             "least R of the abnormal ones; s per fold: head training and scoring of one held-out bundle.")
-    OUT.write_text("# Does the detector learn?\n\nWritten by `bench/learning.py`; every figure is measured in the "
-                   "same run.\n\n" + body + "\n")
-    write_readme_block("learning", "learning.py", body)
+
+
+def kept_sections() -> dict[str, str]:
+    """The sections LEARNING.md holds now (a file from before the sections: all of it is the features part)."""
+    if not OUT.exists():
+        return {}
+    text = OUT.read_text()
+    found: dict[str, str] = {}
+    for part, heading in SECTIONS.items():
+        if heading in text:
+            rest = text.split(heading, 1)[1]
+            nxt = [rest.index(h) for h in SECTIONS.values() if h in rest]
+            found[part] = rest[:min(nxt)] if nxt else rest
+    if not found and "On `inspector synth" in text:
+        found["features"] = "\n\n" + text[text.index("On `inspector synth"):]
+    return {k: v.strip() for k, v in found.items()}
+
+
+def write(bodies: dict[str, str]) -> None:
+    """LEARNING.md from the parts just run and the sections kept; README's blocks for the parts just run."""
+    sections = {**kept_sections(), **bodies}
+    text = "# Does the detector learn?\n\nWritten by `bench/learning.py`; every figure of a section is measured in " \
+           "the same run.\n"
+    for part, heading in SECTIONS.items():
+        if part in sections:
+            text += f"\n{heading}\n\n{sections[part]}\n"
+    OUT.write_text(text)
+    for part, body in bodies.items():
+        write_readme_block("learning" if part == "features" else "learning-maps", "learning.py", body)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("features", "maps", "all"), default="all")
     parser.add_argument("--quick", action="store_true", help="a small set at 256x128 (a check that it runs)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
-    rows, setting = run(args.quick)
-    print(table(rows))
+    command = "python bench/learning.py" + (f" --part {args.part}" if args.part != "all" else "")
+    bodies: dict[str, str] = {}
+    if args.part in ("features", "all"):
+        rows, setting = run(args.quick)
+        print(table(rows))
+        bodies["features"] = features_body(rows, setting, command)
+    if args.part in ("maps", "all"):
+        import learning_maps
+
+        result = learning_maps.run(HERE / ".work" / ("learning-quick" if args.quick else "learning"), args.quick)
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        bodies["maps"] = learning_maps.section(result, describe_machine(), stamp, command)
+        print(bodies["maps"])
     if not args.no_write and not args.quick:
-        write(rows, setting, "python bench/learning.py")
-        print(f"wrote {OUT} and the learning block of README.md")
+        write(bodies)
+        print(f"wrote {OUT} and the README blocks of {', '.join(bodies)}")
     return 0
 
 

@@ -11,7 +11,8 @@ one torch thread against two (bench/torch_threads.py), read+convert against the 
 PostgreSQL database against 1 daemon, the claim overhead per file and the takeover of a killed daemon's
 claims against the lease (bench/fleet.py, FLEET_FILES files per run, in the first FLEET_REPEAT rounds:
 nine daemon start-ups a round), the review station's time to first byte, pages per second with 10,000 verdicts
-against a static file, and in Chromium a review screen and the next electrode after a decision key (bench/web.py),
+against a static file, and in Chromium a review screen and the next electrode after a decision key (bench/web.py), a lone file's
+predict with the normal model's map, peak and boxes against the bare predict (bench/map_cost.py),
 and on a CUDA machine images/s at 2000 x 1000 with batching, fp16 and
 channels_last against the same model with the data already on the GPU (the ceiling).
 
@@ -47,7 +48,8 @@ from convert_read import Figure, describe_machine, write_readme_block  # noqa: E
 RESULTS = HERE / "RESULTS.md"
 REPEAT = 4  # rounds of `make bench` (the last note of RESULTS.md gives the time each part took)
 CV_REPEAT = 3  # bench/cv_cache.py (both thread counts) runs in the first CV_REPEAT rounds only
-PARTS = ("cv_cache", "cv_cache_1thread", "daemon", "pipeline", "prep", "threads", "convert", "fleet", "web", "gpu")
+PARTS = ("cv_cache", "cv_cache_1thread", "daemon", "pipeline", "prep", "threads", "convert", "fleet", "web", "map",
+         "gpu")
 CV_PARTS = ("cv_cache", "cv_cache_1thread")
 FLEET_FILES = 500  # files per fleet run of `make bench` (bench/fleet.py alone: 1000)
 FLEET_REPEAT = 2  # bench/fleet.py runs in the first FLEET_REPEAT rounds only: nine daemons start in each
@@ -260,6 +262,10 @@ def run_part(part: str, args, notes: list[str]) -> list[Figure]:
                                         "bench/torch_threads.py")
     elif part == "convert":
         return convert_read.measure(images=4 if quick else 8, repeats=3 if quick else 5)
+    elif part == "map":
+        figures, problem = json_figures([str(HERE / "map_cost.py")]
+                                        + (["--rounds", "1", "--passes", "3", "--sizes", "384x192"] if quick else []),
+                                        "bench/map_cost.py")
     elif part == "fleet":
         files = 60 if quick else FLEET_FILES
         notes.append(f"fleet: {files} files per fleet run, fewer than bench/fleet.py's {fleet.N_FILES}, and "

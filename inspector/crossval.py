@@ -21,6 +21,7 @@ from inspector.durable import write_atomic
 from inspector.dataset import Dataset, leave_one_bundle_out
 from inspector.metrics import Counts
 from inspector.heldout import SCORES, HeldOutMaps
+from inspector.localize import summarize
 
 if TYPE_CHECKING:
     import torch
@@ -50,8 +51,8 @@ class MethodResult:
 
     `scores`: the out-of-fold P(abnormal) of each score (SCORES: the head, the normal model's map, their
     fusion); `oof` is the configured one's (model.score), the one the folds' counts are at.
-    `localization`: where the held-out maps peaked against the defect masks (localize.summarize), None
-    when the dataset has no masks.
+    `localization`: where the held-out maps peaked against the defect masks (localize.summarize of `hits`),
+    None when the dataset has no masks.
     """
 
     method: str
@@ -59,6 +60,7 @@ class MethodResult:
     oof: np.ndarray | None = None
     scores: dict[str, np.ndarray] = field(default_factory=dict)
     localization: dict | None = None
+    hits: list = field(default_factory=list)  # (anomaly types, localize.Hit) per held-out image with a mask
 
     @property
     def pooled(self) -> Counts:
@@ -124,7 +126,8 @@ def cross_validate(dataset: Dataset, methods: list[str], cfg: Config, device: "t
             if not fitted.learned:
                 (warn or (lambda m: None))(f"warning: {method}, fold {fold.bundle}: training ended no better than "
                                            f"the class prior ({fitted.summary()})")
-        mres.localization = maps.localization()
+        mres.hits = maps.take_hits()
+        mres.localization = summarize(mres.hits) if mres.hits else None
         results[method] = mres
     settings = run_settings(cfg, methods, use_cache)
     return CvResult(dataset, results, settings, dataset.fingerprint(), stats.passes, stats.hits,

@@ -205,7 +205,7 @@ def main() -> int:
         print(f"dropped {len(dropped)} files into {OUT.name}/capture/")
         seen = wait_for_outcomes(OUT / "inspector.db", len(dropped))
         print(f"the daemons recorded an outcome for {seen} of {len(dropped)} files")
-        # Grad-CAM heat maps are written just after each abnormal verdict: give them a moment
+        # heat maps (the normal model's map, with its boxes) are drawn just after each abnormal verdict: a moment
         time.sleep(2.0)
         run("status")  # both stations' heartbeats, while they run
     finally:

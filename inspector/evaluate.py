@@ -30,7 +30,9 @@ def evaluate_model(model_path: Path, dataset: Dataset, cfg: Config) -> dict:
             raise scored.error
         preds.append(scored.prediction)
     images = [{"path": s.rel, "bundle": s.bundle, "label": s.label, "p_abnormal": p.p_abnormal,
-               "verdict": p.verdict, "reason": p.reason} for s, p in zip(samples, preds)]
+               "verdict": p.verdict, "reason": p.reason,
+               **(p.regions.to_json() if p.regions is not None else {"peak": None, "boxes": None})}
+              for s, p in zip(samples, preds)]
     scored = [im for im in images if im["verdict"] != "rescan"]
 
     def summary(rows: list[dict]) -> dict:
@@ -51,10 +53,30 @@ def evaluate_model(model_path: Path, dataset: Dataset, cfg: Config) -> dict:
         "dataset": {"root": str(dataset.root), "fingerprint": dataset.fingerprint(), "images": len(dataset)},
         "bundles": per_bundle,
         "pooled": pooled,
+        "localization": localization(det, dataset, preds),
         "misclassified": sorted(wrong, key=lambda im: (im["bundle"], im["path"])),
         "rescan": [im for im in images if im["verdict"] == "rescan"],
         "images": images,
     }
+
+
+def localization(det, dataset: Dataset, preds: list) -> dict | None:
+    """Where the model's normal map peaks on the abnormal images that have a defect mask (localize.py), None
+    without masks or without a normal model."""
+    from inspector import localize
+    from inspector.normalmap import excess
+
+    if not det.meta.normal:
+        return None
+    hits = []
+    for i, (sample, pred) in enumerate(zip(dataset.samples, preds)):
+        path = dataset.mask_path(i) if sample.label == "abnormal" and pred.heat is not None else None
+        if path is not None:
+            mask = localize.read_mask(path)
+            if mask.any():
+                hits.append((";".join(sample.anomalies),
+                             localize.score_map(excess(pred.heat, det.meta.normal["calibration"]), mask)))
+    return localize.summarize(hits) if hits else None
 
 
 def format_evaluation(data: dict) -> str:
@@ -84,4 +106,10 @@ def format_evaluation(data: dict) -> str:
     if data["rescan"]:
         lines.append(f"sent back for rescan (quality gate, not counted above): {len(data['rescan'])}")
         lines.extend(f"  {im['path']}: {im['reason']}" for im in data["rescan"])
+    if data.get("localization"):
+        from inspector.localize import format_localization
+
+        lines.append("where the map peaks, abnormal images with a defect mask (the mask dilated by 2% of the width; "
+                     "chance = its share of the image):")
+        lines.extend("  " + line for line in format_localization(data["localization"]).splitlines())
     return "\n".join(lines)

@@ -71,7 +71,7 @@ class HeldOutMaps:
                     self.hits.append((";".join(self.dataset.samples[i].anomalies), localize.score_map(shown, mask)))
         return {"head": np.asarray(p_head, dtype=np.float64), "map": p_map, "fusion": fuse(p_head, p_map)}
 
-    def localization(self) -> dict | None:
-        """The localization summary of the folds scored so far (then forgotten), None without masks."""
+    def take_hits(self) -> list[tuple[str, localize.Hit]]:
+        """The localization of the folds scored so far (then forgotten): (anomaly types, Hit) per image."""
         hits, self.hits = self.hits, []
-        return localize.summarize(hits) if hits else None
+        return hits
