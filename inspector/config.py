@@ -55,7 +55,7 @@ class ModelConfig:
     features: tuple[str, ...] = ("layer2", "layer3")
     pooling: tuple[str, ...] = ("mean",)
     head: str = "linear"
-    score: str = "head"
+    score: str = "fusion"  # chosen by figures: bench/LEARNING.md, "Where the maps point"
     map_stages: tuple[str, ...] = ("input",)
 
 

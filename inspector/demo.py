@@ -81,6 +81,9 @@ capture_dir = "capture"
 settle_seconds = 0.5
 rescan_seconds = 5.0
 after = "move"
+# A file that reads as cut short is judged again when it changes, and quarantined as `truncated` only
+# once it stayed so this long (a writer may pause mid-file): 300 s at a plant, a few seconds here.
+incomplete_retry_seconds = 3.0
 
 [state]
 dir = "var"

@@ -5,6 +5,7 @@ the verdict's own pass, or Grad-CAM for a model without one)."""
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import os
 import time
@@ -28,7 +29,7 @@ def explain_and_record(detector, store, img16: np.ndarray, sha256: str, state_di
     explanation = explain_image(detector, img16, heat=heat)  # heat: the verdict's own map, no second pass
     boxes = explanation.regions.boxes if explanation.regions is not None else ()
     out = save_overlay(explanation.img8, explanation.cam, heatmap_path(state_dir, sha256), boxes)
-    store.set_heatmap(sha256, detector.sha256, str(out))
+    store.set_heatmap(sha256, detector.sha256, str(out), hashlib.sha256(out.read_bytes()).hexdigest())
     return out
 
 

@@ -86,10 +86,11 @@ def read_recorded(places: list[PathLike], sha256: str, max_height: int = 10_000,
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def load_heatmap(path: PathLike, sha256: str) -> bytes:
+def load_heatmap(path: PathLike, sha256: str, png_sha256: str | None = None) -> bytes:
     """The PNG of the heat map drawn for content `sha256`, as every reader shows one (the review station, the
     report): only a file named for that content (explain.heatmap_path: <sha256>.png), a regular file reached
-    without a symbolic link at its end, holding a PNG; ImageError `unreadable` saying which check failed."""
+    without a symbolic link at its end, holding a PNG, and (where the verdict recorded it: schema 5) the very
+    PNG drawn (`png_sha256`); ImageError `unreadable` saying which check failed."""
     where = os.fsdecode(path)
     if os.path.basename(where) != f"{sha256}.png":
         raise ImageError("unreadable", "the heat map recorded is not the one drawn for this content", where)
@@ -105,6 +106,9 @@ def load_heatmap(path: PathLike, sha256: str) -> bytes:
         data = fh.read()
     if not data.startswith(PNG_SIGNATURE):
         raise ImageError("unreadable", "the heat map file is not a PNG", where)
+    if png_sha256 is not None and hashlib.sha256(data).hexdigest() != png_sha256:
+        raise ImageError("unreadable", "the heat map file was changed after it was drawn (its sha256 is not the one "
+                         "recorded); `inspector explain` draws it again", where)
     return data
 
 

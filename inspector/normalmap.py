@@ -37,6 +37,7 @@ DEFAULT_MAP_STAGES = (INPUT,)  # chosen by figures (bench/LEARNING.md)
 MAP_ROWS = 384  # the "input" stage's grid has about this many rows, whatever the input size
 SHRINK = 4.0  # pseudo-images of the channel-wide variance added to each position's own
 Z2_CAP = 9.0  # a channel's squared z-score counts at most this (3 sigma): one hot pixel is not a defect
+SATURATION = 0.98  # of Z2_CAP: no threshold is put above this (a map can reach the cap, never exceed it)
 SMOOTH_SIGMA = 1.0  # Gaussian smoothing of the map, in cells of the finest grid
 VAR_FLOOR = 1e-4  # relative to the channel's mean variance: no position is trusted more than this
 BASE_PERCENTILE = 90.0  # of held-out normal map values: the map shown is what exceeds it
@@ -254,11 +255,17 @@ def calibration(scores: np.ndarray, values: np.ndarray) -> dict:
     """What is kept with the model: the held-out normals' score distribution and the box threshold."""
     scores = np.asarray(scores, dtype=np.float64)
     median = float(np.median(scores))
+    base = float(np.percentile(values, BASE_PERCENTILE))
+    # With few training normals the held-out ones may already reach the cap (their maps saturate): a threshold
+    # at the cap could never be exceeded, so it stays just below it, and saturated regions count as found.
+    ceiling = SATURATION * Z2_CAP
+    box = min(float(np.percentile(values, BOX_PERCENTILE)), ceiling)
     return {"score_median": median,
             "score_scale": float(max(np.percentile(scores, 90) - median, 1e-6 * max(abs(median), 1.0))),
-            "score_p99": float(np.percentile(scores, 99)),
-            "map_base": float(np.percentile(values, BASE_PERCENTILE)),
-            "box_threshold": float(np.percentile(values, BOX_PERCENTILE)),
+            "score_p99": min(float(np.percentile(scores, 99)), ceiling),
+            "map_base": min(base, box),
+            "box_threshold": box,
+            "saturated": bool(np.percentile(values, BOX_PERCENTILE) >= ceiling),
             "normals": int(len(scores))}
 
 

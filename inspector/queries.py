@@ -97,8 +97,8 @@ class Queries:
                 images.c.moved_to_raw,
                 verdicts.c.model_sha256, verdicts.c.p_abnormal, verdicts.c.verdict, verdicts.c.reason,
                 verdicts.c.threshold, verdicts.c.method, verdicts.c.ready_to_commit_seconds,
-                verdicts.c.inference_seconds, verdicts.c.heatmap_path, verdicts.c.created_at.label("verdict_time"),
-                verdicts.c.peak_x, verdicts.c.peak_y, verdicts.c.boxes]
+                verdicts.c.inference_seconds, verdicts.c.heatmap_path, verdicts.c.heatmap_sha256,
+                verdicts.c.created_at.label("verdict_time"), verdicts.c.peak_x, verdicts.c.peak_y, verdicts.c.boxes]
         query, left = self._glob(self._verdict_select(since, until, verdict, model, cols, station, reviewed),
                                  path_glob)
         query = query.order_by(images.c.first_seen.desc(), images.c.id.desc())
@@ -153,7 +153,7 @@ class Queries:
             return None
         cols = [*images.c, verdicts.c.id.label("verdict_row_id"), verdicts.c.model_sha256, verdicts.c.p_abnormal,
                 verdicts.c.verdict, verdicts.c.reason, verdicts.c.threshold, verdicts.c.method,
-                verdicts.c.heatmap_path, verdicts.c.created_at.label("verdict_time"),
+                verdicts.c.heatmap_path, verdicts.c.heatmap_sha256, verdicts.c.created_at.label("verdict_time"),
                 verdicts.c.boxes, verdicts.c.peak_x, verdicts.c.peak_y,
                 verdicts.c.station.label("verdict_station"), models.c.meta_json, models.c.path.label("model_path")]
         query = (sa.select(*cols)

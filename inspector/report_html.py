@@ -95,7 +95,7 @@ def heatmap(row: dict) -> str:
     if not path:
         return placeholder("no heat map")
     try:
-        png = load_heatmap(path, row["sha256"])
+        png = load_heatmap(path, row["sha256"], row.get("heatmap_sha256"))
     except ImageError as exc:
         return placeholder(f"heat map unavailable: {exc.message}")
     img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)

@@ -56,6 +56,7 @@ verdicts = sa.Table(
     sa.Column("ready_to_commit_seconds", sa.Float, nullable=True),
     sa.Column("inference_seconds", sa.Float, nullable=True),
     sa.Column("heatmap_path", sa.Text, nullable=True),
+    sa.Column("heatmap_sha256", sa.Text, nullable=True),  # the PNG as drawn (schema 5; NULL before)
     sa.Column("created_at", UTCDateTime, nullable=False, index=True),
     sa.Column("station", sa.Text, nullable=True),  # who scored it (NULL: recorded before schema 3)
     # where the normal model's map peaks and what it boxes, in original pixels (NULL: no normal model; schema 5)

@@ -310,12 +310,12 @@ class Store(Queries, Fleet):
                             table is images else None}
         return None
 
-    def set_heatmap(self, sha256: str, model_sha256: str, heatmap_path: str) -> None:
-        """Attach a Grad-CAM image to a verdict."""
+    def set_heatmap(self, sha256: str, model_sha256: str, heatmap_path: str, heatmap_sha256: str | None = None) -> None:
+        """Attach a heat map to a verdict: where it is and the digest of its PNG as drawn."""
         with self.write() as conn:
             conn.execute(sa.update(verdicts).where(verdicts.c.sha256 == sha256,
                                                    verdicts.c.model_sha256 == model_sha256)
-                         .values(heatmap_path=str(heatmap_path)))
+                         .values(heatmap_path=str(heatmap_path), heatmap_sha256=heatmap_sha256))
 
 @dataclass(frozen=True)
 class Verdict:

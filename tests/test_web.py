@@ -15,11 +15,10 @@ from inspector.cli import cli
 from inspector.schema import reviews
 from inspector.store import open_store
 from inspector.web.app import create_app
-from web_station import EVIL_NAME, PASSWORDS, build_station
+from web_station import EVIL_NAME, PASSWORDS, build_station, logged_in, login, token_of
 
 PROXY_SECRET = "proxy-secret-0123456789"
 FROM_PROXY = {"HTTP_X_INSPECTOR_PROXY_SECRET": PROXY_SECRET}  # what the proxy adds to every request
-TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 @pytest.fixture
@@ -31,25 +30,6 @@ def station(tmp_path):
 def app(station):
     with open_store(station.cfg.database.url, station=station.cfg.station_name) as store:
         yield create_app(station.cfg, store)
-
-
-def token_of(page: bytes | str) -> str:
-    text = page.decode() if isinstance(page, bytes) else page
-    found = TOKEN.search(text)
-    assert found, text[:500]
-    return found.group(1)
-
-
-def login(client, name: str, password: str | None = None):
-    page = client.get("/login")
-    return client.post("/login", data={"name": name, "password": password or PASSWORDS[name],
-                                       "csrf_token": token_of(page.data)})
-
-
-def logged_in(app, name: str = "ann"):
-    client = app.test_client()
-    assert login(client, name).status_code == 302
-    return client
 
 
 def review_rows(station) -> list[dict]:

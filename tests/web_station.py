@@ -5,6 +5,7 @@ abnormal ones, and users in a real users file."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,3 +113,28 @@ def add_users(cfg: Config) -> None:
     users = UsersFile(cfg.users_path)
     users.add("ann", "reviewer", PASSWORDS["ann"])
     users.add("vic", "viewer", PASSWORDS["vic"])
+
+
+# ---- logging in through Flask's test client --------------------------------------------------------
+TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def token_of(page: bytes | str) -> str:
+    """The CSRF token of a page of the station."""
+    text = page.decode() if isinstance(page, bytes) else page
+    found = TOKEN.search(text)
+    assert found, text[:500]
+    return found.group(1)
+
+
+def login(client, name: str, password: str | None = None):
+    page = client.get("/login")
+    return client.post("/login", data={"name": name, "password": password or PASSWORDS[name],
+                                       "csrf_token": token_of(page.data)})
+
+
+def logged_in(app, name: str = "ann"):
+    """A test client of `app` logged in as `name` (one of PASSWORDS)."""
+    client = app.test_client()
+    assert login(client, name).status_code == 302
+    return client

@@ -128,7 +128,7 @@ def heatmap(image_id: int):
     from inspector.imaging import load_heatmap
 
     try:
-        png = load_heatmap(path, detail["sha256"])
+        png = load_heatmap(path, detail["sha256"], detail.get("heatmap_sha256"))
     except ImageError as exc:
         raise WebError(404, f"the heat map is unavailable: {exc.message} (heat maps are kept on the disk of "
                             f"station {detail['verdict_station'] or '?'})") from None

@@ -12,21 +12,13 @@ import tifffile
 from inspector.store import open_store
 from inspector.synth import synth_electrode
 from inspector.web.app import create_app
-from web_station import PASSWORDS, build_station
+from web_station import build_station, logged_in
 
-from attack_helpers import TOKEN
 
 
 @pytest.fixture
 def station(tmp_path):
     return build_station(tmp_path / "station", flagged=2, normal=0, scale=0.05)
-
-
-def logged_in(app):
-    client = app.test_client()
-    page = client.get("/login").data.decode()
-    client.post("/login", data={"name": "ann", "password": PASSWORDS["ann"], "csrf_token": TOKEN.search(page).group(1)})
-    return client
 
 
 def thumbnails(html: str) -> int:
@@ -69,3 +61,29 @@ def test_a_heat_map_replaced_or_symlinked_is_refused_by_every_reader(station):
         store.set_heatmap(abnormal[0]["sha256"], store.image_detail(abnormal[0]["image_id"])["model_sha256"],
                           heat[1] if len(heat) > 1 else planted)  # a heat map of another content's name
         assert client.get(f"/image/{abnormal[0]['image_id']}/heatmap.png").status_code == 404
+
+
+def test_a_heat_map_overwritten_with_another_png_is_refused_where_its_digest_was_recorded(station):
+    """The daemon records the digest of the PNG it drew (schema 5): another PNG copied over the right name, a
+    plain file as every other check wants, is refused by the review station and the report alike."""
+    import hashlib
+
+    abnormal = [i for i in station.flagged if i["verdict"] == "abnormal"]
+    with open_store(station.cfg.database.url) as store:
+        detail = store.image_detail(abnormal[0]["image_id"])
+        path = detail["heatmap_path"]
+        with open(path, "rb") as fh:
+            drawn = fh.read()
+        store.set_heatmap(detail["sha256"], detail["model_sha256"], path, hashlib.sha256(drawn).hexdigest())
+        client = logged_in(create_app(station.cfg, store))
+        assert client.get(f"/image/{abnormal[0]['image_id']}/heatmap.png").data == drawn
+        shown = client.get("/reports/view?since=1d").data.decode().count("class=\"heat\"")
+        import cv2
+        import numpy as np
+
+        ok, other = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))
+        with open(path, "wb") as fh:  # the same name, a regular file, a PNG: only its content differs
+            fh.write(other.tobytes())
+        answer = client.get(f"/image/{abnormal[0]['image_id']}/heatmap.png")
+        assert answer.status_code == 404 and b"changed after it was drawn" in answer.data
+        assert client.get("/reports/view?since=1d").data.decode().count("class=\"heat\"") == shown - 1

@@ -16,9 +16,8 @@ from inspector.review import record_review
 from inspector.store import open_store
 from inspector.web.app import create_app
 from store_rows import record_verdict
-from web_station import MODEL, PASSWORDS, build_station
+from web_station import MODEL, build_station, logged_in
 
-from attack_helpers import TOKEN
 
 BIDI = "ok-\u202efit.lamron.tif"  # shows as "ok-normal.tif" where the override works
 HIDDEN = ("\u202e", "\u202d", "\u2066", "\u2067", "\u2068", "\u2069", "\u200e", "\u200f", "\u061c")
@@ -28,15 +27,6 @@ FORMULAS = ("=2+5", "@sum(1+1)", "+cmd|' /C calc'!A0", "-2+3")
 @pytest.fixture
 def station(tmp_path):
     return build_station(tmp_path / "station", flagged=1, normal=0, scale=0.05)
-
-
-def logged_in(app):
-    client = app.test_client()
-    page = client.get("/login").data.decode()
-    answer = client.post("/login", data={"name": "ann", "password": PASSWORDS["ann"],
-                                         "csrf_token": TOKEN.search(page).group(1)})
-    assert answer.status_code == 302
-    return client
 
 
 def test_bidi_and_control_characters_in_names_are_shown_visibly_on_every_page(station):
