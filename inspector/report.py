@@ -58,7 +58,8 @@ def collect_outcomes(store, cfg: Config, since: datetime | None = None,
                      "path": r["path"], "path_raw": r["path_raw"], "sha256": r["sha256"], "status": r["status"],
                      "duplicate_of": r["duplicate_of"], "moved_to": r["moved_to"], "moved_to_raw": r["moved_to_raw"],
                      "model_sha256": r["model_sha256"], "method": r["method"], "heatmap_path": r["heatmap_path"],
-                     "heatmap_sha256": r["heatmap_sha256"], "station": r["station"]})
+                     "heatmap_sha256": r["heatmap_sha256"], "station": r["station"], "peak_x": r["peak_x"],
+                     "peak_y": r["peak_y"], "boxes": r["boxes"]})
     for r in rejection_rows:
         rows.append({"when": r["created_at"], "kind": "rejection", "outcome": "rejected", "p_abnormal": None,
                      "threshold": None, "reason": f"{r['reason']}: {r['message']}", "path": r["path"],

@@ -29,7 +29,7 @@ table{border-collapse:collapse;margin:.6em 0}th,td{border:1px solid #ccc;padding
 vertical-align:top}th{background:#f0f0f0}td.l,th.l{text-align:left}.muted{color:#777}
 .abnormal{color:#b00020;font-weight:bold}.rescan{color:#a06000;font-weight:bold}.pending{color:#b00020}
 .ph{display:inline-block;width:90px;min-height:60px;padding:4px;border:1px dashed #aaa;color:#777;font-size:.8em;
-text-align:left}img{display:block}code{font-size:.9em}
+text-align:left}img{display:block}code{font-size:.9em}.regions{font-size:.8em;max-width:220px;margin-top:.3em}
 """
 
 
@@ -102,6 +102,20 @@ def heatmap(row: dict) -> str:
     if img is None:
         return placeholder("heat map unreadable: the PNG does not decode")
     return img_tag(encode_png(img), f"heat map of {display_path(row['path']).rsplit('/', 1)[-1]}", "heat")
+
+
+def regions_note(row: dict) -> str:
+    """Where the normal model's map points for the verdict, in pixels of the original image: its boxes, or that
+    none rose above the normal threshold; nothing for a verdict of a model without a normal model."""
+    from inspector.schema import parse_boxes
+
+    if row.get("peak_x") is None:
+        return ""
+    boxes = parse_boxes(row.get("boxes"))
+    shown = " ".join(f"[{x0}, {y0}, {x1}, {y1}]" for x0, y0, x1, y1 in boxes)
+    text = f"boxes: {shown}" if boxes else "no region above the normal threshold"
+    return (f"<div class='regions'>{esc(text)}<br><span class='muted'>map peak at x={esc(row['peak_x'])}, "
+            f"y={esc(row['peak_y'])}</span></div>")
 
 
 def roc_png(cv: dict) -> bytes | None:
@@ -187,7 +201,7 @@ def section_flagged(store, rows: list[dict], cfg: Config) -> str:
             f"<tr><td class='l'>{esc(when)}</td><td class='l'><code>{esc(display_path(r['path']))}</code></td>"
             f"<td class='l'>{esc(r['bundle'])}</td><td class='l'><span class='{esc(r['outcome'])}'>"
             f"{esc(r['outcome'])}</span>{reason}</td><td>{esc(p)}</td><td class='l'>{review_cell(r)}</td>"
-            f"<td>{thumbnail(r, conversions.get(r['model_sha256']), cfg)}</td><td>{heatmap(r)}</td></tr>")
+            f"<td>{thumbnail(r, conversions.get(r['model_sha256']), cfg)}</td><td class='l'>{heatmap(r)}{regions_note(r)}</td></tr>")
     parts.append("</table>")
     if len(flagged) > MAX_FLAGGED:
         parts.append(f"<p>{len(flagged) - MAX_FLAGGED} more not shown; `inspector export --format csv` lists all.</p>")

@@ -252,9 +252,20 @@ def parse_boxes(text: str | None) -> list[list[int]]:
 
     try:
         data = json.loads(text) if text else []
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays nested deeper than the parser goes
         return []
     if not isinstance(data, list):
         return []
-    return [[int(v) for v in box] for box in data
-            if isinstance(box, list) and len(box) == 4 and all(isinstance(v, int) for v in box)]
+    return [list(box) for box in data if _is_box(box)]
+
+
+MAX_PIXEL = 2**31 - 1  # pixel coordinates are 32-bit integers (peak_x, peak_y); beyond is no image's
+
+
+def _is_box(box: object) -> bool:
+    """[x0, y0, x1, y1] of plain integers with 0 <= x0 < x1 and 0 <= y0 < y1, all within MAX_PIXEL: an
+    empty, inverted (negative width), negative or boolean box is no box to draw."""
+    if not (isinstance(box, list) and len(box) == 4 and all(type(v) is int for v in box)):
+        return False
+    x0, y0, x1, y1 = box
+    return 0 <= x0 < x1 <= MAX_PIXEL and 0 <= y0 < y1 <= MAX_PIXEL

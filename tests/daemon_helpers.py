@@ -275,3 +275,23 @@ def in_process(cfg, detector, store=None, poll_seconds: float = 0.2) -> Iterator
             store.close()
     assert not thread.is_alive(), "the daemon did not stop"
     assert result.get("code") == 0
+
+
+def add_normal_model(path: Path, images16: list, groups: list[str] | None = None) -> str:
+    """Fit a normal model (the "input" stage) on the given normal scans, converted and resized as the detector
+    does, into the model file at `path` (rewritten, as `inspector train` writes one); returns its sha256."""
+    import dataclasses
+
+    from inspector import normalmap
+    from inspector.infer import Detector
+    from inspector.model import preprocess_batch, save_model
+
+    det = Detector.load(path, device="cpu")
+    x = preprocess_batch([det.convert(img) for img in images16], det.meta.input_size)
+    feats = normalmap.NormalFeatures({normalmap.INPUT: normalmap.stage_features(normalmap.INPUT, x, {})},
+                                     groups or ["bundle01"] * len(images16))
+    model, cal = normalmap.fit(feats)
+    det.net.normal = model
+    normal = {"stages": list(model.stages), "calibration": cal, "images": len(images16),
+              "bundles": len(set(feats.groups))}
+    return save_model(path, det.net, dataclasses.replace(det.meta, normal=normal))

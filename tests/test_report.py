@@ -256,3 +256,23 @@ def test_export_report_refuses_a_folder_as_out(station):
     with open_store(cfg.database.url, readonly=True) as store:
         with pytest.raises(InspectorError, match="is a folder"):
             export_report(store, cfg, "csv", tmp_path)
+
+
+def test_html_lists_each_flagged_verdicts_boxes_beside_its_heat_map(station):
+    tmp_path, cfg, shas, files = station
+    with open_store(cfg.database.url) as store, store.write() as conn:
+        for sha, peak, boxes in ((shas[files["abnormal"]], (12, 40), '[[3, 4, 20, 30], [30, 50, 40, 90], '
+                                                                       '["<script>alert(2)</script>", 1, 2, 3]]'),
+                                 (shas[files["evil"]], (5, 6), "[]")):
+            conn.execute(sa.text("UPDATE verdicts SET peak_x = :x, peak_y = :y, boxes = :b WHERE sha256 = :s"),
+                         {"x": peak[0], "y": peak[1], "b": boxes, "s": sha})
+    result = run(tmp_path, "export", "--format", "html", "--out", "report.html")
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "report.html").read_text()
+    assert "<script" not in page.lower()
+    rows = {name: next(r for r in page.split("<tr>") if name in r) for name in ("a1.tif", "script&gt;.tif", "gone.tif")}
+    heat_cell = rows["a1.tif"].split("<td")[-1]  # the last column: the heat map, and where the map points
+    assert 'class="heat"' in heat_cell
+    assert "boxes: [3, 4, 20, 30] [30, 50, 40, 90]" in heat_cell and "map peak at x=12, y=40" in heat_cell
+    assert "no region above the normal threshold" in rows["script&gt;.tif"].split("<td")[-1]
+    assert "boxes:" not in rows["gone.tif"] and "normal threshold" not in rows["gone.tif"]  # no normal model: no note

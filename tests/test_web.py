@@ -433,3 +433,44 @@ def test_proxy_users_share_a_kiosk_without_sharing_an_undo(tmp_path):
         assert b"bob" in page and b'id="form-undo"' not in page
         refused = kiosk.post("/undo", data={"csrf_token": token_of(page), "review_id": "1"})
         assert refused.status_code == 409 and len(review_rows(st)) == 1
+
+
+# ---- where the map points: the boxes over the scan -------------------------------------------------------
+def _set_region(station, item: dict, boxes: str | None, peak: tuple[int, int] | None = (30, 40)) -> None:
+    with open_store(station.cfg.database.url) as store, store.write() as conn:
+        row = conn.execute(sa.text("SELECT verdict_id FROM images WHERE id = :id"), {"id": item["image_id"]}).scalar()
+        conn.execute(sa.text("UPDATE verdicts SET boxes = :b, peak_x = :x, peak_y = :y WHERE id = :v"),
+                     {"b": boxes, "x": peak[0] if peak else None, "y": peak[1] if peak else None, "v": row})
+
+
+RECT = re.compile(r'<rect x="([^"]*)" y="([^"]*)" width="([^"]*)" height="([^"]*)"></rect>')
+
+
+def test_the_queue_and_the_verdict_page_outline_the_recorded_boxes(app, station):
+    item = station.flagged[0]
+    _set_region(station, item, "[[10, 20, 40, 60], [5, 6, 7, 9]]")
+    client = logged_in(app)
+    for url in (f"/?at={item['image_id']}", f"/verdict/{item['image_id']}"):
+        html = client.get(url).data.decode()
+        svg = re.search(r'<svg id="img-boxes"[^>]*>(.*?)</svg>', html, re.S)
+        assert svg, url
+        assert RECT.findall(svg.group(1)) == [("10", "20", "30", "40"), ("5", "6", "2", "3")], url
+        assert re.search(r'<button type="button" data-boxes [^>]*class="on"', html), url
+    other = station.flagged[1]  # no boxes recorded: no overlay, the button disabled
+    html = client.get(f"/?at={other['image_id']}").data.decode()
+    assert 'id="img-boxes"' not in html and re.search(r"<button type=\"button\" data-boxes disabled", html)
+
+
+@pytest.mark.parametrize("stored", ['[[1,2,"<script>",4]]', "not json", '{"x0": 1}', "[[1, 2, 3]]",
+                                    "[[1, 2, 3, 4.5]]", "[[0, 0, 1e400, 5]]", "[[1, 2, 100000000000000000000000, 4]]",
+                                    "[[5, 5, 1, 1]]", "[[-3, 1, 4, 5]]", "[[true, 1, 4, 5]]", "[null]", "[]", "", "[" * 100000])
+def test_a_hostile_or_malformed_box_record_draws_no_rect_and_no_error(app, station, stored):
+    item = station.flagged[0]
+    _set_region(station, item, stored)
+    client = logged_in(app)
+    for url in (f"/?at={item['image_id']}", f"/verdict/{item['image_id']}"):
+        answer = client.get(url)
+        assert answer.status_code == 200, url
+        html = answer.data.decode()
+        assert 'id="img-boxes"' not in html and "<script>" not in html, url  # no overlay at all, nothing unescaped
+        assert re.search(r"<button type=\"button\" data-boxes disabled", html), url
