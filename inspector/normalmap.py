@@ -41,7 +41,8 @@ SATURATION = 0.98  # of Z2_CAP: no threshold is put above this (a map can reach 
 SMOOTH_SIGMA = 1.0  # Gaussian smoothing of the map, in cells of the finest grid
 VAR_FLOOR = 1e-4  # relative to the channel's mean variance: no position is trusted more than this
 BASE_PERCENTILE = 90.0  # of held-out normal map values: the map shown is what exceeds it
-BOX_PERCENTILE = 99.5  # of held-out normal map values: above it, a region is boxed
+BOX_PERCENTILE = 99.5  # of held-out bundles' normal map values: above it, a region is boxed
+SCAN_BOX_PERCENTILE = 99.9  # of normal scans of the bundles seen, where held-out bundles saturate the map
 MAX_BOXES = 5
 
 
@@ -248,24 +249,47 @@ def fit(features: NormalFeatures, index: np.ndarray | Sequence[int] | None = Non
             values.append(heat.flatten().numpy())
     if not scores:
         raise ValueError("too few normal images to calibrate the normal model (at least 3 are needed)")
-    return model, calibration(np.concatenate(scores), np.concatenate(values))
+    return model, calibration(np.concatenate(scores), np.concatenate(values), _scan_values(features, groups, sums,
+                                                                                        shrink))
 
 
-def calibration(scores: np.ndarray, values: np.ndarray) -> dict:
-    """What is kept with the model: the held-out normals' score distribution and the box threshold."""
+def _scan_values(features: NormalFeatures, groups: Mapping[str, np.ndarray], sums: Mapping[str, Sums],
+                 shrink: float) -> np.ndarray:
+    """Map values of each training normal against the model of all the others (its own bundle's included): a
+    new scan of a coating the model has seen, as a station scores day after day. Boxes are drawn against these;
+    scores are calibrated on whole held-out bundles (a new coating), which vary more."""
+    values = []
+    with torch.no_grad():
+        for g, idx in groups.items():
+            for i in idx:
+                own = features.sums(np.setdiff1d(idx, [i]))
+                rest = {h: (own if h == g else s) for h, s in sums.items()}
+                if sum(s.n for s in rest.values()) < 2:
+                    continue
+                values.append(fit_model(rest, shrink).from_features(features.subset([i])).flatten().numpy())
+    return np.concatenate(values) if values else np.zeros(0)
+
+
+def calibration(scores: np.ndarray, values: np.ndarray, scan_values: np.ndarray | None = None) -> dict:
+    """What is kept with the model: the held-out normals' score distribution (`scores`), the base of the map
+    shown and the box threshold (held-out bundles' `values`; where those saturate, `scan_values`)."""
     scores = np.asarray(scores, dtype=np.float64)
     median = float(np.median(scores))
-    base = float(np.percentile(values, BASE_PERCENTILE))
-    # With few training normals the held-out ones may already reach the cap (their maps saturate): a threshold
-    # at the cap could never be exceeded, so it stays just below it, and saturated regions count as found.
     ceiling = SATURATION * Z2_CAP
-    box = min(float(np.percentile(values, BOX_PERCENTILE)), ceiling)
+    box = float(np.percentile(values, BOX_PERCENTILE))
+    saturated = box >= ceiling
+    if saturated and scan_values is not None and len(scan_values):
+        # With few training bundles the held-out ones already reach the cap (their maps saturate): no value could
+        # exceed such a threshold. Boxes are then drawn against scans of the bundles seen, a step more permissive.
+        values = scan_values
+        box = float(np.percentile(values, SCAN_BOX_PERCENTILE))
+    box = min(box, ceiling)
     return {"score_median": median,
             "score_scale": float(max(np.percentile(scores, 90) - median, 1e-6 * max(abs(median), 1.0))),
             "score_p99": min(float(np.percentile(scores, 99)), ceiling),
-            "map_base": min(base, box),
+            "map_base": min(float(np.percentile(values, BASE_PERCENTILE)), box),
             "box_threshold": box,
-            "saturated": bool(np.percentile(values, BOX_PERCENTILE) >= ceiling),
+            "saturated": bool(saturated),
             "normals": int(len(scores))}
 
 
