@@ -22,6 +22,7 @@ from inspector.crossval import cross_validate
 from inspector.dataset import Dataset
 from inspector.errors import InspectorError
 from inspector.features import EmbedStats
+from inspector.normalmap import MIN_NORMALS
 from inspector.pipeline import ordered_map
 from inspector.train import FitResult, build_net_on, fit, optimizer_label, require_method, resolve_cache
 from inspector.views import ImageSource, View, fit_view
@@ -91,6 +92,15 @@ def train_model(dataset: Dataset, out: Path, method: str, cfg: Config, device: t
     else:
         result = fit(net, source, idx, view, cfg, device, store, use_cache, stats, desc=f"train {method}")
     normal = fit_normal(net, source, idx, view, cfg, device)
+    score = cfg.model.score
+    if not normal:
+        if normals_only:
+            raise InspectorError(f"--normals-only needs at least {MIN_NORMALS} normal images to fit the normal model; "
+                                 f"{dataset.root} has {int((dataset.y == 0).sum())}")
+        (warn or (lambda m: print(m, file=sys.stderr)))(
+            f"warning: fewer than {MIN_NORMALS} normal images: no normal model, so no maps or boxes, and the model "
+            "scores by its head alone")
+        score = "head"
     if not normals_only and not result.learned:
         (warn or (lambda m: print(m, file=sys.stderr)))(
             f"warning: training ended no better than the class prior ({result.summary()}); the detector has "
@@ -99,7 +109,7 @@ def train_model(dataset: Dataset, out: Path, method: str, cfg: Config, device: t
                      threshold=float(threshold), threshold_source=threshold_source, freeze=cfg.model.freeze,
                      weights=cfg.model.weights, features=net.embedding.stages, pooling=net.embedding.pooling,
                      head=net.head_kind, trained=True, train_fingerprint=dataset.fingerprint(),
-                     normal=normal, score=cfg.model.score,
+                     normal=normal, score=score,
                      metrics={"epochs": cfg.train.epochs, "epochs_run": len(result.losses), "steps": result.steps,
                               "final_loss": result.final_loss, "prior_loss": result.prior_loss,
                               "class_weights": cfg.train.class_weights, "seed": cfg.train.seed,

@@ -154,9 +154,12 @@ def run_settings(cfg: Config, methods: list[str], use_cache: bool) -> dict:
 
 
 def score_summary(y: np.ndarray, p: np.ndarray) -> dict:
-    """ROC AUC, pooled counts at 0.5 and normals passed at each recall target, of one out-of-fold score."""
+    """ROC AUC, pooled counts at 0.5 and normals passed at each recall target, of one out-of-fold score (over the
+    images that have it: a fold without a normal model has no map score)."""
+    have = np.isfinite(p)
+    y, p = y[have], p[have]
     has_both = bool((y == 1).any() and (y == 0).any())
-    return {"roc_auc": metrics.roc_auc(y, p),
+    return {"images": int(have.sum()), "roc_auc": metrics.roc_auc(y, p) if has_both else None,
             "pooled": metrics.counts_at_threshold(y, p, DEFAULT_THRESHOLD).to_dict(),
             "pass_rate_at_recall": {f"{t:g}": (metrics.pass_rate_at_recall(y, p, t) if has_both else None)
                                     for t in RECALL_TARGETS}}

@@ -3,7 +3,8 @@
 For each fold of `inspector cv`: the normal model is fitted on the fold's training normals (normalmap.fit,
 through its sums: the features of every image are computed once per view), each held-out image gets its
 map, its map score as a probability (normalmap.map_probability) and the fusion of that with the head's
-P(abnormal) (their mean). Held-out abnormal images with a defect mask (synth writes them) are scored for
+P(abnormal) (their mean); a fold with fewer than MIN_NORMALS training normals has no map score (NaN, left out
+of its figures) and its fusion is the head's. Held-out abnormal images with a defect mask (synth writes them) are scored for
 localization (localize.score_map): does the map's peak lie on the defect, how much of its mass does.
 """
 
@@ -55,8 +56,11 @@ class HeldOutMaps:
         import torch
 
         y = self.dataset.y
-        feats = self.features(net, view)
         train_normals = [int(i) for i in fold.train_idx if y[int(i)] == 0]
+        p_head = np.asarray(p_head, dtype=np.float64)
+        if len(train_normals) < normalmap.MIN_NORMALS:  # no normal model: the map has no score, fusion is the head
+            return {"head": p_head, "map": np.full(len(p_head), np.nan), "fusion": p_head}
+        feats = self.features(net, view)
         model, cal = normalmap.fit(feats, train_normals)
         test = [int(i) for i in fold.test_idx]
         with torch.no_grad():
@@ -69,7 +73,7 @@ class HeldOutMaps:
                 if mask.any():
                     shown = normalmap.excess(heat[row], cal)
                     self.hits.append((";".join(self.dataset.samples[i].anomalies), localize.score_map(shown, mask)))
-        return {"head": np.asarray(p_head, dtype=np.float64), "map": p_map, "fusion": fuse(p_head, p_map)}
+        return {"head": p_head, "map": p_map, "fusion": fuse(p_head, p_map)}
 
     def take_hits(self) -> list[tuple[str, localize.Hit]]:
         """The localization of the folds scored so far (then forgotten): (anomaly types, Hit) per image."""

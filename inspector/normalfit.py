@@ -57,10 +57,12 @@ def map_features(net: torch.nn.Module, source: ImageSource, idx: Sequence[int], 
 
 def fit_normal(net: torch.nn.Module, source: ImageSource, idx: Sequence[int], view: View, cfg: Config,
                device: torch.device) -> dict:
-    """Fit net.normal on the normal images among `idx`; returns the metadata the artifact keeps."""
+    """Fit net.normal on the normal images among `idx`; returns the metadata the artifact keeps ({} and no
+    normal model when there are fewer than normalmap.MIN_NORMALS normal images)."""
     normals = [int(i) for i in idx if source.y[int(i)] == 0]
-    if len(normals) < 3:
-        raise ValueError(f"the normal model needs at least 3 normal images, the training set has {len(normals)}")
+    if len(normals) < normalmap.MIN_NORMALS:
+        net.normal = None
+        return {}
     stages = tuple(s for s in normalmap.MAP_STAGES if s in cfg.model.map_stages)
     feats = map_features(net, source, normals, view, cfg, device, stages)
     model, cal = normalmap.fit(feats)

@@ -44,6 +44,7 @@ BASE_PERCENTILE = 90.0  # of held-out normal map values: the map shown is what e
 BOX_PERCENTILE = 99.5  # of held-out bundles' normal map values: above it, a region is boxed
 SCAN_BOX_PERCENTILE = 99.9  # of normal scans of the bundles seen, where held-out bundles saturate the map
 MAX_BOXES = 5
+MIN_NORMALS = 3  # training normals a normal model needs (two to fit, one more to calibrate)
 
 
 def input_pool(height: int) -> int:

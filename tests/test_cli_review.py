@@ -196,7 +196,7 @@ def test_explain_writes_overlay_and_prints_verdict(tmp_path):
     assert "UNTRAINED" in lines[0]  # the warning (CliRunner mixes stderr in)
     assert lines[1].startswith(f"{image}: ") and "P(abnormal)=" in lines[1] and "(threshold 0.5)" in lines[1]
     assert lines[1].split(": ")[1].split()[0] in ("normal", "abnormal")
-    assert lines[2] == f"heat map: {tmp_path / 'heat.png'}"
+    assert lines[2] == f"heat map (Grad-CAM): {tmp_path / 'heat.png'}"  # a model without a normal model
     assert cv2.imread(str(tmp_path / "heat.png")).shape == (150, 90, 3)
     assert os.path.getsize(tmp_path / "heat.png") > 0
 

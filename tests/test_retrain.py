@@ -195,14 +195,17 @@ def test_refuses_a_candidate_taught_wrong_labels(station, fake_daemon):
     review_captures(station, 12, "normal")  # abnormal electrodes, "reviewed" as normal
     result = run_retrain(station)
     assert result.exit_code == 3, result.output
-    assert "not promoted: abnormal recall 0.0% < current 100.0%" in result.output
+    # taught that defects are normal, the candidate misses most of them (the head all; the normal model's map, which
+    # learns from the normals, still sees a few)
+    refused = re.search(r"not promoted: abnormal recall (\d+\.\d)% < current 100\.0%", result.output)
+    assert refused and float(refused.group(1)) < 50.0, result.output
     assert "decision: not promoted" in result.output
     assert model.read_bytes() == before
     assert not (station / "models" / "detector.previous.safetensors").exists()
     assert [p.name for p in (station / "models").iterdir()] == ["detector.safetensors"]
     assert signals_seen(proc, log) == []
     (row,) = retrain_rows(station)
-    assert row["decision"] == "not promoted" and "abnormal recall 0.0% < current 100.0%" in row["message"]
+    assert row["decision"] == "not promoted" and f"abnormal recall {refused.group(1)}% < current 100.0%" in row["message"]
     assert json.loads(row["current_score_json"])["pooled"]["recall"] == 1.0
 
 

@@ -135,6 +135,7 @@ def test_cv_is_repeatable_with_a_seed(tiny_root, tmp_path):
 def test_train_writes_a_model_the_detector_scores(tiny_root, tmp_path):
     ds = load_dataset(tiny_root)
     cfg = tiny_config(tmp_path, epochs=2)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, score="head"))  # P(abnormal) is the head's
     out = tmp_path / "model.safetensors"
     outcome = train_model(ds, out, "global", cfg, CPU, target_recall=0.0)
     det = Detector.load(out, device="cpu")
@@ -162,6 +163,7 @@ def test_train_writes_a_model_the_detector_scores(tiny_root, tmp_path):
     p = predict_proba(net, source, [0, 1, 2], fit_view(source, np.arange(len(ds)), "global", cfg), cfg, CPU, None,
                       EmbedStats())
     assert np.allclose(p, [pr.p_abnormal for pr in preds], atol=1e-5)
+    assert meta.normal and all(pr.regions is not None for pr in preds)  # and its normal model came with it
 
 
 def test_target_recall_threshold_comes_from_the_out_of_fold_scores(tiny_root, tmp_path):
