@@ -87,8 +87,8 @@ def describe_score(meta) -> str:
     cal = normal.get("calibration", {})
     what = {"head": "the head (the classifier)", "map": "the normal model's map alone (no head: normals only)",
             "fusion": "the mean of the head's and the normal model's map score"}[meta.score]
-    note = ("; its held-out normals already saturate the map (few training normals): boxes mark saturated "
-            "regions" if cal.get("saturated") else "")
+    note = ("; held-out bundles saturate its map (few training bundles), so boxes are drawn against normal scans "
+            "of the bundles it has seen" if cal.get("saturated") else "")
     return (f"{what}; normal model on {'+'.join(normal.get('stages', []))} from {normal.get('images', '?')} normal "
             f"images in {normal.get('bundles', '?')} bundle(s), boxes above map value {cal.get('box_threshold', 0):.3g}"
             + note)
