@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -51,9 +52,14 @@ def write_image(path: Path | bytes, seed: int) -> Path | bytes:
     return path
 
 
-def write_config(tmp_path: Path, database_url: str = "sqlite:///inspector.db", **watch: object) -> Path:
+def write_config(tmp_path: Path, database_url: str = "sqlite:///inspector.db", model: Path | None = None,
+                 **watch: object) -> Path:
     """config.toml in tmp_path: capture/, a tiny CPU model, the db (SQLite beside it unless database_url says
-    otherwise) and state beside it; watch keys overridable."""
+    otherwise) and state beside it; watch keys overridable. `model`: a model file copied to models/detector.safetensors,
+    where the config points."""
+    if model is not None:
+        (tmp_path / "models").mkdir(exist_ok=True)
+        shutil.copy(model, tmp_path / "models" / "detector.safetensors")
     # a file read as cut short is final after 1 s unchanged (300 s in production): bad files are quarantined quickly
     settings = {"settle_seconds": 0.5, "incomplete_retry_seconds": 1.0, "rescan_seconds": 600.0, "queue_size": 64, "after": "keep", "polling": False}
     settings.update(watch)

@@ -56,9 +56,7 @@ def station(tmp_path, model_file, database_url):
     """A config in tmp_path (capture/, models/, var/) on the test's database (a SQLite file in tmp_path or a fresh
     PostgreSQL database: cfg.database.url) with watch keys overridden."""
     def make(**watch):
-        config = write_config(tmp_path, database_url=database_url, **watch)
-        (tmp_path / "models").mkdir(exist_ok=True)
-        shutil.copy(model_file, tmp_path / "models" / "detector.safetensors")
+        config = write_config(tmp_path, database_url=database_url, **watch, model=model_file)
         return load_config(config)
     return make
 

@@ -6,7 +6,6 @@ before the file is read; a file in preparation for long is passed by."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -39,9 +38,7 @@ def proc_kib(pid: int, field: str) -> int:
 
 @pytest.mark.slow
 def test_a_huge_dicom_looking_file_holds_back_neither_good_scans_nor_sigterm(tmp_path, model_file):
-    config = write_config(tmp_path, after="move", settle_seconds=0.3, incomplete_retry_seconds=600.0)
-    (tmp_path / "models").mkdir()
-    shutil.copy(model_file, tmp_path / "models" / "detector.safetensors")
+    config = write_config(tmp_path, after="move", settle_seconds=0.3, incomplete_retry_seconds=600.0, model=model_file)
     capture, db = tmp_path / "capture", tmp_path / "inspector.db"
     with running(tmp_path, config) as daemon:
         pid = daemon.proc.pid

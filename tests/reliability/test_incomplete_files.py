@@ -69,9 +69,7 @@ def write_appending(path: Path, img: np.ndarray) -> None:
 
 def station(tmp_path: Path, model_file: Path, **watch: object) -> Path:
     settings = {"settle_seconds": SETTLE, "incomplete_retry_seconds": RETRY, **watch}
-    config = write_config(tmp_path, **settings)
-    (tmp_path / "models").mkdir(exist_ok=True)
-    shutil.copy(model_file, tmp_path / "models" / "detector.safetensors")
+    config = write_config(tmp_path, **settings, model=model_file)
     return config
 
 

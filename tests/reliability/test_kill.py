@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,9 +41,7 @@ def files_with(capture: Path, sha: str) -> list[Path]:
 @pytest.mark.slow
 @pytest.mark.timeout(3600 if KILLS > 20 else 600)
 def test_sigkill_at_random_points_then_restart_leaves_exactly_one_outcome(tmp_path, model_file):
-    config = write_config(tmp_path, after="move", settle_seconds=0.2)
-    (tmp_path / "models").mkdir()
-    shutil.copy(model_file, tmp_path / "models" / "detector.safetensors")
+    config = write_config(tmp_path, after="move", settle_seconds=0.2, model=model_file)
     capture, db = tmp_path / "capture", tmp_path / "inspector.db"
     rng = random.Random(SEED)
     good: dict[str, str] = {}  # name -> content sha256

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import shutil
 import threading
 import time
 from datetime import date
@@ -73,9 +72,7 @@ WRITERS = {"holding_open": write_holding_open, "appending": write_appending, "pr
 
 
 def station(tmp_path: Path, model_file: Path, after: str) -> Path:
-    config = write_config(tmp_path, after=after, settle_seconds=SETTLE, incomplete_retry_seconds=RETRY)
-    (tmp_path / "models").mkdir(exist_ok=True)
-    shutil.copy(model_file, tmp_path / "models" / "detector.safetensors")
+    config = write_config(tmp_path, after=after, settle_seconds=SETTLE, incomplete_retry_seconds=RETRY, model=model_file)
     return config
 
 
@@ -133,9 +130,7 @@ def test_paused_writers_get_one_outcome_for_the_whole_file_in_one_place(tmp_path
 
 @pytest.mark.slow
 def test_a_file_that_stays_cut_short_is_quarantined_as_truncated_after_the_retry_time(tmp_path, model_file):
-    config = write_config(tmp_path, after="move", settle_seconds=0.3, incomplete_retry_seconds=3.0)
-    (tmp_path / "models").mkdir()
-    shutil.copy(model_file, tmp_path / "models" / "detector.safetensors")
+    config = write_config(tmp_path, after="move", settle_seconds=0.3, incomplete_retry_seconds=3.0, model=model_file)
     capture, db = tmp_path / "capture", tmp_path / "inspector.db"
     data = image_bytes(tmp_path, seed=3)
     with running(tmp_path, config) as daemon:
