@@ -267,7 +267,7 @@ def format_table(data: dict) -> str:
 
 def format_scores(data: dict) -> list[str]:
     """The head, the normal model's map score and their fusion side by side, and where the maps peaked."""
-    from inspector.localize import format_localization
+    from inspector.localize import localization_lines
 
     lines: list[str] = []
     for m, s in data["methods"].items():
@@ -284,11 +284,8 @@ def format_scores(data: dict) -> list[str]:
                    f"{metrics.format_percent(c.get('balanced_accuracy')):>9}")
             row += "".join(f"{metrics.format_percent(f['pass_rate_at_recall'][f'{t:g}']):>13}" for t in RECALL_TARGETS)
             lines.append(row)
-        where = s.get("localization")
-        if where:
-            lines.append(f"{m}: where the held-out maps peak, abnormal images with a defect mask (the mask dilated by "
-                         "2% of the width; chance = its share of the image)")
-            lines.extend("  " + line for line in format_localization(where).splitlines())
+        if s.get("localization"):
+            lines.extend(localization_lines(s["localization"], f"{m}: where the held-out maps peak"))
     return lines
 
 

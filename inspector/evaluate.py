@@ -63,20 +63,14 @@ def evaluate_model(model_path: Path, dataset: Dataset, cfg: Config) -> dict:
 def localization(det, dataset: Dataset, preds: list) -> dict | None:
     """Where the model's normal map peaks on the abnormal images that have a defect mask (localize.py), None
     without masks or without a normal model."""
-    from inspector import localize
-    from inspector.normalmap import excess
+    from inspector.heldout import mask_hit
+    from inspector.localize import summarize
 
     if not det.meta.normal:
         return None
-    hits = []
-    for i, (sample, pred) in enumerate(zip(dataset.samples, preds)):
-        path = dataset.mask_path(i) if sample.label == "abnormal" and pred.heat is not None else None
-        if path is not None:
-            mask = localize.read_mask(path)
-            if mask.any():
-                hits.append((";".join(sample.anomalies),
-                             localize.score_map(excess(pred.heat, det.meta.normal["calibration"]), mask)))
-    return localize.summarize(hits) if hits else None
+    cal = det.meta.normal["calibration"]
+    hits = [hit for i, pred in enumerate(preds) if pred.heat is not None and (hit := mask_hit(dataset, i, pred.heat, cal))]
+    return summarize(hits) if hits else None
 
 
 def format_evaluation(data: dict) -> str:
@@ -107,9 +101,7 @@ def format_evaluation(data: dict) -> str:
         lines.append(f"sent back for rescan (quality gate, not counted above): {len(data['rescan'])}")
         lines.extend(f"  {im['path']}: {im['reason']}" for im in data["rescan"])
     if data.get("localization"):
-        from inspector.localize import format_localization
+        from inspector.localize import localization_lines
 
-        lines.append("where the map peaks, abnormal images with a defect mask (the mask dilated by 2% of the width; "
-                     "chance = its share of the image):")
-        lines.extend("  " + line for line in format_localization(data["localization"]).splitlines())
+        lines.extend(localization_lines(data["localization"], "where the map peaks"))
     return "\n".join(lines)

@@ -181,18 +181,28 @@ def render_overlay(img8: np.ndarray, cam: np.ndarray, alpha: float = OVERLAY_ALP
     return out
 
 
-def save_overlay(img8: np.ndarray, cam: np.ndarray, out_png: str | os.PathLike, boxes: tuple = ()) -> Path:
-    """Write the overlay as PNG atomically (temp file, fsync, rename): a reader never sees half a file."""
-    out = Path(out_png)
+def overlay_png(img8: np.ndarray, cam: np.ndarray, boxes: tuple = ()) -> bytes:
+    """render_overlay's picture encoded as PNG."""
     ok, buf = cv2.imencode(".png", render_overlay(img8, cam, boxes=boxes))
     if not ok:
-        raise InspectorError(f"OpenCV could not encode the heat map for {out}")
+        raise InspectorError("OpenCV could not encode the heat map")
+    return buf.tobytes()
+
+
+def write_overlay(png: bytes, out_png: str | os.PathLike) -> Path:
+    """Write an overlay's PNG atomically (temp file, fsync, rename): a reader never sees half a file."""
+    out = Path(out_png)
     try:
-        write_atomic(out, buf.tobytes())
+        write_atomic(out, png)
     except OSError as exc:
         raise InspectorError(f"cannot write heat map {out}: {exc.strerror}; check the folder exists "
                              f"and is writable (state.dir for the daemon)") from exc
     return out
+
+
+def save_overlay(img8: np.ndarray, cam: np.ndarray, out_png: str | os.PathLike, boxes: tuple = ()) -> Path:
+    """Encode the overlay and write it atomically."""
+    return write_overlay(overlay_png(img8, cam, boxes), out_png)
 
 
 def heatmap_path(state_dir: str | os.PathLike, sha256: str) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inspector.explain import explain_image, heatmap_path, save_overlay
+from inspector.explain import explain_image, heatmap_path, overlay_png, write_overlay
 
 log = logging.getLogger("inspector.heatmaps")
 
@@ -28,8 +28,9 @@ def explain_and_record(detector, store, img16: np.ndarray, sha256: str, state_di
     """
     explanation = explain_image(detector, img16, heat=heat)  # heat: the verdict's own map, no second pass
     boxes = explanation.regions.boxes if explanation.regions is not None else ()
-    out = save_overlay(explanation.img8, explanation.cam, heatmap_path(state_dir, sha256), boxes)
-    store.set_heatmap(sha256, detector.sha256, str(out), hashlib.sha256(out.read_bytes()).hexdigest())
+    png = overlay_png(explanation.img8, explanation.cam, boxes)
+    out = write_overlay(png, heatmap_path(state_dir, sha256))
+    store.set_heatmap(sha256, detector.sha256, str(out), hashlib.sha256(png).hexdigest())  # the PNG as drawn
     return out
 
 

@@ -32,6 +32,18 @@ def fuse(p_head: np.ndarray, p_map: np.ndarray) -> np.ndarray:
     return (np.asarray(p_head, dtype=np.float64) + np.asarray(p_map, dtype=np.float64)) / 2.0
 
 
+def mask_hit(dataset: Dataset, i: int, heat: np.ndarray, cal: dict) -> tuple[str, localize.Hit] | None:
+    """(anomaly types, localize.Hit) of image i's map against its defect mask: the map as shown (normalmap.excess);
+    None for an image that is not abnormal or has no (or an empty) mask."""
+    path = dataset.mask_path(i) if dataset.samples[i].label == "abnormal" else None
+    if path is None:
+        return None
+    mask = localize.read_mask(path)
+    if not mask.any():
+        return None
+    return ";".join(dataset.samples[i].anomalies), localize.score_map(normalmap.excess(heat, cal), mask)
+
+
 class HeldOutMaps:
     """The normal model's side of a cross-validation: its scores per fold and the localization figures."""
 
@@ -66,13 +78,7 @@ class HeldOutMaps:
         with torch.no_grad():
             heat = model.from_features(feats.subset(test)).numpy()
         p_map = normalmap.map_probability(normalmap.image_score(heat), cal)
-        for row, i in enumerate(test):
-            mask_path = self.dataset.mask_path(i) if y[i] == 1 else None
-            if mask_path is not None:
-                mask = localize.read_mask(mask_path)
-                if mask.any():
-                    shown = normalmap.excess(heat[row], cal)
-                    self.hits.append((";".join(self.dataset.samples[i].anomalies), localize.score_map(shown, mask)))
+        self.hits.extend(hit for row, i in enumerate(test) if (hit := mask_hit(self.dataset, i, heat[row], cal)))
         return {"head": p_head, "map": p_map, "fusion": fuse(p_head, p_map)}
 
     def take_hits(self) -> list[tuple[str, localize.Hit]]:

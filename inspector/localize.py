@@ -147,3 +147,9 @@ def format_localization(summary: dict) -> str:
         lines.append(f"{name:<{width}}  {f['n']:>4}  {hits:>17}  {f['mass_inside']:>11.2f}  "
                      f"{f['area_share']:>6.2f}  {f['mass_ratio']:>4.1f}x")
     return "\n".join(lines)
+
+
+def localization_lines(summary: dict, title: str) -> list[str]:
+    """A titled, indented format_localization table, as `inspector cv` and `inspector evaluate` print it."""
+    return [f"{title}, abnormal images with a defect mask (the mask dilated by {DILATION:.0%} of the width; chance = "
+            "its share of the image):", *("  " + line for line in format_localization(summary).splitlines())]

@@ -24,7 +24,7 @@ threshold are all subtractions, never a second pass over the images.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -250,8 +250,8 @@ def fit(features: NormalFeatures, index: np.ndarray | Sequence[int] | None = Non
             values.append(heat.flatten().numpy())
     if not scores:
         raise ValueError("too few normal images to calibrate the normal model (at least 3 are needed)")
-    return model, calibration(np.concatenate(scores), np.concatenate(values), _scan_values(features, groups, sums,
-                                                                                        shrink))
+    return model, calibration(np.concatenate(scores), np.concatenate(values),
+                              lambda: _scan_values(features, groups, sums, shrink))
 
 
 def _scan_values(features: NormalFeatures, groups: Mapping[str, np.ndarray], sums: Mapping[str, Sums],
@@ -271,18 +271,21 @@ def _scan_values(features: NormalFeatures, groups: Mapping[str, np.ndarray], sum
     return np.concatenate(values) if values else np.zeros(0)
 
 
-def calibration(scores: np.ndarray, values: np.ndarray, scan_values: np.ndarray | None = None) -> dict:
+def calibration(scores: np.ndarray, values: np.ndarray,
+                scan_values: Callable[[], np.ndarray] | None = None) -> dict:
     """What is kept with the model: the held-out normals' score distribution (`scores`), the base of the map
-    shown and the box threshold (held-out bundles' `values`; where those saturate, `scan_values`)."""
+    shown and the box threshold (held-out bundles' `values`; where those saturate, `scan_values()`, computed
+    only then: a model fit per training normal)."""
     scores = np.asarray(scores, dtype=np.float64)
     median = float(np.median(scores))
     ceiling = SATURATION * Z2_CAP
     box = float(np.percentile(values, BOX_PERCENTILE))
     saturated = box >= ceiling
-    if saturated and scan_values is not None and len(scan_values):
+    scans = scan_values() if saturated and scan_values is not None else np.zeros(0)
+    if len(scans):
         # With few training bundles the held-out ones already reach the cap (their maps saturate): no value could
         # exceed such a threshold. Boxes are then drawn against scans of the bundles seen, a step more permissive.
-        values = scan_values
+        values = scans
         box = float(np.percentile(values, SCAN_BOX_PERCENTILE))
     box = min(box, ceiling)
     return {"score_median": median,
