@@ -58,7 +58,7 @@ def rescore(store: Any, detector: Any, since: datetime | None, until: datetime |
     """Score every recorded content without a verdict of `detector`'s model; commit in batches."""
     from inspector.bulk import score_items
     from inspector.paths import display_path
-    from inspector.store import RescoreRecord, Verdict
+    from inspector.store import RescoreRecord, Verdict, region_fields
 
     store.record_model(detector.sha256, detector.path, detector.meta.to_json())
     todo = store.rescore_todo(detector.sha256, since, until)
@@ -82,7 +82,8 @@ def rescore(store: Any, detector: Any, since: datetime | None, until: datetime |
                 summary.missing.append((entry["sha256"], scored.error.message))
             else:
                 verdict = Verdict(entry["sha256"], detector.sha256, pred.p_abnormal, pred.verdict, pred.reason,
-                                  pred.threshold, detector.meta.method, inference_seconds=pred.seconds)
+                                  pred.threshold, detector.meta.method, inference_seconds=pred.seconds,
+                                  **region_fields(pred.regions))
                 pending.append((RescoreRecord(verdict), entry["verdict"]))
                 if len(pending) >= COMMIT_EVERY:
                     commit()

@@ -56,14 +56,6 @@ def file_version(item: ReadyFile) -> Any:
     return FileVersion(os.fsencode(item.path), stamp.size, stamp.mtime_ns, stamp.inode, stamp.ctime_ns)
 
 
-def region_fields(regions: Any) -> dict:
-    """A prediction's normalmap.Regions as the verdict's peak_x, peak_y and boxes (JSON) columns."""
-    if regions is None:
-        return {"peak_x": None, "peak_y": None, "boxes": None}
-    return {"peak_x": regions.peak[0], "peak_y": regions.peak[1],
-            "boxes": json.dumps([list(b) for b in regions.boxes])}
-
-
 def model_meta_json(detector: Any) -> str:
     meta = detector.meta
     if hasattr(meta, "to_json"):
@@ -398,7 +390,7 @@ class Scoring:
 
     def _record(self, job: _Job, pred: Any, first: bool, model_sha: str) -> Any:
         """The row a file's outcome is committed as."""
-        from inspector.store import RejectionRecord, Verdict, VerdictRecord
+        from inspector.store import RejectionRecord, Verdict, VerdictRecord, region_fields
 
         item = job.ready
         version = file_version(item)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 from urllib.parse import quote
 
 import sqlalchemy as sa
@@ -338,6 +339,14 @@ class Verdict:
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
             raise StoreError(f"verdict {self.verdict!r} is not one of {', '.join(VERDICTS)}")
+
+
+def region_fields(regions: Any) -> dict:
+    """A prediction's normalmap.Regions (None: no normal model) as a Verdict's peak_x, peak_y and boxes (JSON)."""
+    if regions is None:
+        return {"peak_x": None, "peak_y": None, "boxes": None}
+    return {"peak_x": regions.peak[0], "peak_y": regions.peak[1],
+            "boxes": json.dumps([list(b) for b in regions.boxes])}
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ on SQLite and PostgreSQL, `score --json` / `explain --json`, and `train --normal
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -211,6 +212,24 @@ def test_verdicts_of_an_old_model_print_null_peak_and_boxes(models, tmp_path):
                     "detector.safetensors", "--out", tmp_path / "plain.png", "--json", "--config", config)
     shown = json.loads(explained.stdout.splitlines()[-1])
     assert shown["method"] == "gradcam" and shown["peak"] is None and shown["boxes"] is None
+
+
+def test_rescore_with_a_model_that_has_a_normal_model_records_its_peak_and_boxes(models, tmp_path):
+    """Scans scored by an old model, rescored by one with a normal model: the new verdicts carry their own peak and
+    boxes, the disc's on the disc, as a capture verdict of that model would."""
+    config = write_config(tmp_path, model=models["old"])
+    _capture(tmp_path, {"plain.tif": electrode(30), "disc.tif": with_disc(electrode(31), 20, 90)})
+    assert run("watch", "--once", "--config", config).exit_code == 0
+    result = run("rescore", "--model", models["normal"], "--config", config)
+    assert result.exit_code == 0, result.output
+    normal_sha = hashlib.sha256(models["normal"].read_bytes()).hexdigest()
+    listed = {os.path.basename(r["path"]): r for r in json.loads(run(
+        "verdicts", "--model", normal_sha[:12], "--format", "json", "--config", config).output)}
+    assert set(listed) == {"plain.tif", "disc.tif"}
+    disc = listed["disc.tif"]
+    assert abs(disc["peak"][0] - 20) <= 8 and abs(disc["peak"][1] - 90) <= 8, disc["peak"]
+    assert disc["boxes"] and any(x0 <= 20 < x1 and y0 <= 90 < y1 for x0, y0, x1, y1 in disc["boxes"])
+    assert listed["plain.tif"]["peak"] is not None and listed["plain.tif"]["boxes"] == []
 
 
 # ---- a plant with normals only -----------------------------------------------------------------------------
