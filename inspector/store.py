@@ -119,7 +119,7 @@ class Store(Queries, Fleet):
                                  "transaction; try again or stop it") from exc
             if getattr(orig, "sqlstate", None) == "42501":  # PostgreSQL insufficient_privilege
                 raise StoreError(f"database {self.where}: {text}: the role in database.url lacks this privilege "
-                                 "(`inspector db upgrade` needs the owner role; README: Roles and GRANTs on a "
+                                 "(`inspector db upgrade` needs the owner role; docs/PLANT.md: Roles and GRANTs on a "
                                  "plant database)") from exc
             raise StoreError(f"database {self.where}: {text}") from exc
 

@@ -1,4 +1,4 @@
-"""README's roles on a plant database, on a real PostgreSQL server: the SQL block of "Roles and GRANTs on a plant
+"""docs/PLANT.md's roles on a plant database, on a real PostgreSQL server: the SQL block of "Roles and GRANTs on a plant
 database" run as written, the read commands as the reader, the writers as the station, and no password in any
 message when a connection fails.
 
@@ -31,8 +31,9 @@ from inspector.store import FileVersion, open_store
 from tests.store_rows import record_rejection, record_verdict
 
 ROOT = Path(__file__).resolve().parent.parent
-MARKER = "<!-- roles-and-grants:"  # the line right before README's ```sql block
-DATABASE = "inspector"  # the README block's database
+GUIDE = ROOT / "docs" / "PLANT.md"  # the plant guide, which holds the roles block
+MARKER = "<!-- roles-and-grants:"  # the line right before its ```sql block
+DATABASE = "inspector"  # the block's database
 # Characters a URL must percent-encode: the test looks for the plain and the encoded form in every output.
 PASSWORDS = {"inspector_owner": "Owner-pw:7d1f", "inspector_station": "St@tion/pw-91ac",
              "inspector_reader": "Reader pw#3be0"}
@@ -42,10 +43,10 @@ SEEDED = [b"/capture/seeded-normal.tif", b"/capture/seeded-abnormal.tif"]
 
 
 def readme_statements() -> list[tuple[str, str]]:
-    """(database, statement) of README's marked sql block, in order; psql's `\\connect DB` switches database."""
-    lines = (ROOT / "README.md").read_text().splitlines()
+    """(database, statement) of docs/PLANT.md's marked sql block, in order; psql's `\\connect DB` switches database."""
+    lines = GUIDE.read_text().splitlines()
     (start,) = [i for i, line in enumerate(lines) if line.startswith(MARKER)]
-    assert lines[start + 1] == "```sql", "README: the roles marker must stand right before a ```sql block"
+    assert lines[start + 1] == "```sql", "docs/PLANT.md: the roles marker must stand right before a ```sql block"
     end = lines.index("```", start + 2)
     database, pending, statements = "postgres", [], []
     for line in lines[start + 2:end]:
@@ -57,7 +58,7 @@ def readme_statements() -> list[tuple[str, str]]:
             if code.endswith(";"):
                 statements.append((database, " ".join(pending)))
                 pending = []
-    assert not pending, f"README roles block: statement without its ';': {pending}"
+    assert not pending, f"docs/PLANT.md roles block: statement without its ';': {pending}"
     return statements
 
 
@@ -108,7 +109,7 @@ def write_cli_config(folder: Path, url: str) -> Path:
 
 @pytest.fixture(scope="module")
 def plant(tmp_path_factory):
-    """A server of this module's own with README's roles and database, the schema made by `inspector db
+    """A server of this module's own with docs/PLANT.md's roles and database, the schema made by `inspector db
     upgrade` as the owner (after the grants: the default privileges must cover it), and rows seeded by the owner."""
     from pg_server import PostgresServer, find_bin
 

@@ -143,8 +143,9 @@ def test_verify_check_catches_a_bad_key(repo_root, tmp_path):
 def readme_exposure(repo_root, unit: str = "inspector.service") -> tuple[float, str | None]:
     """The exposure level the README's systemd section gives `unit`, and the systemd it names."""
     text = (repo_root / "README.md").read_text()
-    assert "### systemd" in text, "README.md has no systemd section"
-    section = text[text.index("### systemd"):]
+    heading = "## Running it under systemd"
+    assert heading in text, f"README.md has no section {heading!r}"
+    section = text[text.index(heading):]
     found = re.search(r"systemd-analyze\s+security\s+--offline=yes\s+systemd/" + re.escape(unit) +
                       r"`.*?exposure\s+level\s+of\s+\*\*(\d+(?:\.\d+)?)\b(?:.{0,40}?\(systemd\s+(\d+))?", section, re.S)
     assert found, f"README.md's systemd section no longer gives {unit}'s exposure level as **N.N**"

@@ -1,5 +1,5 @@
 """Two daemons moving same-named files into one processed/DATE/ folder (issue 25, case 1): the plant layout of
-the README, two stations in move mode on one capture folder and one database, bundle folders whose files share
+docs/PLANT.md, two stations in move mode on one capture folder and one database, bundle folders whose files share
 base names (bundle00/e0.tif ... bundle11/e0.tif, every content distinct), each bundle renamed into the capture
 folder whole. A move must never replace a file: every content dropped ends in exactly one place, and the path
 recorded for it holds that content. Before the atomic no-replace rename, two daemons picked the same free name
