@@ -43,17 +43,21 @@ class Figure:
         return self.measured / self.reference if self.reference else float("nan")
 
 
-def write_readme_block(name: str, script: str, body: str) -> bool:
-    """Replace README.md's text between the `name` markers with `body`; False when the markers are missing."""
+BENCHMARKS = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"  # every generated block lives there
+
+
+def write_doc_block(name: str, script: str, body: str) -> bool:
+    """Replace docs/BENCHMARKS.md's text between the `name` markers with `body`; False (and a warning) when the
+    markers are missing."""
     import re
 
-    readme = Path(__file__).resolve().parent.parent / "README.md"
     begin, end = f"<!-- {name}:begin (written by bench/{script}) -->", f"<!-- {name}:end -->"
-    text = readme.read_text()
+    text = BENCHMARKS.read_text()
     if begin not in text or end not in text:
+        print(f"warning: {BENCHMARKS} has no {name} block ({begin} ... {end}); nothing written there")
         return False
-    readme.write_text(re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: f"{begin}\n{body}\n{end}", text,
-                             flags=re.S))
+    BENCHMARKS.write_text(re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: f"{begin}\n{body}\n{end}",
+                                 text, flags=re.S))
     return True
 
 

@@ -13,7 +13,7 @@ Part `maps` (bench/learning_maps.py): on sets with defect masks at the demo's sc
 model's held-out maps peak against the defects, and the head, the map score and their fusion side by side.
 
 Writes bench/LEARNING.md (one section per part; a part not run keeps the section its last run wrote) and
-the blocks between the `learning` and `learning-maps` markers in README.md.
+the blocks between the `learning` and `learning-maps` markers in docs/BENCHMARKS.md.
 
     .venv/bin/python bench/learning.py [--part features|maps|all] [--quick] [--no-write]
 """
@@ -31,7 +31,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from convert_read import describe_machine, write_readme_block  # noqa: E402
+from convert_read import describe_machine, write_doc_block  # noqa: E402
 
 OUT = HERE / "LEARNING.md"
 SET = {"bundles": 12, "per_bundle": 8, "scale": 0.5, "seed": 3}
@@ -155,7 +155,7 @@ def kept_sections() -> dict[str, str]:
 
 
 def write(bodies: dict[str, str]) -> None:
-    """LEARNING.md from the parts just run and the sections kept; README's blocks for the parts just run."""
+    """LEARNING.md from the parts just run and the sections kept; docs/BENCHMARKS.md's blocks for the parts just run."""
     sections = {**kept_sections(), **bodies}
     text = "# Does the detector learn?\n\nWritten by `bench/learning.py`; every figure of a section is measured in " \
            "the same run.\n"
@@ -164,7 +164,7 @@ def write(bodies: dict[str, str]) -> None:
             text += f"\n{heading}\n\n{sections[part]}\n"
     OUT.write_text(text)
     for part, body in bodies.items():
-        write_readme_block("learning" if part == "features" else "learning-maps", "learning.py", body)
+        write_doc_block("learning" if part == "features" else "learning-maps", "learning.py", body)
 
 
 def main() -> int:
@@ -188,7 +188,7 @@ def main() -> int:
         print(bodies["maps"])
     if not args.no_write and not args.quick:
         write(bodies)
-        print(f"wrote {OUT} and the README blocks of {', '.join(bodies)}")
+        print(f"wrote {OUT} and the docs/BENCHMARKS.md blocks of {', '.join(bodies)}")
     return 0
 
 

@@ -8,7 +8,7 @@ of the medians. Target (issue 23): the map adds at most 15% to the bare forward 
 
     python bench/map_cost.py [--rounds 5] [--passes 7] [--sizes 384x192,768x384,2000x1000] [--json] [--write]
 
---write puts the table into README.md's `map-cost` block (make bench's table holds it too, as part "map").
+--write puts the table into docs/BENCHMARKS.md's `map-cost` block (make bench's table holds it too, as part "map").
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convert_read import Figure, describe_machine, format_table, print_figures, write_readme_block  # noqa: E402
+from convert_read import Figure, describe_machine, format_table, print_figures, write_doc_block  # noqa: E402
 
 TARGET = 1.15
 
@@ -96,7 +96,7 @@ def main() -> int:
     parser.add_argument("--passes", type=int, default=7)
     parser.add_argument("--sizes", default="384x192,768x384,2000x1000")
     parser.add_argument("--json", action="store_true", help="end with one line of JSON: the table rows")
-    parser.add_argument("--write", action="store_true", help="write the table into README.md's map-cost block")
+    parser.add_argument("--write", action="store_true", help="write the table into docs/BENCHMARKS.md's map-cost block")
     args = parser.parse_args()
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     machine = describe_machine()
@@ -109,7 +109,7 @@ def main() -> int:
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         body = (f"Machine: {machine}; {stamp}; `python bench/map_cost.py --write` ({args.rounds} rounds of "
                 f"{args.passes} predicts each way, medians):\n\n```\n{format_table(figures)}\n```")
-        write_readme_block("map-cost", "map_cost.py", body)
+        write_doc_block("map-cost", "map_cost.py", body)
     return 0
 
 

@@ -19,7 +19,7 @@ channels_last against the same model with the data already on the GPU (the ceili
 Every measurement runs --repeat times (the cross-validations --cv-repeat times), in rounds, so that
 a drift of the machine's load reaches every figure alike; the table gives the smallest, median and
 largest measured value of each figure and the ratio of the medians. It is printed and written to
-bench/RESULTS.md and README.md's bench block with the date, the machine, the command, the spread
+bench/RESULTS.md and docs/BENCHMARKS.md's bench block with the date, the machine, the command, the spread
 between runs and the time each part took.
 
     .venv/bin/python bench/run_all.py [--quick] [--repeat 4] [--cv-repeat 3] [--no-write]
@@ -43,7 +43,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from convert_read import Figure, describe_machine, write_readme_block  # noqa: E402
+from convert_read import Figure, describe_machine, write_doc_block  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
 REPEAT = 4  # rounds of `make bench` (the last note of RESULTS.md gives the time each part took)
@@ -367,9 +367,9 @@ def main(argv: list[str] | None = None) -> int:
             f"- date: {date}\n- machine: {machine}\n"
             f"- command: `{command}` (`make bench` runs it without options)\n- runs: {runs}\n\n{table}\n"
             + "".join(f"\n- {n}" for n in notes) + "\n")
-        write_readme_block("bench", "run_all.py", f"{date}, {machine}, `{command}`; {runs}:\n\n{table}\n"
+        write_doc_block("bench", "run_all.py", f"{date}, {machine}, `{command}`; {runs}:\n\n{table}\n"
                            + "".join(f"\n- {n}" for n in notes))
-        print(f"wrote {RESULTS} and the bench block of README.md")
+        print(f"wrote {RESULTS} and the bench block of docs/BENCHMARKS.md")
     return 0
 
 
