@@ -1,18 +1,25 @@
 """The HTML report: one self-contained file (images as data: URIs, inline CSS, no scripts) for a browser.
 
-Every text that comes from a file name, the database or a JSON file goes through html.escape.
+This module gathers what the page shows; its markup is in Jinja2 templates beside the review station's
+(inspector/web/templates/report/), loaded from the package folder without importing the web package. Autoescaping
+is always on, so every text from a file name, the database or a JSON file is escaped where it is placed; the only
+markup handed to a template ready-made is a section rendered from these same templates.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import os
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 import cv2
+import jinja2
 import numpy as np
+from markupsafe import Markup
 
+import inspector
 from inspector import metrics
 from inspector.plots import figure_png, pyplot, roc_figure
 from inspector.config import Config
@@ -22,31 +29,45 @@ from inspector.report import latest_cv, local_day, model_conversions, model_in_u
 
 THUMB_HEIGHT_PX = 160
 MAX_FLAGGED = 200  # thumbnails beyond this would make the file unwieldy; the rest are listed in csv/json
-CSS = """
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1200px}
-h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.6em 0}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right;
-vertical-align:top}th{background:#f0f0f0}td.l,th.l{text-align:left}.muted{color:#777}
-.abnormal{color:#b00020;font-weight:bold}.rescan{color:#a06000;font-weight:bold}.pending{color:#b00020}
-.ph{display:inline-block;width:90px;min-height:60px;padding:4px;border:1px dashed #aaa;color:#777;font-size:.8em;
-text-align:left}img{display:block}code{font-size:.9em}.regions{font-size:.8em;max-width:220px;margin-top:.3em}
-"""
+TEMPLATES = Path(inspector.__file__).resolve().parent / "web" / "templates" / "report"
+META_KEYS = ("method", "window", "input_size", "features", "pooling", "head", "threshold", "threshold_source",
+             "weights", "freeze", "trained", "created_at", "version", "quality")
+METRIC_KEYS = ("epochs", "images", "bundles", "class_weights")
 
 
-def esc(value: object) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+def show_none_as_blank(value: object) -> object:
+    """A missing value (None) shows as nothing, not as the word None."""
+    return "" if value is None else value
+
+
+TEMPLATE_ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                                  undefined=jinja2.StrictUndefined, finalize=show_none_as_blank,
+                                  trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+
+
+def render_template(name: str, **context: object) -> Markup:
+    """One of the report's templates, rendered (and so escaped) into markup a section or the page places."""
+    return Markup(TEMPLATE_ENV.get_template(name).render(**context))
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A PNG embedded as a data: URI (src), or, where src is None, a placeholder whose text says why there is none."""
+    src: str | None
+    alt: str
+    cls: str = ""
 
 
 def png_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def img_tag(png: bytes, alt: str, cls: str) -> str:
-    return f'<img class="{cls}" alt="{esc(alt)}" src="{png_uri(png)}">'
+def embedded_png(png: bytes, alt: str, cls: str) -> Picture:
+    return Picture(png_uri(png), alt, cls)
 
 
-def placeholder(text: str) -> str:
-    return f'<span class="ph">{esc(text)}</span>'
+def placeholder(text: str) -> Picture:
+    return Picture(None, text)
 
 
 def encode_png(img: np.ndarray, height_px: int = THUMB_HEIGHT_PX) -> bytes:
@@ -69,7 +90,7 @@ def recorded_places(row: dict) -> list:
     return places
 
 
-def thumbnail(row: dict, meta: dict | None, cfg: Config) -> str:
+def thumbnail(row: dict, meta: dict | None, cfg: Config) -> Picture:
     """The scored image in its model's own conversion, small, only while its file still holds what was scored
     (imaging.read_recorded, as the review station reads it); a placeholder says why when it cannot be."""
     from inspector.convert import convert_recorded
@@ -83,10 +104,10 @@ def thumbnail(row: dict, meta: dict | None, cfg: Config) -> str:
         img8 = convert_recorded(img16, meta)
     except InspectorError as exc:
         return placeholder(f"cannot convert: {exc}")
-    return img_tag(encode_png(img8), f"thumbnail of {display_path(row['path']).rsplit('/', 1)[-1]}", "thumb")
+    return embedded_png(encode_png(img8), f"thumbnail of {display_path(row['path']).rsplit('/', 1)[-1]}", "thumb")
 
 
-def heatmap(row: dict) -> str:
+def heatmap(row: dict) -> Picture:
     """The Grad-CAM overlay stored with the verdict, small, checked as the review station checks it
     (imaging.load_heatmap); a placeholder when there is none or it fails the check."""
     from inspector.imaging import load_heatmap
@@ -101,21 +122,20 @@ def heatmap(row: dict) -> str:
     img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         return placeholder("heat map unreadable: the PNG does not decode")
-    return img_tag(encode_png(img), f"heat map of {display_path(row['path']).rsplit('/', 1)[-1]}", "heat")
+    return embedded_png(encode_png(img), f"heat map of {display_path(row['path']).rsplit('/', 1)[-1]}", "heat")
 
 
-def regions_note(row: dict) -> str:
+def regions_note(row: dict) -> dict | None:
     """Where the normal model's map points for the verdict, in pixels of the original image: its boxes, or that
-    none rose above the normal threshold; nothing for a verdict of a model without a normal model."""
+    none rose above the normal threshold; None for a verdict of a model without a normal model."""
     from inspector.schema import parse_boxes
 
     if row.get("peak_x") is None:
-        return ""
+        return None
     boxes = parse_boxes(row.get("boxes"))
     shown = " ".join(f"[{x0}, {y0}, {x1}, {y1}]" for x0, y0, x1, y1 in boxes)
     text = f"boxes: {shown}" if boxes else "no region above the normal threshold"
-    return (f"<div class='regions'>{esc(text)}<br><span class='muted'>map peak at x={esc(row['peak_x'])}, "
-            f"y={esc(row['peak_y'])}</span></div>")
+    return {"text": text, "peak_x": row["peak_x"], "peak_y": row["peak_y"]}
 
 
 def roc_png(cv: dict) -> bytes | None:
@@ -149,67 +169,48 @@ def confusion_png(cv: dict) -> bytes:
     return figure_png(fig)
 
 
-def totals_table(title: str, summary: list[dict]) -> str:
-    head = ("<tr><th class='l'>" + esc(title) + "</th><th>electrodes</th><th>normal</th><th>abnormal</th>"
-            "<th>rescan</th><th>rejected</th><th>pass rate</th><th>duplicate files</th></tr>")
-    body = "".join(
-        f"<tr><td class='l'>{esc(s['group'])}</td><td>{s['total']}</td><td>{s['normal']}</td>"
-        f"<td>{s['abnormal']}</td><td>{s['rescan']}</td><td>{s['rejected']}</td>"
-        f"<td>{esc(metrics.format_percent(s['pass_rate'], 1))}%</td><td>{s['duplicates']}</td></tr>" for s in summary)
-    return f"<table>{head}{body}</table>" if summary else "<p class='muted'>no images in this period</p>"
+def totals(summary: list[dict]) -> list[dict]:
+    """summarize's groups with their pass rate written as the table shows it."""
+    return [dict(s, pass_rate=metrics.format_percent(s["pass_rate"], 1)) for s in summary]
 
 
-def section_totals(rows: list[dict]) -> str:
-    every = summarize(rows, lambda r: "all")
-    parts = ["<h2 id='totals'>Totals and pass rate</h2>",
-             "<p>Pass rate: normal verdicts over every electrode (abnormal, rescan and rejected files did not pass). "
-             "A duplicate file (a content recorded before under another name) is counted once, as a duplicate.</p>",
-             totals_table("period", every), "<h3>Per day (local time)</h3>",
-             totals_table("day", summarize(rows, local_day)), "<h3>Per bundle</h3>",
-             totals_table("bundle", summarize(rows, lambda r: r["bundle"]))]
-    return "\n".join(parts)
+def section_totals(rows: list[dict]) -> Markup:
+    return render_template("totals.html", every=totals(summarize(rows, lambda r: "all")),
+                           per_day=totals(summarize(rows, local_day)),
+                           per_bundle=totals(summarize(rows, lambda r: r["bundle"])))
 
 
-def review_cell(row: dict) -> str:
+def review_cell(row: dict) -> dict | None:
+    """The newest review of the verdict as the flagged table shows it; None while none is recorded."""
     review = row.get("review")
     if not review:
-        return "<span class='pending'>pending</span>"
+        return None
     when = review["created_at"].astimezone().strftime("%Y-%m-%d %H:%M") if review.get("created_at") else ""
-    extra = f" ({esc(review['anomalies'])})" if review.get("anomalies") else ""
     more = f"; {review['count']} reviews" if review.get("count", 1) > 1 else ""
-    return f"{esc(review['label'])}{extra}<br><span class='muted'>{esc(review['reviewer'])} {esc(when)}{more}</span>"
+    return {"label": review["label"], "anomalies": review.get("anomalies"), "reviewer": review["reviewer"],
+            "when": when, "more": more}
 
 
-def section_flagged(store, rows: list[dict], cfg: Config) -> str:
+def flagged_row(row: dict, conversions: dict, cfg: Config) -> dict:
+    when = row["when"].astimezone().strftime("%Y-%m-%d %H:%M:%S") if row["when"] else "-"
+    return {"when": when, "path": display_path(row["path"]), "bundle": row["bundle"], "outcome": row["outcome"],
+            "reason": row["reason"], "p": "-" if row["p_abnormal"] is None else f"{row['p_abnormal']:.3f}",
+            "review": review_cell(row), "thumb": thumbnail(row, conversions.get(row["model_sha256"]), cfg),
+            "heat": heatmap(row), "regions": regions_note(row)}
+
+
+def section_flagged(store, rows: list[dict], cfg: Config) -> Markup:
     flagged = [r for r in rows if r["outcome"] in ("abnormal", "rescan") and r["status"] != "duplicate"]
-    parts = [f"<h2 id='flagged'>Abnormal and rescan ({len(flagged)})</h2>"]
     copies = sum(r["outcome"] in ("abnormal", "rescan") and r["status"] == "duplicate" for r in rows)
-    if copies:
-        parts.append(f"<p class='muted'>{copies} duplicate file(s) of these electrodes not listed again "
-                     "(`inspector verdicts` marks them dup).</p>")
-    if not flagged:
-        return parts[0] + "<p class='muted'>none in this period</p>"
-    conversions = model_conversions(store)
-    parts.append("<table><tr><th class='l'>time</th><th class='l'>file</th><th class='l'>bundle</th>"
-                 "<th class='l'>verdict</th><th>p(abnormal)</th><th class='l'>review</th><th>image</th>"
-                 "<th>heat map</th></tr>")
-    for r in flagged[:MAX_FLAGGED]:
-        when = r["when"].astimezone().strftime("%Y-%m-%d %H:%M:%S") if r["when"] else "-"
-        p = "-" if r["p_abnormal"] is None else f"{r['p_abnormal']:.3f}"
-        reason = f"<br><span class='muted'>{esc(r['reason'])}</span>" if r["reason"] else ""
-        parts.append(
-            f"<tr><td class='l'>{esc(when)}</td><td class='l'><code>{esc(display_path(r['path']))}</code></td>"
-            f"<td class='l'>{esc(r['bundle'])}</td><td class='l'><span class='{esc(r['outcome'])}'>"
-            f"{esc(r['outcome'])}</span>{reason}</td><td>{esc(p)}</td><td class='l'>{review_cell(r)}</td>"
-            f"<td>{thumbnail(r, conversions.get(r['model_sha256']), cfg)}</td><td class='l'>{heatmap(r)}{regions_note(r)}</td></tr>")
-    parts.append("</table>")
-    if len(flagged) > MAX_FLAGGED:
-        parts.append(f"<p>{len(flagged) - MAX_FLAGGED} more not shown; `inspector export --format csv` lists all.</p>")
-    return "\n".join(parts)
+    conversions = model_conversions(store) if flagged else {}
+    return render_template("flagged.html", count=len(flagged), copies=copies,
+                           rows=[flagged_row(r, conversions, cfg) for r in flagged[:MAX_FLAGGED]],
+                           more=max(0, len(flagged) - MAX_FLAGGED))
 
 
-def cv_table(cv: dict) -> str:
-    """The paper's Table 1: held-out bundle x method, balanced accuracy in %, Overall last."""
+def cv_table(cv: dict) -> dict:
+    """The paper's Table 1 (held-out bundle x method, balanced accuracy in %, Overall last), its marks' notes, and
+    each method's pooled counts."""
     from inspector.crossval import MARK_NOTES, MARKS
 
     names = list(cv["methods"])
@@ -220,79 +221,56 @@ def cv_table(cv: dict) -> str:
         counts = metrics.Counts(c["tp"], c["fp"], c["tn"], c["fn"])
         mark = MARKS.get(counts.ba_basis, "")
         used.update(mark)
-        return esc(metrics.format_percent(counts.balanced_accuracy) + mark)
+        return metrics.format_percent(counts.balanced_accuracy) + mark
 
-    out = ["<table><tr><th class='l'>Test bundle</th>" + "".join(f"<th>{esc(m)}</th>" for m in names) + "</tr>"]
-    for k, bundle in enumerate(bundles):
-        out.append(f"<tr><td class='l'>{esc(bundle)}</td>"
-                   + "".join(f"<td>{cell(cv['methods'][m]['folds'][k])}</td>" for m in names) + "</tr>")
-    out.append("<tr><th class='l'>Overall</th>"
-               + "".join(f"<th>{cell(cv['methods'][m]['pooled'])}</th>" for m in names) + "</tr></table>")
-    out.extend(f"<p class='muted'>{esc(mark)} {esc(MARK_NOTES[mark])}</p>" for mark in sorted(used))
-    out.append("<table><tr><th class='l'>method</th><th>TP</th><th>FP</th><th>TN</th><th>FN</th><th>precision %</th>"
-               "<th>recall %</th><th>F1 %</th><th>ROC AUC %</th></tr>")
+    folds = [(bundle, [cell(cv["methods"][m]["folds"][k]) for m in names]) for k, bundle in enumerate(bundles)]
+    overall = [cell(cv["methods"][m]["pooled"]) for m in names]
+    fmt = metrics.format_percent
+    pooled = []
     for m in names:
         p, auc = cv["methods"][m]["pooled"], cv["methods"][m].get("roc_auc")
-        fmt = metrics.format_percent
-        out.append(f"<tr><td class='l'>{esc(m)}</td><td>{p['tp']}</td><td>{p['fp']}</td><td>{p['tn']}</td>"
-                   f"<td>{p['fn']}</td><td>{fmt(p.get('precision'))}</td><td>{fmt(p.get('recall'))}</td>"
-                   f"<td>{fmt(p.get('f1'))}</td><td>{fmt(auc)}</td></tr>")
-    out.append("</table>")
-    return "\n".join(out)
+        pooled.append((m, [p["tp"], p["fp"], p["tn"], p["fn"], fmt(p.get("precision")), fmt(p.get("recall")),
+                           fmt(p.get("f1")), fmt(auc)]))
+    return {"names": names, "folds": folds, "overall": overall,
+            "notes": [(mark, MARK_NOTES[mark]) for mark in sorted(used)], "pooled": pooled}
 
 
-def section_cv(cfg: Config) -> str:
-    head = "<h2 id='cv'>Latest cross-validation</h2>"
+def section_cv(cfg: Config) -> Markup:
     found = latest_cv(cfg.state.dir)
     if found is None:
-        return head + f"<p class='muted'>no results under {esc(os.path.join(cfg.state.dir, 'cv'))}: run `inspector cv`</p>"
+        return render_template("cv.html", cv=None, folder=os.path.join(cfg.state.dir, "cv"))
     path, cv = found
     ds, settings = cv.get("dataset", {}), cv.get("config", {})
-    threshold = settings.get("threshold", 0.5)
-    parts = [head, f"<p>{esc(path.name)}, {esc(cv.get('created', '?'))}: dataset <code>{esc(ds.get('root'))}</code>, "
-             f"{esc(ds.get('images'))} images, {esc(len(ds.get('bundles', [])))} bundles, "
-             f"{esc(settings.get('epochs'))} epochs, input {esc(settings.get('input_size'))}, "
-             f"leave-one-bundle-out, balanced accuracy in % at threshold {esc(threshold)}.</p>"]
+    run = {"name": path.name, "created": cv.get("created", "?"), "root": ds.get("root"), "images": ds.get("images"),
+           "bundles": len(ds.get("bundles", [])), "epochs": settings.get("epochs"),
+           "input_size": settings.get("input_size"), "threshold": settings.get("threshold", 0.5)}
+    table, plots, error = None, [], None  # plots: a Picture each, or the text of a note in its place
     try:
-        parts.append(cv_table(cv))
+        table = cv_table(cv)
         roc = roc_png(cv)
-        parts.append(img_tag(roc, "ROC curve", "roc") if roc else "<p class='muted'>no ROC: one class only</p>")
-        parts.append(img_tag(confusion_png(cv), "confusion matrix", "confusion"))
+        plots.append(embedded_png(roc, "ROC curve", "roc") if roc else "no ROC: one class only")
+        plots.append(embedded_png(confusion_png(cv), "confusion matrix", "confusion"))
     except (KeyError, TypeError, ValueError, IndexError, InspectorError) as exc:
-        parts.append(f"<p class='muted'>{esc(path.name)} is not a cross-validation result this report can read "
-                     f"({esc(type(exc).__name__)}: {esc(exc)})</p>")
-    return "\n".join(parts)
+        error = f"{type(exc).__name__}: {exc}"
+    return render_template("cv.html", cv=run, table=table, plots=plots, error=error)
 
 
-def meta_rows(meta: dict) -> str:
-    keys = ("method", "window", "input_size", "features", "pooling", "head", "threshold", "threshold_source",
-            "weights", "freeze", "trained", "created_at", "version", "quality")
-    rows = [f"<tr><td class='l'>{esc(k)}</td><td class='l'>{esc(meta.get(k))}</td></tr>" for k in keys if k in meta]
+def meta_rows(meta: dict) -> list[tuple[str, object]]:
+    """The model metadata the report lists, key and value, with the training metrics it carries."""
     m = meta.get("metrics") or {}
-    rows += [f"<tr><td class='l'>{esc(k)}</td><td class='l'>{esc(m.get(k))}</td></tr>"
-             for k in ("epochs", "images", "bundles", "class_weights") if k in m]
-    return "".join(rows)
+    return [(k, meta.get(k)) for k in META_KEYS if k in meta] + [(k, m.get(k)) for k in METRIC_KEYS if k in m]
 
 
-def section_model(store, cfg: Config) -> str:
+def section_model(store, cfg: Config) -> Markup:
     info = model_in_use(store, cfg)
-    parts = ["<h2 id='model'>Model in use</h2>"]
-    used = info["last_used"]
-    if used:
-        parts.append(f"<p>Newest verdict by model <code>{esc(used['sha256'][:12])}</code> "
-                     f"({esc(used.get('path') or 'path not recorded')}).</p>")
-        if info["last_used_meta"]:
-            parts.append(f"<table>{meta_rows(info['last_used_meta'])}</table>")
-    else:
-        parts.append("<p class='muted'>no verdicts yet</p>")
-    file_meta = info["file_meta"]
-    if file_meta is None:
-        parts.append(f"<p class='muted'>model.path <code>{esc(info['file'])}</code>: no readable model file.</p>")
-    elif not used or not info["last_used_meta"] or file_meta.get("tensors_sha256") != info["last_used_meta"].get(
-            "tensors_sha256"):
-        parts.append(f"<p>model.path <code>{esc(info['file'])}</code> now holds (the daemon uses it after a "
-                     f"reload):</p><table>{meta_rows(file_meta)}</table>")
-    return "\n".join(parts)
+    used, used_meta, file_meta = info["last_used"], info["last_used_meta"], info["file_meta"]
+    file_differs = file_meta is not None and (not used or not used_meta or file_meta.get("tensors_sha256")
+                                              != used_meta.get("tensors_sha256"))
+    return render_template("model.html", used=bool(used), used_sha=used["sha256"][:12] if used else "",
+                           used_path=(used.get("path") or "path not recorded") if used else "",
+                           used_rows=meta_rows(used_meta) if used and used_meta else None,
+                           file=info["file"], file_found=file_meta is not None,
+                           file_rows=meta_rows(file_meta) if file_differs else None)
 
 
 def render_html(store, cfg: Config, rows: list[dict], since: datetime | None, until: datetime | None) -> str:
@@ -302,11 +280,7 @@ def render_html(store, cfg: Config, rows: list[dict], since: datetime | None, un
     def show(when: datetime | None, default: str) -> str:
         return when.astimezone().strftime("%Y-%m-%d %H:%M") if when else default
 
-    period = f"{show(since, 'the first image')} to {show(until, 'now')}"
-    body = [f"<h1>inspector report</h1><p>Generated {esc(now.strftime('%Y-%m-%d %H:%M'))}; period "
-            f"{esc(period)}; {len(rows)} outcomes; database <code>{esc(store.where)}</code>.</p>",
-            "<p><a href='#totals'>Totals</a> · <a href='#flagged'>Abnormal and rescan</a> · "
-            "<a href='#cv'>Cross-validation</a> · <a href='#model'>Model</a></p>",
-            section_totals(rows), section_flagged(store, rows, cfg), section_cv(cfg), section_model(store, cfg)]
-    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>inspector report</title>"
-            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    return str(render_template(
+        "page.html", generated=now.strftime("%Y-%m-%d %H:%M"),
+        period=f"{show(since, 'the first image')} to {show(until, 'now')}", outcomes=len(rows), database=store.where,
+        sections=[section_totals(rows), section_flagged(store, rows, cfg), section_cv(cfg), section_model(store, cfg)]))
