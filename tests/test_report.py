@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import csv
+import html
 import io
 import json
 import os
 import re
 from datetime import datetime, timedelta, timezone
+from html.parser import HTMLParser
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -25,7 +28,7 @@ from inspector.errors import InspectorError
 from inspector.imaging import file_sha256
 from inspector.export import export_report
 from inspector.report import bundle_of, collect_outcomes, read_model_header
-from inspector.schema import images, reviews
+from inspector.schema import images, models, reviews
 from inspector.store import open_store
 from tests.store_rows import record_rejection, record_verdict
 
@@ -276,3 +279,73 @@ def test_html_lists_each_flagged_verdicts_boxes_beside_its_heat_map(station):
     assert "boxes: [3, 4, 20, 30] [30, 50, 40, 90]" in heat_cell and "map peak at x=12, y=40" in heat_cell
     assert "no region above the normal threshold" in rows["script&gt;.tif"].split("<td")[-1]
     assert "boxes:" not in rows["gone.tif"] and "normal threshold" not in rows["gone.tif"]  # no normal model: no note
+
+
+HOSTILE = ("<script>alert(1)</script>", '"><img src=x onerror=alert(1)>', "'><svg onload=alert(1)>")
+
+
+class PageTags(HTMLParser):
+    """Every tag the browser would build from the page, with its attributes."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def test_html_escapes_hostile_text_in_every_field(station):
+    """File and folder (bundle) names, the reviewer, the anomalies, the quality gate's reason, the model's path and
+    metadata and the cv JSON's fields all show as text: none becomes a tag or an attribute."""
+    tmp_path, cfg, shas, files = station
+    folder, name = HOSTILE[2], HOSTILE[1] + ".tif"
+    hostile = write_tiff(tmp_path / "capture" / folder / name, 4)
+    sha = file_sha256(hostile)
+    cv = write_cv_result(cfg.state.dir, tmp_path)
+    cv.update(created=HOSTILE[0], dataset=dict(cv["dataset"], root=HOSTILE[1]))
+    cv["methods"]["global"]["folds"][0]["bundle"] = HOSTILE[2]
+    (newest,) = (Path(cfg.state.dir) / "cv").glob("*.json")
+    newest.write_text(json.dumps(cv))
+    with open_store(cfg.database.url) as store:
+        record_verdict(store, str(hostile), sha, 10, 1, MODEL, None, "rescan", HOSTILE[0], 0.5, "global")
+        with store.write() as conn:
+            conn.execute(sa.insert(reviews).values(sha256=sha, label="abnormal", anomalies=HOSTILE[1],
+                                                   reviewer=HOSTILE[0], note=HOSTILE[2], model_verdict="rescan",
+                                                   model_sha256=MODEL, created_at=datetime.now(timezone.utc)))
+            meta = dict(META, threshold_source=HOSTILE[1], created_at=HOSTILE[0])
+            conn.execute(sa.update(models).values(path=HOSTILE[2], meta_json=json.dumps(meta)))
+    result = run(tmp_path, "export", "--format", "html", "--out", "report.html")
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "report.html").read_text()
+    parser = PageTags()
+    parser.feed(page)
+    tags = {tag for tag, _ in parser.tags}
+    assert tags <= {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "a", "code", "table",
+                    "tr", "th", "td", "span", "br", "div", "img"}, tags
+    assert "script" not in tags and "svg" not in tags
+    for tag, attrs in parser.tags:
+        assert not any(key.startswith("on") for key in attrs), (tag, attrs)
+        if tag == "img":
+            assert attrs["src"].startswith("data:image/png;base64,") and attrs["class"] in (
+                "thumb", "heat", "roc", "confusion"), attrs
+    escaped = {text: html.escape(text, quote=False) for text in HOSTILE}  # <, > and & escaped; quotes may be too
+    shown = page.replace("&#39;", "'").replace("&#34;", '"')
+    row = next(r for r in shown.split("<tr>") if escaped[HOSTILE[1]] + ".tif" in r)
+    for text in HOSTILE:  # the reason, the reviewer, the anomalies; the path holds the folder and the file's name
+        assert escaped[text] in row, text
+    assert shown.count(escaped[HOSTILE[0]]) >= 4  # also the cv's date and the model's created_at
+    assert f"<td class='l'>{escaped[HOSTILE[2]]}</td>" in shown  # the cv's held-out bundle
+    assert f"</code> ({escaped[HOSTILE[2]]}).</p>" in shown  # the path the model was recorded with
+
+
+def test_the_report_templates_ship_in_the_wheel(repo_root):
+    """pyproject's package data names every template report_html loads, so an installed station finds them."""
+    from inspector.config import tomllib
+    from inspector.report_html import TEMPLATES
+
+    patterns = tomllib.loads((repo_root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    web = TEMPLATES.parent.parent
+    shipped = {path for pattern in patterns["inspector.web"] for path in web.glob(pattern)}
+    assert {path for path in TEMPLATES.iterdir()} <= shipped
+    assert (TEMPLATES / "page.html").is_file()
