@@ -12,8 +12,9 @@ import tifffile
 from click.testing import CliRunner
 
 from inspector.cli import cli
-from inspector.dataset import (ANOMALY_TYPES, Sample, anomaly_name, check_dataset, leave_one_bundle_out,
-                               load_dataset, mask_rel, normalize_anomaly)
+from inspector.dataset import (ANOMALY_TYPES, Sample, anomaly_name, leave_one_bundle_out, load_dataset, mask_rel,
+                               normalize_anomaly)
+from inspector.datasetcheck import check_dataset
 from inspector.errors import DatasetError
 from inspector.localize import write_mask
 

@@ -208,7 +208,7 @@ def test_export_subfolder_rule_round_trip(station, store, tmp_path):
 
 
 def test_review_with_a_new_anomaly_type_is_recorded_and_exported(station, store, tmp_path):
-    from inspector.dataset import check_dataset
+    from inspector.datasetcheck import check_dataset
 
     rec = record_review(store, station.sha["e1"], "abnormal", ["Edge Burr", "scratches"], reviewer="alice")
     assert rec.anomalies == ("edge_burr", "scratch")

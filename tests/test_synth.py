@@ -14,7 +14,8 @@ import tifffile
 from click.testing import CliRunner
 
 from inspector.cli import cli
-from inspector.dataset import ANOMALY_TYPES, check_dataset, load_dataset
+from inspector.dataset import ANOMALY_TYPES, load_dataset
+from inspector.datasetcheck import check_dataset
 from inspector.errors import DatasetError
 from inspector.localize import read_mask
 from inspector.synth import (draw_character, draw_shape, summarize, synth_electrode, synth_image,

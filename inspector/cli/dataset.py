@@ -63,7 +63,7 @@ def check_command(cfg: Config, root: str, as_json: bool) -> None:
     Exit status 0 when it is ready for training, 1 when problems are listed. Anomaly types
     outside the paper's eleven are a note (with how many samples carry each), not a problem.
     """
-    from inspector.dataset import check_dataset
+    from inspector.datasetcheck import check_dataset
 
     report = check_dataset(root, max_height=cfg.imaging.max_height, max_width=cfg.imaging.max_width)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format_text())
