@@ -122,7 +122,7 @@ def test_status_counts_thousands_of_waiting_files_in_a_few_queries(config, tmp_p
     import sqlalchemy as sa
 
     from inspector.overview import count_waiting
-    from inspector.config import load_config
+    from inspector.configfile import load_config
 
     capture = tmp_path / "capture"
     capture.mkdir(exist_ok=True)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from inspector.config import Config, load_config, parse_input_size
+from inspector.config import Config, parse_input_size
+from inspector.configfile import load_config
 from inspector.errors import ConfigError
 
 

@@ -29,7 +29,7 @@ from daemon_helpers import (db_count, db_rows, in_process, make_model, running, 
 from image_files import (BAD_KINDS, DICOM_FIELD_MUTATIONS, make_bad_file, sample_image16,
                          write_dicom_mutated, write_tiff16)
 from inspector.cli import cli
-from inspector.config import load_config
+from inspector.configfile import load_config
 from inspector.daemon import off_main_thread
 from inspector.mover import unique_destination
 from tests.store_rows import record_rejection, record_verdict

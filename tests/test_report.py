@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 from cli_errors import error_of
 from inspector.cli import cli
-from inspector.config import load_config
+from inspector.configfile import load_config
 from inspector.errors import InspectorError
 from inspector.imaging import file_sha256
 from inspector.export import export_report

@@ -178,7 +178,7 @@ def test_a_line_defect_through_the_real_daemon_is_mapped_on_the_line(tmp_path, r
     import numpy as np
 
     from browser import Served
-    from inspector.config import load_config
+    from inspector.configfile import load_config
     from inspector.localize import dilate
     from inspector.synth import draw_character, draw_shape, synth_image_with_mask, synthesize, write_tiff
     from web_station import add_users

@@ -13,7 +13,8 @@ import cv2
 import numpy as np
 import tifffile
 
-from inspector.config import Config, load_config
+from inspector.config import Config
+from inspector.configfile import load_config
 from inspector.convert import Window, convert_image
 from inspector.imaging import file_sha256
 from inspector.store import open_store

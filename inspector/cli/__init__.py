@@ -11,7 +11,8 @@ from typing import Callable
 import click
 
 from inspector import __version__
-from inspector.config import Config, load_config
+from inspector.config import Config
+from inspector.configfile import load_config
 from inspector.errors import InspectorError
 
 DEBUG_VAR = "INSPECTOR_DEBUG"
