@@ -7,23 +7,21 @@ natural key of the row it points at and becomes the target's id of that row. An 
 database's upsert (schema.insert_new) where the key is a unique constraint without a NULL in it;
 otherwise (reviews, retrains, rows of schema 1 without an inode) the key is looked up first. Each
 table's source rows, and the target's rows of the same keys, are hashed as they are copied: the two
-checksums say whether the target holds every source row as it is in the source.
+checksums (copycheck.py) say whether the target holds every source row as it is in the source.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from contextlib import ExitStack
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Row, make_url
 
+from inspector.copycheck import CopySummary, TableCopy, row_digest, row_text
 from inspector.errors import InspectorError, StoreError
 from inspector.paths import display_path
 from inspector.schema import (SCHEMA_VERSION, images, insert_ignoring_conflicts, models, rejections, retrains, reviews,
@@ -31,7 +29,6 @@ from inspector.schema import (SCHEMA_VERSION, images, insert_ignoring_conflicts,
 from inspector.store import Store, open_store, shown_url, sqlite_file
 
 CHUNK_ROWS = 1000  # source rows per target transaction
-EXAMPLES = 3  # differing keys named per table
 
 
 class CopyError(InspectorError):
@@ -99,121 +96,6 @@ PLANS = (
          Link("supersedes", reviews, ("sha256", "reviewer", "created_at", "label"))),
     Plan(retrains, ("started_at", "station"), False, "started_at"),
 )
-
-
-def _canon(value: Any) -> Any:
-    """A value as the same JSON on any database (bytes and times tagged, floats exact)."""
-    kind = type(value)
-    if kind is str or kind is int or value is None:
-        return value
-    if kind is bytes or kind is memoryview:
-        return ["b", bytes(value).hex()]
-    if isinstance(value, datetime):
-        return ["t", value.isoformat()]
-    if kind is float:
-        return ["f", repr(value)]
-    return value
-
-
-def _text(values: list[Any]) -> str:
-    return json.dumps([_canon(v) for v in values], separators=(",", ":"))
-
-
-def _digest(text: str) -> bytes:
-    return hashlib.sha256(text.encode()).digest()
-
-
-def _join(digests: set[bytes]) -> bytes:
-    return b"".join(sorted(digests))
-
-
-@dataclass
-class TableCopy:
-    """One table's counts and checksums. Per natural key (ordered by its sha256, the same order on any
-    database whatever its collation) the distinct row digests of the source, and of the target's rows of
-    that key; only the keys whose target rows differ are kept for the target side."""
-
-    name: str
-    source_rows: int = 0
-    new: int = 0
-    there: int = 0
-    no_station: int = 0
-    source: dict[bytes, bytes] = field(default_factory=dict, repr=False)
-    differs: dict[bytes, bytes] = field(default_factory=dict, repr=False)
-    examples: dict[bytes, str] = field(default_factory=dict, repr=False)
-
-    def add_source(self, key: bytes, row: bytes) -> None:
-        have = self.source.get(key, b"")
-        parts = {have[i:i + 32] for i in range(0, len(have), 32)}
-        if row not in parts:
-            self.source[key] = _join(parts | {row})
-
-    def compare(self, key: bytes, target_rows: set[bytes], describe: Callable[[], str]) -> None:
-        found = _join(target_rows)
-        if found == self.source[key]:
-            self.differs.pop(key, None)
-            self.examples.pop(key, None)
-        else:
-            self.differs[key] = found
-            if len(self.examples) < EXAMPLES:
-                self.examples[key] = describe()
-
-    def checksum(self, side: str) -> str:
-        out = hashlib.sha256()
-        for key in sorted(self.source):
-            rows = self.source[key] if side == "source" else self.differs.get(key, self.source[key])
-            out.update(key + len(rows).to_bytes(4, "big") + rows)
-        return out.hexdigest()
-
-    @property
-    def matches(self) -> bool:
-        return not self.differs
-
-
-@dataclass
-class CopySummary:
-    source: str
-    target: str
-    target_schema: str
-    station: str | None
-    tables: list[TableCopy] = field(default_factory=list)
-    plant_model: str | None = None  # set when the copy changed the target's promoted model
-
-    @property
-    def matches(self) -> bool:
-        return all(t.matches for t in self.tables)
-
-    def lines(self) -> list[str]:
-        """The per-table report `inspector db copy` prints."""
-        head = ["TABLE", "SOURCE ROWS", "NEW", "ALREADY THERE", "SOURCE SHA256", "TARGET SHA256", "MATCH"]
-        rows = [[t.name, str(t.source_rows), str(t.new), str(t.there), t.checksum("source")[:16],
-                 t.checksum("target")[:16], "yes" if t.matches else "NO"] for t in self.tables]
-        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-        out = [f"source  {self.source}", f"target  {self.target} (schema {self.target_schema})"]
-        out += ["  ".join(c.rjust(w) if 0 < i < 4 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-                for r in [head, *rows]]
-        unnamed = sum(t.no_station for t in self.tables)
-        if unnamed and self.station:
-            out.append(f"{unnamed} row(s) without a station (recorded before schema 3) are station {self.station} "
-                       "in the target")
-        elif unnamed:
-            out.append(f"{unnamed} row(s) have no station (recorded before schema 3) and were copied without one: "
-                       "give --station NAME to name them (the same name on every run)")
-        if self.plant_model:
-            out.append(f"note: the target's promoted model is now {self.plant_model}, copied from the source: "
-                       "its daemons load it once their model.path holds that file")
-        copied, there = sum(t.new for t in self.tables), sum(t.there for t in self.tables)
-        if self.matches:
-            out.append(f"every table matches: {copied} row(s) copied, {there} already there")
-        return out
-
-    def mismatch(self) -> str:
-        """The one-line error when some table does not match."""
-        parts = [f"{t.name} ({len(t.differs)} row(s)" + (f", e.g. {'; '.join(t.examples.values())})" if t.examples
-                                                          else ")") for t in self.tables if not t.matches]
-        return (f"the target does not hold every source row as it is in the source: {', '.join(parts)}; a row of "
-                "the same natural key is there with other values (recorded by another station, or changed in the "
-                "target since); the other rows were copied")
 
 
 def _where(url: str) -> str:
@@ -315,7 +197,7 @@ def _copy_table(plan: Plan, src: Connection, target: Store, station: str | None,
 
 def _target_rows(conn: Connection, plan: Plan, contents: list[dict]) -> list[Row]:
     """The target's rows that may share a key with these (one IN on the plan's narrow column)."""
-    values = list({_text([c[plan.narrow]]): c[plan.narrow] for c in contents}.values())
+    values = list({row_text([c[plan.narrow]]): c[plan.narrow] for c in contents}.values())
     return conn.execute(plan.select().where(plan.table.c[plan.narrow].in_(values))).all()
 
 
@@ -327,7 +209,7 @@ def _resolve(conn: Connection, link: Link, contents: list[dict]) -> dict[str, in
     table = link.table
     found = conn.execute(sa.select(table.c.id, *(table.c[k] for k in link.key))
                          .where(table.c[link.key[0]].in_(wanted)).order_by(table.c.id.desc()))
-    return {_text(list(r[1:])): r.id for r in found}
+    return {row_text(list(r[1:])): r.id for r in found}
 
 
 def _describe(plan: Plan, content: dict) -> str:
@@ -355,7 +237,7 @@ def _copy_chunk(plan: Plan, rows: list[Row], conn: Connection, station: str | No
     name_them = station is not None and "station" not in plan.unchecked
     contents = [{k: v for k, v in row._mapping.items() if k != "_pk"} for row in rows]
     looked_up = not plan.unique or any(c[k] is None for c in contents for k in plan.key)
-    index = {_text([r._mapping[k] for k in plan.key]): r._pk
+    index = {row_text([r._mapping[k] for k in plan.key]): r._pk
              for r in (_target_rows(conn, plan, contents) if looked_up else [])}
     ids = _resolve(conn, link, contents) if link else {}
     upserts: list[tuple[str, dict, dict | None]] = []  # key, values, the row as recorded if it is to be named
@@ -369,11 +251,11 @@ def _copy_chunk(plan: Plan, rows: list[Row], conn: Connection, station: str | No
                 content["station"] = station
         values = {c: content[c] for c in columns}
         if link:
-            values[link.column] = ids.get(_text([content[label] for label in link.labels()]))
-        key = _text([content[k] for k in plan.key])
+            values[link.column] = ids.get(row_text([content[label] for label in link.labels()]))
+        key = row_text([content[k] for k in plan.key])
         keys.append(key)
         unnamed = recorded if recorded is not None and name_them else None
-        found = index.get(key) if key in index or unnamed is None else index.get(_text([recorded[k] for k in plan.key]))
+        found = index.get(key) if key in index or unnamed is None else index.get(row_text([recorded[k] for k in plan.key]))
         if plan.unique and all(content[k] is not None for k in plan.key):
             upserts.append((key, values, unnamed))
         elif found is not None or key in inserts:
@@ -389,7 +271,7 @@ def _copy_chunk(plan: Plan, rows: list[Row], conn: Connection, station: str | No
         conn.execute(sa.insert(table), list(inserts.values()))
         done.new += len(inserts)
     if upserts:
-        went_in = {_text(list(r)) for r in conn.execute(_upsert(conn, table, plan.key), [v for _, v, _ in upserts])}
+        went_in = {row_text(list(r)) for r in conn.execute(_upsert(conn, table, plan.key), [v for _, v, _ in upserts])}
         done.new += len(went_in)
         done.there += len(upserts) - len(went_in)
         for key, _, recorded in upserts:
@@ -398,10 +280,10 @@ def _copy_chunk(plan: Plan, rows: list[Row], conn: Connection, station: str | No
                                                     table.c.station.is_(None)).values(station=station))
     found_rows: dict[str, set[bytes]] = {}
     for r in _target_rows(conn, plan, contents):
-        found_rows.setdefault(_text([r._mapping[k] for k in plan.key]), set()).add(
-            _digest(_text([r._mapping[c] for c in checked])))
-    digests = [_digest(key) for key in keys]
+        found_rows.setdefault(row_text([r._mapping[k] for k in plan.key]), set()).add(
+            row_digest(row_text([r._mapping[c] for c in checked])))
+    digests = [row_digest(key) for key in keys]
     for digest, content in zip(digests, contents):
-        done.add_source(digest, _digest(_text([content[c] for c in checked])))
+        done.add_source(digest, row_digest(row_text([content[c] for c in checked])))
     for key, digest, content in zip(keys, digests, contents):
         done.compare(digest, found_rows.get(key, set()), lambda: _describe(plan, content))
