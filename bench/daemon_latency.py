@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,8 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))  # the repository root: tests.harness
 from convert_read import Figure, describe_machine, format_table  # noqa: E402
+from tests.harness import DaemonProcess  # noqa: E402
 
 LATENCY_TARGET = 1.15
 THROUGHPUT_TARGET = 0.9
@@ -81,11 +81,6 @@ def stage(folder: Path, images: list[np.ndarray], prefix: str) -> list[Path]:
     return paths
 
 
-def drop(path: Path, capture: Path) -> None:
-    """A rename into the capture folder, as a careful scanner finishes a file."""
-    os.rename(path, capture / path.name)
-
-
 def last_commit_epoch(db: Path) -> float:
     """Wall-clock time (epoch seconds) of the newest verdict, from the daemon's own created_at (UTC)."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
@@ -96,14 +91,16 @@ def last_commit_epoch(db: Path) -> float:
     return datetime.fromisoformat(newest).replace(tzinfo=timezone.utc).timestamp()
 
 
-class Station:
-    """`inspector watch` as a subprocess in its own folder, READY awaited on a real notify socket."""
+class Station(DaemonProcess):
+    """`inspector watch` in its own folder on SQLite (tests/harness.py), READY awaited on a real notify socket.
+
+    The notify socket is read by the caller: the bench's waits sleep in recv() instead of polling the
+    database, for on a 2-core machine a poller waking every few milliseconds takes CPU from the daemon's
+    two torch threads and would be charged to the daemon."""
 
     def __init__(self, folder: Path, model: Path, threads: int, workers: int = 0, device: str = "cpu",
                  batch_size: int = BATCH_SIZE):
-        self.folder = folder
-        self.capture = folder / "capture"
-        self.capture.mkdir(parents=True)
+        (folder / "capture").mkdir(parents=True)
         self.db = folder / "inspector.db"
         config = folder / "config.toml"
         config.write_text(
@@ -111,56 +108,16 @@ class Station:
             f'[model]\npath = "{model}"\ndevice = "{device}"\n[infer]\nbatch_size = {batch_size}\nthreads = {threads}\n'
             f'workers = {workers}\n'
             f'[database]\nurl = "sqlite:///inspector.db"\n[state]\ndir = "var"\n[log]\nlevel = "WARNING"\n')
-        sock_path = Path(tempfile.gettempdir()) / f"inspector-bench-{os.getpid()}-{time.monotonic_ns()}.sock"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(sock_path))
-        self.sock.settimeout(0.5)
-        self.sock_path = sock_path
-        env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), OMP_NUM_THREADS=str(threads))
-        self.log = open(folder / "daemon.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "inspector", "watch", "--config", str(config)],
-                                     cwd=folder, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def _wait_notify(self, done, timeout: float, what: str) -> None:
-        """Block on the notify socket until done(message) for a datagram; the daemon's death is an error.
-
-        The harness sleeps in recv() instead of polling the database: on a 2-core machine a poller
-        waking every few milliseconds takes CPU from the daemon's two torch threads and would be
-        charged to the daemon."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.proc.returncode}: "
-                                   f"{(self.folder / 'daemon.log').read_text()[-2000:]}")
-            try:
-                if done(self.sock.recv(4096).decode(errors="replace")):
-                    return
-            except socket.timeout:
-                pass
-        raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+        super().__init__(folder, config, omp_threads=threads, listen=False, stop_seconds=30)
 
     def wait_ready(self, timeout: float = 120) -> None:
-        self._wait_notify(lambda message: "READY=1" in message, timeout, "READY=1")
-
-    def wait_scored(self, n: int, timeout: float) -> None:
-        """Until the daemon's STATUS says `scored n` or more."""
-        def done(message: str) -> bool:
-            return any(int(m) >= n for m in re.findall(r"scored (\d+)", message))
-
-        self._wait_notify(done, timeout, f"{n} verdicts")
+        super().wait_ready(timeout)
 
     def drop_one_at_a_time(self, paths: list[Path]) -> None:
         """Each file dropped as soon as the previous one has its verdict."""
         for i, path in enumerate(paths):
-            drop(path, self.capture)
+            self.drop(path)
             self.wait_scored(i + 1, 120)
-
-    def peak_rss_mb(self) -> float:
-        """VmHWM: the highest resident set size of the daemon process so far."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
 
     def ready_to_commit(self) -> list[float]:
         con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
@@ -189,17 +146,6 @@ class Station:
                 return len(found), max((p.stat().st_mtime for p in found), default=float("nan"))
             time.sleep(0.2)
 
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        self.sock.close()
-        self.sock_path.unlink(missing_ok=True)
 
 
 def bare_figures(detector, images: list[np.ndarray], repeats: int) -> tuple[float, float]:
@@ -304,7 +250,7 @@ def measure(input_size: tuple[int, int] = (512, 256), bursts: tuple[int, ...] = 
                 station.wait_ready()
                 start = time.time()
                 for path in paths:
-                    drop(path, station.capture)
+                    station.drop(path)
                 station.wait_scored(n, 60 + 5 * n)
                 rate = n / (last_commit_epoch(station.db) - start)  # first drop to the last commit
                 peak = station.peak_rss_mb()
@@ -391,7 +337,7 @@ def measure_heatmaps(root: Path, detector, window: tuple[int, int], input_size: 
         station.wait_ready()
         start = time.time()
         for path in paths:
-            drop(path, station.capture)
+            station.drop(path)
         station.wait_scored(burst, 60 + 5 * burst)
         last_commit = last_commit_epoch(station.db)
         found = station.abnormal_count()

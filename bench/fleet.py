@@ -40,8 +40,6 @@ import os
 import re
 import select
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,9 +52,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(ROOT))  # the repository root: tests.harness
 from convert_read import Figure, describe_machine, print_figures  # noqa: E402
-from daemon_latency import BATCH_SIZE, Station, make_images, stage, write_model  # noqa: E402
+from daemon_latency import BATCH_SIZE, make_images, stage, write_model  # noqa: E402
 from pipeline_ceiling import FREE_INPUT, cores  # noqa: E402
+from tests.harness import DaemonProcess  # noqa: E402
 
 FLEETS = (1, 2, 4)
 N_FILES = 1000
@@ -106,13 +106,13 @@ def skipped_note() -> str | None:
     return None
 
 
-class FleetStation(Station):
-    """daemon_latency.Station on a shared capture folder and a shared database, under its own station name."""
+class FleetStation(DaemonProcess):
+    """One daemon of a fleet (tests/harness.py): on a shared capture folder and a shared database, under its own
+    station name; its notify socket read by the bench (select() on every daemon's, no polling)."""
 
     def __init__(self, folder: Path, capture: Path, model: Path, url: str, name: str, threads: int, workers: int,
                  timing: Timing, queue_size: int):
-        # Station's own __init__ writes a config of one station on SQLite; only the config and the start differ
-        self.folder, self.capture, self.name = folder, capture, name
+        self.name = name
         folder.mkdir(parents=True)
         config = folder / "config.toml"
         config.write_text(
@@ -123,27 +123,21 @@ class FleetStation(Station):
             f'[station]\nname = "{name}"\nheartbeat_seconds = {timing.heartbeat_seconds}\n'
             f'claim_lease_seconds = {timing.claim_lease_seconds}\n'
             f'[database]\nurl = "{url}"\n[state]\ndir = "var"\n[log]\nlevel = "WARNING"\n')
-        self.sock_path = Path(tempfile.gettempdir()) / f"inspector-bench-{os.getpid()}-{time.monotonic_ns()}.sock"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(self.sock_path))
-        self.sock.settimeout(0.5)
-        env = dict(os.environ, NOTIFY_SOCKET=str(self.sock_path), OMP_NUM_THREADS=str(threads))
-        self.log = open(folder / "daemon.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "inspector", "watch", "--config", str(config)],
-                                     cwd=folder, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        super().__init__(folder, config, omp_threads=threads, listen=False, stop_seconds=30)
         self.done = 0  # scored + rejected, from the latest STATUS
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        super().wait_ready(timeout)
 
     def take_status(self) -> None:
         """Read every waiting notify datagram; keep the latest scored + rejected count."""
-        while select.select([self.sock], [], [], 0)[0]:
-            message = self.sock.recv(4096).decode(errors="replace")
+        for message in self.notify.drain():
             counts = re.search(r"scored (\d+), abnormal \d+, rejected (\d+)", message)
             if counts:
                 self.done = int(counts.group(1)) + int(counts.group(2))
 
     def tail(self) -> str:
-        self.log.flush()
-        return (self.folder / "daemon.log").read_text(errors="replace")[-1500:]
+        return self.log()[-1500:]
 
 
 def per_daemon(count: int) -> tuple[int, int]:
@@ -175,7 +169,7 @@ def close_fleet(fleet: list[FleetStation]) -> None:
     for station in fleet:
         station.close()
     for station in fleet:
-        text = (station.folder / "daemon.log").read_text(errors="replace")
+        text = station.log()
         found = [line for line in text.splitlines() if re.search(r"\b(WARNING|ERROR|CRITICAL)\b|^Traceback", line)]
         if found:
             progress(f"{station.name} logged {len(found)} warning/error line(s), the first: {found[0][:300]}")
@@ -192,9 +186,9 @@ def wait_done(fleet: list[FleetStation], n: int, timeout: float) -> None:
         for s in fleet:
             if s.proc.poll() is not None:
                 raise FleetError(f"daemon {s.name} exited with {s.proc.returncode}: {s.tail()}")
-        readable, _, _ = select.select([s.sock for s in fleet], [], [], 0.5)
+        readable, _, _ = select.select([s.notify for s in fleet], [], [], 0.5)
         for s in fleet:
-            if s.sock in readable:
+            if s.notify in readable:
                 s.take_status()
 
 

@@ -1,39 +1,24 @@
-"""Test helpers for the daemon: configs in tmp_path, tiny models, a real notify socket, the daemon as a
-real subprocess or an in-process thread, and bounded waits on database conditions (never fixed sleeps)."""
+"""Test helpers for the daemon: configs in tmp_path, tiny models and images, short reads of its database, and the
+daemon as an in-process thread. The daemon as a real subprocess, and bounded waits (never fixed sleeps), are
+tests/harness.py's."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 from urllib.parse import quote
 
+from harness import wait_for
 from image_files import sample_image16, write_tiff16
 
 ROOT = Path(__file__).resolve().parent.parent
 INPUT_SIZE = (64, 32)
 WINDOW = (1000, 4000)  # sample_image16 values lie in 1000-4000
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> object:
-    """Poll `condition` until it is truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def make_model(path: Path, seed: int = 0) -> str:
@@ -154,108 +139,6 @@ def _reader_engine(url: str):
         engine = sa.create_engine(parsed, poolclass=NullPool, connect_args={"connect_timeout": 10})
     _ENGINES[url] = engine
     return engine
-
-
-class NotifyListener:
-    """A real AF_UNIX datagram socket standing in for systemd's $NOTIFY_SOCKET, read on its own thread."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.1)
-        self.messages: list[str] = []
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._read, name="notify-listener", daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while not self._closed.is_set():
-            try:
-                self.messages.append(self.sock.recv(4096).decode())
-            except (socket.timeout, OSError):
-                continue
-
-    def wait_for(self, predicate: Callable[[str], bool], timeout: float, what: str) -> str:
-        return wait_for(lambda: next((m for m in list(self.messages) if predicate(m)), None), timeout, what)  # type: ignore[return-value]
-
-    def close(self) -> None:
-        self._closed.set()
-        self._thread.join(5)
-        self.sock.close()
-
-
-class DaemonProcess:
-    """`inspector watch` as a real subprocess with a real notify socket; stderr kept in a file."""
-
-    def __init__(self, tmp_path: Path, config: Path, extra_env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = (), prefix: tuple[str, ...] = ()):
-        self.tmp_path = tmp_path
-        sock_path = tmp_path / f"notify-{time.monotonic_ns()}.sock"
-        if len(os.fsencode(sock_path)) > 100:  # AF_UNIX paths are limited to 108 bytes
-            sock_path = Path(f"/tmp/inspector-{os.getpid()}-{time.monotonic_ns()}.sock")
-        self.notify = NotifyListener(sock_path)
-        self.log_path = tmp_path / f"daemon-{time.monotonic_ns()}.log"
-        env = dict(os.environ, NOTIFY_SOCKET=str(self.notify.path), OMP_NUM_THREADS="1", **(extra_env or {}))
-        env.pop("INSPECTOR_DEBUG", None)
-        self._log = open(self.log_path, "wb")
-        # faults are injected by the test-only runner; the service itself reads no fault settings
-        program = [str(Path(__file__).with_name("fault_runner.py"))] if "INSPECTOR_FAULT" in env else ["-m", "inspector"]
-        # prefix: a command the daemon runs under (`faketime +10m`: the station's clock ahead of the files')
-        # under a prefix the daemon is the prefix's child (faketime forks it): its own process group, so close()
-        # ends both and never leaves an orphaned daemon running on after the test
-        self.grouped = bool(prefix)
-        self.proc = subprocess.Popen([*prefix, sys.executable, *program, "watch", "--config", str(config), *args],
-                                     cwd=tmp_path, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=self.grouped)
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
-            return "READY=1" in self.notify.messages
-        wait_for(ready, timeout, "READY=1 from the daemon", interval=0.02)
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def wait_log(self, text: str, timeout: float = 30) -> None:
-        wait_for(lambda: text in self.log(), timeout, f"{text!r} in the daemon log")
-
-    def send(self, sig: signal.Signals) -> None:
-        self.proc.send_signal(sig)
-
-    def wait_exit(self, timeout: float = 30) -> int:
-        return self.proc.wait(timeout=timeout)
-
-    def close(self) -> None:
-        if self.grouped:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-        self._log.close()
-        self.notify.close()
-        self.notify.path.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def running(tmp_path: Path, config: Path, **kwargs) -> Iterator[DaemonProcess]:
-    daemon = DaemonProcess(tmp_path, config, **kwargs)
-    try:
-        daemon.wait_ready()
-        yield daemon
-    except BaseException:
-        if daemon.proc.poll() is None:  # show where each thread is (faulthandler on SIGUSR1)
-            daemon.send(signal.SIGUSR1)
-            with contextlib.suppress(AssertionError):
-                daemon.wait_log("most recent call first", timeout=5)
-        print(daemon.log())
-        raise
-    finally:
-        daemon.close()
 
 
 @contextlib.contextmanager

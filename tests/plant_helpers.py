@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import signal
 from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
 import sqlalchemy as sa
 
-from daemon_helpers import DaemonProcess, write_config
+from daemon_helpers import write_config
+from harness import DaemonProcess
 
 HEARTBEAT_SECONDS = 0.5
 LEASE_SECONDS = 3.0  # a killed daemon's claims are taken over this long after its last renewal
@@ -50,10 +50,7 @@ def plant(tmp_path: Path, configs: list[Path], envs: list[dict | None] | None = 
         yield daemons
     except BaseException:
         for config, daemon in zip(configs, daemons):
-            if daemon.proc.poll() is None:  # where each thread is (faulthandler on SIGUSR1)
-                daemon.send(signal.SIGUSR1)
-                with contextlib.suppress(AssertionError):
-                    daemon.wait_log("most recent call first", timeout=5)
+            daemon.dump_threads()
             print(f"==== {config.parent.name} (exit {daemon.proc.poll()}) ====\n{daemon.log()[-15000:]}")
         raise
     finally:

@@ -24,8 +24,8 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from cli_errors import error_of
-from daemon_helpers import (db_count, db_rows, in_process, make_model, running, wait_for,
-                            write_config, write_image)
+from daemon_helpers import db_count, db_rows, in_process, make_model, write_config, write_image
+from harness import running, wait_for
 from image_files import (BAD_KINDS, DICOM_FIELD_MUTATIONS, make_bad_file, sample_image16,
                          write_dicom_mutated, write_tiff16)
 from inspector.cli import cli

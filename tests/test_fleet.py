@@ -165,7 +165,8 @@ def test_the_promoted_model_is_the_latest_promotion(stations):
 def test_a_running_daemon_reloads_the_model_a_retrain_promoted_on_another_station(tmp_path, database_url):
     """A promotion recorded in the database (by `inspector retrain` on any host) reaches every daemon: at its
     next heartbeat it reloads model.path once the file there has changed, and shows it in its heartbeat."""
-    from daemon_helpers import make_model, running, wait_for, write_config
+    from daemon_helpers import make_model, write_config
+    from harness import running, wait_for
 
     old = make_model(tmp_path / "models" / "detector.safetensors", seed=0)
     config = write_config(tmp_path, database_url=database_url)

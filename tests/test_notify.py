@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon_helpers import wait_for
+from harness import wait_for
 from inspector.errors import InspectorError
 from inspector.notify import log_to_stderr, notify, pid_file, watchdog_interval_seconds, write_pid_file
 

@@ -18,7 +18,8 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from daemon_helpers import DaemonProcess, wait_for, write_image
+from daemon_helpers import write_image
+from harness import DaemonProcess, wait_for
 from image_files import BAD_KINDS, make_bad_file
 from inspector.cli import cli
 from plant_helpers import HEARTBEAT_SECONDS, Database, plant, plant_config, sha_of

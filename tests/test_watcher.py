@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from daemon_helpers import wait_for
+from harness import wait_for
 from inspector.paths import display_path
 from inspector.watcher import (EventHandler, Scanner, Tracker, build_observer, in_skipped_dir,
                                is_candidate_name, iter_capture_files, stat_candidate)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon_helpers import running, wait_for, write_config, write_image
+from daemon_helpers import write_config, write_image
+from harness import running, wait_for
 from soak import scaled
 from test_writers import outcomes_of
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from daemon_helpers import DaemonProcess, db_count, wait_for, write_config, write_image
+from daemon_helpers import db_count, write_config, write_image
+from harness import DaemonProcess, wait_for
 from inspector.cli import cli
 
 IMAGES = "SELECT COUNT(*) FROM images"

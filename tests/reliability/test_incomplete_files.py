@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon_helpers import running, wait_for, write_config
+from daemon_helpers import write_config
+from harness import running, wait_for
 from image_files import sample_image16
 from inspector.imaging import read_image
 from soak import scaled

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon_helpers import DaemonProcess, db_count, db_rows, wait_for, write_config, write_image
+from daemon_helpers import db_count, db_rows, write_config, write_image
+from harness import DaemonProcess, wait_for
 from image_files import make_bad_file
 from soak import scaled
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon_helpers import DaemonProcess, db_count, wait_for, write_config
+from daemon_helpers import db_count, write_config
+from harness import DaemonProcess, wait_for
 from image_files import sample_image16, write_tiff16
 from soak import scaled
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon_helpers import wait_for, write_image
+from daemon_helpers import write_image
+from harness import wait_for
 from plant_helpers import Database, plant, plant_config, sha_of
 from soak import SOAK, scaled
 

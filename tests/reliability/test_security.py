@@ -263,7 +263,8 @@ def beside(tmp_path: Path) -> set[str]:
 
 @pytest.mark.slow
 def test_daemon_writes_only_under_its_folders_and_never_follows_links_or_opens_fifos(tmp_path, model_bytes):
-    from daemon_helpers import DaemonProcess, db_count, db_rows, wait_for
+    from daemon_helpers import db_count, db_rows
+    from harness import DaemonProcess, wait_for
     from image_files import make_bad_file
 
     station, run = tmp_path / "station", tmp_path / "run"

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon_helpers import db_rows, running, wait_for, write_config
+from daemon_helpers import db_rows, write_config
+from harness import running, wait_for
 from image_files import sample_image16, write_tiff16
 
 SETTLE = 1.0
