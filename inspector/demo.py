@@ -9,12 +9,17 @@ import secrets
 import shlex
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from inspector.errors import InspectorError
+
+if TYPE_CHECKING:
+    from inspector.store import Store
 
 OUT = Path(os.environ.get("INSPECTOR_DEMO_DIR", "demo-run")).resolve()
 EXE = [sys.executable, "-m", "inspector"]
@@ -132,15 +137,18 @@ def is_abnormal(i: int) -> bool:
     return i % 3 == 0
 
 
+def _open(db: Path) -> Store:
+    """The demo's database, read-only, asked through the store like every other reader."""
+    from inspector.store import open_store
+
+    return open_store(f"sqlite:///{db}", readonly=True)
+
+
 def tally(db: Path, model_prefix: str | None = None) -> tuple[int, int, int, int]:
     """What the daemon decided about the scans the demo made (or the model with this sha256 prefix, by
     `inspector rescore`): (abnormal flagged, abnormal, normal passed, normal)."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-        if model_prefix is None:
-            rows = con.execute("SELECT i.path, v.verdict FROM images i JOIN verdicts v ON v.id = i.verdict_id").fetchall()
-        else:
-            rows = con.execute("SELECT i.path, v.verdict FROM images i JOIN verdicts v ON v.sha256 = i.sha256 "
-                               "WHERE v.model_sha256 LIKE ?", (model_prefix + "%",)).fetchall()
+    with _open(db) as store:
+        rows = [(r["path"], r["verdict"]) for r in store.query_verdicts(model=model_prefix)]
     flagged = {Path(path).name: verdict for path, verdict in rows}
     counts = [0, 0, 0, 0]
     for i in range(DROPPED):
@@ -160,9 +168,9 @@ def wait_for_outcomes(db: Path, expected: int, timeout: float = 180.0) -> int:
     while time.monotonic() < deadline:
         if db.exists():
             try:
-                with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-                    count = con.execute("SELECT (SELECT COUNT(*) FROM images) + (SELECT COUNT(*) FROM rejections)").fetchone()[0]
-            except sqlite3.OperationalError:
+                with _open(db) as store:
+                    count = store.count_verdicts() + store.count_rejections()
+            except InspectorError:  # not created yet, or the daemon is creating its tables
                 count = 0
             if count >= expected:
                 return count
@@ -318,9 +326,9 @@ def healthz(url: str) -> str:
 
 def flagged_truth(db: Path) -> list[tuple[str, bool]]:
     """(sha256, truly abnormal) of every scan the demo made that the daemon flagged, oldest first."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-        rows = con.execute("SELECT v.sha256, i.path FROM verdicts v JOIN images i ON i.verdict_id = v.id "
-                           "WHERE v.verdict IN ('abnormal', 'rescan') ORDER BY v.created_at").fetchall()
+    with _open(db) as store:
+        flagged = [r for r in store.query_verdicts() if r["verdict"] in ("abnormal", "rescan")]
+    rows = [(r["sha256"], r["path"]) for r in sorted(flagged, key=lambda r: (r["verdict_time"], r["id"]))]
     out = []
     for sha, path in rows:
         match = re.search(r"-electrode-(\d{3})", Path(path).name)

@@ -14,9 +14,10 @@ from inspector.config import Config
 from inspector.errors import InspectorError
 from inspector.report import FORMATS, collect_outcomes, iso_time, render_csv, render_json, write_report
 from inspector.report_html import render_html
+from inspector.store import Store
 
 
-def render_report(store, cfg: Config, fmt: str, since: datetime | None = None, until: datetime | None = None,
+def render_report(store: Store, cfg: Config, fmt: str, since: datetime | None = None, until: datetime | None = None,
                   station: str | None = None) -> tuple[str, int]:
     """The export in `fmt` as text, and how many outcomes it holds (`inspector export`, the web's reports)."""
     if fmt not in FORMATS:
@@ -31,7 +32,7 @@ def render_report(store, cfg: Config, fmt: str, since: datetime | None = None, u
     return render_html(store, cfg, rows, since, until), len(rows)
 
 
-def export_report(store, cfg: Config, fmt: str, out: str | os.PathLike, since: datetime | None = None,
+def export_report(store: Store, cfg: Config, fmt: str, out: str | os.PathLike, since: datetime | None = None,
                   until: datetime | None = None, station: str | None = None) -> tuple[Path, int]:
     """Write the export in `fmt`; returns the file and how many outcomes it holds."""
     text, count = render_report(store, cfg, fmt, since, until, station)

@@ -13,13 +13,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import sqlalchemy as sa
-
 from inspector.dataset import LABELS_FILE, write_labels
 from inspector.durable import atomic_target
 from inspector.imaging import file_sha256
-from inspector.review import ReviewError, latest_reviews
-from inspector.schema import images
+from inspector.reviews_db import ReviewError
 from inspector.store import Store
 
 UNMATCHED_BUNDLE = "unmatched"
@@ -93,15 +90,14 @@ def _safe_name(text: str) -> str:
     return "_" if set(safe) == {"."} else safe
 
 
-def _find_source(conn, sha256: str) -> tuple[dict | None, str | None, list[str]]:
+def _find_source(store: Store, sha256: str) -> tuple[dict | None, str | None, list[str]]:
     """The first recorded file of this content that still holds it: moved_to first, then the original path."""
     from inspector.queries import moved_place
 
-    rows = conn.execute(sa.select(images.c.path, images.c.path_raw, images.c.moved_to, images.c.moved_to_raw)
-                        .where(images.c.sha256 == sha256).order_by(images.c.id)).all()
+    rows = store.content_history(sha256)["files"]
     problems: list[str] = []
     for row in rows:
-        for candidate, shown in ((moved_place(row._mapping), row.moved_to), (row.path_raw, row.path)):
+        for candidate, shown in ((moved_place(row), row["moved_to"]), (row["path_raw"], row["path"])):
             if not candidate:
                 continue
             if not os.path.isfile(candidate):
@@ -109,8 +105,8 @@ def _find_source(conn, sha256: str) -> tuple[dict | None, str | None, list[str]]
             elif file_sha256(candidate) != sha256:
                 problems.append(f"{shown} holds other content now")
             else:
-                return dict(row._mapping), os.fsdecode(candidate), problems
-    return (dict(rows[0]._mapping) if rows else None), None, problems or ["no image file was recorded"]
+                return row, os.fsdecode(candidate), problems
+    return (rows[0] if rows else None), None, problems or ["no image file was recorded"]
 
 
 def _place(src: str, dest: Path, sha256: str) -> str:
@@ -151,10 +147,9 @@ def export_labels(store: Store, out: str | os.PathLike, bundle_rule: str,
         raise ReviewError(f"cannot create {out}: {exc.strerror}") from exc
     summary = ExportSummary(out=out, labels_csv=labels_csv)
     capture_root = os.path.abspath(capture_dir)
-    for review in latest_reviews(store):
+    for review in store.reviews.latest():
         sha = review["sha256"]
-        with store.read() as conn:
-            image, source, problems = _find_source(conn, sha)
+        image, source, problems = _find_source(store, sha)
         if source is None or image is None:
             summary.skipped.append(SkippedImage(sha, image["path"] if image else None, "; ".join(problems)))
             continue

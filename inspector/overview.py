@@ -10,6 +10,7 @@ from datetime import datetime
 
 from inspector.config import Config
 from inspector.paths import display_path
+from inspector.store import Store
 from inspector.times import today_start_utc
 
 
@@ -37,18 +38,16 @@ class Overview:
         return today.get("abnormal", 0) / total if total else None
 
 
-def station_overview(cfg: Config, store, station: str | None = None) -> Overview:
+def station_overview(cfg: Config, store: Store, station: str | None = None) -> Overview:
     """Everything `inspector status` shows, read from the store (and the capture folder, when this host has it)."""
-    from inspector.review import count_pending
-
     counts = store.status_counts(today_start_utc(), station)
     beats, now = store.station_rows()
     stations = [s for s in station_states(beats, now, counts) if station is None or s["name"] == station]
     return Overview(counts, stations, store.promoted_model(), count_waiting(cfg, store), degraded_folders(cfg),
-                    station, store.where, count_pending(store, station))
+                    station, store.where, store.reviews.count_pending(station))
 
 
-def count_waiting(cfg: Config, store) -> int | None:
+def count_waiting(cfg: Config, store: Store) -> int | None:
     """Files in the capture folder with no outcome yet; None when the folder does not exist.
 
     One query per few hundred files (a folder of thousands waiting answers in well under a second).

@@ -1,4 +1,5 @@
-"""The readers of the verdict database: verdicts, rejections and the station's counts (a mixin of Store)."""
+"""The readers of the verdict database: verdicts, rejections and the station's counts (a mixin of Store;
+the counting itself is counts.py's)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from inspector import counts
 from inspector.errors import StoreError
 from inspector.schema import VERDICTS, WITHDRAWN, images, models, rejections, reviews, verdicts
 
@@ -247,45 +249,18 @@ class Queries:
             return int(conn.execute(query).scalar_one())
 
     def status_counts(self, today_start_utc: datetime, station: str | None = None) -> dict:
-        """Model in use, counts by verdict and by rejection reason (today and total), last verdict time, and
-        per station the files recorded today; `station`: only that station's files."""
-        # one count per electrode: a duplicate file (the same content again) is counted under duplicates only
-        joined = images.join(verdicts, sa.and_(images.c.verdict_id == verdicts.c.id, images.c.status != "duplicate"))
-        mine = (lambda table: table.c.station == station) if station is not None else (lambda table: sa.true())
+        """Model in use, counts by verdict (one per electrode: counts.count_electrodes) and by rejection reason
+        (today and total), last verdict time, and per station the files recorded today; `station`: only that
+        station's files."""
         with self.read() as conn:
-            last = conn.execute(sa.select(verdicts.c.model_sha256, images.c.first_seen).select_from(joined)
-                                .where(mine(images))
-                                .order_by(images.c.first_seen.desc(), images.c.id.desc()).limit(1)).first()
-            model = None
-            if last is not None:
-                found = conn.execute(sa.select(models).where(models.c.sha256 == last.model_sha256)).first()
-                model = dict(found._mapping) if found else {"sha256": last.model_sha256, "path": None,
-                                                            "meta_json": None, "first_used": None}
+            return counts.status_counts(conn, today_start_utc, station)
 
-            def by(column, table, time_column, since=None) -> dict[str, int]:
-                query = sa.select(column, sa.func.count()).select_from(table).where(mine(time_column.table))
-                query = query.group_by(column)
-                if since is not None:
-                    query = query.where(time_column >= since)
-                return {key: int(n) for key, n in conn.execute(query)}
+    def model_in_use(self, station: str | None = None) -> dict | None:
+        """The model of the newest capture verdict (counts.newest_verdict_model), None before any verdict."""
+        with self.read() as conn:
+            return counts.newest_verdict_model(conn, station)[0]
 
-            def count_duplicates(since=None) -> int:
-                query = sa.select(sa.func.count()).select_from(images).where(images.c.status == "duplicate",
-                                                                           mine(images))
-                if since is not None:
-                    query = query.where(images.c.first_seen >= since)
-                return int(conn.execute(query).scalar_one())
-
-            return {
-                "model": model,
-                "verdicts_today": by(verdicts.c.verdict, joined, images.c.first_seen, today_start_utc),
-                "verdicts_total": by(verdicts.c.verdict, joined, images.c.first_seen),
-                "duplicates_today": count_duplicates(today_start_utc),
-                "duplicates_total": count_duplicates(),
-                "rejections_today": by(rejections.c.reason, rejections, rejections.c.created_at, today_start_utc),
-                "rejections_total": by(rejections.c.reason, rejections, rejections.c.created_at),
-                "last_verdict_at": last.first_seen if last is not None else None,
-                "images_today_by_station": by(images.c.station, images, images.c.first_seen, today_start_utc),
-                "rejections_today_by_station": by(rejections.c.station, rejections, rejections.c.created_at,
-                                                  today_start_utc),
-            }
+    def model_metas(self) -> dict[str, str | None]:
+        """sha256 -> stored metadata (JSON text) of every model that scored."""
+        with self.read() as conn:
+            return {row.sha256: row.meta_json for row in conn.execute(sa.select(models.c.sha256, models.c.meta_json))}

@@ -10,17 +10,17 @@ import csv
 import io
 import json
 import os
-from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
-
-import sqlalchemy as sa
+from typing import Callable
 
 from inspector.artifact import inspector_metadata, read_head
 from inspector.config import Config
+from inspector.counts import count_electrodes
 from inspector.durable import write_atomic
 from inspector.errors import InspectorError
 from inspector.schema import WITHDRAWN
+from inspector.store import Store
 
 FORMATS = ("csv", "json", "html")
 OUTCOME_FIELDS = ["time", "kind", "outcome", "p_abnormal", "threshold", "reason", "path", "path_raw_hex",
@@ -40,7 +40,7 @@ def bundle_of(path: str, rule: str, capture_dir: str | os.PathLike) -> str:
     return bundle_for(path, parse_bundle_rule(rule), os.path.abspath(capture_dir)) or UNMATCHED_BUNDLE
 
 
-def collect_outcomes(store, cfg: Config, since: datetime | None = None,
+def collect_outcomes(store: Store, cfg: Config, since: datetime | None = None,
                      until: datetime | None = None, station: str | None = None) -> list[dict]:
     """Verdicts and rejections in [since, until), newest first, each with its review status and bundle (station:
     only what that station recorded)."""
@@ -121,21 +121,11 @@ def render_json(rows: list[dict], since: datetime | None, until: datetime | None
     return json.dumps(data, indent=1, ensure_ascii=False)
 
 
-def summarize(rows: list[dict], key) -> list[dict]:
-    """Counts per group and the pass rate: normal verdicts over every electrode (a rejected file did not pass).
-
-    One count per electrode: a duplicate file (content recorded before under another name) is counted under
-    `duplicates` only, as `inspector status` counts it, and is not in `total`."""
-    groups: dict[str, dict] = defaultdict(lambda: {"normal": 0, "abnormal": 0, "rescan": 0, "rejected": 0,
-                                                   "pending": 0, "duplicates": 0})
-    for r in rows:
-        groups[key(r)]["duplicates" if r["status"] == "duplicate" else r["outcome"]] += 1
-    out = []
-    for name in sorted(groups):
-        g = groups[name]
-        total = sum(g.values()) - g["duplicates"]
-        out.append({"group": name, "total": total, **g, "pass_rate": g["normal"] / total if total else None})
-    return out
+def summarize(rows: list[dict], key: Callable[[dict], str]) -> list[dict]:
+    """Counts per group and the pass rate, as `inspector status` counts (counts.count_electrodes: one count per
+    electrode, a duplicate file under `duplicates` only and not in `total`; a rejected file did not pass)."""
+    counted = count_electrodes((key(r), r["outcome"], r["status"] == "duplicate", 1) for r in rows)
+    return [{"group": name, **counted[name]} for name in sorted(counted)]
 
 
 def local_day(row: dict) -> str:
@@ -164,17 +154,10 @@ def read_model_header(path: str | os.PathLike) -> dict | None:
         return None
 
 
-def model_in_use(store, cfg: Config) -> dict:
-    """The model of the newest verdict (from the database) and the file at model.path now."""
-    from inspector.schema import models, verdicts
-
-    counts_model = None
-    with store.read() as conn:
-        last = conn.execute(sa.select(verdicts.c.model_sha256).order_by(verdicts.c.created_at.desc(),
-                                                                         verdicts.c.id.desc()).limit(1)).scalar()
-        if last:
-            found = conn.execute(sa.select(models).where(models.c.sha256 == last)).first()
-            counts_model = dict(found._mapping) if found else {"sha256": last, "path": None, "meta_json": None}
+def model_in_use(store: Store, cfg: Config) -> dict:
+    """The model of the newest verdict (from the database, as `inspector status` names it) and the file at
+    model.path now."""
+    counts_model = store.model_in_use()
     meta = None
     if counts_model and counts_model.get("meta_json"):
         try:
@@ -185,17 +168,14 @@ def model_in_use(store, cfg: Config) -> dict:
             "file_meta": read_model_header(cfg.model.path)}
 
 
-def model_conversions(store) -> dict[str, dict]:
+def model_conversions(store: Store) -> dict[str, dict]:
     """sha256 -> stored metadata of every model that scored, for thumbnails in its own conversion."""
-    from inspector.schema import models
-
     out = {}
-    with store.read() as conn:
-        for row in conn.execute(sa.select(models.c.sha256, models.c.meta_json)):
-            try:
-                out[row.sha256] = json.loads(row.meta_json)
-            except (TypeError, ValueError):
-                continue
+    for sha, meta_json in store.model_metas().items():
+        try:
+            out[sha] = json.loads(meta_json)
+        except (TypeError, ValueError):
+            continue
     return out
 
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from inspector.store import Store
 
 COMMIT_EVERY = 64  # rescored verdicts per transaction: an interrupted run loses at most this many
 
@@ -53,7 +56,7 @@ def read_recorded(entry: dict, max_height: int, max_width: int) -> np.ndarray:
     return read_image_bytes(data, place, max_height, max_width)
 
 
-def rescore(store: Any, detector: Any, since: datetime | None, until: datetime | None, max_height: int,
+def rescore(store: Store, detector: Any, since: datetime | None, until: datetime | None, max_height: int,
             max_width: int, workers: int, progress: Callable[[int], Any] | None = None) -> RescoreSummary:
     """Score every recorded content without a verdict of `detector`'s model; commit in batches."""
     from inspector.bulk import score_items

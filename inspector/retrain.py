@@ -14,33 +14,26 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
-import signal
-import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import sqlalchemy as sa
 
 from inspector import metrics
 from inspector.config import OPTIMIZERS, Config
-from inspector.durable import atomic_target
-from inspector.notify import PID_NAME, running_inspector
 from inspector.dataset import LABELS_FILE, Dataset, leave_one_bundle_out, load_dataset, write_labels
-from inspector.errors import ConfigError, InspectorError, ModelError
-from inspector.schema import retrains, utc_now
+from inspector.errors import ConfigError, InspectorError
 from inspector.fleet import LockBusy, plant_lock
-from inspector.store import open_configured
+from inspector.promote import MARKER, prune_work, reload_daemon, swap_in, work_to_keep
+from inspector.store import Store, open_configured
 
 if TYPE_CHECKING:
     import torch
 
 EXIT_PROMOTED, EXIT_NOT_PROMOTED, EXIT_FAILED = 0, 3, 4
 WORK_FOLDER = "retrain"
-MARKER = ".inspector-retrain"
 EPS = 1e-12
 
 
@@ -239,54 +232,6 @@ def cross_validate_both(cfg: Config, meta, old: Dataset, new: Dataset, methods: 
     return current, best, result_to_json(res)
 
 
-# ---- promotion ----------------------------------------------------------------------------------
-def place_atomically(src: Path, dest: Path) -> None:
-    """dest becomes a copy of src in one rename: hard link (src is never modified) else a fsynced copy."""
-    with atomic_target(dest, mode=None) as tmp:
-        tmp.unlink()
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-
-
-def previous_path(model_path: Path) -> Path:
-    return model_path.with_name(f"{model_path.name.split('.')[0]}.previous.safetensors")
-
-
-def swap_in(candidate: Path, model_path: Path) -> Path | None:
-    """Keep the current model as <name>.previous.safetensors, then rename the candidate onto model.path."""
-    kept = None
-    if model_path.is_file():
-        kept = previous_path(model_path)
-        place_atomically(model_path, kept)
-    place_atomically(candidate, model_path)
-    return kept
-
-
-def reload_daemon(state_dir: Path) -> str:
-    """SIGHUP to the daemon in the pid file, else `systemctl reload inspector`, else say none runs."""
-    pid = running_inspector(Path(state_dir) / PID_NAME)
-    if pid:
-        try:
-            os.kill(pid, signal.SIGHUP)
-            return f"asked the daemon (pid {pid}) to reload: SIGHUP sent"
-        except OSError as exc:
-            return f"could not signal the daemon (pid {pid}): {exc.strerror}; run `systemctl reload inspector`"
-    if shutil.which("systemctl"):
-        try:
-            active = subprocess.run(["systemctl", "is-active", "--quiet", "inspector"], capture_output=True,
-                                    timeout=30).returncode == 0
-            if active:
-                done = subprocess.run(["systemctl", "reload", "inspector"], capture_output=True, text=True, timeout=60)
-                if done.returncode == 0:
-                    return "asked the daemon to reload: systemctl reload inspector"
-                return f"`systemctl reload inspector` failed: {done.stderr.strip()}; reload it by hand"
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"could not ask systemd to reload inspector ({exc}); reload it by hand"
-    return "no inspector daemon is running; the next `inspector watch` loads the new model"
-
-
 def train_candidate(cfg: Config, new: Dataset, best: Score, current: Score | None, work: Path, out: Path,
                     device: torch.device) -> str:
     """fit on all data, then stamp the OOF threshold and the comparison into the artifact's metadata."""
@@ -307,29 +252,13 @@ def train_candidate(cfg: Config, new: Dataset, best: Score, current: Score | Non
     return sha
 
 
-def prune_work(root: Path, keep: set[Path]) -> None:
-    """Drop earlier retrain folders (image links and labels), except those a model still points at."""
-    keep = {p.resolve() for p in keep}
-    for folder in sorted(root.glob("20*")):
-        if (folder / MARKER).is_file() and folder.resolve() not in keep:
-            shutil.rmtree(folder, ignore_errors=True)
-
-
 # ---- the whole run --------------------------------------------------------------------------------
-def record_start(store) -> int:
-    with store.write() as conn:
-        return int(conn.execute(sa.insert(retrains).values(started_at=utc_now(), station=store.station)).inserted_primary_key[0])
-
-
-def record_end(store, retrain_id: int, result: RetrainResult, message: str) -> None:
+def record_end(store: Store, retrain_id: int, result: RetrainResult, message: str) -> None:
     def dump(score: Score | None) -> str | None:
         return json.dumps(score.to_dict(), default=float) if score else None
 
-    with store.write() as conn:
-        conn.execute(sa.update(retrains).where(retrains.c.id == retrain_id).values(
-            finished_at=utc_now(), decision=result.decision, current_score_json=dump(result.current),
-            candidate_score_json=dump(result.candidate),
-            candidate_path=str(result.candidate_path) if result.candidate_path else None, message=message))
+    store.retrains.finish(retrain_id, result.decision, message, dump(result.current), dump(result.candidate),
+                          str(result.candidate_path) if result.candidate_path else None)
 
 
 def unique_stamp(root: Path) -> str:
@@ -370,7 +299,7 @@ def retrain(cfg: Config, dry_run: bool = False, epochs: int | None = None,
         except LockBusy as exc:
             say(str(exc))
             return RetrainResult("skipped: another retrain is running", EXIT_NOT_PROMOTED, reasons=[str(exc)])
-        result.retrain_id = record_start(store)
+        result.retrain_id = store.retrains.start()
         out = model_path.with_name(f"{model_path.name.split('.')[0]}.{stamp}.safetensors")
         try:
             _compare_and_decide(cfg, store, work, out, dry_run, epochs, say, result)
@@ -448,18 +377,3 @@ def _decide(run_cfg: Config, new: Dataset, best: Score, current: Score | None, w
     if kept:
         say(f"  previous model kept as {kept}")
     result.decision, result.exit_code = "promoted", EXIT_PROMOTED
-
-
-def work_to_keep(work: Path, model_path: Path) -> set[Path]:
-    """This run's folder and the training sets the live and the kept model learned from."""
-    from inspector.model import read_meta
-
-    keep = {work}
-    for path in (model_path, previous_path(model_path)):
-        try:
-            recorded = ((read_meta(path).metrics or {}).get("retrain") or {}).get("dataset") if path.exists() else None
-        except ModelError:
-            recorded = None
-        if recorded:
-            keep.add(Path(recorded))
-    return keep

@@ -1,18 +1,13 @@
-"""The verdict database: one writer (the daemon) and short-lived readers (the CLI).
+"""The verdict database, the one place that speaks SQL: one writer (the daemon) and short-lived readers (the CLI).
 
 On SQLite: WAL, synchronous=FULL, busy_timeout, writer transactions begun IMMEDIATE, readers opened
-with mode=ro. The tables are schema.py's; the readers are queries.py's.
+with mode=ro. The tables are schema.py's; the transactions database.py's; the readers queries.py's; the rows of an
+outcome records.py's; the plant's claims, heartbeats and locks fleet.py's; the reviews reviews_db.py's (`store.reviews`)
+and the retrain runs retrains_db.py's (`store.retrains`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import errno
-import json
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator
 from urllib.parse import quote
 
 import sqlalchemy as sa
@@ -20,14 +15,21 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from inspector import __version__
+from inspector.database import Database, StoreFullError, sqlite_file
 from inspector.errors import StoreError
+from inspector.fleet import Fleet, holds_claim
 from inspector.paths import display_path
 from inspector.queries import Queries, moved_place
-from inspector.fleet import Fleet, holds_claim
-from inspector.schema import (SCHEMA_REVISIONS, SCHEMA_VERSION, VERDICTS, alembic_command, alembic_revision, db_now,
-                              images, insert_new, metadata, models, rejections, schema_info, to_path_raw, utc_now,
-                              verdicts)
+from inspector.records import (WRITERS, FileVersion, RejectionRecord, RescoreRecord, Verdict, VerdictRecord,
+                               region_fields)
+from inspector.retrains_db import Retrains
+from inspector.reviews_db import Reviews
+from inspector.schema import (SCHEMA_REVISIONS, SCHEMA_VERSION, alembic_command, alembic_revision, db_now, images,
+                              insert_new, metadata, models, rejections, schema_info, to_path_raw, utc_now, verdicts)
 
+# what the daemon, rescore and the tests build a batch of outcomes from, and open a database by
+__all__ = ["FileVersion", "RejectionRecord", "RescoreRecord", "Store", "StoreFullError", "Verdict", "VerdictRecord",
+           "open_configured", "open_store", "region_fields", "shown_url", "sqlite_file"]
 
 SCHEMA_LOCK_KEY = 0x696E7370  # "insp": the advisory lock of schema changes on PostgreSQL
 
@@ -45,101 +47,22 @@ def matches_or_unrecorded(column: sa.ColumnElement, value: object) -> sa.ColumnE
     return sa.or_(column.is_(None), column == value)
 
 
-class StoreFullError(StoreError):
-    """The disk (or database quota) is full: the daemon pauses and retries, files stay in place."""
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The file behind a sqlite URL, None for other databases and in-memory ones."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    return Path(parsed.database)
-
-
-def _is_full(exc: BaseException) -> bool:
-    orig = getattr(exc, "orig", exc)
-    if isinstance(orig, OSError) and orig.errno == errno.ENOSPC:
-        return True
-    if getattr(orig, "sqlstate", None) == "53100":  # PostgreSQL disk_full (psycopg 3's SQLSTATE)
-        return True
-    text = str(orig).lower()
-    return "database or disk is full" in text or "no space left" in text
-
-
-class Store(Queries, Fleet):
-    """A database handle; every write method is one short transaction, committed on return. Rows it writes carry
-    `station` (station.name; None for a store opened without one)."""
+class Store(Database, Queries, Fleet):
+    """The database handle every other module asks by name: the schema, the writers of outcomes, the readers
+    (Queries), the plant's claims and locks (Fleet), the reviews (`.reviews`) and the retrain runs (`.retrains`)."""
 
     def __init__(self, engine: Engine, url: str, readonly: bool, busy_timeout_seconds: float,
                  station: str | None = None):
-        self.station = station
-        self.engine = engine
-        self.url = url
-        self.readonly = readonly
-        self.busy_timeout_seconds = busy_timeout_seconds
+        super().__init__(engine, url, readonly, busy_timeout_seconds, station)
         self.schema_action = ""  # what open_store did to the schema: created, migrated or current
+        self.reviews = Reviews(self)
+        self.retrains = Retrains(self)
 
     def __enter__(self) -> "Store":
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    @property
-    def where(self) -> str:
-        path = sqlite_file(self.url)
-        return str(path) if path else make_url(self.url).render_as_string(hide_password=True)
-
-    @contextlib.contextmanager
-    def translate_errors(self) -> Iterator[None]:
-        """Database faults become StoreError (StoreFullError for a full disk) with what to do."""
-        try:
-            yield
-        except (StoreError, sa_exc.IntegrityError):
-            raise  # an IntegrityError is a race the caller resolves (an idempotent insert)
-        except (sa_exc.OperationalError, sa_exc.DatabaseError, OSError) as exc:
-            orig = getattr(exc, "orig", exc)
-            if _is_full(exc):
-                raise StoreFullError(f"database {self.where}: disk full ({orig}); free space, "
-                                     "the daemon retries and leaves the files in place") from exc
-            # One line: the server's message, detail and hint without psycopg's LINE/caret context; libpq's lines
-            # (a connection that failed) joined.
-            diag = getattr(orig, "diag", None)
-            parts = [getattr(diag, name, None) for name in ("message_primary", "message_detail", "message_hint")]
-            text = "; ".join(filter(None, parts)) if parts[0] else str(orig)
-            text = "; ".join(line.strip() for line in text.splitlines() if line.strip())
-            lock_timeout = getattr(orig, "sqlstate", None) == "55P03"  # PostgreSQL lock_not_available
-            if lock_timeout or "locked" in text.lower() or "busy" in text.lower():
-                raise StoreError(f"database {self.where} stayed locked for {self.busy_timeout_seconds:g} s "
-                                 "(database.busy_timeout_seconds): another process holds a long write "
-                                 "transaction; try again or stop it") from exc
-            if getattr(orig, "sqlstate", None) == "42501":  # PostgreSQL insufficient_privilege
-                raise StoreError(f"database {self.where}: {text}: the role in database.url lacks this privilege "
-                                 "(`inspector db upgrade` needs the owner role; docs/PLANT.md: Roles and GRANTs on a "
-                                 "plant database)") from exc
-            raise StoreError(f"database {self.where}: {text}") from exc
-
-    @contextlib.contextmanager
-    def write(self) -> Iterator[Connection]:
-        """One writer transaction (BEGIN IMMEDIATE on SQLite), committed on exit."""
-        if self.readonly:
-            raise StoreError(f"database {self.where} is open read-only; this command cannot write")
-        with self.translate_errors(), self.engine.begin() as conn:
-            yield conn
-
-    @contextlib.contextmanager
-    def read(self) -> Iterator[Connection]:
-        """One short read transaction: a consistent snapshot that takes no write lock (a plain BEGIN on
-        SQLite's WAL; REPEATABLE READ elsewhere, where READ COMMITTED would see commits mid-transaction)."""
-        snapshot = {} if self.engine.dialect.name == "sqlite" else {"isolation_level": "REPEATABLE READ"}
-        with self.translate_errors(), self.engine.connect() as conn:
-            conn = conn.execution_options(inspector_read=True, **snapshot)
-            with conn.begin():
-                yield conn
 
     # ---- schema -------------------------------------------------------------------------
     def schema_version(self) -> int | None:
@@ -243,7 +166,7 @@ class Store(Queries, Fleet):
                 verdicts.c.sha256 == sha256, verdicts.c.model_sha256 == model_sha256)).first()
         return dict(row._mapping) if row else None
 
-    def record_verdict(self, record: "VerdictRecord") -> str:
+    def record_verdict(self, record: VerdictRecord) -> str:
         """Record an image and its verdict in one transaction: 'new', 'duplicate' or 'exists'.
 
         'exists': this file version (path, content, mtime, inode) is already recorded; its ctime is
@@ -253,12 +176,12 @@ class Store(Queries, Fleet):
         (result,) = self.record_outcomes([record])
         return result
 
-    def record_rejection(self, record: "RejectionRecord") -> str:
+    def record_rejection(self, record: RejectionRecord) -> str:
         """Record why a file was not scored; idempotent per file version ('new' or 'exists')."""
         (result,) = self.record_outcomes([record])
         return result
 
-    def record_outcomes(self, records: "list[VerdictRecord | RejectionRecord | RescoreRecord]",
+    def record_outcomes(self, records: list[VerdictRecord | RejectionRecord | RescoreRecord],
                         run_id: str | None = None) -> list[str]:
         """Verdicts and rejections of a batch of files (or rescored verdicts) in ONE transaction: all are
         committed, or none. Each row is the database's own upsert (INSERT ... ON CONFLICT DO NOTHING): a row
@@ -274,7 +197,7 @@ class Store(Queries, Fleet):
                 if run_id is not None and hasattr(record, "file") and not holds_claim(conn, record.file, run_id):
                     results.append("lost")
                     continue
-                results.append(_WRITERS[type(record)](conn, record, self.station))
+                results.append(WRITERS[type(record)](conn, record, self.station))
         return results
 
     def record_moved(self, path_raw: bytes | str, sha256: str, moved_to: bytes | str | None,
@@ -317,118 +240,6 @@ class Store(Queries, Fleet):
             conn.execute(sa.update(verdicts).where(verdicts.c.sha256 == sha256,
                                                    verdicts.c.model_sha256 == model_sha256)
                          .values(heatmap_path=str(heatmap_path), heatmap_sha256=heatmap_sha256))
-
-@dataclass(frozen=True)
-class Verdict:
-    """A model's verdict on one content: the verdicts row (unique per sha256 and model)."""
-
-    sha256: str
-    model_sha256: str
-    p_abnormal: float | None
-    verdict: str
-    reason: str | None
-    threshold: float
-    method: str
-    ready_to_commit_seconds: float | None = None
-    inference_seconds: float | None = None
-    # where the normal model's map peaks and what it boxes (schema 5): original pixels; boxes as JSON
-    peak_x: int | None = None
-    peak_y: int | None = None
-    boxes: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.verdict not in VERDICTS:
-            raise StoreError(f"verdict {self.verdict!r} is not one of {', '.join(VERDICTS)}")
-
-
-def region_fields(regions: Any) -> dict:
-    """A prediction's normalmap.Regions (None: no normal model) as a Verdict's peak_x, peak_y and boxes (JSON)."""
-    if regions is None:
-        return {"peak_x": None, "peak_y": None, "boxes": None}
-    return {"peak_x": regions.peak[0], "peak_y": regions.peak[1],
-            "boxes": json.dumps([list(b) for b in regions.boxes])}
-
-
-@dataclass(frozen=True)
-class FileVersion:
-    """One version of a file in the capture folder: its name's bytes and its stat identity."""
-
-    path_raw: bytes | str
-    size: int
-    mtime_ns: int
-    inode: int
-    ctime_ns: int | None = None
-
-
-@dataclass(frozen=True)
-class VerdictRecord:
-    """A file version scored: its image row, pointing at its content's verdict of the model."""
-
-    file: FileVersion
-    verdict: Verdict
-
-
-@dataclass(frozen=True)
-class RejectionRecord:
-    """Why one file version was not scored (sha256 None when it was never read)."""
-
-    file: FileVersion
-    sha256: str | None
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class RescoreRecord:
-    """A verdict `inspector rescore` gave content already recorded (no file version of its own)."""
-
-    verdict: Verdict
-
-
-def _refresh(conn: Connection, table: sa.Table, same: sa.ColumnElement, f: FileVersion) -> str:
-    """This file version has its row already: its inode and ctime are refreshed, and it counts as 'exists'."""
-    conn.execute(sa.update(table).where(same).values(inode=f.inode, ctime_ns=f.ctime_ns))
-    return "exists"
-
-
-def _insert_verdict(conn: Connection, r: VerdictRecord, station: str | None) -> str:
-    """The content's verdict of this model (unless one is there), then the file version's image row pointing at
-    it: 'new', 'duplicate' (the content had a verdict of this model) or 'exists' (this file version has a row)."""
-    f, v = r.file, r.verdict
-    raw = to_path_raw(f.path_raw)
-    now = utc_now()
-    fresh = insert_new(conn, verdicts, **dataclasses.asdict(v), created_at=now, station=station)
-    verdict_id = conn.execute(sa.select(verdicts.c.id).where(
-        verdicts.c.sha256 == v.sha256, verdicts.c.model_sha256 == v.model_sha256)).scalar_one()
-    first = None if fresh else conn.execute(sa.select(images.c.path).where(images.c.sha256 == v.sha256)
-                                           .order_by(images.c.id).limit(1)).scalar()
-    if insert_new(conn, images, path=display_path(raw), path_raw=raw, sha256=v.sha256, size=f.size,
-                  mtime_ns=f.mtime_ns, inode=f.inode, ctime_ns=f.ctime_ns, first_seen=now, station=station,
-                  status="scored" if fresh else "duplicate", duplicate_of=first, verdict_id=verdict_id):
-        return "new" if fresh else "duplicate"
-    return _refresh(conn, images, sa.and_(images.c.path_raw == raw, images.c.sha256 == v.sha256,
-                                          images.c.mtime_ns == f.mtime_ns, images.c.inode == f.inode), f)
-
-
-def _insert_rescore(conn: Connection, r: RescoreRecord, station: str | None) -> str:
-    """A verdict of another model for content already recorded: no new image row, one verdict per model."""
-    fresh = insert_new(conn, verdicts, **dataclasses.asdict(r.verdict), created_at=utc_now(), station=station)
-    return "new" if fresh else "exists"
-
-
-def _insert_rejection(conn: Connection, r: RejectionRecord, station: str | None) -> str:
-    f = r.file
-    raw = to_path_raw(f.path_raw)
-    if insert_new(conn, rejections, path=display_path(raw), path_raw=raw, sha256=r.sha256, size=f.size,
-                  mtime_ns=f.mtime_ns, inode=f.inode, ctime_ns=f.ctime_ns, reason=r.reason, message=r.message,
-                  created_at=utc_now(), station=station):
-        return "new"
-    return _refresh(conn, rejections, sa.and_(rejections.c.path_raw == raw, rejections.c.size == f.size,
-                                              rejections.c.mtime_ns == f.mtime_ns, rejections.c.inode == f.inode), f)
-
-
-_WRITERS = {VerdictRecord: _insert_verdict, RejectionRecord: _insert_rejection, RescoreRecord: _insert_rescore}
-
 
 def _install_sqlite_listeners(engine: Engine, readonly: bool, busy_timeout_seconds: float) -> None:
     """Pragmas on every new connection; BEGIN IMMEDIATE for the writer (the SQLAlchemy pysqlite recipe)."""

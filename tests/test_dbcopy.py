@@ -11,7 +11,6 @@ from click.testing import CliRunner
 
 from inspector.cli import cli
 from inspector.dbcopy import copy_database
-from inspector.retrain import record_start
 from inspector.review import record_review
 from inspector.schema import SCHEMA_VERSION
 from inspector.store import open_store
@@ -42,7 +41,7 @@ def fill(url: str, station: str | None, base: int) -> None:
                          inode=base + 4)
         record_review(store, sha(base + 2), "abnormal", ["scratches"], reviewer="ann")
         record_review(store, sha(base + 2), "normal", reviewer="bob", note="a shadow")
-        record_start(store)
+        store.retrains.start()
 
 
 def plain(value):

@@ -236,6 +236,33 @@ def test_a_duplicate_file_counts_once_per_electrode(station):
     assert "1 duplicate file(s) of these electrodes not listed again" in flagged
 
 
+def test_status_and_the_report_count_and_name_the_model_alike(station):
+    """One count per electrode and one "model in use" for `inspector status` and the report: a duplicate file and
+    a rescore by another model change neither's answer apart from the other's."""
+    import shutil
+
+    from inspector.report import model_in_use, summarize
+    from inspector.store import RescoreRecord, Verdict
+
+    tmp_path, cfg, shas, files = station
+    copy = files["abnormal"].with_name("a1-again.tif")
+    shutil.copy(files["abnormal"], copy)
+    other = "cd" * 32
+    with open_store(cfg.database.url) as store:
+        record_verdict(store, str(copy), shas[files["abnormal"]], 10, 2, MODEL, 0.9, "abnormal", None, 0.5, "global")
+        store.record_outcomes([RescoreRecord(Verdict(shas[files["normal"]], other, 0.7, "abnormal", None, 0.5,
+                                                     "global"))])
+        status = store.status_counts(datetime.now(timezone.utc) - timedelta(days=30))
+        (every,) = summarize(collect_outcomes(store, cfg), lambda r: "all")
+        named = model_in_use(store, cfg)["last_used"]
+    for verdict in ("normal", "abnormal", "rescan"):
+        assert every[verdict] == status["verdicts_total"].get(verdict, 0)
+    assert every["duplicates"] == status["duplicates_total"] == 1
+    assert every["rejected"] == sum(status["rejections_total"].values()) == 1
+    assert every["total"] == 5 and every["pass_rate"] == 1 / 5
+    assert named["sha256"] == status["model"]["sha256"] == MODEL  # the rescore's model scored no capture
+
+
 def test_bundle_rules(tmp_path):
     cap = tmp_path / "capture"
     assert bundle_of(str(cap / "b7" / "x.tif"), "subfolder", cap) == "b7"

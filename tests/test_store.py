@@ -417,7 +417,7 @@ def test_long_reader_does_not_block_the_writer(store, database_url):
 
 def test_a_batch_of_outcomes_commits_all_or_nothing(store, monkeypatch):
     """The daemon commits a batch in one transaction: a failure on its last row leaves none of it behind."""
-    import inspector.store as store_module
+    import inspector.records as records
     from inspector.store import FileVersion, RejectionRecord, Verdict, VerdictRecord
     from sqlalchemy import exc as sa_exc
 
@@ -429,7 +429,7 @@ def test_a_batch_of_outcomes_commits_all_or_nothing(store, monkeypatch):
     def disk_error(conn, record, station):
         raise sa_exc.OperationalError("INSERT INTO rejections", {}, Exception("disk I/O error"))
 
-    monkeypatch.setitem(store_module._WRITERS, RejectionRecord, disk_error)
+    monkeypatch.setitem(records.WRITERS, RejectionRecord, disk_error)
     with pytest.raises(StoreError, match="disk I/O error"):
         store.record_outcomes(batch)
     with store.read() as conn:
