@@ -52,11 +52,6 @@ class Database:
         self.engine.dispose()
 
     @property
-    def dialect(self) -> str:
-        """sqlite or postgresql."""
-        return self.engine.dialect.name
-
-    @property
     def where(self) -> str:
         path = sqlite_file(self.url)
         return str(path) if path else make_url(self.url).render_as_string(hide_password=True)

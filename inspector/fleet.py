@@ -22,16 +22,17 @@ import socket
 import threading
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from typing import Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from inspector.errors import InspectorError
+from inspector.records import FileVersion
 from inspector.schema import claims, db_now, insert_new, locks, models, stations, to_path_raw
 
 
-def _claim_key(file: Any) -> sa.ColumnElement:
+def _claim_key(file: FileVersion) -> sa.ColumnElement:
     return sa.and_(claims.c.path_raw == to_path_raw(file.path_raw), claims.c.size == file.size,
                    claims.c.mtime_ns == file.mtime_ns, claims.c.inode == file.inode)
 
@@ -40,7 +41,7 @@ LOCK_LEASE_SECONDS = 60.0  # a plant lock whose holder died is free this long af
 FREE = datetime(1970, 1, 1, tzinfo=timezone.utc)  # the lease of a claim given up: expired for everyone
 
 
-def holds_claim(conn: Connection, file: Any, run_id: str) -> bool:
+def holds_claim(conn: Connection, file: FileVersion, run_id: str) -> bool:
     """This daemon still holds its claim on the file: checked, and the row locked, in the transaction that records
     the file's outcome. The claim is kept until the file is moved (no other daemon finishes that move meanwhile),
     then given up with release_claims."""
@@ -48,7 +49,7 @@ def holds_claim(conn: Connection, file: Any, run_id: str) -> bool:
                         .values(run_id=run_id)).rowcount == 1
 
 
-def drop_claim(conn: Connection, file: Any, run_id: str) -> bool:
+def drop_claim(conn: Connection, file: FileVersion, run_id: str) -> bool:
     """Give up this daemon's claim on a file: False when the daemon no longer holds it (taken over after its lease
     ran out)."""
     return conn.execute(sa.update(claims).where(_claim_key(file), claims.c.run_id == run_id)
@@ -59,7 +60,7 @@ class Fleet:
     """Claims, heartbeats and locks; each method is one short transaction of the Store it is mixed into."""
 
     # ---- claims on files ----------------------------------------------------------------------
-    def claim(self, file: Any, run_id: str, lease_seconds: float) -> str | None:
+    def claim(self, file: FileVersion, run_id: str, lease_seconds: float) -> str | None:
         """Claim a file version for this daemon (run_id); None when it is ours now, else the station holding it.
 
         A claim of this same run (the file offered again) is renewed and stays ours.
@@ -81,7 +82,7 @@ class Fleet:
             holder = conn.execute(sa.select(claims.c.station).where(key)).scalar()
             return holder if holder is not None else "another station"  # committed meanwhile: not ours
 
-    def release_claims(self, files: list[Any], run_id: str) -> None:
+    def release_claims(self, files: list[FileVersion], run_id: str) -> None:
         """Give up claims on files this daemon leaves without an outcome (changed, gone, incomplete)."""
         if not files:
             return
@@ -169,7 +170,7 @@ class LockBusy(InspectorError):
 
 
 @contextlib.contextmanager
-def plant_lock(store: Any, name: str, what: str, lease_seconds: float = LOCK_LEASE_SECONDS) -> Iterator[None]:
+def plant_lock(store: Fleet, name: str, what: str, lease_seconds: float = LOCK_LEASE_SECONDS) -> Iterator[None]:
     """Hold the plant-wide lock `name` while the block runs (one `what` at a time for every station on this
     database): a row lease renewed every third of its length by a thread, given up at the end; a holder that
     died is taken over once its lease has run out. Raises LockBusy naming the host and time of the holder."""

@@ -46,3 +46,22 @@ def test_demo_detector_passes_most_normals_and_flags_most_abnormals(tmp_path):
 
     user = UsersFile(out / "var" / "web-users.json").verify("demo-operator", station.group(2))
     assert user is not None and user.can_review
+
+
+def test_the_demo_reads_its_outcomes_through_the_store(tmp_path):
+    """tally, flagged_truth and wait_for_outcomes ask the store (no SQL of their own): what the daemon decided."""
+    from inspector.demo import flagged_truth, tally, wait_for_outcomes
+    from inspector.store import open_store
+    from tests.store_rows import record_rejection, record_verdict
+
+    db = tmp_path / "inspector.db"
+    model = "ab" * 32
+    with open_store(f"sqlite:///{db}") as store:
+        for i, verdict in enumerate(["abnormal", "normal", "abnormal", "normal"]):  # 0 and 3 are truly abnormal
+            record_verdict(store, f"/cap/b1-electrode-{i:03d}.tif", f"{i:064x}", 10, 1, model, 0.5, verdict, None,
+                           0.5, "global")
+        record_rejection(store, "/cap/broken.tif", None, 0, 1, "not_an_image", "the file is empty")
+    assert tally(db) == (1, 4, 1, 6)  # abnormal 0, 3, 6, 9 (0 flagged); normal 1, 2, 4, 5, 7, 8 (1 passed)
+    assert tally(db, "cd") == (0, 4, 0, 6)  # no verdict of that model
+    assert flagged_truth(db) == [(f"{0:064x}", True), (f"{2:064x}", False)]
+    assert wait_for_outcomes(db, 5, timeout=5) == 5
