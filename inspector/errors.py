@@ -18,6 +18,7 @@ class ConfigError(InspectorError):
             where.append(f"in {file}")
         prefix = f"{' '.join(where)}: " if where else ""
         super().__init__(prefix + message)
+        self.message = message
         self.key = key
         self.file = file
 

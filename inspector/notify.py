@@ -1,18 +1,21 @@
 """How the daemon meets its service manager: sd_notify datagrams (no dependencies; a no-op without
-$NOTIFY_SOCKET), one log line per event on stderr, and the pid file that `inspector retrain` signals."""
+$NOTIFY_SOCKET), one log line per event on stderr (logsetup.log_to_stderr, the review station's too), and the pid
+file that `inspector retrain` signals."""
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import socket
-import sys
 from pathlib import Path
 from typing import Iterator
 
 from inspector.durable import write_atomic
 from inspector.errors import InspectorError
+from inspector.logsetup import log_to_stderr
+
+__all__ = ["log_to_stderr", "notify", "pid_file", "read_pid", "running_inspector", "watchdog_interval_seconds",
+           "write_pid_file"]
 
 NOTIFY_VAR = "NOTIFY_SOCKET"
 PID_NAME = "inspector.pid"
@@ -46,21 +49,6 @@ def watchdog_interval_seconds() -> float | None:
     if pid.isdigit() and int(pid) != os.getpid():
         return None
     return int(usec) / 2 / 1_000_000
-
-
-@contextlib.contextmanager
-def log_to_stderr(level: str) -> Iterator[logging.Handler]:
-    """One line per event; no timestamp under systemd (the journal adds its own)."""
-    handler = logging.StreamHandler(sys.stderr)
-    journal = bool(os.environ.get("JOURNAL_STREAM"))
-    handler.setFormatter(logging.Formatter(("" if journal else "%(asctime)s ") + "%(levelname)s %(message)s"))
-    logger = logging.getLogger("inspector")
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
 
 
 def write_pid_file(state_dir: Path) -> Path:

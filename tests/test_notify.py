@@ -13,7 +13,7 @@ import pytest
 
 from harness import wait_for
 from inspector.errors import InspectorError
-from inspector.notify import log_to_stderr, notify, pid_file, watchdog_interval_seconds, write_pid_file
+from inspector.notify import notify, pid_file, watchdog_interval_seconds, write_pid_file
 
 
 @pytest.fixture
@@ -104,18 +104,3 @@ def test_pid_file_is_removed_on_exit_only_if_still_ours(tmp_path):
     with pid_file(tmp_path / "var") as path:
         path.write_text("999999999\n")  # another daemon took over meanwhile
     assert path.read_text() == "999999999\n"
-
-
-def test_log_lines_without_timestamp_under_systemd(monkeypatch, capsys):
-    import logging
-
-    monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
-    with log_to_stderr("INFO"):
-        logging.getLogger("inspector.daemon").info("verdict normal p=0.1000 capture/a.tif (0.10 s)")
-        logging.getLogger("inspector.daemon").debug("not shown at INFO")
-    monkeypatch.delenv("JOURNAL_STREAM")
-    with log_to_stderr("INFO"):
-        logging.getLogger("inspector.daemon").warning("rejected empty")
-    lines = capsys.readouterr().err.splitlines()
-    assert lines[0] == "INFO verdict normal p=0.1000 capture/a.tif (0.10 s)"
-    assert len(lines) == 2 and lines[1].endswith(" WARNING rejected empty") and lines[1][:4].isdigit()

@@ -37,7 +37,8 @@ class InspectorGroup(click.Group):
 
 @click.group(cls=InspectorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="Config file (else $INSPECTOR_CONFIG, else ./config.toml, else built-in defaults).")
+              help="Config file (else $INSPECTOR_CONFIG, else ./config.toml, else /etc/inspector/config.toml, "
+                   "else built-in defaults; `inspector config show` says which).")
 @click.version_option(__version__, prog_name="inspector")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:
@@ -53,7 +54,7 @@ def with_config(func: Callable) -> Callable:
     """Add --config to a command and pass it the loaded Config as `cfg`."""
 
     @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-                  help="Config file (else $INSPECTOR_CONFIG, else ./config.toml).")
+                  help="Config file (else $INSPECTOR_CONFIG, else ./config.toml, else /etc/inspector/config.toml).")
     @click.pass_context
     @functools.wraps(func)
     def wrapper(ctx: click.Context, *args, config_path: str | None = None, **kwargs):

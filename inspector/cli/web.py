@@ -39,7 +39,7 @@ def serve(cfg: Config, host: str | None, port: int | None) -> None:
         if not users:
             click.echo("note: no users yet: `inspector user add NAME --role reviewer` adds one", err=True)
 
-    from inspector.notify import log_to_stderr
+    from inspector.logsetup import log_to_stderr
 
     with log_to_stderr(cfg.log.level):  # the audit trail: logins, failures, logouts, decisions, refusals
         run_server(cfg, host, port, ready)

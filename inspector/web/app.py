@@ -23,6 +23,7 @@ from inspector.errors import InspectorError, StoreError
 from inspector.paths import display_path
 from inspector.times import format_age, format_local
 from inspector.web import WebError
+from inspector.web.auth import audit
 from inspector.web.users import UserError, UsersFile
 
 log = logging.getLogger("inspector.web")
@@ -155,8 +156,8 @@ AUDITED = (400, 401, 403, 413, 429)  # refusals the audit log records (a 404 or 
 def error_page(status: int, message: str):
     if status in AUDITED:
         user = g.get("user")
-        log.warning("refused %d %s %s for %s from %s: %s", status, request.method, display_path(request.path)[:200],
-                    user.name if user else "(no user)", request.remote_addr, message)
+        audit(logging.WARNING, "refused %d %s %s for %s from %s: %s", status, request.method,
+              display_path(request.path)[:200], user.name if user else "(no user)", request.remote_addr, message)
     wants_text = request.accept_mimetypes.best == "text/plain" or request.path.startswith("/image/")
     if wants_text:
         return message + "\n", status, {"Content-Type": "text/plain; charset=utf-8"}

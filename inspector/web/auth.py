@@ -18,15 +18,23 @@ from collections import deque
 
 from flask import Blueprint, g, redirect, render_template, request, session, url_for
 
+from inspector.logsetup import AUDIT_LOGGER
 from inspector.web import WebError, ext
 from inspector.web.users import User, UserError
 
 log = logging.getLogger("inspector.web")
+audit_log = logging.getLogger(AUDIT_LOGGER)
 blueprint = Blueprint("auth", __name__)
 OPEN_ENDPOINTS = {"auth.login", "pages.healthz", "static"}
 # Failed logins counted in FAILURE_WINDOW_SECONDS: per name (guessing one password), and per address (guessing many
 # names; higher, since a whole shift may come through one proxy address).
 NAME_FAILURES, ADDRESS_FAILURES, FAILURE_WINDOW_SECONDS = 5, 20, 300
+
+
+def audit(level: int, message: str, *args: object) -> None:
+    """One line of the audit trail (`audit: ...`): a login, a failed or refused login, a logout, a decision, a
+    withdrawal or a refused request, each naming the user and the client's address."""
+    audit_log.log(level, "audit: " + message, *args)
 
 
 MAX_KEYS = 10_000  # names and addresses with their own counter at most; memory stays bounded
@@ -215,20 +223,20 @@ def login():
         throttle = ext()["throttle"]
         wait, when = throttle.attempt(keys)  # counted before the check: parallel tries cannot outrun the limit
         if wait > 0:
-            log.warning("refused login as %r from %s: too many failed logins (wait %.0f s)", name[:64],
-                        request.remote_addr, wait)
+            audit(logging.WARNING, "refused login as %r from %s: too many failed logins (wait %.0f s)", name[:64],
+                  request.remote_addr, wait)
             problem, status = f"Too many failed logins: wait {wait:.0f} s and try again.", 429
         else:
             user = users.verify(name, request.form.get("password", ""))  # every name costs a hash: no timing tell
             if user is None:
-                log.warning("failed login as %r from %s", name[:64], request.remote_addr)
+                audit(logging.WARNING, "failed login as %r from %s", name[:64], request.remote_addr)
                 problem, status = "Wrong name or password.", 401
             else:
                 throttle.succeeded(keys, when)
                 session.clear()
                 session.permanent = True
                 session["user"], session["stamp"], session["login_at"] = user.name, user.stamp, int(time.time())
-                log.info("login: %s (%s) from %s", user.name, user.role, request.remote_addr)
+                audit(logging.INFO, "login: %s (%s) from %s", user.name, user.role, request.remote_addr)
                 return redirect(safe_next(request.form.get("next")))
     no_users = not users.load()
     return render_template("login.html", problem=problem, name=name, next=request.values.get("next", ""),
@@ -246,5 +254,5 @@ def logout():
                   request.remote_addr, exc)
         raise WebError(503, "You are logged out in this browser, but the server could not record the logout: "
                             "the server log says why; an administrator fixes it.") from None
-    log.info("logout: %s from %s", g.user.name, request.remote_addr)
+    audit(logging.INFO, "logout: %s from %s", g.user.name, request.remote_addr)
     return redirect(url_for("auth.login"))

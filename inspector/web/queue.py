@@ -18,9 +18,8 @@ from inspector.queries import MAX_ROW_ID
 from inspector.review import ReviewConflict, queue_place, record_review, withdraw_review
 from inspector.schema import parse_boxes
 from inspector.web import WebError, ext
-from inspector.web.auth import reviewer_only
+from inspector.web.auth import audit, reviewer_only
 
-log = logging.getLogger("inspector.web")
 blueprint = Blueprint("queue", __name__)
 UNDO_DEPTH = 10  # decisions a session can take back, newest first (the session cookie stays well under 4 KB)
 # The keys of the anomaly panel: the top row of a keyboard, one per type of the paper's eleven.
@@ -99,7 +98,7 @@ def decide():
     except ReviewConflict as exc:
         raise WebError(409, str(exc)) from None
     shown = display_path(detail["path"])
-    log.info("review %d by %s from %s: %s for %s", rec.id, rec.reviewer, request.remote_addr, rec.label, shown)
+    audit(logging.INFO, "review %d by %s from %s: %s for %s", rec.id, rec.reviewer, request.remote_addr, rec.label, shown)
     name = shown.rsplit("/", 1)[-1]
     short = name if len(name) <= 48 else name[:22] + "…" + name[-22:]
     set_undo_stack([[rec.id, image_id, f"{rec.label} for {short}"], *undo_stack()])
@@ -125,6 +124,7 @@ def undo():
         rec = withdraw_review(store(), review_id, g.user.name, only_by=g.user.name)
     except ReviewConflict as exc:
         raise WebError(409, str(exc)) from None
-    log.info("review %d by %s from %s withdraws review %d", rec.id, rec.reviewer, request.remote_addr, review_id)
+    audit(logging.INFO, "review %d by %s from %s withdraws review %d", rec.id, rec.reviewer, request.remote_addr,
+          review_id)
     flash(f"Took back review {review_id} ({entry[2]}); the electrode waits for a decision again.", "ok")
     return redirect(url_for("queue.home", at=entry[1], station=station_arg()), 303)
