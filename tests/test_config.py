@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from inspector.config import Config, parse_input_size
-from inspector.configfile import load_config
+from inspector import configfile
+from inspector.configfile import ConfigProblems, check_config_file, find_config, load_config
 from inspector.errors import ConfigError
 
 
@@ -70,7 +71,21 @@ def test_discovery_order(tmp_path, monkeypatch):
     assert load_config(explicit).infer.batch_size == 7
 
 
-def test_no_file_gives_defaults(tmp_path):
+def test_the_system_file_comes_after_the_local_one(tmp_path, monkeypatch):
+    (tmp_path / "etc").mkdir()
+    system = write(tmp_path / "etc" / "config.toml", "[infer]\nbatch_size = 9\n")
+    monkeypatch.setattr(configfile, "SYSTEM_CONFIG", system)
+    monkeypatch.delenv("INSPECTOR_CONFIG", raising=False)
+    assert load_config().infer.batch_size == 9
+    assert find_config().found_by == str(system)
+    write(tmp_path / "config.toml", "[infer]\nbatch_size = 3\n")
+    assert load_config().infer.batch_size == 3
+    assert find_config().found_by == "./config.toml"
+
+
+def test_no_file_gives_defaults(tmp_path, monkeypatch):
+    monkeypatch.setattr(configfile, "SYSTEM_CONFIG", tmp_path / "no-etc" / "config.toml")
+    assert find_config().path is None
     cfg = load_config()
     assert cfg.source == "(built-in defaults)"
     assert cfg.model.input_size == (2000, 1000)
@@ -99,6 +114,13 @@ def test_no_file_gives_defaults(tmp_path):
         ("[web]\nallowed_hosts = ['evil.example:80']\n", "web.allowed_hosts in {file}: 'evil.example:80' is not a host"),
         ("[web]\nconnection_limit = 5\n", "web.connection_limit in {file}: must be at least 10"),
         ("[web]\nmax_request_bytes = 0\n", "web.max_request_bytes in {file}: must be positive, got 0"),
+        ("[convert]\nlow_percentile = 150\n", "convert.low_percentile in {file}: must be in [0, 100), got 150.0"),
+        ("[convert]\nlow_percentile = 99.99\n",
+         "convert.low_percentile in {file}: 99.99 must be below convert.high_percentile (99.99)"),
+        ("[convert]\nlow_percentile = 5\nhigh_percentile = 2\n",
+         "convert.low_percentile in {file}: 5 must be below convert.high_percentile (2)"),
+        ("[database]\nurl = 'mysql://db/inspector'\n",
+         "database.url in {file}: inspector keeps its verdicts in SQLite (sqlite:///PATH) or PostgreSQL"),
     ],
 )
 def test_bad_values_name_key_and_file(tmp_path, text, message):
@@ -106,6 +128,29 @@ def test_bad_values_name_key_and_file(tmp_path, text, message):
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert message.format(file=path) in str(err.value)
+
+
+def test_every_problem_of_a_file_is_listed(tmp_path):
+    path = write(tmp_path / "c.toml", "[wach]\n[infer]\nbatch_size = 0\nbogus = 1\n[convert]\nlow_percentile = 150\n"
+                                      "[web]\nremote_user_header = 'X-Remote-User'\n")
+    problems = check_config_file(path)
+    assert [(p.key, p.message.split(":")[0]) for p in problems] == [
+        ("wach", "unknown section [wach] (known"),
+        ("convert.low_percentile", "must be in [0, 100), got 150.0"),
+        ("infer.bogus", "unknown key (known in [infer]"),
+        ("infer.batch_size", "must be positive, got 0"),
+        ("web.remote_user_header", "is set, but web.trusted_proxies is empty"),
+        ("web.remote_user_header", "is set, but web.proxy_secret is empty")]
+    with pytest.raises(ConfigProblems) as err:
+        load_config(path)
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"6 problems in {path}:" and lines[4] == "  infer.batch_size: must be positive, got 0"
+    assert check_config_file(write(tmp_path / "ok.toml", "[infer]\nbatch_size = 2\n")) == []
+
+
+def test_a_rule_between_keys_is_left_out_when_one_of_its_keys_is_wrong(tmp_path):
+    path = write(tmp_path / "c.toml", "[station]\nheartbeat_seconds = 'often'\nclaim_lease_seconds = 1\n")
+    assert [p.key for p in check_config_file(path)] == ["station.heartbeat_seconds"]
 
 
 def test_missing_explicit_file(tmp_path, monkeypatch):
