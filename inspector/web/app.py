@@ -117,6 +117,7 @@ def create_app(cfg: Config, store) -> Flask:
 
     @app.errorhandler(CSRFError)
     def csrf_error(exc: CSRFError):
+        g.user = auth.user_for_audit()  # the CSRF check runs before the login check: the audit line names the user
         return error_page(400, f"This form was refused: {exc.description} The page may be older than your login; "
                           "reload it and try again.")
 

@@ -170,6 +170,14 @@ def request_user() -> User | None:
     return user
 
 
+def user_for_audit() -> User | None:
+    """This request's user, for the audit line of a refusal made before the login check (a bad CSRF token)."""
+    try:
+        return request_user()
+    except (WebError, UserError):  # a proxy user the users file does not know, an unreadable file: (no user)
+        return None
+
+
 @blueprint.before_app_request
 def require_login():
     g.via_proxy = False
