@@ -17,11 +17,11 @@ import torch
 
 from inspector import metrics, quality
 from inspector.config import Config
-from inspector.convert import Window
 from inspector.crossval import cross_validate
 from inspector.dataset import Dataset
 from inspector.errors import InspectorError
 from inspector.features import EmbedStats
+from inspector.modelmeta import ModelMeta
 from inspector.normalmap import MIN_NORMALS
 from inspector.pipeline import ordered_map
 from inspector.train import FitResult, build_net_on, fit, optimizer_label, require_method, resolve_cache
@@ -34,7 +34,7 @@ class TrainOutcome:
 
     path: Path
     sha256: str
-    meta: object
+    meta: ModelMeta
     fit: FitResult
     oof: dict | None = None
     oof_p: np.ndarray | None = None  # out-of-fold P(abnormal) per image when a target recall was set
@@ -44,9 +44,8 @@ def fit_quality_gate(source: ImageSource, idx: Sequence[int], view: View, cfg: C
     """The quality gate's limits over the training images (quality.fit); {} when the gate is off."""
     if not cfg.quality.enabled:
         return {}
-    window = Window(*view.window) if view.window is not None else None
     images = ordered_map(source.read16, [int(i) for i in idx], source.workers)
-    return quality.fit(images, window, cfg.quality.clipped_fraction)
+    return quality.fit(images, view.conversion.window, cfg.quality.clipped_fraction)
 
 
 def train_model(dataset: Dataset, out: Path, method: str, cfg: Config, device: torch.device, target_recall: float,
@@ -56,7 +55,7 @@ def train_model(dataset: Dataset, out: Path, method: str, cfg: Config, device: t
     The normal model (normalmap.py) is fitted on the normals in every case; `normals_only` trains no head
     and scores by the map alone (model.score "map"): a new line with no abnormal electrode yet.
     """
-    from inspector.model import ModelMeta, save_model
+    from inspector.model import save_model
     from inspector.normalfit import fit_normal
 
     if normals_only:
@@ -105,7 +104,7 @@ def train_model(dataset: Dataset, out: Path, method: str, cfg: Config, device: t
         (warn or (lambda m: print(m, file=sys.stderr)))(
             f"warning: training ended no better than the class prior ({result.summary()}); the detector has "
             "learned (almost) nothing: check the labels, or try model.features, convert.method or more steps")
-    meta = ModelMeta(method=method, window=view.window, input_size=tuple(cfg.model.input_size),
+    meta = ModelMeta(**view.conversion.to_meta(), input_size=tuple(cfg.model.input_size),
                      threshold=float(threshold), threshold_source=threshold_source, freeze=cfg.model.freeze,
                      weights=cfg.model.weights, features=net.embedding.stages, pooling=net.embedding.pooling,
                      head=net.head_kind, trained=True, train_fingerprint=dataset.fingerprint(),
@@ -117,7 +116,6 @@ def train_model(dataset: Dataset, out: Path, method: str, cfg: Config, device: t
                               "learning_rate": cfg.train.learning_rate, "weight_decay": cfg.train.weight_decay,
                               "min_steps": cfg.train.min_steps, "images": len(dataset), "bundles": dataset.bundles,
                               "out_of_fold": oof_info},
-                     quality=fit_quality_gate(source, idx, view, cfg),
-                     clahe={"clip_limit": view.clahe[0], "tile_grid": view.clahe[1]})
+                     quality=fit_quality_gate(source, idx, view, cfg))
     sha = save_model(out, net.cpu(), meta)
     return TrainOutcome(Path(out), sha, meta, result, oof_info, p)

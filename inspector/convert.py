@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 
-from inspector.config import METHODS, WINDOWED_METHODS
-from inspector.errors import InspectorError
+from inspector.config import METHODS, WINDOWED_METHODS, ConvertConfig
+from inspector.errors import InspectorError, ModelError
 
 LOW_PERCENTILE = 0.01  # the paper's window: 0.01th to 99.99th percentile
 HIGH_PERCENTILE = 99.99
@@ -137,15 +137,91 @@ def convert_image(img16: np.ndarray, method: str, window: Window | tuple[int, in
     return _three_channels(clahe.apply(to_uint8(img16, window)))
 
 
-def convert_recorded(img16: np.ndarray, meta: dict | None, method: str | None = None) -> np.ndarray:
-    """convert_image with the conversion a model's stored metadata (its JSON, as the models table keeps it)
-    names: method, window and CLAHE; without metadata `method` (else local). Torch-free: reports, the web."""
-    meta = meta or {}
-    clahe = meta.get("clahe") or {}
-    return convert_image(img16, meta.get("method") or method or "local",
-                         window=Window(*meta["window"]) if meta.get("window") else None,
-                         clahe_clip_limit=float(clahe.get("clip_limit", 2.0)),
-                         clahe_tile_grid=int(clahe.get("tile_grid", 8)))
+@dataclass(frozen=True)
+class Conversion:
+    """How a 16-bit image becomes the network's 8-bit image: the method, its window (kept where given, needed
+    by global, mix and clahe) and CLAHE's (clip_limit, tile_grid). A model stores it, the config names it."""
+
+    method: str
+    window: Window | None = None
+    clahe: tuple[float, int] = (2.0, 8)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InspectorError(f"unknown conversion method {self.method!r} (known: {', '.join(METHODS)})")
+        if self.window is not None:
+            object.__setattr__(self, "window", _as_window(self.window))
+        elif self.method in WINDOWED_METHODS:
+            raise InspectorError(f"method '{self.method}' needs a window: pass --window LO HI or a model")
+        try:
+            clip_limit, tile_grid = self.clahe
+            clahe = (float(clip_limit), int(tile_grid))
+        except (TypeError, ValueError):
+            raise InspectorError(f"CLAHE settings are a clip limit and a tile grid, got {self.clahe!r}") from None
+        if clahe[1] < 1:
+            raise InspectorError(f"CLAHE's tile grid must be at least 1, got {clahe[1]}")
+        object.__setattr__(self, "clahe", clahe)
+
+    @classmethod
+    def from_config(cls, convert: ConvertConfig, method: str | None = None,
+                    window: Window | tuple[int, int] | None = None) -> "Conversion":
+        """`method` (else convert.method) with `window` and the config's CLAHE settings."""
+        return cls(method or convert.method, window, (convert.clahe_clip_limit, convert.clahe_tile_grid))
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, object]) -> "Conversion":
+        """The conversion a model's metadata names (the artifact's JSON object: method, window, clahe);
+        a missing or invalid value is a ModelError that names it. CLAHE settings left out are 2.0 and 8."""
+        method = meta.get("method")
+        if not isinstance(method, str) or method not in METHODS:
+            what = "names no conversion method" if method is None else f"method {method!r} is unknown"
+            raise ModelError(f"model {what}; use one of {', '.join(METHODS)}")
+        window = _meta_window(meta.get("window"))
+        if window is None and method in WINDOWED_METHODS:
+            raise ModelError(f"model method {method!r} needs a window [lo, hi] fitted on the training images")
+        clahe = meta.get("clahe") or {}
+        if not isinstance(clahe, Mapping):
+            raise ModelError(f"model clahe {clahe!r} must be an object with clip_limit and tile_grid")
+        try:
+            return cls(method, window, (clahe.get("clip_limit", 2.0), clahe.get("tile_grid", 8)))
+        except InspectorError as exc:
+            raise ModelError(f"model clahe {dict(clahe)!r} is invalid: {exc}") from None
+
+    def to_meta(self) -> dict[str, object]:
+        """The fields from_meta reads, as a model's metadata keeps them."""
+        return {"method": self.method, "window": self.window.as_tuple() if self.window else None,
+                "clahe": {"clip_limit": self.clahe[0], "tile_grid": self.clahe[1]}}
+
+    def apply(self, img16: np.ndarray) -> np.ndarray:
+        """The HxWx3 uint8 image (convert_image)."""
+        return convert_image(img16, self.method, self.window, self.clahe[0], self.clahe[1])
+
+
+def _meta_window(value: object) -> Window | None:
+    """A model's stored window [lo, hi] (or None), as a ModelError where it is not one."""
+    if value is None or value in ([], ()):
+        return None
+    if isinstance(value, Window):
+        return value
+    try:
+        lo, hi = value  # type: ignore[misc]
+    except (TypeError, ValueError):
+        raise ModelError(f"model window must be two whole numbers, got {value!r}") from None
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (lo, hi)):
+        raise ModelError(f"model window must be two whole numbers, got {value!r}")
+    if hi <= lo:
+        raise ModelError(f"model window {[int(lo), int(hi)]} is empty: hi must be above lo")
+    if not 0 <= lo < hi < LEVELS:
+        raise ModelError(f"model window {[int(lo), int(hi)]} must lie within 0-65535")
+    return Window(lo, hi)
+
+
+def convert_recorded(img16: np.ndarray, meta: Mapping[str, object] | None, method: str | None = None) -> np.ndarray:
+    """The conversion a model's stored metadata (its JSON, as the models table keeps it) names; without
+    metadata `method` (else local). Torch-free: reports, the web."""
+    fields = dict(meta or {})
+    fields["method"] = fields.get("method") or method or "local"
+    return Conversion.from_meta(fields).apply(img16)
 
 
 def local_window(img16: np.ndarray) -> Window:

@@ -58,8 +58,8 @@ class DevicePrep:
 
     def __init__(self, spec: InputSpec, device: torch.device | str):
         if not self.supports(spec):
-            raise InspectorError(f"method {spec.method!r} (window {spec.window}) is prepared on the CPU, not on a "
-                                 "device (DevicePrep.supports)")
+            raise InspectorError(f"method {spec.conversion.method!r} is prepared on the CPU, not on a device "
+                                 "(DevicePrep.supports)")
         self.spec = spec
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
@@ -68,9 +68,8 @@ class DevicePrep:
 
     @staticmethod
     def supports(spec: InputSpec) -> bool:
-        """Whether this spec's preparation can run on a device (clahe and a windowed method without a
-        window stay on the CPU, where the latter becomes prepare.py's "cannot convert" rescan)."""
-        return spec.method in DEVICE_METHODS and (spec.window is not None or spec.method in ("naive", "local"))
+        """Whether this spec's preparation can run on a device (clahe stays on the CPU)."""
+        return spec.conversion.method in DEVICE_METHODS
 
     # -- upload -----------------------------------------------------------------------------------------------
     def upload(self, images16: Sequence[np.ndarray], stream: "torch.cuda.Stream | None" = None) -> list[torch.Tensor]:
@@ -99,8 +98,9 @@ class DevicePrep:
         spec, limits = self.spec, self.spec.quality
         xs = [(t.to(torch.int32) & 0xFFFF) for t in uploaded]
         blur_min = limits.get("blur_min")
-        clip = limits.get("clipped_fraction") is not None and spec.window is not None
-        need_local = spec.method in ("local", "mix") or (blur_min is not None and spec.window is None)
+        method, window = spec.conversion.method, spec.conversion.window
+        clip = limits.get("clipped_fraction") is not None and window is not None
+        need_local = method in ("local", "mix") or (blur_min is not None and window is None)
         stats = [self._stats(x, clip, need_local) for x in xs]
         values = torch.stack(stats).tolist() if stats else []  # one wait for every image's numbers
         reasons: list[str | None] = []
@@ -123,7 +123,7 @@ class DevicePrep:
         for i, x in enumerate(xs):
             if reasons[i] is not None:
                 continue
-            if spec.method in ("local", "mix") and local[i] is None:
+            if method in ("local", "mix") and local[i] is None:
                 try:
                     local_window(images16[i])  # raises, with convert.py's words
                 except InspectorError as exc:
@@ -139,7 +139,7 @@ class DevicePrep:
         lo, hi = torch.aminmax(x)
         parts = [lo.long(), hi.long()]
         if clip:
-            window = self.spec.window
+            window = self.spec.conversion.window
             parts += [(x <= window.lo).sum(), (x >= window.hi).sum()]
         else:
             parts += [zero, zero]
@@ -160,8 +160,8 @@ class DevicePrep:
 
     def _gate_gray(self, x: torch.Tensor, local: tuple[int, int] | None) -> torch.Tensor:
         """quality.gate_image on the device: the model's window, else the image's own, else zeros."""
-        if self.spec.window is not None:
-            return self._lookup(x, self.spec.window.as_tuple())
+        if self.spec.conversion.window is not None:
+            return self._lookup(x, self.spec.conversion.window.as_tuple())
         if local is None:
             return torch.zeros_like(x)
         return self._lookup(x, local)
@@ -189,8 +189,8 @@ class DevicePrep:
 
     def _convert_resized(self, x: torch.Tensor, local: tuple[int, int] | None) -> torch.Tensor:
         """(3, h, w) float32 grey levels: the method's channels looked up, resized, repeated for gray methods."""
-        method = self.spec.method
-        window = self.spec.window.as_tuple() if self.spec.window is not None else None
+        method = self.spec.conversion.method
+        window = self.spec.conversion.window.as_tuple() if self.spec.conversion.window is not None else None
         if method == "naive":
             channels = [self._lookup(x, None)]
         elif method == "global":

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from inspector import quality
-from inspector.convert import Window, convert_image
 from inspector.devprep import DevicePrep
 from inspector.errors import InspectorError, ModelError
-from inspector.model import ModelMeta, load_model, preprocess_batch, resolve_device
+from inspector.model import load_model, preprocess_batch, resolve_device
+from inspector.modelmeta import ModelMeta
 from inspector.normalmap import Regions, image_score, map_probability, regions
 from inspector.prepare import InputSpec, Prepared, check_image16, prepare
 
@@ -36,13 +36,9 @@ class Prediction:
     heat: np.ndarray | None = None  # the map itself (h, w) over the whole image, for a heat map drawn later
 
 
-def model_window(meta: ModelMeta) -> Window | None:
-    return Window(*meta.window) if meta.window else None
-
-
 def check_quality(img16: np.ndarray, meta: ModelMeta) -> str | None:
     """The reason a capture should be rescanned (the model's quality gate), or None."""
-    return quality.check(img16, meta.quality, model_window(meta))
+    return quality.check(img16, meta.quality, meta.conversion.window)
 
 
 PREPARE_ON = ("auto", "cpu", "device")
@@ -68,13 +64,12 @@ class Detector:
         self.device = device
         self.path = path
         self.batch_size = batch_size
-        self.window = model_window(meta)
         self.spec = InputSpec.of(meta)
         if device.type == "cuda":
             self.net.to(memory_format=torch.channels_last)
         on_device = prepare_on == "device" or (prepare_on == "auto" and device.type == "cuda")
         if prepare_on == "device" and not DevicePrep.supports(self.spec):
-            raise InspectorError(f"method {self.spec.method!r} cannot be prepared on the device; use prepare_on "
+            raise InspectorError(f"method {meta.method!r} cannot be prepared on the device; use prepare_on "
                                  "\"auto\" or \"cpu\"")
         self.devprep = DevicePrep(self.spec, device) if on_device and DevicePrep.supports(self.spec) else None
 
@@ -89,10 +84,7 @@ class Detector:
     def convert(self, img16: np.ndarray) -> np.ndarray:
         """The model's own 16->8-bit conversion at the image's size, with the window and CLAHE settings it was
         trained with (what a heat map is drawn over)."""
-        clahe = self.meta.clahe or {}
-        return convert_image(img16, self.meta.method, window=self.window,
-                             clahe_clip_limit=float(clahe.get("clip_limit", 2.0)),
-                             clahe_tile_grid=int(clahe.get("tile_grid", 8)))
+        return self.spec.conversion.apply(img16)
 
     def score_batch(self, imgs8: Sequence[np.ndarray]) -> list[float]:
         """P(abnormal) for converted images; fp16 autocast and channels_last on CUDA."""
@@ -235,7 +227,8 @@ class Detector:
     def check_image(self) -> np.ndarray:
         """A smooth gradient plus noise in the model's value range, at its input size, from a fixed seed."""
         h, w = self.meta.input_size
-        lo, hi = self.meta.window if self.meta.window else (1700, 2800)
+        window = self.spec.conversion.window
+        lo, hi = window.as_tuple() if window else (1700, 2800)
         centre, span = (lo + hi) / 2.0, (hi - lo)
         rng = np.random.default_rng(CHECK_SEED)
         ramp = np.linspace(-0.25, 0.25, h, dtype=np.float64)[:, None] * span + np.zeros((1, w))

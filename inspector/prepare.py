@@ -9,35 +9,33 @@ stack it afterwards, and the quality gate reuses the windowed gray image instead
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import cv2
 import numpy as np
 
 from inspector import quality
-from inspector.convert import Window, convert_image, local_window, to_uint8, to_uint8_naive
+from inspector.convert import Conversion, local_window, to_uint8, to_uint8_naive
 from inspector.errors import ImageError, InspectorError
+
+if TYPE_CHECKING:
+    from inspector.modelmeta import ModelMeta
 
 GRAY_METHODS = ("naive", "global", "local")  # one channel, repeated three times
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What a model needs of an image: its conversion, window, CLAHE settings, input size and gate limits."""
+    """What a model needs of an image: its conversion, input size and quality gate limits."""
 
-    method: str
-    window: Window | None
+    conversion: Conversion
     input_size: tuple[int, int]
-    clahe: tuple[float, int] = (2.0, 8)
     quality: dict = field(default_factory=dict, compare=False, hash=False)
 
     @classmethod
-    def of(cls, meta: Any) -> "InputSpec":
-        """The spec a model artifact's metadata (model.ModelMeta) describes."""
-        clahe = meta.clahe or {}
-        return cls(meta.method, Window(*meta.window) if meta.window else None,
-                   (int(meta.input_size[0]), int(meta.input_size[1])),
-                   (float(clahe.get("clip_limit", 2.0)), int(clahe.get("tile_grid", 8))), dict(meta.quality or {}))
+    def of(cls, meta: ModelMeta) -> "InputSpec":
+        """The spec a model artifact's metadata describes."""
+        return cls(meta.conversion, (int(meta.input_size[0]), int(meta.input_size[1])), dict(meta.quality or {}))
 
 
 @dataclass
@@ -53,7 +51,7 @@ class Prepared:
     shape: tuple[int, int] | None = None  # the original image's (rows, columns): where a map's boxes are drawn
 
 
-def check_image16(img16: Any) -> None:
+def check_image16(img16: object) -> None:
     """Arrays handed in directly (not via read_image) get the same dtype/shape rules."""
     if not isinstance(img16, np.ndarray) or img16.dtype != np.uint16:
         raise ImageError("wrong_dtype", f"the detector takes 16-bit images, got {getattr(img16, 'dtype', type(img16))}")
@@ -71,31 +69,33 @@ def resize_to(img8: np.ndarray, input_size: Sequence[int]) -> np.ndarray:
 
 
 def convert_resized(img16: np.ndarray, spec: InputSpec, gray: np.ndarray | None = None) -> np.ndarray:
-    """resize_to(convert_image(img16, ...)) without converting or resizing three equal channels.
+    """resize_to(spec.conversion.apply(img16)) without converting or resizing three equal channels.
 
-    gray: the image already looked up through the spec's window (the quality gate's), reused by global.
+    gray: the image already looked up through the conversion's window (the quality gate's), reused by global.
     """
-    if spec.method in GRAY_METHODS:
-        if spec.method == "global":
-            gray = gray if gray is not None else to_uint8(img16, spec.window)
-        elif spec.method == "naive":
+    conversion = spec.conversion
+    if conversion.method in GRAY_METHODS:
+        if conversion.method == "global":
+            gray = gray if gray is not None else to_uint8(img16, conversion.window)
+        elif conversion.method == "naive":
             gray = to_uint8_naive(img16)
         else:
             gray = to_uint8(img16, local_window(img16))
         small = resize_to(gray, spec.input_size)
         return np.repeat(small[:, :, None], 3, axis=2)
-    if spec.method == "mix":
-        channels = (to_uint8_naive(img16), gray if gray is not None else to_uint8(img16, spec.window),
+    if conversion.method == "mix":
+        channels = (to_uint8_naive(img16), gray if gray is not None else to_uint8(img16, conversion.window),
                     to_uint8(img16, local_window(img16)))
         return resize_to(np.stack(channels, axis=-1), spec.input_size)
-    return resize_to(convert_image(img16, spec.method, spec.window, spec.clahe[0], spec.clahe[1]), spec.input_size)
+    return resize_to(conversion.apply(img16), spec.input_size)
 
 
 def prepare(img16: np.ndarray, spec: InputSpec) -> Prepared:
     """The quality gate, then the conversion at the input size; a conversion that cannot be made is a rescan."""
     check_image16(img16)
-    gray = to_uint8(img16, spec.window) if spec.window is not None and spec.method in ("global", "mix") else None
-    reason = quality.check(img16, spec.quality, spec.window, gray)
+    window = spec.conversion.window
+    gray = to_uint8(img16, window) if window is not None and spec.conversion.method in ("global", "mix") else None
+    reason = quality.check(img16, spec.quality, window, gray)
     if reason is not None:
         return Prepared(None, reason, shape=img16.shape[:2])
     try:

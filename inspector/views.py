@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from inspector.config import WINDOWED_METHODS, Config
+from inspector.convert import Conversion, WindowHistogram
 from inspector.dataset import Dataset
 
 
@@ -20,7 +21,7 @@ class ImageSource:
         self.workers = workers  # threads that decode ahead (pipeline.ordered_map)
         self.max_height, self.max_width = max_height, max_width
         self._sha: dict[int, str] = {}
-        self._bundle_hist: dict[str, object] = {}
+        self._bundle_hist: dict[str, WindowHistogram] = {}
 
     @classmethod
     def of(cls, dataset: Dataset, cfg: Config) -> "ImageSource":
@@ -47,11 +48,9 @@ class ImageSource:
             members.setdefault(s.bundle, set()).add(i)
         return members
 
-    def bundle_histogram(self, bundle: str):
+    def bundle_histogram(self, bundle: str) -> WindowHistogram:
         """Pixel histogram of one bundle (65536 bins), decoded once and summed per fold."""
         if bundle not in self._bundle_hist:
-            from inspector.convert import WindowHistogram
-
             from inspector.pipeline import ordered_map
 
             hist = WindowHistogram()
@@ -78,35 +77,39 @@ class ImageSource:
 
 @dataclass(frozen=True)
 class View:
-    """How images become network input: method, window (None where unused), CLAHE settings."""
+    """How a training set's images become network input: the conversion fitted on them (fit_view).
 
-    method: str
-    window: tuple[int, int] | None
-    clahe: tuple[float, int] = (2.0, 8)
+    `method`, `window` (a tuple, None where unused) and `clahe` are the conversion's, in the hashable form the
+    feature cache's keys and the folds' records take."""
+
+    conversion: Conversion
+
+    @property
+    def method(self) -> str:
+        return self.conversion.method
+
+    @property
+    def window(self) -> tuple[int, int] | None:
+        return self.conversion.window.as_tuple() if self.conversion.window else None
+
+    @property
+    def clahe(self) -> tuple[float, int]:
+        return self.conversion.clahe
 
     def convert(self, img16: np.ndarray) -> np.ndarray:
-        from inspector.convert import Window, convert_image
-
-        window = Window(*self.window) if self.window is not None else None
-        return convert_image(img16, self.method, window=window, clahe_clip_limit=self.clahe[0],
-                             clahe_tile_grid=self.clahe[1])
+        return self.conversion.apply(img16)
 
     def network_input(self, img16: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
         """convert() resized to the input size, the fast way (prepare.convert_resized: the same pixels)."""
-        from inspector.convert import Window
         from inspector.prepare import InputSpec, convert_resized
 
-        window = Window(*self.window) if self.window is not None else None
-        return convert_resized(img16, InputSpec(self.method, window, tuple(input_size), self.clahe))
+        return convert_resized(img16, InputSpec(self.conversion, tuple(input_size)))
 
 
 def fit_view(source: ImageSource, idx: Sequence[int], method: str, cfg: Config) -> View:
     """The conversion for a training set: the global window from these images only (no leakage)."""
-    from inspector.convert import WindowHistogram
-
-    clahe = (cfg.convert.clahe_clip_limit, cfg.convert.clahe_tile_grid)
     if method not in WINDOWED_METHODS:
-        return View(method, None, clahe)
+        return View(Conversion.from_config(cfg.convert, method))
     hist = WindowHistogram()
     wanted = {int(i) for i in idx}
     for bundle, members in source.bundle_members().items():
@@ -117,5 +120,5 @@ def fit_view(source: ImageSource, idx: Sequence[int], method: str, cfg: Config) 
             wanted -= members
     for i in sorted(wanted):
         hist.add(source.read16(i))
-    w = hist.window(cfg.convert.low_percentile, cfg.convert.high_percentile, cfg.convert.round_window)
-    return View(method, (int(w.lo), int(w.hi)), clahe)
+    window = hist.window(cfg.convert.low_percentile, cfg.convert.high_percentile, cfg.convert.round_window)
+    return View(Conversion.from_config(cfg.convert, method, window))

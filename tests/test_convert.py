@@ -9,9 +9,10 @@ from click.testing import CliRunner
 from image_files import make_bad_file, sample_image16, write_png16, write_tiff16
 
 from inspector.cli import cli
-from inspector.convert import (METHODS, Window, WindowHistogram, convert_image, fit_window, local_window, to_uint8,
-                               to_uint8_naive)
-from inspector.errors import InspectorError
+from inspector.config import ConvertConfig
+from inspector.convert import (METHODS, Conversion, Window, WindowHistogram, convert_image, convert_recorded,
+                               fit_window, local_window, to_uint8, to_uint8_naive)
+from inspector.errors import InspectorError, ModelError
 from inspector.imaging import read_image
 
 
@@ -71,6 +72,55 @@ def test_window_methods_need_a_window(method):
     with pytest.raises(InspectorError) as info:
         convert_image(sample_image16(), method)
     assert str(info.value) == f"method '{method}' needs a window: pass --window LO HI or a model"
+
+
+def test_conversion_applies_convert_image_with_its_settings():
+    img16 = sample_image16(64, 64, seed=3)
+    for method in METHODS:
+        conversion = Conversion(method, (1500, 3500), (3.0, 4))
+        assert conversion.window == Window(1500, 3500)
+        expected = convert_image(img16, method, Window(1500, 3500), clahe_clip_limit=3.0, clahe_tile_grid=4)
+        np.testing.assert_array_equal(conversion.apply(img16), expected)
+    assert Conversion.from_config(ConvertConfig(clahe_clip_limit=3, clahe_tile_grid=4), "local").clahe == (3.0, 4)
+    assert Conversion.from_config(ConvertConfig(method="naive")) == Conversion("naive")
+    with pytest.raises(InspectorError, match="^method 'global' needs a window: pass --window LO HI or a model$"):
+        Conversion("global")
+    with pytest.raises(InspectorError, match="unknown conversion method 'sharp'"):
+        Conversion("sharp")
+    with pytest.raises(InspectorError, match="tile grid must be at least 1"):
+        Conversion("clahe", (1, 2), (2.0, 0))
+
+
+@pytest.mark.parametrize("meta, error", [
+    ({}, "model names no conversion method; use one of naive, global, local, mix, clahe"),
+    ({"method": "sharp"}, "model method 'sharp' is unknown; use one of naive, global, local, mix, clahe"),
+    ({"method": "global"}, "model method 'global' needs a window [lo, hi] fitted on the training images"),
+    ({"method": "global", "window": [3000, 1000]}, "model window [3000, 1000] is empty: hi must be above lo"),
+    ({"method": "global", "window": [1000, 70000]}, "model window [1000, 70000] must lie within 0-65535"),
+    ({"method": "global", "window": "wide"}, "model window must be two whole numbers, got 'wide'"),
+    ({"method": "global", "window": [1.5, 3000]}, "model window must be two whole numbers, got [1.5, 3000]"),
+    ({"method": "clahe", "window": [1, 2], "clahe": [2, 8]}, "model clahe [2, 8] must be an object with clip_limit "
+                                                              "and tile_grid"),
+    ({"method": "clahe", "window": [1, 2], "clahe": {"tile_grid": "x"}}, "model clahe {'tile_grid': 'x'} is invalid: "
+     "CLAHE settings are a clip limit and a tile grid, got (2.0, 'x')"),
+])
+def test_conversion_from_meta_names_what_is_missing_or_invalid(meta, error):
+    with pytest.raises(ModelError) as info:
+        Conversion.from_meta(meta)
+    assert str(info.value) == error
+
+
+def test_conversion_from_meta_and_back():
+    meta = {"method": "clahe", "window": [1200, 3800], "clahe": {"clip_limit": 3.0, "tile_grid": 4}, "other": 1}
+    conversion = Conversion.from_meta(meta)
+    assert conversion == Conversion("clahe", Window(1200, 3800), (3.0, 4))
+    assert conversion.to_meta() == {"method": "clahe", "window": (1200, 3800),
+                                    "clahe": {"clip_limit": 3.0, "tile_grid": 4}}
+    assert Conversion.from_meta({"method": "local", "clahe": {}}) == Conversion("local", None, (2.0, 8))
+    img16 = sample_image16(seed=4)
+    np.testing.assert_array_equal(convert_recorded(img16, meta), conversion.apply(img16))
+    np.testing.assert_array_equal(convert_recorded(img16, None), convert_image(img16, "local"))
+    np.testing.assert_array_equal(convert_recorded(img16, {}, "naive"), convert_image(img16, "naive"))
 
 
 def test_local_window_of_a_constant_image_is_an_error_not_a_division_by_zero():

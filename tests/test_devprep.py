@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from inspector import quality
-from inspector.convert import Window, _window_lut
+from inspector.convert import Conversion, Window, _window_lut
 from inspector.devprep import DevicePrep, _Cache
 from inspector.errors import ImageError, InspectorError
 from inspector.infer import Detector
@@ -53,14 +53,14 @@ def compare(images16: list[np.ndarray], spec: InputSpec, device: str = "cpu") ->
 @pytest.mark.parametrize("input_size", SIZES)
 def test_device_path_equals_prepare_for_every_method_and_size(method, input_size):
     """Shrinking by whole and fractional factors (INTER_AREA), enlarging and mixed (INTER_LINEAR)."""
-    worst, share = compare([scan(), scan(seed=1)], InputSpec(method, WINDOW, input_size))
+    worst, share = compare([scan(), scan(seed=1)], InputSpec(Conversion(method, WINDOW), input_size))
     assert worst <= 1 and share < 0.01
     assert worst == 0  # what OpenCV's arithmetic, copied, gives here
 
 
 def test_images_of_different_sizes_in_one_batch():
     imgs = [scan(300, 560), scan(257, 481, seed=2), scan(64, 40, seed=3)]
-    worst, _ = compare(imgs, InputSpec("mix", WINDOW, (128, 64)))
+    worst, _ = compare(imgs, InputSpec(Conversion("mix", WINDOW), (128, 64)))
     assert worst <= 1
 
 
@@ -78,7 +78,7 @@ def test_gate_reasons_equal_quality_check():
     imgs = [sharp, blurred, clipped_high, clipped_both, blank, small, scan(seed=7)]
     for method in DEVICE_METHODS:
         window = None if method in ("naive", "local") else WINDOW
-        spec = InputSpec(method, window, (128, 64), quality=limits)
+        spec = InputSpec(Conversion(method, window), (128, 64), quality=limits)
         expected = [quality.check(img, limits, window) for img in imgs]
         _, reasons = DevicePrep(spec, "cpu").run(imgs)
         assert reasons == expected, method
@@ -90,7 +90,7 @@ def test_gate_reasons_equal_quality_check():
 
 
 def test_laplacian_variance_equals_measure_blur():
-    dp = DevicePrep(InputSpec("global", WINDOW, (64, 32)), "cpu")
+    dp = DevicePrep(InputSpec(Conversion("global", WINDOW), (64, 32)), "cpu")
     from inspector.devprep import variance_from_sums
 
     for img16 in (scan(), scan(31, 17, seed=1), scan(2, 5, seed=2), scan(1, 9, seed=3)):
@@ -105,19 +105,18 @@ def test_local_window_without_contrast_is_the_same_rescan():
     flat = np.full((300, 560), 2000, np.uint16)
     flat[:3, :3] = 2001
     for method in ("local", "mix"):
-        spec = InputSpec(method, WINDOW, (128, 64))
+        spec = InputSpec(Conversion(method, WINDOW), (128, 64))
         x, reasons = DevicePrep(spec, "cpu").run([flat, scan()])
         assert reasons[0] == prepare(flat, spec).reason and reasons[0].startswith("cannot convert")
         assert reasons[1] is None and x.shape[0] == 1
 
 
 def test_supports_and_tables():
-    assert not DevicePrep.supports(InputSpec("clahe", WINDOW, (64, 32)))
-    assert not DevicePrep.supports(InputSpec("global", None, (64, 32)))
-    assert all(DevicePrep.supports(InputSpec(m, WINDOW, (64, 32))) for m in DEVICE_METHODS)
+    assert not DevicePrep.supports(InputSpec(Conversion("clahe", WINDOW), (64, 32)))
+    assert all(DevicePrep.supports(InputSpec(Conversion(m, WINDOW), (64, 32))) for m in DEVICE_METHODS)
     with pytest.raises(InspectorError, match="prepared on the CPU"):
-        DevicePrep(InputSpec("clahe", WINDOW, (64, 32)), "cpu")
-    dp = DevicePrep(InputSpec("global", WINDOW, (64, 32)), "cpu")
+        DevicePrep(InputSpec(Conversion("clahe", WINDOW), (64, 32)), "cpu")
+    dp = DevicePrep(InputSpec(Conversion("global", WINDOW), (64, 32)), "cpu")
     assert np.array_equal(dp._lut((1700, 2800)).numpy(), _window_lut(1700, 2800))
     assert dp._lut((1700, 2800)) is dp._lut((1700, 2800))  # uploaded once
     cache = _Cache()
@@ -168,12 +167,13 @@ def test_prepare_on_is_checked(model_path):
 def test_cuda_device_path_equals_prepare(model_path):
     for method in DEVICE_METHODS:
         for size in ((128, 64), (97, 211), (400, 700)):
-            worst, share = compare([scan(), scan(257, 481, seed=2)], InputSpec(method, WINDOW, size), "cuda")
+            spec = InputSpec(Conversion(method, WINDOW), size)
+            worst, share = compare([scan(), scan(257, 481, seed=2)], spec, "cuda")
             assert worst <= 1 and share < 0.01
     limits = {"blur_min": 40.0, "clipped_fraction": 0.3}
     flat = np.full((300, 560), 2100, np.uint16)
     imgs = [scan(), flat, scan(seed=3)]
-    spec = InputSpec("global", WINDOW, (128, 64), quality=limits)
+    spec = InputSpec(Conversion("global", WINDOW), (128, 64), quality=limits)
     assert DevicePrep(spec, "cuda").run(imgs)[1] == [quality.check(i, limits, WINDOW) for i in imgs]
     cpu = Detector.load(model_path, device="cpu", batch_size=2)
     gpu = Detector.load(model_path, device="cuda", batch_size=2)

@@ -12,9 +12,9 @@ import torchvision
 
 from inspector.errors import ModelError
 from inspector.model import (
-    FULL_DIM, ElectrodeNet, Embedding, ModelMeta, build_detector, init_model, load_model, preprocess_batch,
-    read_meta, resolve_device, save_model, tensors_sha256,
+    ElectrodeNet, build_detector, init_model, load_model, preprocess_batch, resolve_device, save_model, tensors_sha256,
 )
+from inspector.modelmeta import FULL_DIM, Embedding, ModelMeta, read_meta
 
 SIZE = (64, 32)
 
@@ -244,26 +244,6 @@ def test_safetensors_without_inspector_metadata(tmp_path):
 def test_missing_model_file(tmp_path):
     with pytest.raises(ModelError, match="does not exist; train one with `inspector train`"):
         load_model(tmp_path / "nope.safetensors")
-
-
-def test_meta_ignores_unknown_fields_and_needs_required_ones():
-    meta = meta_for()
-    data = json.loads(meta.to_json())
-    data["from_the_future"] = 1
-    assert ModelMeta.from_json(json.dumps(data)) == meta
-    del data["input_size"]
-    with pytest.raises(ModelError, match="metadata lacks input_size"):
-        ModelMeta.from_json(json.dumps(data))
-
-
-def test_meta_validation():
-    with pytest.raises(ModelError, match="'global' needs a window"):
-        ModelMeta(method="global", window=None, input_size=SIZE)
-    with pytest.raises(ModelError, match="is unknown"):
-        ModelMeta(method="fancy", window=None, input_size=SIZE)
-    with pytest.raises(ModelError, match="hi must be above lo"):
-        ModelMeta(method="global", window=(3000, 1000), input_size=SIZE)
-    assert ModelMeta(method="local", window=None, input_size=[8, 4]).input_size == (8, 4)
 
 
 def test_weights_from_a_resnet34_state_dict(tmp_path):

@@ -5,12 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from inspector.cli import cli, with_config
 from inspector.config import METHODS, WINDOWED_METHODS, Config, parse_input_size
 from inspector.paths import display_path
+
+if TYPE_CHECKING:
+    from inspector.modelmeta import ModelMeta
 
 UNTRAINED_WARNING = "warning: this model is UNTRAINED (written by `inspector model init`): its verdicts are random"
 
@@ -79,7 +83,7 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def describe_score(meta) -> str:
+def describe_score(meta: ModelMeta) -> str:
     """What P(abnormal) is, and the normal model behind the maps, in one line."""
     normal = meta.normal or {}
     if not normal:
@@ -120,7 +124,7 @@ def describe_metrics(metrics: dict) -> str:
 @with_config
 def info_command(model_path: str, as_json: bool, cfg: Config) -> None:
     """Show what MODEL was trained with: conversion, window, input size, threshold, metrics, provenance."""
-    from inspector.model import read_meta
+    from inspector.modelmeta import read_meta
 
     meta = read_meta(model_path)
     sha = file_sha256(Path(model_path))
@@ -130,18 +134,19 @@ def info_command(model_path: str, as_json: bool, cfg: Config) -> None:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
         return
     h, w = meta.input_size
-    clahe = meta.clahe or {}
+    conversion = meta.conversion
     rows = [
         ("model", model_path),
         ("sha256", sha),
         ("trained", "yes" if meta.trained else "NO: untrained, written by `inspector model init`; verdicts are random"),
-        ("method", meta.method),
-        ("window", f"{meta.window[0]}-{meta.window[1]}" if meta.window else "none (not needed by this method)"),
+        ("method", conversion.method),
+        ("window", f"{conversion.window.lo}-{conversion.window.hi}" if conversion.window
+         else "none (not needed by this method)"),
         ("input size", f"{h} x {w} px (height x width)"),
         ("threshold", f"{meta.threshold:g} ({meta.threshold_source})"),
         ("scores by", describe_score(meta)),
         ("quality gate", describe_quality(meta.quality)),
-        ("clahe", f"clip_limit {clahe.get('clip_limit')}, tile_grid {clahe.get('tile_grid')}"),
+        ("clahe", f"clip_limit {conversion.clahe[0]}, tile_grid {conversion.clahe[1]}"),
         ("weights", meta.weights),
         ("freeze", meta.freeze),
         ("metrics", describe_metrics(meta.metrics)),
@@ -176,7 +181,8 @@ def init_command(out: str, method: str | None, window: tuple[int, int] | None, i
     if Path(out).exists() and not force:
         raise click.UsageError(f"{out} already exists; pass --force to overwrite it")
     from inspector.convert import Window
-    from inspector.model import Embedding, init_model
+    from inspector.model import init_model
+    from inspector.modelmeta import Embedding
 
     win = Window(*window) if window else None
     size = parse_input_size(input_size) if input_size else tuple(cfg.model.input_size)

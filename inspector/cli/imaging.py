@@ -39,21 +39,17 @@ def _convert_to_png(image: str, out: str, method: str | None, window: tuple[int,
     """Read, convert and write; returns the line to print."""
     import cv2
 
-    from inspector.convert import Window, convert_image
+    from inspector.convert import Conversion
     from inspector.imaging import read_image
+    from inspector.modelmeta import read_meta
 
-    meta = None
-    if model_path:
-        from inspector.model import read_meta
-
-        meta = read_meta(model_path)
-    method = method or (meta.method if meta else cfg.convert.method)
-    chosen = Window(*window) if window else (Window(*meta.window) if meta and meta.window else None)
-    clahe = dict(meta.clahe) if meta else {}
+    model = read_meta(model_path).conversion if model_path else None
     img16 = read_image(image, max_height=cfg.imaging.max_height, max_width=cfg.imaging.max_width)
-    img8 = convert_image(img16, method, chosen,
-                         clahe_clip_limit=clahe.get("clip_limit", cfg.convert.clahe_clip_limit),
-                         clahe_tile_grid=clahe.get("tile_grid", cfg.convert.clahe_tile_grid))
+    if model is None:
+        conversion = Conversion.from_config(cfg.convert, method, window)
+    else:
+        conversion = Conversion(method or model.method, window or model.window, model.clahe)
+    img8 = conversion.apply(img16)
     ok, buf = cv2.imencode(".png", img8[:, :, ::-1])  # OpenCV writes BGR: reverse so channel 0 is red
     if not ok:
         raise InspectorError(f"OpenCV could not encode {out} as PNG")
@@ -61,6 +57,7 @@ def _convert_to_png(image: str, out: str, method: str | None, window: tuple[int,
         Path(out).write_bytes(buf.tobytes())
     except OSError as exc:
         raise InspectorError(f"cannot write {out}: {exc.strerror or exc}; check the folder and free space") from None
-    used = "" if chosen is None or method in ("naive", "local") else f", window {chosen.lo}-{chosen.hi}"
+    chosen = conversion.window
+    used = "" if chosen is None or conversion.method in ("naive", "local") else f", window {chosen.lo}-{chosen.hi}"
     height, width = img8.shape[:2]
-    return f"wrote {out}: method {method}{used}, {width} x {height} px, 3 channels"
+    return f"wrote {out}: method {conversion.method}{used}, {width} x {height} px, 3 channels"
