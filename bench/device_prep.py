@@ -59,13 +59,13 @@ def measure(images: int = 4, repeats: int = 3) -> list[Figure]:
     torch sees a CUDA device: skipped_note() says so otherwise)."""
     import torch
 
-    from inspector.convert import fit_window
+    from inspector.convert import Conversion, fit_window
     from inspector.devprep import DevicePrep
     from inspector.model import normalize
     from inspector.prepare import InputSpec, prepare
 
     imgs = images16(images)
-    spec = InputSpec("global", fit_window(imgs), INPUT_SIZE, quality=LIMITS)
+    spec = InputSpec(Conversion("global", fit_window(imgs)), INPUT_SIZE, quality=LIMITS)
 
     def cpu_path(batch):
         prepared = [prepare(img, spec) for img in batch]

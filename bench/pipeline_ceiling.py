@@ -122,11 +122,12 @@ def embed_figures(paths: list[Path], window: tuple[int, int], repeats: int) -> l
     from inspector.features import EmbedItem, EmbedStats, embed_dataset
     from inspector.imaging import read_image
     from inspector.model import build_detector, preprocess_batch
+    from inspector.convert import Conversion
     from inspector.views import View
 
     torch.manual_seed(0)
     net = build_detector("none").eval()
-    view = View("global", window)
+    view = View(Conversion("global", window))
     items = [EmbedItem(f"{i:064x}", i, "none") for i in range(len(paths))]
     load = lambda i: view.network_input(read_image(paths[i]), EMBED_INPUT)  # noqa: E731
     batch = 16
@@ -158,7 +159,7 @@ def embed_figures(paths: list[Path], window: tuple[int, int], repeats: int) -> l
 
 def measure(files: int = 120, repeats: int = 1, embed_files: int = 32) -> list[Figure]:
     """Every figure of this benchmark, each against its reference measured in the same run."""
-    from inspector.convert import fit_window
+    from inspector.convert import Conversion, fit_window
     from inspector.imaging import file_sha256, read_image
     from inspector.prepare import InputSpec, convert_resized, prepare
     from inspector.synth import synth_electrode
@@ -166,8 +167,8 @@ def measure(files: int = 120, repeats: int = 1, embed_files: int = 32) -> list[F
     figures: list[Figure] = []
     base = synth_electrode(0, scale=1.0)
     window = fit_window([base])
-    spec = InputSpec("global", window, FREE_INPUT, quality=dict(GATE, height=[base.shape[0]] * 2,
-                                                                 width=[base.shape[1]] * 2))
+    spec = InputSpec(Conversion("global", window), FREE_INPUT, quality=dict(GATE, height=[base.shape[0]] * 2,
+                                                                             width=[base.shape[1]] * 2))
     with tempfile.TemporaryDirectory(prefix="inspector-bench-ceiling-") as tmp:
         root = Path(tmp)
         model = root / "free.safetensors"

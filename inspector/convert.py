@@ -1,4 +1,5 @@
-"""16-bit -> 8-bit 3-channel conversion (naive, global, local, mix, clahe) and window fitting.
+"""16-bit -> 8-bit 3-channel conversion (naive, global, local, mix, clahe), window fitting, and the
+Conversion value (method, window, CLAHE settings) that models, the config and every caller share.
 
 All arithmetic is exact: the window stretch round((clip(x, lo, hi) - lo) / (hi - lo) * 255)
 is done in integers with round-half-up (floor(v + 0.5)), never numpy's round-half-to-even,

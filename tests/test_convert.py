@@ -249,7 +249,8 @@ def test_convert_default_method_comes_from_config(tmp_path):
 def test_convert_takes_method_and_window_from_the_model(tmp_path):
     from safetensors.numpy import save_file
 
-    from inspector.model import META_KEY, ModelMeta
+    from inspector.artifact import META_KEY
+    from inspector.modelmeta import ModelMeta
 
     meta = ModelMeta(method="global", window=(1200, 3800), input_size=(64, 32))
     model = tmp_path / "detector.safetensors"
