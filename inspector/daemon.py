@@ -1,8 +1,9 @@
 """The inspection daemon: watch -> settled files -> workers that prepare them -> the model's thread -> store.
 
 Signals only set flags; the main thread scans, settles files and supervises the observer and the
-model's thread; the scoring side (scoring.py, mixed in) prepares, scores and commits, and moves a
-file only after its outcome is committed.
+model's thread. The daemon is composed of typed collaborators, each handed what it uses: the workers'
+`Intake` and the model's thread `Scoring` (scoring.py) prepare, score and commit; the `Mover` moves a file
+only after its outcome is committed; one `StoreRetry` (retry.py) is the store-retry policy they share.
 """
 
 from __future__ import annotations
@@ -16,26 +17,34 @@ import signal
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from inspector.config import Config
 from inspector.errors import ConfigError, ModelError, StoreError
+from inspector.faults import NO_FAULTS, Faults
+from inspector.intake import Claims, Intake, ScoringModel
+from inspector.mover import Mover
 from inspector.notify import log_to_stderr, notify, pid_file, watchdog_interval_seconds
 from inspector.paths import display_path
-from inspector import scoring
 from inspector.pipeline import Turns, worker_count
+from inspector.retry import StoreRetry
 from inspector.scoring import TICK_SECONDS, Scoring, model_meta_json
-from inspector.mover import Mover
-from inspector.watcher import SKIP_DIRS, EventHandler, FileStamp, Scanner, Tracker, build_observer
+from inspector.watcher import SKIP_DIRS, CaptureFolder, EventHandler, FileStamp, Scanner, Tracker, build_observer
+
+if TYPE_CHECKING:
+    from watchdog.observers.api import BaseObserver
+
+    from inspector.store import Store
+
+T = TypeVar("T")
 
 log = logging.getLogger("inspector.daemon")
 
 REBUILD_SECONDS = 2.0  # at most one observer rebuild attempt this often
 
 
-def load_detector(cfg: Config) -> Any:
+def load_detector(cfg: Config) -> ScoringModel:
     """Load the model and score its check image; a missing or damaged file says how to get one."""
     from inspector.infer import Detector
 
@@ -51,7 +60,7 @@ def load_detector(cfg: Config) -> Any:
     return detector
 
 
-def off_main_thread(fn: Callable[..., Any], *args: Any) -> Any:
+def off_main_thread(fn: Callable[..., T], *args: object) -> T:
     """fn(*args) on a short-lived thread; its result, or its exception re-raised here.
 
     The daemon keeps every torch call on its worker thread. A model loaded (and self-checked) on
@@ -59,7 +68,7 @@ def off_main_thread(fn: Callable[..., Any], *args: Any) -> Any:
     libgomp has more threads than cores and stops spinning between parallel regions, and every
     forward pass of the worker ran slower (bench/torch_threads.py measures it). A thread that ends frees its team.
     """
-    result: list[Any] = []
+    result: list[T] = []
     error: list[BaseException] = []
 
     def call() -> None:
@@ -76,54 +85,70 @@ def off_main_thread(fn: Callable[..., Any], *args: Any) -> Any:
     return result[0]
 
 
-class Daemon(Scoring):
-    """One capture folder, one model, one database; `run()` returns when stopped (or done, once=True)."""
+class Daemon:
+    """One capture folder, one model, one database; `run()` returns when stopped (or done, once=True).
 
-    def __init__(self, cfg: Config, detector: Any, store: Any,
-                 load: Callable[[Config], Any] = load_detector):
+    `faults`: the fault points' handler (faults.py); the service's does nothing.
+    """
+
+    def __init__(self, cfg: Config, detector: ScoringModel, store: Store,
+                 load: Callable[[Config], ScoringModel] = load_detector, faults: Faults = NO_FAULTS):
         from inspector.heatmaps import HeatmapQueue  # torch and OpenCV: imported once a daemon is made
 
         self.cfg = cfg
-        self.detector = detector
         self.store = store
-        self.load = load
         self.root = os.path.realpath(cfg.watch.capture_dir)
-        self.tracker = Tracker(self.root, cfg.watch.patterns, cfg.watch.settle_seconds, cfg.watch.queue_size,
-                               cfg.watch.incomplete_retry_seconds)
-        self.scanner = Scanner(self.tracker, self._known, cfg.watch.rescan_seconds)
-        # files with a committed outcome still in the capture folder: a move a crash interrupted
-        self.leftovers: queue.Queue = queue.Queue(maxsize=cfg.watch.queue_size)
         self.events: queue.Queue = queue.Queue(maxsize=cfg.watch.queue_size)
         self.ready: queue.Queue = queue.Queue()
         self.rescan = threading.Event()
         self.stop = threading.Event()
         self.reload = threading.Event()
-        self.observer: Any = None
+        self.tracker = Tracker(self.root, cfg.watch.patterns, cfg.watch.settle_seconds, cfg.watch.queue_size,
+                               cfg.watch.incomplete_retry_seconds)
+        self.scanner = Scanner(self.tracker, self._known, cfg.watch.rescan_seconds)
+        # files with a committed outcome still in the capture folder: a move a crash interrupted
+        self.leftovers: queue.Queue = queue.Queue(maxsize=cfg.watch.queue_size)
+        self.folder = CaptureFolder(self.root, self.events, self.rescan)
+        self.run_id = uuid.uuid4().hex  # this run's claims on files (fleet.py): another run's are not ours
+        self.retry = StoreRetry(self.stop, faults)
+        claims = Claims(store, self.retry, self.run_id, cfg.station.claim_lease_seconds)
+        self.mover = Mover(self.folder, cfg.watch.after == "move", store, self.retry, claims, self.leftovers, faults)
+        self.heatmaps = HeatmapQueue(store, cfg.state.dir)  # drawn by the model's thread when no file waits
+        turns = Turns.for_device(getattr(detector, "device", None))
+        self.intake = Intake(cfg, store, self.retry, claims, self.folder, self.tracker, turns, faults)
+        self.scoring = Scoring(cfg, detector, store, load=load, retry=self.retry, claims=claims, intake=self.intake,
+                               folder=self.folder, tracker=self.tracker, mover=self.mover, heatmaps=self.heatmaps,
+                               ready=self.ready, stop=self.stop, reload=self.reload,
+                               workers=worker_count(cfg.infer.workers), turns=turns, faults=faults)
+        self.observer: BaseObserver | None = None
         self.worker: threading.Thread | None = None
-        self.counts = {"scored": 0, "abnormal": 0, "rejected": 0}
-        self.paused_reason: str | None = None
-        self.heatmaps = HeatmapQueue(store, cfg.state.dir)  # drawn by the worker when no file waits
         self.poll_seconds = 1.0
         self._rebuild_at = 0.0
         self._root_id = folder_identity(self.root)  # a deleted and re-created folder is another folder
         self.folder_note: str | None = None  # the capture folder's absence or re-creation, for STATUS
-        self.mover = Mover(self.root, cfg.watch.after == "move", self._store_call, store, self._unchanged, self._shown,
-                           lambda point: scoring.fault_point(point))  # looked up at each call: the fault runner replaces it
-        self.workers = worker_count(cfg.infer.workers)
-        self.turns = Turns.for_device(getattr(detector, "device", None))
-        self._recent: OrderedDict[str, dict] = OrderedDict()  # sha256 -> outcome of this model, newest last
-        self.run_id = uuid.uuid4().hex  # this run's claims on files (fleet.py): another run's are not ours
-        self.once = False  # one pass (`watch --once`): an incomplete file is left for a later run
+
+    @property
+    def detector(self) -> ScoringModel:
+        """The model served now (a reload swaps it on the model's thread)."""
+        return self.scoring.detector
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.scoring.counts
+
+    @property
+    def paused_reason(self) -> str | None:
+        """Why the daemon waits for its database, None while it does not."""
+        return self.retry.paused_reason
 
     # ---- main thread: scan, settle, supervise -------------------------------------------------
     def run(self, once: bool = False) -> int:
         """Serve until stop is set (or, with once, until everything waiting has an outcome)."""
         handler = EventHandler(self.events, self.rescan)
-        self.once = once
         self.tracker.judge_by_mtime = once  # one pass has no earlier sight of a file: its mtime's age decides
         if not once:
             self.observer = build_observer(self.root, handler, self.cfg.watch.polling, self.poll_seconds)
-        self.worker = threading.Thread(target=self._work, name="inspector-worker", daemon=True)
+        self.worker = threading.Thread(target=self.scoring.work, args=(once,), name="inspector-worker", daemon=True)
         self.worker.start()
         ready_sent, last_status, next_watchdog = False, "", 0.0
         watchdog_seconds = watchdog_interval_seconds()
@@ -164,7 +189,7 @@ class Daemon(Scoring):
                 self.observer.join(timeout=5)
             self.worker.join()
             if once and code == 0:
-                self._finish_moves()  # the worker has stopped: no other mover is left
+                self.mover.finish_interrupted()  # the worker has stopped: no other mover is left
         log.info("stopped: %s", self.status_line())
         return code
 
@@ -203,8 +228,12 @@ class Daemon(Scoring):
         else:
             self.scanner.step(now=now)
         for item in self.tracker.settle(now):
-            log.debug("ready %s (%d bytes)", self._shown(item.path), item.size)
+            log.debug("ready %s (%d bytes)", self.folder.shown(item.path), item.size)
             self.ready.put(item)
+
+    def queued(self) -> int:
+        """Files seen and not yet given an outcome (the tracker's)."""
+        return len(self.tracker)
 
     def status_line(self) -> str:
         """The systemd STATUS text: what has been done and what is waiting."""
@@ -225,7 +254,8 @@ class Daemon(Scoring):
     def _rebuild_observer(self, handler: EventHandler, why: str = "the file observer stopped") -> None:
         log.warning("%s; rebuilding the observer and rescanning %s", why, display_path(self.root))
         try:
-            self.observer.stop()
+            if self.observer is not None:
+                self.observer.stop()
         except Exception:  # already dead: nothing to stop
             pass
         try:
@@ -243,13 +273,12 @@ class Daemon(Scoring):
             if not self.tracker.note(path, closed, now):
                 self.rescan.set()  # no room now: the rescan picks it up when there is
 
-    def request_stop(self, *_: Any) -> None:
+    def request_stop(self, *_: object) -> None:
         self.stop.set()
 
-    def request_reload(self, *_: Any) -> None:
+    def request_reload(self, *_: object) -> None:
         self.reload.set()
 
-    # ---- worker thread: score and commit ------------------------------------------------------
     def _known(self, path_raw: bytes, stamp: FileStamp) -> bool:
         """The scanner's test; with after = "move" a known file still here is a move to finish."""
         try:
@@ -260,9 +289,6 @@ class Daemon(Scoring):
             with contextlib.suppress(queue.Full):  # the next rescan offers it again
                 self.leftovers.put_nowait((os.fsdecode(path_raw), stamp))
         return known
-
-    def _shown(self, path: str) -> str:
-        return display_path(os.path.join(os.path.basename(self.root), os.path.relpath(path, self.root)))
 
 
 def pid_alive(pid: int) -> bool:
@@ -301,8 +327,10 @@ def require_outside_capture(cfg: Config) -> None:
                               "quarantine its own files; move it out of the capture folder", key, cfg.source)
 
 
-def run_daemon(cfg: Config, once: bool = False) -> int:
-    """`inspector watch`: start-up checks, signals, serve, clean exit code (0 after SIGTERM)."""
+def run_daemon(cfg: Config, once: bool = False, faults: Faults = NO_FAULTS) -> int:
+    """`inspector watch`: start-up checks, signals, serve, clean exit code (0 after SIGTERM).
+
+    `faults`: the reliability tests' fault points (tests/fault_runner.py); the service's do nothing."""
     from inspector.heartbeat import Heartbeat, refuse_taken_name
     from inspector.store import open_configured
 
@@ -315,7 +343,7 @@ def run_daemon(cfg: Config, once: bool = False) -> int:
         store.record_model(detector.sha256, str(cfg.model.path), model_meta_json(detector))
         stack.enter_context(pid_file(Path(cfg.state.dir)))
         refuse_taken_name(store, cfg.station_name, pid_alive)
-        daemon = Daemon(cfg, detector, store)
+        daemon = Daemon(cfg, detector, store, faults=faults)
         dropped = store.release_station_claims(cfg.station_name, daemon.run_id)
         if dropped:
             log.info("released %d claim(s) left by this station's previous run", dropped)

@@ -12,26 +12,31 @@ import logging
 import os
 import socket
 import threading
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from inspector import __version__
+from inspector.config import Config
 from inspector.errors import InspectorError, StoreError
 from inspector.paths import display_path
+
+if TYPE_CHECKING:
+    from inspector.intake import ScoringModel
+    from inspector.store import Store
 
 log = logging.getLogger("inspector.daemon")
 
 STALE_BEATS = 3  # a station not seen for this many heartbeats is shown as not responding
 
 
-def is_live(row: dict, now: Any) -> bool:
+def is_live(row: dict, now: datetime) -> bool:
     """A heartbeat row of a daemon still running: not stopped, seen within STALE_BEATS beats."""
     if row.get("stopped_at") is not None:
         return False
     return now - row["last_seen"] <= timedelta(seconds=STALE_BEATS * row["heartbeat_seconds"])
 
 
-def refuse_taken_name(store: Any, name: str, pid_alive: Any) -> None:
+def refuse_taken_name(store: Store, name: str, pid_alive: Callable[[int], bool]) -> None:
     """Two running daemons under one station name would share their claims: refuse the second."""
     row, now = store.station_row(name)
     if row is None or not is_live(row, now):
@@ -44,10 +49,34 @@ def refuse_taken_name(store: Any, name: str, pid_alive: Any) -> None:
                              "station.name in config.toml")
 
 
-class Heartbeat:
-    """The heartbeat thread of one daemon (`daemon`: a daemon.Daemon; its run_id names its claims)."""
+class Station(Protocol):
+    """What the heartbeat reads of its daemon (daemon.Daemon); `run_id` names its claims, `reload` asks it to
+    reload its model."""
 
-    def __init__(self, daemon: Any):
+    cfg: Config
+    store: Store
+    run_id: str
+    root: str
+    reload: threading.Event
+
+    @property
+    def detector(self) -> ScoringModel: ...
+
+    @property
+    def counts(self) -> dict[str, int]: ...
+
+    @property
+    def paused_reason(self) -> str | None: ...
+
+    def queued(self) -> int: ...
+
+    def status_line(self) -> str: ...
+
+
+class Heartbeat:
+    """The heartbeat thread of one daemon."""
+
+    def __init__(self, daemon: Station):
         self.daemon = daemon
         self.cfg = daemon.cfg
         self.store = daemon.store
@@ -81,7 +110,7 @@ class Heartbeat:
                 name=self.cfg.station_name, host=socket.gethostname(), pid=os.getpid(), run_id=d.run_id,
                 capture_dir=display_path(d.root), model_sha256=d.detector.sha256, inspector_version=__version__,
                 heartbeat_seconds=self.cfg.station.heartbeat_seconds, scored=d.counts["scored"],
-                rejected=d.counts["rejected"], queued=len(d.tracker), paused_reason=d.paused_reason,
+                rejected=d.counts["rejected"], queued=d.queued(), paused_reason=d.paused_reason,
                 status=d.status_line()))
             self.store.renew_claims(d.run_id, self.cfg.station.claim_lease_seconds)
             self._follow_promotion()

@@ -10,21 +10,26 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from inspector.explain import explain_image, heatmap_path, overlay_png, write_overlay
 
+if TYPE_CHECKING:
+    from inspector.intake import ScoringModel
+    from inspector.store import Store
+
 log = logging.getLogger("inspector.heatmaps")
 
 
-def explain_and_record(detector, store, img16: np.ndarray, sha256: str, state_dir: str | os.PathLike,
-                       heat: np.ndarray | None = None) -> Path:
+def explain_and_record(detector: ScoringModel, store: Store, img16: np.ndarray, sha256: str,
+                       state_dir: str | os.PathLike, heat: np.ndarray | None = None) -> Path:
     """Heat map for a committed verdict: compute, save under the state folder, attach to the verdict.
 
     Nothing on the network is modified, and concurrent Grad-CAM calls are serialized by a module
     lock, so a caller on another thread than the one scoring is safe (the daemon draws heat maps
-    on its scoring thread, see HeatmapQueue).
+    on its scoring thread, see HeatmapQueue). explain_image draws with an infer.Detector's network.
     """
     explanation = explain_image(detector, img16, heat=heat)  # heat: the verdict's own map, no second pass
     boxes = explanation.regions.boxes if explanation.regions is not None else ()
@@ -43,18 +48,18 @@ class HeatmapQueue:
     `inspector explain` redraws it.
     """
 
-    def __init__(self, store, state_dir: str | os.PathLike, maxsize: int = 32):
+    def __init__(self, store: Store, state_dir: str | os.PathLike, maxsize: int = 32):
         self.store = store
         self.state_dir = state_dir
         self.maxsize = maxsize
-        self.jobs: collections.deque = collections.deque()
+        self.jobs: collections.deque[tuple[ScoringModel, np.ndarray, str, np.ndarray | None]] = collections.deque()
         self.done = 0
         self.failed = 0
 
     def __len__(self) -> int:
         return len(self.jobs)
 
-    def submit(self, detector, img16: np.ndarray, sha256: str, heat: np.ndarray | None = None) -> bool:
+    def submit(self, detector: ScoringModel, img16: np.ndarray, sha256: str, heat: np.ndarray | None = None) -> bool:
         """Owe a heat map; `heat`: the normal model's map from the verdict's pass (drawing it runs no network)."""
         if len(self.jobs) >= self.maxsize:
             log.warning("heat map queue full; no heat map for %s (run `inspector explain` for it)", sha256[:12])

@@ -6,11 +6,20 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import stat
-from typing import Any, Callable
+import time
+from datetime import date
+from typing import TYPE_CHECKING
 
 from inspector.durable import rename_noreplace, same_entry
-from inspector.watcher import FileStamp, OutsideCapture, ReadyFile, real_dir_inside
+from inspector.faults import Faults
+from inspector.intake import Claims
+from inspector.retry import StoreRetry
+from inspector.watcher import CaptureFolder, FileStamp, OutsideCapture, ReadyFile, probe, real_dir_inside
+
+if TYPE_CHECKING:
+    from inspector.store import Store
 
 log = logging.getLogger("inspector.daemon")
 
@@ -20,21 +29,48 @@ MAX_TAKEN = 100  # destination names lost to other movers in a row before a move
 class Mover:
     """Moves for the daemon's worker; `degraded` says which destination folders are refused and why.
 
-    store_call runs a store write with the daemon's retries; unchanged(item) says the file is still the
-    version judged (and offers it to be judged again if not); shown(path) names a file for the log;
-    fault(point) is the daemon's fault point.
+    Store writes wait out an outage with the daemon's `retry`; `leftovers` are files with a committed
+    outcome still in the capture folder (a move a crash interrupted), found by the daemon's scanner.
     """
 
-    def __init__(self, root: str, enabled: bool, store_call: Callable[..., Any], store: Any,
-                 unchanged: Callable[[ReadyFile], bool], shown: Callable[[str], str], fault: Callable[[str], None]):
-        self.root = root
+    def __init__(self, folder: CaptureFolder, enabled: bool, store: Store, retry: StoreRetry, claims: Claims,
+                 leftovers: queue.Queue, faults: Faults):
+        self.folder = folder
+        self.root = folder.root
         self.enabled = enabled
-        self.store_call = store_call
         self.store = store
-        self.unchanged = unchanged
-        self.shown = shown
-        self.fault = fault
+        self.retry = retry
+        self.claims = claims
+        self.leftovers = leftovers
+        self.faults = faults
         self.degraded: dict[str, str] = {}  # folder -> why moves there are refused (not a real folder inside)
+
+    def finish_interrupted(self) -> None:
+        """Complete moves that a crash cut short (outcome committed, file not yet moved)."""
+        while True:
+            try:
+                path, stamp = self.leftovers.get_nowait()
+            except queue.Empty:
+                return
+            found = probe(path, self.root)
+            if found is None or found[0] != stamp:
+                continue  # already moved, or a new version under the old name (judged as new)
+            raw = os.fsencode(path)
+            outcome = self.retry.call(self.store.file_outcome, raw, stamp.size, stamp.mtime_ns, stamp.inode)
+            if outcome is None:
+                continue
+            item = ReadyFile(path, stamp, time.monotonic(), problem=found[1])
+            if self.claims.take(item) is not None:
+                continue  # another daemon on this folder is moving it
+            log.info("finishing an interrupted move of %s", self.folder.shown(path))
+            try:
+                if outcome["kind"] == "rejection":
+                    self.move(item, ("quarantine",), outcome["sha256"], None)
+                else:
+                    self.move(item, ("processed", date.today().isoformat()), outcome["sha256"], raw,
+                              recorded=outcome["moved_to"])
+            finally:
+                self.claims.release([item])
 
     def move(self, item: ReadyFile, parts: tuple[str, ...], sha256: str | None, image_raw: bytes | None,
              recorded: str | None = None) -> str | None:
@@ -49,7 +85,7 @@ class Mover:
         """
         if not self.enabled:
             return None
-        path, shown = item.path, self.shown(item.path)
+        path, shown = item.path, self.folder.shown(item.path)
         version = (item.stamp.mtime_ns, item.stamp.inode)
         try:
             folder = real_dir_inside(self.root, *parts)
@@ -59,22 +95,22 @@ class Mover:
                 self.degraded[parts[0]] = f"{parts[0]}/ is not a real folder inside the capture folder, files stay in place"
             return None
         self.degraded.pop(parts[0], None)
-        if not self.unchanged(item):
+        if not self.folder.unchanged(item):
             if os.path.lexists(path):
                 log.warning("%s changed after it was read; it stays in place and is judged again", shown)
             return None
         if recorded and same_entry(recorded, path):  # a hard-link move (NFS) cut short before its unlink
             os.unlink(path)
-            log.info("moved %s -> %s (finished)", shown, self.shown(recorded))
+            log.info("moved %s -> %s (finished)", shown, self.folder.shown(recorded))
             return recorded
         taken = 0  # names another process took between our look and our rename
         while True:
             dest = unique_destination(folder, os.path.basename(path))
             if image_raw is not None:
-                self.store_call(self.store.record_moved, image_raw, sha256, dest, *version)  # its exact bytes
+                self.retry.call(self.store.record_moved, image_raw, sha256, dest, *version)  # its exact bytes
             try:
                 rename_noreplace(path, dest)
-                self.fault("mid_move")  # renamed: the instant right after the most exposed step of a move
+                self.faults.point("mid_move")  # renamed: the instant right after the most exposed step of a move
                 break
             except FileExistsError:
                 taken += 1
@@ -88,7 +124,7 @@ class Mover:
                 else:
                     log.error("cannot move %s to %s (%s); it stays in place", shown, parts[0], exc.strerror)
             if image_raw is not None:
-                self.store_call(self.store.record_moved, image_raw, sha256, None, *version)
+                self.retry.call(self.store.record_moved, image_raw, sha256, None, *version)
             return None
         if not _is_version(dest, item.stamp, sha256):
             log.error("%s changed while it was being moved: it is not the content its outcome was recorded for; "
@@ -96,11 +132,11 @@ class Mover:
             try:
                 rename_noreplace(dest, path)
             except OSError as exc:  # a new file under the old name meanwhile: both kept, this one where it is
-                log.error("cannot put %s back (%s); it stays at %s", shown, exc.strerror, self.shown(dest))
+                log.error("cannot put %s back (%s); it stays at %s", shown, exc.strerror, self.folder.shown(dest))
             if image_raw is not None:
-                self.store_call(self.store.record_moved, image_raw, sha256, None, *version)
+                self.retry.call(self.store.record_moved, image_raw, sha256, None, *version)
             return None
-        log.info("moved %s -> %s", shown, self.shown(dest))
+        log.info("moved %s -> %s", shown, self.folder.shown(dest))
         return dest
 
 

@@ -332,7 +332,7 @@ def open_store(url: str, busy_timeout_seconds: float = 30.0, readonly: bool = Fa
         raise StoreError(f"no database at {url} yet: start `inspector watch` (or check database.url)")
     # A network database: every connection taken from the pool is tested first (a server restarted or a
     # connection dropped costs a reconnect, not an error), and a server that does not answer fails in
-    # CONNECT_TIMEOUT_SECONDS (the daemon then pauses with a bounded backoff, scoring.MAX_BACKOFF_SECONDS).
+    # CONNECT_TIMEOUT_SECONDS (the daemon then pauses with a bounded backoff, retry.MAX_BACKOFF_SECONDS).
     # A lock another session holds longer than database.busy_timeout_seconds fails the statement
     # (lock_timeout, as SQLite's busy_timeout does), so the daemon pauses and says so instead of waiting mute.
     options = {} if backend == "sqlite" else {

@@ -353,3 +353,32 @@ def real_dir_inside(root: str, *parts: str) -> str:
             raise OutsideCapture(f"{display_path(folder)} is {kind}; inspector moves files only into real "
                                  "folders inside the capture folder")
     return folder
+
+
+class CaptureFolder:
+    """The capture folder as the daemon's workers see it: a file still the version judged, a file's name for the log.
+
+    A file found changed is offered to the main thread again (`events`, or a rescan when that queue is full).
+    """
+
+    def __init__(self, root: str, events: queue.Queue, rescan: threading.Event):
+        self.root = root
+        self.events = events
+        self.rescan = rescan
+
+    def unchanged(self, item: ReadyFile) -> bool:
+        """The file is still the version that was judged ready; if not, it is offered to the tracker again."""
+        found = probe(item.path, self.root)
+        if found is None:
+            return False
+        if found[0] != item.stamp:
+            try:
+                self.events.put_nowait((item.path, False))
+            except queue.Full:
+                self.rescan.set()
+            return False
+        return True
+
+    def shown(self, path: str) -> str:
+        """A file's name for the log: relative to the capture folder's parent, escaped."""
+        return display_path(os.path.join(os.path.basename(self.root), os.path.relpath(path, self.root)))

@@ -1,39 +1,67 @@
-"""TEST-ONLY: run the inspector CLI with faults injected at the daemon's named fault points.
+"""TEST-ONLY: run `inspector watch` with faults injected at the daemon's named fault points.
 
-    python tests/fault_runner.py watch --config C      (with the environment below)
+    python tests/fault_runner.py watch --config C [--once]      (with the environment below)
 
 INSPECTOR_FAULT=after_read|after_infer|after_commit|mid_move (INSPECTOR_FAULT_AFTER=N passes spared):
 SIGKILL this process there. INSPECTOR_FAULT=enospc: store writes fail as a full disk while the file
 $INSPECTOR_FAULT_FILE exists (for machines where no small file system can be mounted). The service
-code has no such settings: this runner replaces inspector.scoring.fault_point before the CLI starts.
+code has no such settings: this runner hands its own `Faults` object to `daemon.run_daemon`, as
+`inspector watch` hands it `faults.NO_FAULTS`.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
 
-import inspector.scoring
-from inspector.cli import main
-from inspector.errors import StoreError
-
-_SEEN: dict[str, int] = {}
+from inspector.errors import InspectorError, StoreError
 
 
-def inject(point: str) -> None:
-    fault = os.environ.get("INSPECTOR_FAULT")
-    if not fault:
-        return
-    full = fault == "enospc" and os.path.exists(os.environ.get("INSPECTOR_FAULT_FILE", ""))
-    if full and point.startswith("store:record_"):
-        raise StoreError("database: disk full (simulated by INSPECTOR_FAULT=enospc); free space on its disk")
-    if fault == point:
-        _SEEN[point] = _SEEN.get(point, 0) + 1
-        if _SEEN[point] > int(os.environ.get("INSPECTOR_FAULT_AFTER") or 0):
-            os.kill(os.getpid(), signal.SIGKILL)
+class EnvironmentFaults:
+    """The faults the environment above names (a faults.Faults)."""
+
+    def __init__(self, environ: dict[str, str]):
+        self.fault = environ.get("INSPECTOR_FAULT", "")
+        self.full_flag = environ.get("INSPECTOR_FAULT_FILE", "")
+        self.spared = int(environ.get("INSPECTOR_FAULT_AFTER") or 0)
+        self.seen: dict[str, int] = {}
+
+    def point(self, name: str) -> None:
+        if not self.fault:
+            return
+        full = self.fault == "enospc" and os.path.exists(self.full_flag)
+        if full and name.startswith("store:record_"):
+            raise StoreError("database: disk full (simulated by INSPECTOR_FAULT=enospc); free space on its disk")
+        if self.fault == name:
+            self.seen[name] = self.seen.get(name, 0) + 1
+            if self.seen[name] > self.spared:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main(argv: list[str]) -> int:
+    """What `inspector watch` does (cli/watch.py), with this runner's faults."""
+    parser = argparse.ArgumentParser(prog="fault_runner.py")
+    parser.add_argument("command", choices=["watch"])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--once", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        from inspector.config import load_config
+
+        cfg = load_config(args.config)
+        cfg.require_dir("watch.capture_dir")
+        import torch
+
+        from inspector.daemon import run_daemon
+
+        torch.set_num_threads(cfg.infer.threads or os.cpu_count() or 1)
+        return run_daemon(cfg, once=args.once, faults=EnvironmentFaults(dict(os.environ)))
+    except InspectorError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
-    inspector.scoring.fault_point = inject
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -726,9 +726,9 @@ def test_a_batch_the_network_fails_on_is_scored_file_by_file(tmp_path, station, 
     with open_store(cfg.database.url) as store:
         daemon = Daemon(cfg, BombDetector(detector), store)
         ready = [ReadyFile(str(p), probe(str(p), daemon.root)[0], time.monotonic()) for p in sorted(capture.iterdir())]
-        jobs = [daemon._prepare(item, daemon.detector) for item in ready]
+        jobs = [daemon.intake.prepare(item, daemon.detector) for item in ready]
         assert all(job is not None and job.prepared is not None for job in jobs)
-        daemon._score_isolated(jobs)
+        daemon.scoring.score_isolated(jobs)
     assert "scoring them one by one" in caplog.text
     assert sorted(os.path.basename(p) for (p,) in db_rows(cfg.database.url, "SELECT path FROM images")) == \
         ["good-0.tif", "good-1.tif", "good-2.tif"]
