@@ -30,7 +30,8 @@ from inspector.paths import display_path
 from inspector.pipeline import Turns, worker_count
 from inspector.retry import StoreRetry
 from inspector.scoring import TICK_SECONDS, Scoring, model_meta_json
-from inspector.watcher import SKIP_DIRS, CaptureFolder, EventHandler, FileStamp, Scanner, Tracker, build_observer
+from inspector.watcher import (SKIP_DIRS, CaptureFolder, EventHandler, FileStamp, ReadyFile, Scanner, Tracker,
+                               build_observer)
 
 if TYPE_CHECKING:
     from watchdog.observers.api import BaseObserver
@@ -98,8 +99,8 @@ class Daemon:
         self.cfg = cfg
         self.store = store
         self.root = os.path.realpath(cfg.watch.capture_dir)
-        self.events: queue.Queue = queue.Queue(maxsize=cfg.watch.queue_size)
-        self.ready: queue.Queue = queue.Queue()
+        self.events: queue.Queue[tuple[str, bool]] = queue.Queue(maxsize=cfg.watch.queue_size)
+        self.ready: queue.Queue[ReadyFile] = queue.Queue()
         self.rescan = threading.Event()
         self.stop = threading.Event()
         self.reload = threading.Event()
@@ -107,7 +108,7 @@ class Daemon:
                                cfg.watch.incomplete_retry_seconds)
         self.scanner = Scanner(self.tracker, self._known, cfg.watch.rescan_seconds)
         # files with a committed outcome still in the capture folder: a move a crash interrupted
-        self.leftovers: queue.Queue = queue.Queue(maxsize=cfg.watch.queue_size)
+        self.leftovers: queue.Queue[tuple[str, FileStamp]] = queue.Queue(maxsize=cfg.watch.queue_size)
         self.folder = CaptureFolder(self.root, self.events, self.rescan)
         self.run_id = uuid.uuid4().hex  # this run's claims on files (fleet.py): another run's are not ours
         self.retry = StoreRetry(self.stop, faults)

@@ -34,7 +34,7 @@ class Mover:
     """
 
     def __init__(self, folder: CaptureFolder, enabled: bool, store: Store, retry: StoreRetry, claims: Claims,
-                 leftovers: queue.Queue, faults: Faults):
+                 leftovers: queue.Queue[tuple[str, FileStamp]], faults: Faults):
         self.folder = folder
         self.root = folder.root
         self.enabled = enabled

@@ -80,7 +80,7 @@ class Scoring:
 
     def __init__(self, cfg: Config, detector: ScoringModel, store: Store, *, load: Callable[[Config], ScoringModel],
                  retry: StoreRetry, claims: Claims, intake: Intake, folder: CaptureFolder, tracker: Tracker,
-                 mover: Mover, heatmaps: HeatmapQueue, ready: queue.Queue, stop: threading.Event,
+                 mover: Mover, heatmaps: HeatmapQueue, ready: queue.Queue[ReadyFile], stop: threading.Event,
                  reload: threading.Event, workers: int, turns: Turns, faults: Faults):
         self.cfg = cfg
         self.detector = detector

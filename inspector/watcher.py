@@ -361,7 +361,7 @@ class CaptureFolder:
     A file found changed is offered to the main thread again (`events`, or a rescan when that queue is full).
     """
 
-    def __init__(self, root: str, events: queue.Queue, rescan: threading.Event):
+    def __init__(self, root: str, events: queue.Queue[tuple[str, bool]], rescan: threading.Event):
         self.root = root
         self.events = events
         self.rescan = rescan
