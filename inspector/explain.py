@@ -54,7 +54,7 @@ class Explanation:
 
 
 def display_scale(heat: np.ndarray, calibration: dict) -> np.ndarray:
-    """A normal model's map for the eye, in [0, 1]: 0 up to the held-out normals' 90th percentile, 0.5 at the
+    """A normal model's map for the eye, in [0, 1]: 0 up to the held-out normals' 97th percentile, 0.5 at the
     box threshold, 1 beyond (cold stays cold: a normal scan is not stretched to its own maximum)."""
     from inspector.normalmap import excess
 

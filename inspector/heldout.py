@@ -33,7 +33,8 @@ def fuse(p_head: np.ndarray, p_map: np.ndarray) -> np.ndarray:
 
 
 def mask_hit(dataset: Dataset, i: int, heat: np.ndarray, cal: dict) -> tuple[str, localize.Hit] | None:
-    """(anomaly types, localize.Hit) of image i's map against its defect mask: the map as shown (normalmap.excess);
+    """(anomaly types, localize.Hit) of image i's map against its defect mask: the peak the verdict reports (the map's
+    maximum) and the mass of the map as shown (normalmap.excess);
     None for an image that is not abnormal or has no (or an empty) mask."""
     path = dataset.mask_path(i) if dataset.samples[i].label == "abnormal" else None
     if path is None:
@@ -41,7 +42,7 @@ def mask_hit(dataset: Dataset, i: int, heat: np.ndarray, cal: dict) -> tuple[str
     mask = localize.read_mask(path)
     if not mask.any():
         return None
-    return ";".join(dataset.samples[i].anomalies), localize.score_map(normalmap.excess(heat, cal), mask)
+    return ";".join(dataset.samples[i].anomalies), localize.score_map(heat, mask, shown=normalmap.excess(heat, cal))
 
 
 class HeldOutMaps:

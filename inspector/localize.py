@@ -84,28 +84,33 @@ def dilate(mask: np.ndarray, fraction: float = DILATION) -> np.ndarray:
     return cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
 
 
-def score_map(heat: np.ndarray, mask: np.ndarray, fraction: float = DILATION) -> Hit:
-    """Score a heat map covering the whole image, at any size (it is resized bilinearly to the mask's),
-    against the mask dilated by `fraction` of its width.
-
-    A flat map (all values equal, e.g. all zero) has no peak: never a hit; its mass inside is the area
-    share, or 0 for an all-zero (or all-negative) map. ValueError for an empty mask or a map holding NaN.
-    """
+def _whole(heat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     heat = np.asarray(heat, dtype=np.float32)
-    mask = np.asarray(mask, dtype=bool)
     if heat.ndim != 2 or heat.size == 0:
         raise ValueError(f"a heat map is a non-empty 2-D array, got shape {heat.shape}")
     if not np.isfinite(heat).all():
         raise ValueError("the heat map holds NaN or infinite values")
+    h, w = shape
+    return heat if heat.shape == (h, w) else cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def score_map(heat: np.ndarray, mask: np.ndarray, fraction: float = DILATION, shown: np.ndarray | None = None) -> Hit:
+    """Score a heat map covering the whole image, at any size (it is resized bilinearly to the mask's),
+    against the mask dilated by `fraction` of its width: its peak (its maximum, the point a verdict reports) and
+    the mass of `shown` (the map as drawn, e.g. only what exceeds the normals' range; default: the map itself).
+
+    A flat map (all values equal, e.g. all zero) has no peak: never a hit; the mass inside of an all-zero (or
+    all-negative) shown map is 0. ValueError for an empty mask or a map holding NaN.
+    """
+    mask = np.asarray(mask, dtype=bool)
     grown = dilate(mask, fraction)
     if not grown.any():
         raise ValueError("the mask marks no defect pixel: localization cannot be measured on it")
-    h, w = mask.shape
-    if heat.shape != (h, w):
-        heat = cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR)
+    heat = _whole(heat, mask.shape)
+    drawn = heat if shown is None else _whole(shown, mask.shape)
     peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
     flat = float(heat.max()) == float(heat.min())
-    positive = np.maximum(heat, 0.0, dtype=np.float64)
+    positive = np.maximum(drawn, 0.0, dtype=np.float64)
     total = float(positive.sum())
     mass = float(positive[grown].sum()) / total if total > 0 else 0.0
     return Hit(bool(grown[peak]) and not flat, mass, float(grown.mean()))

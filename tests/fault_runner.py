@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--once", action="store_true")
     args = parser.parse_args(argv)
     try:
-        from inspector.config import load_config
+        from inspector.configfile import load_config
 
         cfg = load_config(args.config)
         cfg.require_dir("watch.capture_dir")

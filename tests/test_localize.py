@@ -64,6 +64,21 @@ def test_peak_is_the_maximum_and_mass_counts_positive_values_only():
     assert score_map(heat, mask).peak_in_defect
 
 
+def test_the_peak_is_the_maps_and_the_mass_the_shown_maps():
+    """The peak a verdict reports is the map's maximum even where nothing is drawn; the mass is what is drawn."""
+    mask = box_mask()
+    heat = np.ones(mask.shape, np.float32)
+    heat[35, 45] = 2.0  # the maximum, in the defect
+    heat[5, 5] = 1.9
+    drawn = np.zeros(mask.shape, np.float32)
+    drawn[5, 5] = 1.0  # only a place outside the defect exceeds the normals' range
+    hit = score_map(heat, mask, shown=drawn)
+    assert hit.peak_in_defect and hit.mass_inside == 0.0
+    nothing = score_map(heat, mask, shown=np.zeros(mask.shape, np.float32))
+    assert nothing.peak_in_defect and nothing.mass_inside == 0.0
+    assert score_map(heat, mask).mass_inside == pytest.approx(float(heat[dilate(mask)].sum() / heat.sum()))
+
+
 def test_uniform_map_puts_the_chance_share_inside_and_a_flat_map_has_no_peak():
     mask = box_mask()
     uniform = score_map(np.ones(mask.shape, np.float32), mask)

@@ -5,16 +5,21 @@ downloaded and decided on; no page answers 500 for such a name."""
 from __future__ import annotations
 
 import os
+import queue
+import threading
 
 import pytest
 import tifffile
 
 from inspector.imaging import file_sha256
+from inspector.faults import NO_FAULTS
+from inspector.intake import Claims
 from inspector.mover import Mover
 from inspector.paths import display_path
+from inspector.retry import StoreRetry
 from inspector.store import open_store
 from inspector.synth import synth_electrode
-from inspector.watcher import FileStamp, ReadyFile
+from inspector.watcher import CaptureFolder, FileStamp, ReadyFile
 from inspector.web.app import create_app
 from store_rows import record_verdict
 from web_station import MODEL, PASSWORDS, build_station
@@ -38,8 +43,9 @@ def scored_and_moved(station, store, raw_name: bytes, seed: int) -> tuple[int, b
     st = os.stat(path)
     record_verdict(store, path, sha, st.st_size, st.st_mtime_ns, MODEL, 0.95, "abnormal", None, 0.5, "global",
                    inode=st.st_ino)
-    mover = Mover(os.fsdecode(capture), True, lambda call, *args: call(*args), store, lambda item: True,
-                  display_path, lambda point: None)
+    retry = StoreRetry(threading.Event())
+    folder = CaptureFolder(os.fsdecode(capture), queue.Queue(), threading.Event())
+    mover = Mover(folder, True, store, retry, Claims(store, retry, "hostile-names", 60.0), queue.Queue(), NO_FAULTS)
     moved = mover.move(ReadyFile(os.fsdecode(path), FileStamp.of(st), 0.0), ("processed", "2026-12-01"), sha, path)
     assert moved is not None and not os.path.lexists(path)
     image_id = next(i for i in range(1, 50) if (d := store.image_detail(i)) and d["sha256"] == sha)
