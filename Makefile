@@ -28,7 +28,7 @@ system-test-deps:
 	@bash scripts/install-test-tools.sh || true
 
 demo: $(VENV)/.installed
-	$(BIN)/python -m inspector.demo
+	$(BIN)/python -m inspector.cli.demo
 
 test: $(VENV)/.installed-test system-test-deps
 	$(BIN)/python -m pytest -q -ra

@@ -1,6 +1,6 @@
 """Read+convert time per image (each conversion method) against the raw file-read time in the same run.
 
-At the paper's image size (about 1145 x 2072 px, synthetic electrodes from inspector.dataset), for
+At the paper's image size (about 1145 x 2072 px, synthetic electrodes from inspector.data.dataset), for
 plain and zlib-compressed TIFF. The raw read (open + read all bytes) is the floor any reader pays;
 the ratio says what header checks, decoding and conversion add on top of it.
 
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from inspector.convert import METHODS, convert_image, fit_window
-from inspector.synth import synth_electrode
-from inspector.imaging import read_image
+from inspector.imaging.convert import METHODS, convert_image, fit_window
+from inspector.data.synth import synth_electrode
+from inspector.imaging.read import read_image
 
 COMPRESSIONS = ("none", "zlib")
 

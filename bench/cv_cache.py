@@ -52,10 +52,10 @@ def head_step_seconds(ds, cfg, device, method: str) -> tuple[float, int]:
     fit() on the first fold at HEAD_EPOCHS[1] epochs once (fills the cache with every flip the plan
     draws), then at both epoch counts timed: the difference is head steps alone (reading the cache,
     fitting the standardizer and building the net are in both and cancel out)."""
-    from inspector.dataset import leave_one_bundle_out
-    from inspector.features import EmbedStats
-    from inspector.train import build_net_on, fit, resolve_cache
-    from inspector.views import ImageSource, fit_view
+    from inspector.data.dataset import leave_one_bundle_out
+    from inspector.learn.features import EmbedStats
+    from inspector.learn.train import build_net_on, fit, resolve_cache
+    from inspector.data.views import ImageSource, fit_view
 
     fold = leave_one_bundle_out(ds.samples)[0]
     source = ImageSource.of(ds, cfg)
@@ -81,8 +81,8 @@ def paper_pass_seconds(cfg, device, timed: int) -> dict[str, float]:
     timed > 1: the first call is a warm-up and the median of the rest is kept."""
     import torch
 
-    from inspector.features import embed_tensor
-    from inspector.train import build_net_on
+    from inspector.learn.features import embed_tensor
+    from inspector.learn.train import build_net_on
 
     c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, input_size=PAPER_INPUT))
     net = build_net_on(c, device).eval()
@@ -127,12 +127,12 @@ def run(args) -> dict:
     """Both cross-validations, the head-step and paper-size pass timings, and the estimate, as a dict."""
     import torch
 
-    from inspector.config import Config, parse_input_size
-    from inspector.crossval import cross_validate
-    from inspector.dataset import load_dataset
-    from inspector.synth import synthesize
-    from inspector.model import build_detector, resolve_device
-    from inspector.train import set_threads
+    from inspector.base.config import Config, parse_input_size
+    from inspector.learn.crossval import cross_validate
+    from inspector.data.dataset import load_dataset
+    from inspector.data.synth import synthesize
+    from inspector.learn.model import build_detector, resolve_device
+    from inspector.learn.train import set_threads
 
     threads = set_threads(args.threads)
     device = resolve_device(args.device)

@@ -48,7 +48,7 @@ def write_model(path: Path, window: tuple[int, int], input_size: tuple[int, int]
     compared with; a lower one sends the files above it down the heat-map path."""
     import torch
 
-    from inspector.model import ModelMeta, build_detector, save_model
+    from inspector.learn.model import ModelMeta, build_detector, save_model
 
     torch.manual_seed(0)
     source = ("bench: every verdict normal (no heat maps)" if threshold >= 1.0
@@ -189,8 +189,8 @@ def heatmap_threshold(detector, images: list[np.ndarray], rate: float) -> tuple[
 
 def heatmap_seconds(model: Path, images: list[np.ndarray], out: Path, repeats: int) -> float:
     """Median seconds of one heat map as the daemon draws it (explain_image, overlay, PNG written)."""
-    from inspector.explain import explain_image, save_overlay
-    from inspector.infer import Detector
+    from inspector.learn.explain import explain_image, save_overlay
+    from inspector.learn.infer import Detector
 
     detector = Detector.load(model, device="cpu", batch_size=BATCH_SIZE)
     explain_image(detector, images[0])  # warm-up: autograd's first backward pays its set-up
@@ -212,8 +212,8 @@ def measure(input_size: tuple[int, int] = (512, 256), bursts: tuple[int, ...] = 
     abnormal); what they found (abnormal verdicts, heat maps drawn) is appended to `notes`."""
     import torch
 
-    from inspector.synth import synth_electrode
-    from inspector.infer import Detector
+    from inspector.data.synth import synth_electrode
+    from inspector.learn.infer import Detector
 
     notes = notes if notes is not None else []
     figures: list[Figure] = []
@@ -281,7 +281,7 @@ def measure_heatmaps(root: Path, detector, window: tuple[int, int], input_size: 
     """The heat-map rows: `files` distinct synthetic electrodes (every fourth drawn abnormal), the model's
     threshold set so that HEATMAP_RATE of them score abnormal; one heat map alone, files one at a
     time and a burst of `burst`, each against the bare model on the same images."""
-    from inspector.synth import synth_electrode
+    from inspector.data.synth import synth_electrode
 
     images = [synth_electrode(100 + s, scale=image_scale, abnormal=s % 4 == 0) for s in range(files)]
     threshold, flagged, gap = heatmap_threshold(detector, images, HEATMAP_RATE)
@@ -357,7 +357,7 @@ def measure_heatmaps(root: Path, detector, window: tuple[int, int], input_size: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from inspector.config import parse_input_size
+    from inspector.base.config import parse_input_size
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input-size", default="512x256", help="model input HEIGHTxWIDTH (the paper: 2000x1000)")

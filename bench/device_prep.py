@@ -1,6 +1,6 @@
 """Image preparation per image: the CPU path (prepare.prepare, OpenCV) against the same work in torch.
 
-At 1129 x 2074 px (synthetic electrodes from inspector.synth), method global with the quality gate on,
+At 1129 x 2074 px (synthetic electrodes from inspector.data.synth), method global with the quality gate on,
 input 512 x 256: ms per image of prepare.prepare + normalization against devprep.DevicePrep on device
 cpu (the same torch code a GPU runs), both in this run. On a CUDA machine also images/s of DevicePrep
 from host uint16 against the normalization alone of inputs already on the GPU (skipped with a note
@@ -29,7 +29,7 @@ LIMITS = {"blur_min": 1.0, "clipped_fraction": 0.5}
 
 def images16(count: int) -> list[np.ndarray]:
     """`count` synthetic electrodes cropped or padded to SHAPE."""
-    from inspector.synth import synth_electrode
+    from inspector.data.synth import synth_electrode
 
     out = []
     for seed in range(count):
@@ -59,10 +59,10 @@ def measure(images: int = 4, repeats: int = 3) -> list[Figure]:
     torch sees a CUDA device: skipped_note() says so otherwise)."""
     import torch
 
-    from inspector.convert import Conversion, fit_window
-    from inspector.devprep import DevicePrep
-    from inspector.model import normalize
-    from inspector.prepare import InputSpec, prepare
+    from inspector.imaging.convert import Conversion, fit_window
+    from inspector.learn.devprep import DevicePrep
+    from inspector.learn.model import normalize
+    from inspector.imaging.prepare import InputSpec, prepare
 
     imgs = images16(images)
     spec = InputSpec(Conversion("global", fit_window(imgs)), INPUT_SIZE, quality=LIMITS)

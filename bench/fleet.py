@@ -343,7 +343,7 @@ def fleet_run(root: Path, server, model: Path, staged: list[Path], count: int, l
 
 def claim_overhead(server, files: int) -> tuple[float, float]:
     """(ms per file with claims, ms per file without): batches of BATCH_SIZE, as the daemon commits them."""
-    from inspector.store import FileVersion, Verdict, VerdictRecord, open_store
+    from inspector.store.store import FileVersion, Verdict, VerdictRecord, open_store
 
     def record(i: int) -> VerdictRecord:
         file = FileVersion(f"/capture/scan-{i:06d}.tif".encode(), 40_000 + i, 10**18 + i, 10**6 + i, 10**18 + i)
@@ -446,7 +446,7 @@ def progress(text: str) -> None:
 def measure(n: int = N_FILES, claim_files: int = 400, takeover_files: int = TAKEOVER_FILES,
             fleets: tuple[int, ...] = FLEETS, notes: list[str] | None = None) -> list[Figure]:
     """Every figure of this benchmark; fleets of 2 and 4 daemons against 1 daemon in the same run."""
-    from inspector.synth import synth_electrode
+    from inspector.data.synth import synth_electrode
 
     notes = notes if notes is not None else []
     c = cores()

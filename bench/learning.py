@@ -49,7 +49,7 @@ METHODS = ("local", "global")
 
 
 def make_config(root: Path, size: tuple[int, int], settings: dict):
-    from inspector.config import Config
+    from inspector.base.config import Config
 
     cfg = Config()
     model_keys = {f.name for f in dataclasses.fields(cfg.model)}
@@ -65,12 +65,12 @@ def make_config(root: Path, size: tuple[int, int], settings: dict):
 def run(quick: bool) -> tuple[list[dict], str]:
     import torch
 
-    from inspector import metrics
-    from inspector.crossval import cross_validate
-    from inspector.dataset import load_dataset
-    from inspector.features import EmbedStats
-    from inspector.synth import synthesize
-    from inspector.train import set_threads
+    from inspector.data import metrics
+    from inspector.learn.crossval import cross_validate
+    from inspector.data.dataset import load_dataset
+    from inspector.learn.features import EmbedStats
+    from inspector.data.synth import synthesize
+    from inspector.learn.train import set_threads
 
     set_threads(0)
     size = (256, 128) if quick else (1000, 500)

@@ -32,12 +32,12 @@ def run(root: Path, quick: bool) -> dict:
     """Cross-validate every set; returns the rows and pooled figures."""
     import torch
 
-    from inspector import localize, metrics
-    from inspector.config import Config
-    from inspector.crossval import cross_validate
-    from inspector.dataset import load_dataset
-    from inspector.synth import synthesize
-    from inspector.train import set_threads
+    from inspector.data import localize, metrics
+    from inspector.base.config import Config
+    from inspector.learn.crossval import cross_validate
+    from inspector.data.dataset import load_dataset
+    from inspector.data.synth import synthesize
+    from inspector.learn.train import set_threads
 
     set_threads(0)
     sets = QUICK_SETS if quick else SETS
@@ -88,7 +88,7 @@ def run(root: Path, quick: bool) -> dict:
 
 def section(result: dict, machine: str, stamp: str, command: str) -> str:
     """The markdown of the maps section."""
-    from inspector.localize import format_localization
+    from inspector.data.localize import format_localization
 
     h, w = result["size"]
     sets = ", ".join(f"`synth --bundles {r['set']['bundles']} --per-bundle {r['set']['per_bundle']} --scale "

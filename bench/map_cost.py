@@ -32,11 +32,11 @@ def build(folder: Path, size: tuple[int, int]):
     import numpy as np
     import torch
 
-    from inspector import normalmap
-    from inspector.convert import convert_image
-    from inspector.infer import Detector
-    from inspector.model import ModelMeta, build_detector, preprocess_batch, save_model
-    from inspector.synth import synth_bundle_electrode
+    from inspector.learn import normalmap
+    from inspector.imaging.convert import convert_image
+    from inspector.learn.infer import Detector
+    from inspector.learn.model import ModelMeta, build_detector, preprocess_batch, save_model
+    from inspector.data.synth import synth_bundle_electrode
 
     torch.manual_seed(0)
     net = build_detector("none")
@@ -65,7 +65,7 @@ def timed(det, scan, passes: int) -> float:
 
 
 def measure(sizes: list[tuple[int, int]], rounds: int, passes: int) -> list[Figure]:
-    from inspector.train import set_threads
+    from inspector.learn.train import set_threads
 
     set_threads(0)
     figures = []

@@ -72,7 +72,7 @@ def write_free_model(path: Path, window: tuple[int, int], shape: tuple[int, int]
     """An untrained ResNet-34 at 32 x 16 input with the gate on; threshold 1.0: every verdict normal."""
     import torch
 
-    from inspector.model import ModelMeta, build_detector, save_model
+    from inspector.learn.model import ModelMeta, build_detector, save_model
 
     torch.manual_seed(0)
     quality = dict(GATE, height=[shape[0], shape[0]], width=[shape[1], shape[1]])
@@ -83,7 +83,7 @@ def write_free_model(path: Path, window: tuple[int, int], shape: tuple[int, int]
 
 def bare_rate(paths: list[Path], work, workers: int, repeats: int) -> float:
     """Images/s of work(path) over every path on `workers` threads (pipeline.ordered_map), median of repeats."""
-    from inspector.pipeline import ordered_map
+    from inspector.base.pipeline import ordered_map
 
     rates = []
     for _ in range(repeats):
@@ -119,11 +119,11 @@ def embed_figures(paths: list[Path], window: tuple[int, int], repeats: int) -> l
     """embed_dataset (no cache, every core decoding) against embed_all on tensors already made."""
     import torch
 
-    from inspector.features import EmbedItem, EmbedStats, embed_dataset
-    from inspector.imaging import read_image
-    from inspector.model import build_detector, preprocess_batch
-    from inspector.convert import Conversion
-    from inspector.views import View
+    from inspector.learn.features import EmbedItem, EmbedStats, embed_dataset
+    from inspector.imaging.read import read_image
+    from inspector.learn.model import build_detector, preprocess_batch
+    from inspector.imaging.convert import Conversion
+    from inspector.data.views import View
 
     torch.manual_seed(0)
     net = build_detector("none").eval()
@@ -159,10 +159,10 @@ def embed_figures(paths: list[Path], window: tuple[int, int], repeats: int) -> l
 
 def measure(files: int = 120, repeats: int = 1, embed_files: int = 32) -> list[Figure]:
     """Every figure of this benchmark, each against its reference measured in the same run."""
-    from inspector.convert import Conversion, fit_window
-    from inspector.imaging import file_sha256, read_image
-    from inspector.prepare import InputSpec, convert_resized, prepare
-    from inspector.synth import synth_electrode
+    from inspector.imaging.convert import Conversion, fit_window
+    from inspector.imaging.read import file_sha256, read_image
+    from inspector.imaging.prepare import InputSpec, convert_resized, prepare
+    from inspector.data.synth import synth_electrode
 
     figures: list[Figure] = []
     base = synth_electrode(0, scale=1.0)

@@ -89,9 +89,9 @@ def gpu_figures(device: str = "cuda", input_size: tuple[int, int] = (2000, 1000)
     against a forward pass of the same net on data already on the device (the ceiling)."""
     import torch
 
-    from inspector.synth import synth_electrode
-    from inspector.infer import Detector
-    from inspector.model import init_model, preprocess_batch
+    from inspector.data.synth import synth_electrode
+    from inspector.learn.infer import Detector
+    from inspector.learn.model import init_model, preprocess_batch
 
     from pipeline_ceiling import station_rate, write_files
 

@@ -49,9 +49,9 @@ def measure(input_size: tuple[int, int] = (512, 256), predicts: int = 38, gradca
             image_scale: float = 1.0) -> list[Figure]:
     import torch
 
-    from inspector.explain import explain_image
-    from inspector.infer import Detector
-    from inspector.synth import synth_electrode
+    from inspector.learn.explain import explain_image
+    from inspector.learn.infer import Detector
+    from inspector.data.synth import synth_electrode
 
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -128,7 +128,7 @@ def measure(input_size: tuple[int, int] = (512, 256), predicts: int = 38, gradca
 
 
 def main(argv: list[str] | None = None) -> int:
-    from inspector.config import parse_input_size
+    from inspector.base.config import parse_input_size
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input-size", default="512x256", help="model input HEIGHTxWIDTH")

@@ -72,7 +72,7 @@ def build(root: Path, verdicts: int, scans: int):
     """The station: `scans` real full-size flagged scans (oldest first) and rows up to `verdicts` verdicts."""
     import random
 
-    from inspector.store import FileVersion, Verdict, VerdictRecord, open_store
+    from inspector.store.store import FileVersion, Verdict, VerdictRecord, open_store
     from web_station import MODEL, build_station
 
     st = build_station(root, flagged=scans, normal=0, full_size=scans)

@@ -23,7 +23,7 @@ WINDOW = (1000, 4000)  # sample_image16 values lie in 1000-4000
 
 def make_model(path: Path, seed: int = 0) -> str:
     """An untrained tiny model artifact (64x32 input, random weights); returns its file sha256."""
-    from inspector.model import init_model
+    from inspector.learn.model import init_model
 
     path.parent.mkdir(parents=True, exist_ok=True)
     init_model(path, "global", WINDOW, INPUT_SIZE, weights="none", seed=seed)
@@ -144,8 +144,8 @@ def _reader_engine(url: str):
 @contextlib.contextmanager
 def in_process(cfg, detector, store=None, poll_seconds: float = 0.2) -> Iterator[object]:
     """The Daemon on a thread of the test process (no signals), stopped and joined on exit."""
-    from inspector.daemon import Daemon
-    from inspector.store import open_store
+    from inspector.station.daemon import Daemon
+    from inspector.store.store import open_store
 
     own = store is None
     store = store or open_store(cfg.database.url, cfg.database.busy_timeout_seconds)
@@ -171,9 +171,9 @@ def add_normal_model(path: Path, images16: list, groups: list[str] | None = None
     does, into the model file at `path` (rewritten, as `inspector train` writes one); returns its sha256."""
     import dataclasses
 
-    from inspector import normalmap
-    from inspector.infer import Detector
-    from inspector.model import preprocess_batch, save_model
+    from inspector.learn import normalmap
+    from inspector.learn.infer import Detector
+    from inspector.learn.model import preprocess_batch, save_model
 
     det = Detector.load(path, device="cpu")
     x = preprocess_batch([det.convert(img) for img in images16], det.meta.input_size)

@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 
-from inspector.errors import InspectorError, StoreError
+from inspector.base.errors import InspectorError, StoreError
 
 
 class EnvironmentFaults:
@@ -48,13 +48,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--once", action="store_true")
     args = parser.parse_args(argv)
     try:
-        from inspector.configfile import load_config
+        from inspector.base.configfile import load_config
 
         cfg = load_config(args.config)
         cfg.require_dir("watch.capture_dir")
         import torch
 
-        from inspector.daemon import run_daemon
+        from inspector.station.daemon import run_daemon
 
         torch.set_num_threads(cfg.infer.threads or os.cpu_count() or 1)
         return run_daemon(cfg, once=args.once, faults=EnvironmentFaults(dict(os.environ)))

@@ -1,6 +1,6 @@
 """Test shorthand for the store's one-dataclass writers: a verdict or rejection row from plain values."""
 
-from inspector.store import FileVersion, RejectionRecord, Verdict, VerdictRecord
+from inspector.store.store import FileVersion, RejectionRecord, Verdict, VerdictRecord
 
 
 def record_verdict(store, path_raw, sha256, size, mtime_ns, model_sha256, p_abnormal, verdict, reason, threshold,

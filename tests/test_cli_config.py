@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from inspector.configfile import SYSTEM_CONFIG, load_config
+from inspector.base.configfile import SYSTEM_CONFIG, load_config
 
 BROKEN = """\
 [convert]

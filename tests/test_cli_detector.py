@@ -14,10 +14,10 @@ from image_files import make_bad_file, sample_image16, write_dicom16, write_tiff
 
 from inspector.cli import cli, main
 from inspector.cli.detector import UNTRAINED_WARNING
-from inspector.errors import ImageError
-from inspector.imaging import read_image
-from inspector.infer import Detector
-from inspector.model import init_model, load_model, read_meta, save_model
+from inspector.base.errors import ImageError
+from inspector.imaging.read import read_image
+from inspector.learn.infer import Detector
+from inspector.learn.model import init_model, load_model, read_meta, save_model
 
 LINE = re.compile(r"^(?P<path>.+): (?P<verdict>normal|abnormal) P\(abnormal\)=(?P<p>\d\.\d{4}) (?P<s>\d+\.\d{3})s$")
 

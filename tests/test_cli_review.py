@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from cli_errors import error_of
 from image_files import sample_image16, write_tiff16
 from inspector.cli import cli
-from inspector.dataset import load_dataset
+from inspector.data.dataset import load_dataset
 from test_review import MODEL, build_station
 from tests.store_rows import record_verdict
 
@@ -107,7 +107,7 @@ def test_review_errors_have_exact_text(station, tmp_path):
 
 
 def test_ambiguous_prefix_from_the_command_line(station, tmp_path):
-    from inspector.store import open_store
+    from inspector.store.store import open_store
 
     shas = ["feedface" + "1" * 56, "feedface" + "2" * 56]
     with open_store(station.url) as store:
@@ -184,7 +184,7 @@ def test_export_labels_regex_rule_warns(station, tmp_path):
 
 
 def test_explain_writes_overlay_and_prints_verdict(tmp_path):
-    from inspector.model import init_model
+    from inspector.learn.model import init_model
 
     init_model(tmp_path / "tiny.safetensors", "global", (1000, 4000), (96, 64), seed=0)
     image = write_tiff16(tmp_path / "e.tif", sample_image16(150, 90, seed=1))

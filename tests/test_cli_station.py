@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from inspector.cli import cli
-from inspector.times import TIME_FORMS, parse_time
-from inspector.schema import SCHEMA_VERSION
-from inspector.store import open_store
+from inspector.base.times import TIME_FORMS, parse_time
+from inspector.store.schema import SCHEMA_VERSION
+from inspector.store.store import open_store
 from tests.store_rows import record_rejection, record_verdict
 
 MODEL = "ab" * 32
@@ -121,8 +121,8 @@ def test_status_counts_thousands_of_waiting_files_in_a_few_queries(config, tmp_p
     """It made one query per waiting file (3-9 s for 5000); now one per few hundred."""
     import sqlalchemy as sa
 
-    from inspector.overview import count_waiting
-    from inspector.configfile import load_config
+    from inspector.loop.overview import count_waiting
+    from inspector.base.configfile import load_config
 
     capture = tmp_path / "capture"
     capture.mkdir(exist_ok=True)

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from inspector.cli import cli
-from inspector.synth import synthesize
-from inspector.metrics import Counts
+from inspector.data.synth import synthesize
+from inspector.data.metrics import Counts
 
 TINY = ["--epochs", "1", "--min-steps", "0", "--input-size", "64x32", "--weights", "none"]
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from inspector.config import Config, parse_input_size
-from inspector import configfile
-from inspector.configfile import ConfigProblems, check_config_file, find_config, load_config
-from inspector.errors import ConfigError
+from inspector.base.config import Config, parse_input_size
+from inspector.base import configfile
+from inspector.base.configfile import ConfigProblems, check_config_file, find_config, load_config
+from inspector.base.errors import ConfigError
 
 
 def write(path: Path, text: str) -> Path:

@@ -9,11 +9,11 @@ from click.testing import CliRunner
 from image_files import make_bad_file, sample_image16, write_png16, write_tiff16
 
 from inspector.cli import cli
-from inspector.config import ConvertConfig
-from inspector.convert import (METHODS, Conversion, Window, WindowHistogram, convert_image, convert_recorded,
+from inspector.base.config import ConvertConfig
+from inspector.imaging.convert import (METHODS, Conversion, Window, WindowHistogram, convert_image, convert_recorded,
                                fit_window, local_window, to_uint8, to_uint8_naive)
-from inspector.errors import InspectorError, ModelError
-from inspector.imaging import read_image
+from inspector.base.errors import InspectorError, ModelError
+from inspector.imaging.read import read_image
 
 
 def u16(values) -> np.ndarray:
@@ -249,8 +249,8 @@ def test_convert_default_method_comes_from_config(tmp_path):
 def test_convert_takes_method_and_window_from_the_model(tmp_path):
     from safetensors.numpy import save_file
 
-    from inspector.artifact import META_KEY
-    from inspector.modelmeta import ModelMeta
+    from inspector.base.artifact import META_KEY
+    from inspector.imaging.modelmeta import ModelMeta
 
     meta = ModelMeta(method="global", window=(1200, 3800), input_size=(64, 32))
     model = tmp_path / "detector.safetensors"

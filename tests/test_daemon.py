@@ -29,9 +29,9 @@ from harness import running, wait_for
 from image_files import (BAD_KINDS, DICOM_FIELD_MUTATIONS, make_bad_file, sample_image16,
                          write_dicom_mutated, write_tiff16)
 from inspector.cli import cli
-from inspector.configfile import load_config
-from inspector.daemon import off_main_thread
-from inspector.mover import unique_destination
+from inspector.base.configfile import load_config
+from inspector.station.daemon import off_main_thread
+from inspector.station.mover import unique_destination
 from tests.store_rows import record_rejection, record_verdict
 
 IMAGES = "SELECT COUNT(*) FROM images"
@@ -41,7 +41,7 @@ REJECTIONS = "SELECT COUNT(*) FROM rejections"
 
 @pytest.fixture(scope="module")
 def detector(model_file):
-    from inspector.infer import Detector
+    from inspector.learn.infer import Detector
 
     return Detector.load(model_file, device="cpu", batch_size=4)
 
@@ -167,7 +167,7 @@ class SpyStore:
 
 
 def test_after_move_moves_only_after_the_commit_and_never_overwrites(tmp_path, station, detector):
-    from inspector.store import open_store
+    from inspector.store.store import open_store
 
     cfg = station(after="move")
     capture = tmp_path / "capture"
@@ -192,8 +192,8 @@ def test_after_move_moves_only_after_the_commit_and_never_overwrites(tmp_path, s
 
 def test_a_move_cut_short_by_a_crash_is_finished_at_start(tmp_path, station, detector):
     """Outcome committed, then the process died before the rename: the restart moves the file."""
-    from inspector.imaging import file_sha256
-    from inspector.store import open_store
+    from inspector.imaging.read import file_sha256
+    from inspector.store.store import open_store
 
     cfg = station(after="move")
     capture = tmp_path / "capture"
@@ -521,7 +521,7 @@ def test_damaged_model_says_what_to_do(tmp_path, station):
 def test_off_main_thread_returns_raises_and_leaves_the_main_thread():
     import threading
 
-    from inspector.errors import ModelError
+    from inspector.base.errors import ModelError
 
     assert off_main_thread(lambda a, b: (a + b, threading.current_thread().name), 2, 3) == (5, "inspector-load")
 
@@ -712,9 +712,9 @@ def test_a_file_that_breaks_its_batch_is_isolated(tmp_path, station, detector, c
 
 def test_a_batch_the_network_fails_on_is_scored_file_by_file(tmp_path, station, detector, caplog):
     """Four prepared files in one batch, one of which breaks the network: the other three still commit."""
-    from inspector.daemon import Daemon
-    from inspector.store import open_store
-    from inspector.watcher import ReadyFile, probe
+    from inspector.station.daemon import Daemon
+    from inspector.store.store import open_store
+    from inspector.station.watcher import ReadyFile, probe
 
     cfg = station()
     capture = tmp_path / "capture"

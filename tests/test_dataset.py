@@ -12,11 +12,11 @@ import tifffile
 from click.testing import CliRunner
 
 from inspector.cli import cli
-from inspector.dataset import (ANOMALY_TYPES, Sample, anomaly_name, leave_one_bundle_out, load_dataset, mask_rel,
+from inspector.data.dataset import (ANOMALY_TYPES, Sample, anomaly_name, leave_one_bundle_out, load_dataset, mask_rel,
                                normalize_anomaly)
-from inspector.datasetcheck import check_dataset
-from inspector.errors import DatasetError
-from inspector.localize import write_mask
+from inspector.data.datasetcheck import check_dataset
+from inspector.base.errors import DatasetError
+from inspector.data.localize import write_mask
 
 
 def write_image(path: Path, seed: int = 0, shape: tuple[int, int] = (64, 32), compression: str | None = "zlib") -> None:
@@ -314,7 +314,7 @@ def test_cli_check_notes_new_anomaly_types_and_exits_0(tmp_path):
 
 
 def test_summarize_counts_new_anomaly_types_after_the_eleven(tmp_path):
-    from inspector.synth import summarize
+    from inspector.data.synth import summarize
 
     info = summarize(load_dataset(new_types_set(tmp_path / "ds")))
     assert list(info["anomalies"])[:11] == list(ANOMALY_TYPES)

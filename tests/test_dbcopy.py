@@ -10,10 +10,10 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from inspector.cli import cli
-from inspector.dbcopy import copy_database
-from inspector.review import record_review
-from inspector.schema import SCHEMA_VERSION
-from inspector.store import open_store
+from inspector.store.dbcopy import copy_database
+from inspector.loop.review import record_review
+from inspector.store.schema import SCHEMA_VERSION
+from inspector.store.store import open_store
 from tests.cli_errors import error_of
 from tests.store_rows import record_rejection, record_verdict
 
@@ -53,7 +53,7 @@ def plain(value):
 
 def content(url: str) -> dict[str, list[tuple]]:
     """Every copied table's rows without ids, the foreign keys as the natural key they point at (read here with
-    plain SQL, independently of inspector.dbcopy)."""
+    plain SQL, independently of inspector.store.dbcopy)."""
     engine = sa.create_engine(url)
     queries = {
         "models": "SELECT sha256, path, meta_json, station FROM models",
@@ -183,7 +183,7 @@ def test_rows_without_a_station_are_counted_and_named_with_station(tmp_path):
 
 
 def test_an_older_source_is_refused_with_what_to_run_and_left_untouched(tmp_path):
-    from inspector.migrations import schema_v1
+    from inspector.store.migrations import schema_v1
 
     path = tmp_path / "station.db"
     engine = sa.create_engine(f"sqlite:///{path}")

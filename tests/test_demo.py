@@ -16,7 +16,7 @@ import pytest
 def test_demo_detector_passes_most_normals_and_flags_most_abnormals(tmp_path):
     out = tmp_path / "demo-run"
     env = {**os.environ, "INSPECTOR_DEMO_DIR": str(out)}
-    proc = subprocess.run([sys.executable, "-m", "inspector.demo"], capture_output=True, text=True, env=env,
+    proc = subprocess.run([sys.executable, "-m", "inspector.cli.demo"], capture_output=True, text=True, env=env,
                           timeout=840)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = proc.stdout
@@ -50,8 +50,8 @@ def test_demo_detector_passes_most_normals_and_flags_most_abnormals(tmp_path):
 
 def test_the_demo_reads_its_outcomes_through_the_store(tmp_path):
     """tally, flagged_truth and wait_for_outcomes ask the store (no SQL of their own): what the daemon decided."""
-    from inspector.demo import flagged_truth, tally, wait_for_outcomes
-    from inspector.store import open_store
+    from inspector.cli.demo import flagged_truth, tally, wait_for_outcomes
+    from inspector.store.store import open_store
     from tests.store_rows import record_rejection, record_verdict
 
     db = tmp_path / "inspector.db"

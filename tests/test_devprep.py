@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from inspector import quality
-from inspector.convert import Conversion, Window, _window_lut
-from inspector.devprep import DevicePrep, _Cache
-from inspector.errors import ImageError, InspectorError
-from inspector.infer import Detector
-from inspector.model import IMAGENET_MEAN, IMAGENET_STD, init_model, normalize
-from inspector.prepare import InputSpec, prepare
+from inspector.imaging import quality
+from inspector.imaging.convert import Conversion, Window, _window_lut
+from inspector.learn.devprep import DevicePrep, _Cache
+from inspector.base.errors import ImageError, InspectorError
+from inspector.learn.infer import Detector
+from inspector.learn.model import IMAGENET_MEAN, IMAGENET_STD, init_model, normalize
+from inspector.imaging.prepare import InputSpec, prepare
 
 from image_files import textured_scan as scan
 
@@ -91,7 +91,7 @@ def test_gate_reasons_equal_quality_check():
 
 def test_laplacian_variance_equals_measure_blur():
     dp = DevicePrep(InputSpec(Conversion("global", WINDOW), (64, 32)), "cpu")
-    from inspector.devprep import variance_from_sums
+    from inspector.learn.devprep import variance_from_sums
 
     for img16 in (scan(), scan(31, 17, seed=1), scan(2, 5, seed=2), scan(1, 9, seed=3)):
         gray = quality.gate_image(img16, WINDOW)

@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from inspector import durable
-from inspector.durable import rename_noreplace, write_atomic
+from inspector.base import durable
+from inspector.base.durable import rename_noreplace, write_atomic
 
 
 def test_write_replaces_whole_and_leaves_no_temp(tmp_path):

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from image_files import sample_image16
-from inspector.errors import InspectorError
-from inspector.explain import explain_image, gradcam, gradcam_logits, heatmap_path, render_overlay, save_overlay
-from inspector.heatmaps import HeatmapQueue, explain_and_record
-from inspector.infer import Detector
-from inspector.model import build_detector, init_model
-from inspector.store import open_store
+from inspector.base.errors import InspectorError
+from inspector.learn.explain import explain_image, gradcam, gradcam_logits, heatmap_path, render_overlay, save_overlay
+from inspector.station.heatmaps import HeatmapQueue, explain_and_record
+from inspector.learn.infer import Detector
+from inspector.learn.model import build_detector, init_model
+from inspector.store.store import open_store
 from tests.store_rows import record_verdict
 
 INPUT = (96, 64)  # layer4 gives a 3x2 map: small, yet enough cells for the map to vary

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from inspector.features import (CacheError, EmbedItem, EmbedStats, FeatureStore, apply_flip,
+from inspector.learn.features import (CacheError, EmbedItem, EmbedStats, FeatureStore, apply_flip,
                                 backbone_fingerprint, default_cache_dir, embed_dataset, feature_key, flip_batch,
                                 require_frozen)
-from inspector.model import FULL_DIM, build_detector, preprocess_batch
+from inspector.learn.model import FULL_DIM, build_detector, preprocess_batch
 
 CPU = torch.device("cpu")
 SIZE = (64, 32)

@@ -10,9 +10,9 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from inspector.fleet import LockBusy, plant_lock
-from inspector.schema import claims
-from inspector.store import FileVersion, Verdict, VerdictRecord, open_store
+from inspector.store.fleet import LockBusy, plant_lock
+from inspector.store.schema import claims
+from inspector.store.store import FileVersion, Verdict, VerdictRecord, open_store
 
 SHA = "ab" * 32
 MODEL = "cd" * 32

@@ -28,9 +28,9 @@ from pydicom.uid import (UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, HTJ2K
                          JPEG2000, JPEG2000Lossless, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
                          JPEGLSLossless, JPEGLSNearLossless, RLELossless)
 
-from inspector import dicom
-from inspector.errors import IMAGE_REASONS, ImageError
-from inspector.imaging import file_sha256, read_image
+from inspector.imaging import dicom
+from inspector.base.errors import IMAGE_REASONS, ImageError
+from inspector.imaging.read import file_sha256, read_image
 
 PNG_KINDS = {"tiff_as_png", "huge_png", "png8", "png_rgb16", "truncated_png", "corrupt_png"}
 
@@ -249,8 +249,8 @@ NOBODY = 65534
 # reads again. Prints one JSON line.
 READ_AS_NOBODY = r"""
 import json, os, sys
-from inspector.errors import ImageError
-from inspector.imaging import read_image
+from inspector.base.errors import ImageError
+from inspector.imaging.read import read_image
 read_image(sys.argv[2])
 try:
     os.setgroups([])
@@ -489,8 +489,8 @@ _WITHOUT_DECODERS = """
 import json, sys
 for name in sys.argv[1].split(","):
     sys.modules[name] = None  # `import name` now raises ImportError: the package is not installed
-from inspector.errors import ImageError
-from inspector.imaging import read_image
+from inspector.base.errors import ImageError
+from inspector.imaging.read import read_image
 answers = {}
 for path in sys.argv[2:]:
     try:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from image_files import sample_image16, write_tiff16
-from inspector.errors import ImageError
-from inspector.imaging import read_image
+from inspector.base.errors import ImageError
+from inspector.imaging.read import read_image
 
 
 def preallocated(path, data: bytes, filled: int) -> None:

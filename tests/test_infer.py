@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from inspector.convert import Window, convert_image
-from inspector.errors import ImageError, ModelError
-from inspector.infer import Detector, Prediction
-from inspector.quality import measure_blur, measure_clipping
-from inspector.model import init_model, load_model
+from inspector.imaging.convert import Window, convert_image
+from inspector.base.errors import ImageError, ModelError
+from inspector.learn.infer import Detector, Prediction
+from inspector.imaging.quality import measure_blur, measure_clipping
+from inspector.learn.model import init_model, load_model
 
 SIZE = (64, 32)
 WINDOW = (1000, 4000)
@@ -34,7 +34,7 @@ def gated_path(tmp_path_factory):
     init_model(path, "global", WINDOW, SIZE, seed=0)
     loaded = load_model(path)
     meta = dataclasses.replace(loaded.meta, quality={"blur_min": 40.0, "clipped_fraction": 0.5})
-    from inspector.model import save_model
+    from inspector.learn.model import save_model
     save_model(path, loaded.net, meta)
     return path
 

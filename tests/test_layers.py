@@ -1,5 +1,6 @@
-"""The package's architecture as docs/DESIGN.md draws it: every import (lazy ones too) points down the
-layers or stays within one, no module imports in a circle, and every module has its place."""
+"""The package's architecture as its folders draw it: each layer is a folder of inspector/ (docs/DESIGN.md's
+```layers block orders them, the lowest last), a module's layer is its folder's, every import (lazy ones too)
+points down the layers or stays within one, no module imports in a circle, and no module lies outside a layer."""
 
 from __future__ import annotations
 
@@ -9,16 +10,26 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "inspector"
+TOP_LEVEL = {"__init__": "base", "__main__": "cli"}  # the package's own two files, outside any folder
 
 
-def layers() -> dict[str, tuple[int, str]]:
-    """module (relative to inspector, e.g. 'cli.station') -> (its layer, 0 the lowest; the layer's name)."""
+def layer_order() -> list[str]:
+    """The layers' folders, lowest first, from docs/DESIGN.md's ```layers block (`name: what it holds`)."""
     text = (ROOT / "docs" / "DESIGN.md").read_text(encoding="utf-8")
     block = re.search(r"```layers\n(.*?)```", text, re.S)
     assert block, "docs/DESIGN.md has no ```layers block"
-    rows = [line.split(":", 1) for line in block.group(1).strip().splitlines()]
-    return {module: (len(rows) - 1 - i, label.strip()) for i, (label, names) in enumerate(rows)
-            for module in names.split()}
+    return [line.split(":", 1)[0].strip() for line in block.group(1).strip().splitlines()][::-1]
+
+
+def layer_of(module: str, order: list[str]) -> str | None:
+    folder = TOP_LEVEL.get(module) or module.split(".")[0]
+    return folder if folder in order and (module in TOP_LEVEL or "." in module or (PACKAGE / folder).is_dir()) else None
+
+
+def layers() -> dict[str, tuple[int, str]]:
+    """module (relative to inspector, e.g. 'cli.station') -> (its layer, 0 the lowest; the layer's folder)."""
+    order = layer_order()
+    return {m: (order.index(label), label) for m in modules() if (label := layer_of(m, order))}
 
 
 def modules() -> dict[str, Path]:
@@ -57,9 +68,19 @@ def graph() -> dict[str, set[str]]:
     return {name: imports_of(path, set(found)) - {name} for name, path in found.items()}
 
 
-def test_every_module_has_a_layer():
-    assert sorted(set(modules()) - set(layers())) == [], "add these modules to the layers block in docs/DESIGN.md"
-    assert sorted(set(layers()) - set(modules())) == [], "the layers block names modules that do not exist"
+def test_every_module_lies_in_a_layer_folder():
+    order = layer_order()
+    outside = sorted(m for m in modules() if layer_of(m, order) is None)
+    assert outside == [], "move these modules into a layer's folder (docs/DESIGN.md's layers block names them)"
+    assert sorted(f for f in order if not (PACKAGE / f).is_dir()) == [], "the layers block names a missing folder"
+
+
+def test_every_layer_folder_says_what_it_owns():
+    """Each layer's __init__.py opens with a docstring: what the layer holds and what it may import."""
+    for folder in layer_order():
+        tree = ast.parse((PACKAGE / folder / "__init__.py").read_text(encoding="utf-8"))
+        doc = ast.get_docstring(tree) or ""
+        assert len(doc.split()) >= 20 and "import" in doc.lower(), f"inspector/{folder}/__init__.py: say what it owns"
 
 
 def test_imports_never_point_up_a_layer():
@@ -92,6 +113,9 @@ def test_no_import_circle():
 def test_the_checks_can_fail(tmp_path):
     """The import reader sees lazy and package-level imports (so an upward one could not hide)."""
     src = tmp_path / "mod.py"
-    src.write_text("import os\nfrom inspector import metrics\n\ndef f():\n    from inspector.cli.station import x\n"
-                   "    import inspector.daemon\n")
-    assert imports_of(src, {"metrics", "cli.station", "daemon", "cli"}) == {"metrics", "cli.station", "daemon"}
+    src.write_text("import os\nfrom inspector.data import metrics\n\ndef f():\n    from inspector.cli.station import x\n"
+                   "    import inspector.station.daemon\n")
+    known = {"data", "data.metrics", "cli.station", "station.daemon", "cli"}
+    assert imports_of(src, known) == {"data.metrics", "cli.station", "station.daemon"}
+    order = ["base", "data", "station", "cli"]
+    assert layer_of("data.metrics", order) == "data" and layer_of("metrics", order) is None  # a flat module has none

@@ -21,15 +21,15 @@ import numpy as np
 import pytest
 import torch
 
-from inspector import metrics
-from inspector.config import Config
-from inspector.crossval import cross_validate
-from inspector.dataset import LABELS_FILE, load_dataset
-from inspector.imaging import read_image
-from inspector.infer import Detector
-from inspector.synth import draw_character, draw_shape, synth_image, write_tiff
-from inspector.build import train_model
-from inspector.train import FitResult, prior_loss
+from inspector.data import metrics
+from inspector.base.config import Config
+from inspector.learn.crossval import cross_validate
+from inspector.data.dataset import LABELS_FILE, load_dataset
+from inspector.imaging.read import read_image
+from inspector.learn.infer import Detector
+from inspector.data.synth import draw_character, draw_shape, synth_image, write_tiff
+from inspector.learn.build import train_model
+from inspector.learn.train import FitResult, prior_loss
 
 CPU = torch.device("cpu")
 CLEAR = ("missing_ink", "edge_cut", "smudge", "line")  # large at this scale; specks and scratches are not

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from inspector.errors import DatasetError
-from inspector.localize import DILATION, Hit, dilate, format_localization, read_mask, score_map, summarize, write_mask
+from inspector.base.errors import DatasetError
+from inspector.data.localize import DILATION, Hit, dilate, format_localization, read_mask, score_map, summarize, write_mask
 
 
 def box_mask(shape=(80, 100), rows=(30, 40), cols=(40, 50)) -> np.ndarray:

@@ -17,7 +17,7 @@ import pytest
 
 from daemon_helpers import make_model, wait_for, write_config, write_image
 from web_station import PASSWORDS, token_of
-from inspector.logsetup import is_journal, log_to_stderr, syslog_priority
+from inspector.base.logsetup import is_journal, log_to_stderr, syslog_priority
 
 
 def journal_env(path) -> str:

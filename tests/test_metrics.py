@@ -7,9 +7,9 @@ import itertools
 import numpy as np
 import pytest
 
-from inspector import metrics
-from inspector.errors import InspectorError
-from inspector.metrics import Counts
+from inspector.data import metrics
+from inspector.base.errors import InspectorError
+from inspector.data.metrics import Counts
 
 
 def test_confusion_counts_hand_case():

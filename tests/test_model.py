@@ -10,11 +10,11 @@ import pytest
 import torch
 import torchvision
 
-from inspector.errors import ModelError
-from inspector.model import (
+from inspector.base.errors import ModelError
+from inspector.learn.model import (
     ElectrodeNet, build_detector, init_model, load_model, preprocess_batch, resolve_device, save_model, tensors_sha256,
 )
-from inspector.modelmeta import FULL_DIM, Embedding, ModelMeta, read_meta
+from inspector.imaging.modelmeta import FULL_DIM, Embedding, ModelMeta, read_meta
 
 SIZE = (64, 32)
 
@@ -169,7 +169,7 @@ def test_paper_model_written_before_standardization_loads(tmp_path):
     """A file of the published network without standardize tensors (older inspector) still scores."""
     from safetensors.torch import save_file
 
-    from inspector.model import META_KEY, artifact_sha256
+    from inspector.learn.model import META_KEY, artifact_sha256
 
     torch.manual_seed(4)
     net = build_detector("none", "paper", head="paper").eval()
@@ -339,7 +339,7 @@ def test_cuda_fp16_features_match_the_cpu_ones(net, size):
     finite at a larger input, where the random backbone's activations grow into the hundreds."""
     import copy
 
-    from inspector.features import embed_tensor, prepare_for_device
+    from inspector.learn.features import embed_tensor, prepare_for_device
 
     x = torch.randn(4, 3, *size, generator=torch.Generator().manual_seed(5))
     cuda = torch.device("cuda")

@@ -14,10 +14,10 @@ import pytest
 from safetensors.numpy import save_file
 
 import inspector
-from inspector.artifact import META_KEY
-from inspector.convert import Conversion, Window
-from inspector.errors import ModelError
-from inspector.modelmeta import ModelMeta, read_meta
+from inspector.base.artifact import META_KEY
+from inspector.imaging.convert import Conversion, Window
+from inspector.base.errors import ModelError
+from inspector.imaging.modelmeta import ModelMeta, read_meta
 
 SIZE = (64, 32)
 
@@ -89,8 +89,8 @@ def test_reading_a_header_and_the_web_import_no_torch(tmp_path):
     out = run_without_torch(f"""
         import sys
         import inspector.web.app, inspector.web.media
-        from inspector.convert import convert_recorded
-        from inspector.modelmeta import read_meta
+        from inspector.imaging.convert import convert_recorded
+        from inspector.imaging.modelmeta import read_meta
         meta = read_meta({str(path)!r})
         print(meta.conversion.method, meta.conversion.window.as_tuple())
         """, tmp_path)

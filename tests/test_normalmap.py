@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from inspector import normalmap as nm
-from inspector.convert import convert_image
-from inspector.explain import display_scale
-from inspector.localize import dilate
-from inspector.model import preprocess_batch
-from inspector.synth import draw_character, synth_image
+from inspector.learn import normalmap as nm
+from inspector.imaging.convert import convert_image
+from inspector.learn.explain import display_scale
+from inspector.data.localize import dilate
+from inspector.learn.model import preprocess_batch
+from inspector.data.synth import draw_character, synth_image
 
 SHAPE = (400, 230)  # rows, columns of the scans: not the network input's, so the scaling back is exercised
 INPUT = (384, 192)  # the network input (rows, columns)

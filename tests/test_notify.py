@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from harness import wait_for
-from inspector.errors import InspectorError
-from inspector.notify import notify, pid_file, watchdog_interval_seconds, write_pid_file
+from inspector.base.errors import InspectorError
+from inspector.station.notify import notify, pid_file, watchdog_interval_seconds, write_pid_file
 
 
 @pytest.fixture

@@ -24,10 +24,10 @@ from click.testing import CliRunner
 
 from cli_errors import error_of
 from inspector.cli import cli
-from inspector.errors import StoreError
-from inspector.fleet import FREE
-from inspector.schema import metadata
-from inspector.store import FileVersion, open_store
+from inspector.base.errors import StoreError
+from inspector.store.fleet import FREE
+from inspector.store.schema import metadata
+from inspector.store.store import FileVersion, open_store
 from tests.store_rows import record_rejection, record_verdict
 
 ROOT = Path(__file__).resolve().parent.parent

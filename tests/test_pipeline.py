@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from inspector.pipeline import ordered_map, worker_count
+from inspector.base.pipeline import ordered_map, worker_count
 
 
 def test_results_come_in_the_items_order_whatever_order_the_workers_finish_in():
@@ -66,7 +66,7 @@ def test_worker_count_is_the_setting_or_one_per_core():
 
 def test_turns_keep_workers_and_the_model_pass_apart():
     """A model pass waits for the file in a worker's hands, and no worker starts one while the pass runs."""
-    from inspector.pipeline import Turns
+    from inspector.base.pipeline import Turns
 
     turns = Turns(True)
     log: list[str] = []
@@ -94,7 +94,7 @@ def test_turns_keep_workers_and_the_model_pass_apart():
 
 
 def test_turns_off_lets_everything_run_at_once():
-    from inspector.pipeline import Turns
+    from inspector.base.pipeline import Turns
 
     turns = Turns(False)
     with turns.model(), turns.worker(), turns.worker():

@@ -243,7 +243,7 @@ def hold_a_file(tmp_path: Path, drops: Drops, url: str, n: int):
     """An image claimed by a third station, line3 (this test, through the store's own claim), before it lands
     in the capture folder: the daemons leave it alone, and each rescan looks it up again. Returns the store
     and the file version, to give the claim up with release_claims."""
-    from inspector.store import FileVersion, open_store
+    from inspector.store.store import FileVersion, open_store
 
     outside = tmp_path / f"scan-{n:03d}.tif"
     write_image(outside, seed=1000 + n)

@@ -6,11 +6,11 @@ import cv2
 import numpy as np
 import pytest
 
-from inspector import quality
-from inspector.config import METHODS
-from inspector.convert import Conversion, Window, convert_image
-from inspector.errors import ImageError
-from inspector.prepare import InputSpec, prepare, resize_to
+from inspector.imaging import quality
+from inspector.base.config import METHODS
+from inspector.imaging.convert import Conversion, Window, convert_image
+from inspector.base.errors import ImageError
+from inspector.imaging.prepare import InputSpec, prepare, resize_to
 
 from image_files import textured_scan as scan
 

@@ -19,12 +19,12 @@ from click.testing import CliRunner
 from daemon_helpers import add_normal_model, make_model, write_config
 
 from inspector.cli import cli
-from inspector.errors import ModelError
-from inspector.explain import explain_image
-from inspector.imaging import read_image
-from inspector.infer import Detector
-from inspector.model import META_KEY, artifact_sha256, load_model, save_model
-from inspector.synth import draw_character, synth_image, write_tiff
+from inspector.base.errors import ModelError
+from inspector.learn.explain import explain_image
+from inspector.imaging.read import read_image
+from inspector.learn.infer import Detector
+from inspector.learn.model import META_KEY, artifact_sha256, load_model, save_model
+from inspector.data.synth import draw_character, synth_image, write_tiff
 
 SHAPE = (130, 70)  # rows, columns: not the 64 x 32 input of the tiny model
 
@@ -120,8 +120,8 @@ def test_a_file_whose_normal_tensors_were_stripped_is_refused_as_damaged(models,
 
 # ---- schema 5 ----------------------------------------------------------------------------------------------
 def test_a_schema_4_database_upgrades_to_5_keeping_its_rows(database_url):
-    from inspector.schema import SCHEMA_VERSION, alembic_command, alembic_revision, schema_info
-    from inspector.store import open_store
+    from inspector.store.schema import SCHEMA_VERSION, alembic_command, alembic_revision, schema_info
+    from inspector.store.store import open_store
     from tests.store_rows import record_verdict
 
     assert SCHEMA_VERSION == 5
@@ -234,7 +234,7 @@ def test_rescore_with_a_model_that_has_a_normal_model_records_its_peak_and_boxes
 
 # ---- a plant with normals only -----------------------------------------------------------------------------
 def test_train_normals_only_scores_by_the_map_and_ranks_a_defect_above_a_normal(tmp_path):
-    from inspector.dataset import LABELS_FILE, write_labels
+    from inspector.data.dataset import LABELS_FILE, write_labels
 
     root = tmp_path / "normals"
     rows = []

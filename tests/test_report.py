@@ -23,13 +23,13 @@ from click.testing import CliRunner
 
 from cli_errors import error_of
 from inspector.cli import cli
-from inspector.configfile import load_config
-from inspector.errors import InspectorError
-from inspector.imaging import file_sha256
-from inspector.export import export_report
-from inspector.report import bundle_of, collect_outcomes, read_model_header
-from inspector.schema import images, models, reviews
-from inspector.store import open_store
+from inspector.base.configfile import load_config
+from inspector.base.errors import InspectorError
+from inspector.imaging.read import file_sha256
+from inspector.loop.export import export_report
+from inspector.loop.report import bundle_of, collect_outcomes, read_model_header
+from inspector.store.schema import images, models, reviews
+from inspector.store.store import open_store
 from tests.store_rows import record_rejection, record_verdict
 
 MODEL = "ab" * 32
@@ -139,10 +139,10 @@ def test_export_errors_are_specific(station):
 
 def write_cv_result(state_dir, tmp_path):
     """A real cv JSON written by engineer E's crossval functions (no torch: made-up fold scores)."""
-    from inspector import metrics
-    from inspector.crossval import CvResult, FoldResult, MethodResult, result_to_json, run_settings, save_run
-    from inspector.dataset import leave_one_bundle_out
-    from inspector.synth import synthesize
+    from inspector.data import metrics
+    from inspector.learn.crossval import CvResult, FoldResult, MethodResult, result_to_json, run_settings, save_run
+    from inspector.data.dataset import leave_one_bundle_out
+    from inspector.data.synth import synthesize
 
     ds = synthesize(tmp_path / "cvset", bundles=3, per_bundle=4, abnormal_rate=0.5, scale=0.02, progress=False)
     rng = np.random.default_rng(0)
@@ -204,7 +204,7 @@ def test_totals_per_day_and_bundle(station):
     tmp_path, cfg, shas, files = station
     with open_store(cfg.database.url, readonly=True) as store:
         rows = collect_outcomes(store, cfg)
-    from inspector.report import local_day, summarize
+    from inspector.loop.report import local_day, summarize
 
     per_bundle = {s["group"]: s for s in summarize(rows, lambda r: r["bundle"])}
     assert per_bundle["lineA"]["total"] == 2 and per_bundle["lineA"]["pass_rate"] == 0.5
@@ -226,8 +226,8 @@ def test_a_duplicate_file_counts_once_per_electrode(station):
         assert record_verdict(store, str(copy), shas[files["abnormal"]], 10, 2, MODEL, 0.9, "abnormal", None, 0.5,
                               "global") == "duplicate"
         rows = collect_outcomes(store, cfg)
-        from inspector.report import summarize
-        from inspector.report_html import section_flagged
+        from inspector.loop.report import summarize
+        from inspector.loop.report_html import section_flagged
 
         lineA = {s["group"]: s for s in summarize(rows, lambda r: r["bundle"])}["lineA"]
         assert (lineA["total"], lineA["abnormal"], lineA["duplicates"], lineA["pass_rate"]) == (2, 1, 1, 0.5)
@@ -241,8 +241,8 @@ def test_status_and_the_report_count_and_name_the_model_alike(station):
     a rescore by another model change neither's answer apart from the other's."""
     import shutil
 
-    from inspector.report import model_in_use, summarize
-    from inspector.store import RescoreRecord, Verdict
+    from inspector.loop.report import model_in_use, summarize
+    from inspector.store.store import RescoreRecord, Verdict
 
     tmp_path, cfg, shas, files = station
     copy = files["abnormal"].with_name("a1-again.tif")
@@ -369,7 +369,7 @@ def test_html_escapes_hostile_text_in_every_field(station):
 def test_the_report_templates_ship_in_the_wheel(repo_root):
     """pyproject's package data names every template report_html loads, so an installed station finds them."""
     import tomllib
-    from inspector.report_html import TEMPLATES
+    from inspector.loop.report_html import TEMPLATES
 
     patterns = tomllib.loads((repo_root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     web = TEMPLATES.parent.parent

@@ -30,11 +30,11 @@ from click.testing import CliRunner
 
 from cli_errors import error_of
 from inspector.cli import cli
-from inspector.configfile import load_config
-from inspector.synth import synth_electrode, synthesize
-from inspector.imaging import file_sha256
-from inspector.schema import retrains
-from inspector.store import open_store
+from inspector.base.configfile import load_config
+from inspector.data.synth import synth_electrode, synthesize
+from inspector.imaging.read import file_sha256
+from inspector.store.schema import retrains
+from inspector.store.store import open_store
 from tests.store_rows import record_verdict
 
 CONFIG = """\
@@ -105,7 +105,7 @@ def station(prepared, tmp_path):
 
 def review_captures(tmp_path: Path, n: int, label: str) -> None:
     """n abnormal electrodes captured in capture/R/, scored, and reviewed by an operator as `label`."""
-    from inspector.review import record_review
+    from inspector.loop.review import record_review
 
     cfg = load_config(tmp_path / "config.toml")
     with open_store(cfg.database.url) as store:
@@ -170,7 +170,7 @@ def test_promotes_a_candidate_that_is_not_worse_and_signals_the_daemon(station, 
     after = model.read_bytes()
     assert after != before
     assert (station / "models" / "detector.previous.safetensors").read_bytes() == before
-    from inspector.model import load_model
+    from inspector.learn.model import load_model
 
     meta = load_model(model).meta
     work = Path(meta.metrics["retrain"]["dataset"])
@@ -251,7 +251,7 @@ def test_failure_leaves_model_and_daemon_untouched(station, fake_daemon, breakag
 
 def test_a_second_retrain_on_the_plant_database_exits_3_naming_the_first(station):
     """Every station's nightly timer fires: the retrain that holds the plant lock runs, the others say where."""
-    from inspector.fleet import plant_lock
+    from inspector.store.fleet import plant_lock
 
     cfg = load_config(station / "config.toml")
     with open_store(cfg.database.url, station="line2") as other, plant_lock(other, "retrain", "retrain"):
@@ -274,7 +274,7 @@ def test_usage_error_without_base_dataset(tmp_path):
 
 
 def test_no_daemon_running_is_said_plainly(tmp_path):
-    from inspector.retrain import reload_daemon
+    from inspector.loop.retrain import reload_daemon
 
     (tmp_path / "inspector.pid").write_text("999999999\n")  # no such process
     message = reload_daemon(tmp_path)
@@ -282,8 +282,8 @@ def test_no_daemon_running_is_said_plainly(tmp_path):
 
 
 def test_compare_rules():
-    from inspector.metrics import Counts
-    from inspector.retrain import Score, compare
+    from inspector.data.metrics import Counts
+    from inspector.loop.retrain import Score, compare
 
     cur = Score("global", 0.5, Counts(tp=8, fp=2, tn=8, fn=2), None)
     assert compare(cur, Score("global", 0.5, Counts(tp=8, fp=2, tn=8, fn=2), None)) == []  # equal promotes

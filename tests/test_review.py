@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from image_files import sample_image16, write_tiff16
-from inspector.dataset import load_dataset
-from inspector.imaging import file_sha256
-from inspector.labelset import bundle_for, export_labels, parse_bundle_rule
-from inspector.review import (ReviewError, latest_reviews, parse_anomalies, pending_reviews, query_reviews,
+from inspector.data.dataset import load_dataset
+from inspector.imaging.read import file_sha256
+from inspector.loop.labelset import bundle_for, export_labels, parse_bundle_rule
+from inspector.loop.review import (ReviewError, latest_reviews, parse_anomalies, pending_reviews, query_reviews,
                               record_review, resolve_image)
-from inspector.store import open_store
+from inspector.store.store import open_store
 from tests.store_rows import record_verdict
 
 MODEL = "ab" * 32
@@ -208,7 +208,7 @@ def test_export_subfolder_rule_round_trip(station, store, tmp_path):
 
 
 def test_review_with_a_new_anomaly_type_is_recorded_and_exported(station, store, tmp_path):
-    from inspector.datasetcheck import check_dataset
+    from inspector.data.datasetcheck import check_dataset
 
     rec = record_review(store, station.sha["e1"], "abnormal", ["Edge Burr", "scratches"], reviewer="alice")
     assert rec.anomalies == ("edge_burr", "scratch")
@@ -286,7 +286,7 @@ def test_bundle_for_outside_the_capture_folder(tmp_path):
 
 # ---- the review station's needs: withdrawals, decisions on a seen state, the queue's places ---------------------
 def test_a_withdrawal_supersedes_the_review_and_puts_the_image_back_in_the_queue(station, store, tmp_path):
-    from inspector.review import ReviewConflict, withdraw_review
+    from inspector.loop.review import ReviewConflict, withdraw_review
 
     sha = station.sha["e1"]
     first = record_review(store, sha, "abnormal", ["scratch"], reviewer="ann")
@@ -311,7 +311,7 @@ def test_a_withdrawal_supersedes_the_review_and_puts_the_image_back_in_the_queue
 
 
 def test_a_decision_on_a_state_seen_earlier_is_refused_once_another_review_came_first(station, store):
-    from inspector.review import ANY, ReviewConflict
+    from inspector.loop.review import ANY, ReviewConflict
 
     sha = station.sha["e4"]
     ann = record_review(store, sha, "normal", reviewer="ann", expect_current=None)
@@ -325,7 +325,7 @@ def test_a_decision_on_a_state_seen_earlier_is_refused_once_another_review_came_
 def test_a_review_records_the_verdict_the_operator_saw(station, store):
     import sqlalchemy as sa
 
-    from inspector.schema import verdicts
+    from inspector.store.schema import verdicts
 
     sha = station.sha["e4"]
     with store.read() as conn:
@@ -344,8 +344,8 @@ def test_a_review_records_the_verdict_the_operator_saw(station, store):
 def test_queue_places_walk_the_pending_verdicts_oldest_first(station, store):
     import sqlalchemy as sa
 
-    from inspector.review import count_pending, queue_place
-    from inspector.schema import images
+    from inspector.loop.review import count_pending, queue_place
+    from inspector.store.schema import images
 
     with store.read() as conn:
         ids = dict(conn.execute(sa.select(images.c.sha256, images.c.id).where(images.c.status != "duplicate")).all())
@@ -369,7 +369,7 @@ def test_verdict_queries_filter_by_review_state_and_page(station, store):
     first = record_review(store, sha, "normal", reviewer="ann")
     reviewed = store.query_verdicts(reviewed=True)
     assert {r["sha256"] for r in reviewed} == {sha} and store.count_verdicts(reviewed=True) == 2  # e1 and its copy
-    from inspector.review import withdraw_review
+    from inspector.loop.review import withdraw_review
 
     withdraw_review(store, first.id, reviewer="ann")
     assert store.query_verdicts(reviewed=True) == [] and store.count_verdicts(reviewed=False) == 5
@@ -384,7 +384,7 @@ def test_concurrent_decisions_on_one_image_never_fork_its_history(database_url):
     lock on the content)."""
     import threading
 
-    from inspector.review import ReviewConflict
+    from inspector.loop.review import ReviewConflict
 
     sha = "e" * 64
     with open_store(database_url) as store:

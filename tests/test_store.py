@@ -13,10 +13,10 @@ import pytest
 import sqlalchemy as sa
 
 from inspector import __version__
-from inspector.errors import StoreError
-from inspector.paths import display_path
-from inspector.schema import SCHEMA_VERSION
-from inspector.store import StoreFullError, open_store
+from inspector.base.errors import StoreError
+from inspector.base.paths import display_path
+from inspector.store.schema import SCHEMA_VERSION
+from inspector.store.store import StoreFullError, open_store
 from tests.store_rows import record_rejection, record_verdict
 
 MODEL = "ab" * 32
@@ -313,8 +313,8 @@ def test_older_schema_is_migrated(db_url, tmp_path):
 
 def test_schema_1_is_migrated_by_alembic(db_url, tmp_path):
     """A database inspector wrote before Alembic (schema 1) is stamped and upgraded; its rows keep working."""
-    from inspector.migrations import schema_v1
-    from inspector.schema import SCHEMA_REVISIONS
+    from inspector.store.migrations import schema_v1
+    from inspector.store.schema import SCHEMA_REVISIONS
 
     engine = sa.create_engine(db_url)
     with engine.begin() as conn:
@@ -345,7 +345,7 @@ def test_schema_1_is_migrated_by_alembic(db_url, tmp_path):
         from alembic.autogenerate import compare_metadata
         from alembic.runtime.migration import MigrationContext
 
-        from inspector.schema import metadata
+        from inspector.store.schema import metadata
         with again.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": False}), metadata)
         assert [d for d in diff if d[0] not in ("remove_table",)] == []
@@ -386,7 +386,7 @@ def test_full_disk_is_a_store_full_error(sqlite_store):
 READER = textwrap.dedent("""
     import sys
     import sqlalchemy as sa
-    from inspector.store import open_store
+    from inspector.store.store import open_store
     with open_store(sys.argv[1], readonly=True) as store, store.read() as conn:
         print(conn.execute(sa.text("SELECT count(*) FROM images")).scalar(), flush=True)
         sys.stdin.readline()  # hold the read transaction until told
@@ -417,8 +417,8 @@ def test_long_reader_does_not_block_the_writer(store, database_url):
 
 def test_a_batch_of_outcomes_commits_all_or_nothing(store, monkeypatch):
     """The daemon commits a batch in one transaction: a failure on its last row leaves none of it behind."""
-    import inspector.records as records
-    from inspector.store import FileVersion, RejectionRecord, Verdict, VerdictRecord
+    import inspector.store.records as records
+    from inspector.store.store import FileVersion, RejectionRecord, Verdict, VerdictRecord
     from sqlalchemy import exc as sa_exc
 
     verdict = Verdict(sha(1), MODEL, 0.2, "normal", None, 0.5, "global", 0.1, 0.1)
@@ -441,7 +441,7 @@ def test_a_batch_of_outcomes_commits_all_or_nothing(store, monkeypatch):
 
 def test_rescore_todo_and_rescored_verdicts_beside_the_capture_ones(store):
     """What `inspector rescore` reads and writes: contents without the model's verdict, then one verdict each."""
-    from inspector.store import RescoreRecord, Verdict
+    from inspector.store.store import RescoreRecord, Verdict
 
     record(store, b"/cap/a.tif", 1, inode=1)
     record(store, b"/cap/a-copy.tif", 1, inode=2)

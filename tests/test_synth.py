@@ -14,11 +14,11 @@ import tifffile
 from click.testing import CliRunner
 
 from inspector.cli import cli
-from inspector.dataset import ANOMALY_TYPES, load_dataset
-from inspector.datasetcheck import check_dataset
-from inspector.errors import DatasetError
-from inspector.localize import read_mask
-from inspector.synth import (draw_character, draw_shape, summarize, synth_electrode, synth_image,
+from inspector.data.dataset import ANOMALY_TYPES, load_dataset
+from inspector.data.datasetcheck import check_dataset
+from inspector.base.errors import DatasetError
+from inspector.data.localize import read_mask
+from inspector.data.synth import (draw_character, draw_shape, summarize, synth_electrode, synth_image,
                              synth_image_with_mask, synthesize)
 
 
@@ -213,7 +213,7 @@ def test_cli_synth_summary_and_refuses_non_empty(tmp_path):
 
 def test_new_electrodes_of_a_bundle_share_its_coating(small_set):
     """synth_bundle_electrode continues a bundle: its coating level is that bundle's, not another's."""
-    from inspector.synth import synth_bundle_electrode
+    from inspector.data.synth import synth_bundle_electrode
 
     def coated_median(img: np.ndarray) -> float:
         h, w = img.shape

@@ -10,19 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from inspector import metrics
-from inspector.config import Config
-from inspector.convert import fit_window
-from inspector.build import train_model
-from inspector.crossval import cross_validate
-from inspector.dataset import LABELS_FILE, Dataset, load_dataset
-from inspector.synth import draw_character, draw_shape, synth_image, synthesize, write_tiff
-from inspector.errors import DatasetError, InspectorError
-from inspector.features import EmbedStats, FeatureStore
-from inspector.imaging import read_image
-from inspector.infer import Detector
-from inspector.train import build_net, check_two_classes, class_weight_tensor, draw_plan, fit, predict_proba
-from inspector.views import ImageSource, fit_view
+from inspector.data import metrics
+from inspector.base.config import Config
+from inspector.imaging.convert import fit_window
+from inspector.learn.build import train_model
+from inspector.learn.crossval import cross_validate
+from inspector.data.dataset import LABELS_FILE, Dataset, load_dataset
+from inspector.data.synth import draw_character, draw_shape, synth_image, synthesize, write_tiff
+from inspector.base.errors import DatasetError, InspectorError
+from inspector.learn.features import EmbedStats, FeatureStore
+from inspector.imaging.read import read_image
+from inspector.learn.infer import Detector
+from inspector.learn.train import build_net, check_two_classes, class_weight_tensor, draw_plan, fit, predict_proba
+from inspector.data.views import ImageSource, fit_view
 
 CPU = torch.device("cpu")
 

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from harness import wait_for
-from inspector.paths import display_path
-from inspector.watcher import (EventHandler, Scanner, Tracker, build_observer, in_skipped_dir,
+from inspector.base.paths import display_path
+from inspector.station.watcher import (EventHandler, Scanner, Tracker, build_observer, in_skipped_dir,
                                is_candidate_name, iter_capture_files, stat_candidate)
 
 PATTERNS = ("*.tif", "*.tiff", "*.png", "*.dcm")

@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from inspector.cli import cli
-from inspector.schema import reviews
-from inspector.store import open_store
+from inspector.store.schema import reviews
+from inspector.store.store import open_store
 from inspector.web.app import create_app
 from web_station import EVIL_NAME, PASSWORDS, build_station, logged_in, login, token_of
 
@@ -288,7 +288,7 @@ def test_undo_takes_the_last_decision_back_with_a_superseding_review(app, statio
     assert decide(client, item, "abnormal", review_id="2").status_code == 303
     assert [(r["label"], r["supersedes"]) for r in review_rows(station)] == \
         [("normal", None), ("withdrawn", 1), ("abnormal", 2)]
-    from inspector.review import latest_reviews
+    from inspector.loop.review import latest_reviews
 
     with open_store(station.cfg.database.url) as store:
         assert [r["label"] for r in latest_reviews(store)] == ["abnormal"]

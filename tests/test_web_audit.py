@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from inspector.store import open_store
+from inspector.store.store import open_store
 from inspector.web.app import create_app
 from web_station import PASSWORDS, build_station, logged_in, login, token_of
 

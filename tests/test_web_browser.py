@@ -140,7 +140,7 @@ def test_the_status_page_refreshes_itself(served, repo_root):
             return int(driver.execute_script("return document.getElementById('tile-today').textContent;"))
 
         before = today()
-        from inspector.store import open_store
+        from inspector.store.store import open_store
         from store_rows import record_verdict
 
         with open_store(st.cfg.database.url, station="line2") as store:
@@ -178,9 +178,9 @@ def test_a_line_defect_through_the_real_daemon_is_mapped_on_the_line(tmp_path, r
     import numpy as np
 
     from browser import Served
-    from inspector.configfile import load_config
-    from inspector.localize import dilate
-    from inspector.synth import draw_character, draw_shape, synth_image_with_mask, synthesize, write_tiff
+    from inspector.base.configfile import load_config
+    from inspector.data.localize import dilate
+    from inspector.data.synth import draw_character, draw_shape, synth_image_with_mask, synthesize, write_tiff
     from web_station import add_users
 
     artifacts = repo_root / "test-artifacts"

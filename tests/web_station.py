@@ -13,12 +13,12 @@ import cv2
 import numpy as np
 import tifffile
 
-from inspector.config import Config
-from inspector.configfile import load_config
-from inspector.convert import Window, convert_image
-from inspector.imaging import file_sha256
-from inspector.store import open_store
-from inspector.synth import synth_electrode
+from inspector.base.config import Config
+from inspector.base.configfile import load_config
+from inspector.imaging.convert import Window, convert_image
+from inspector.imaging.read import file_sha256
+from inspector.store.store import open_store
+from inspector.data.synth import synth_electrode
 from store_rows import record_verdict
 
 MODEL = "cd" * 32
@@ -67,7 +67,7 @@ def build_station(root: Path, flagged: int = 4, normal: int = 2, scale: float = 
 
     import sqlalchemy as sa
 
-    from inspector.schema import images
+    from inspector.store.schema import images
 
     start = datetime.now(timezone.utc) - timedelta(hours=1)
     st = Station(root, root / "config.toml", cfg)

@@ -1,4 +1,6 @@
-"""The `inspector` command: a click group; each command is a thin call into the library."""
+"""The cli layer, the top: the `inspector` command, a click group; each command (cli/<topic>.py) is a thin call into
+the library, and `demo` drives the whole station on a synthetic set. It may import every layer below; nothing
+imports it. Commands import torch-using modules inside their functions, so `inspector verdicts` starts fast."""
 
 from __future__ import annotations
 
@@ -11,9 +13,9 @@ from typing import Callable
 import click
 
 from inspector import __version__
-from inspector.config import Config
-from inspector.configfile import load_config
-from inspector.errors import InspectorError
+from inspector.base.config import Config
+from inspector.base.configfile import load_config
+from inspector.base.errors import InspectorError
 
 DEBUG_VAR = "INSPECTOR_DEBUG"
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import click
 
 from inspector.cli import cli
-from inspector.config import Config
-from inspector.configfile import (SYSTEM_CONFIG, ConfigProblems, ConfigSource, check_config_file, find_config,
+from inspector.base.config import Config
+from inspector.base.configfile import (SYSTEM_CONFIG, ConfigProblems, ConfigSource, check_config_file, find_config,
                                   load_config, read_toml)
-from inspector.errors import ConfigError
+from inspector.base.errors import ConfigError
 
 LOOKUP = f"--config, $INSPECTOR_CONFIG, ./config.toml, {SYSTEM_CONFIG}, built-in defaults"
 SECRET_KEYS = {"web.proxy_secret"}  # shown as *** when set
@@ -104,7 +104,7 @@ def effective_values(cfg: Config, data: dict) -> list[tuple[str, object, bool]]:
             if key in SECRET_KEYS and value:
                 value = "***"
             elif key == "database.url":
-                from inspector.store import shown_url
+                from inspector.store.store import shown_url
 
                 value = shown_url(value)
             rows.append((key, value, f.name in raw))

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from inspector.cli import cli, with_config
-from inspector.config import Config
+from inspector.base.config import Config
 
 
 @cli.command("synth")
@@ -30,7 +30,7 @@ def synth_command(cfg: Config, out: str, bundles: int, per_bundle: int, abnormal
     11 anomaly types, and a quarter of normal ones a minor, acceptable one. Each abnormal image
     gets a defect mask, masks/<bundle>/<name>.png (255 where the defect changed the counts).
     """
-    from inspector.synth import summarize, synthesize
+    from inspector.data.synth import summarize, synthesize
 
     path = Path(out)
     if path.exists() and any(path.iterdir()) and not force:
@@ -63,7 +63,7 @@ def check_command(cfg: Config, root: str, as_json: bool) -> None:
     Exit status 0 when it is ready for training, 1 when problems are listed. Anomaly types
     outside the paper's eleven are a note (with how many samples carry each), not a problem.
     """
-    from inspector.datasetcheck import check_dataset
+    from inspector.data.datasetcheck import check_dataset
 
     report = check_dataset(root, max_height=cfg.imaging.max_height, max_width=cfg.imaging.max_width)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format_text())

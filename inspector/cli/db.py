@@ -7,7 +7,7 @@ import sys
 import click
 
 from inspector.cli import cli, with_config
-from inspector.config import Config, bad_station_name
+from inspector.base.config import Config, bad_station_name
 
 
 @cli.group()
@@ -19,8 +19,8 @@ def db() -> None:
 @with_config
 def upgrade(cfg: Config) -> None:
     """Create the database schema, or migrate an older one (safe to run any time)."""
-    from inspector.schema import SCHEMA_VERSION
-    from inspector.store import open_configured
+    from inspector.store.schema import SCHEMA_VERSION
+    from inspector.store.store import open_configured
 
     with open_configured(cfg) as store:
         click.echo(f"database {store.where}: schema {store.schema_action} (version {SCHEMA_VERSION})")
@@ -54,7 +54,7 @@ def copy_command(cfg: Config, source_url: str, target_url: str, station: str | N
     """
     from tqdm import tqdm
 
-    from inspector.dbcopy import CopyError, copy_database
+    from inspector.store.dbcopy import CopyError, copy_database
 
     summary = copy_database(source_url, target_url, station, busy_timeout_seconds=cfg.database.busy_timeout_seconds,
                             progress=lambda total, name: tqdm(total=total, desc=name, unit="row", leave=False,

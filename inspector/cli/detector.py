@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 import click
 
 from inspector.cli import cli, with_config
-from inspector.config import METHODS, WINDOWED_METHODS, Config, parse_input_size
-from inspector.paths import display_path
+from inspector.base.config import METHODS, WINDOWED_METHODS, Config, parse_input_size
+from inspector.base.paths import display_path
 
 if TYPE_CHECKING:
-    from inspector.modelmeta import ModelMeta
+    from inspector.imaging.modelmeta import ModelMeta
 
 UNTRAINED_WARNING = "warning: this model is UNTRAINED (written by `inspector model init`): its verdicts are random"
 
@@ -39,10 +39,10 @@ def score_command(images: tuple[str, ...], model_path: str | None, as_json: bool
     An image that cannot be read is reported as rejected and the others are still scored;
     the exit code is then 1.
     """
-    from inspector.bulk import score_items
-    from inspector.imaging import read_image
-    from inspector.infer import Detector
-    from inspector.pipeline import worker_count
+    from inspector.learn.bulk import score_items
+    from inspector.imaging.read import read_image
+    from inspector.learn.infer import Detector
+    from inspector.base.pipeline import worker_count
 
     det = Detector.load(model_path or cfg.model.path, device=device or cfg.model.device,
                         batch_size=cfg.infer.batch_size)
@@ -124,7 +124,7 @@ def describe_metrics(metrics: dict) -> str:
 @with_config
 def info_command(model_path: str, as_json: bool, cfg: Config) -> None:
     """Show what MODEL was trained with: conversion, window, input size, threshold, metrics, provenance."""
-    from inspector.modelmeta import read_meta
+    from inspector.imaging.modelmeta import read_meta
 
     meta = read_meta(model_path)
     sha = file_sha256(Path(model_path))
@@ -180,9 +180,9 @@ def init_command(out: str, method: str | None, window: tuple[int, int] | None, i
         raise click.UsageError(f"--method {method} needs --window LO HI (the 16-bit values mapped to 0 and 255)")
     if Path(out).exists() and not force:
         raise click.UsageError(f"{out} already exists; pass --force to overwrite it")
-    from inspector.convert import Window
-    from inspector.model import init_model
-    from inspector.modelmeta import Embedding
+    from inspector.imaging.convert import Window
+    from inspector.learn.model import init_model
+    from inspector.imaging.modelmeta import Embedding
 
     win = Window(*window) if window else None
     size = parse_input_size(input_size) if input_size else tuple(cfg.model.input_size)

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from inspector.cli import cli, with_config
-from inspector.config import METHODS, Config
-from inspector.errors import InspectorError
+from inspector.base.config import METHODS, Config
+from inspector.base.errors import InspectorError
 
 
 @cli.command("convert")
@@ -39,9 +39,9 @@ def _convert_to_png(image: str, out: str, method: str | None, window: tuple[int,
     """Read, convert and write; returns the line to print."""
     import cv2
 
-    from inspector.convert import Conversion
-    from inspector.imaging import read_image
-    from inspector.modelmeta import read_meta
+    from inspector.imaging.convert import Conversion
+    from inspector.imaging.read import read_image
+    from inspector.imaging.modelmeta import read_meta
 
     model = read_meta(model_path).conversion if model_path else None
     img16 = read_image(image, max_height=cfg.imaging.max_height, max_width=cfg.imaging.max_width)

@@ -6,8 +6,8 @@ import click
 
 from inspector.cli import cli, with_config
 from inspector.cli.station import STATION, TIME
-from inspector.times import TIME_FORMS
-from inspector.config import Config
+from inspector.base.times import TIME_FORMS
+from inspector.base.config import Config
 
 
 @cli.command("export")
@@ -28,7 +28,7 @@ def export_command(cfg: Config, fmt: str, out: str, since, until, station: str |
     and the model in use. The database is opened read-only.
     """
     from inspector.cli.station import open_reader
-    from inspector.export import export_report
+    from inspector.loop.export import export_report
 
     with open_reader(cfg) as store:
         path, n = export_report(store, cfg, fmt, out, since, until, station)
@@ -62,7 +62,7 @@ def retrain_command(ctx: click.Context, cfg: Config, dry_run: bool, epochs: int 
          host sharing this database (once per plant); the reasons are printed
       4  failed: the model file and the daemon are left untouched
     """
-    from inspector.retrain import retrain
+    from inspector.loop.retrain import retrain
 
     result = retrain(cfg, dry_run=dry_run, epochs=epochs, say=click.echo)
     if result.decision == "failed":

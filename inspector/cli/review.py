@@ -8,10 +8,10 @@ import click
 
 from inspector.cli import cli, with_config
 from inspector.cli.station import open_reader, render_csv, render_table
-from inspector.times import format_local
-from inspector.report import iso_time
-from inspector.config import Config
-from inspector.paths import display_path
+from inspector.base.times import format_local
+from inspector.loop.report import iso_time
+from inspector.base.config import Config
+from inspector.base.paths import display_path
 
 REVIEW_FIELDS = ["id", "time", "sha256", "path", "label", "anomalies", "reviewer", "note", "model_verdict",
                  "model_sha256", "supersedes", "superseded", "station"]
@@ -40,9 +40,9 @@ def explain(cfg: Config, image: str, model_path: str | None, out_png: str, devic
     Prints P(abnormal), the verdict, the map's peak and boxes (pixels of IMAGE: x the column, y the row)
     and the PNG written.
     """
-    from inspector.explain import explain_image, save_overlay
-    from inspector.imaging import read_image
-    from inspector.infer import Detector
+    from inspector.learn.explain import explain_image, save_overlay
+    from inspector.imaging.read import read_image
+    from inspector.learn.infer import Detector
 
     img16 = read_image(image, max_height=cfg.imaging.max_height, max_width=cfg.imaging.max_width)
     det = Detector.load(model_path or cfg.model.path, device=device or cfg.model.device)
@@ -95,8 +95,8 @@ def review(cfg: Config, ref: str, label: str | None, withdraw: bool, anomalies: 
     are never overwritten: a new review supersedes the previous one and both are kept;
     --withdraw supersedes it with a withdrawal, so the image is unreviewed again.
     """
-    from inspector.dataset import ANOMALY_TYPES, close_known_anomaly
-    from inspector.review import ReviewError, newest_review, parse_anomalies, record_review, resolve_image, \
+    from inspector.data.dataset import ANOMALY_TYPES, close_known_anomaly
+    from inspector.loop.review import ReviewError, newest_review, parse_anomalies, record_review, resolve_image, \
         withdraw_review
 
     if (label is None) == (not withdraw):
@@ -104,7 +104,7 @@ def review(cfg: Config, ref: str, label: str | None, withdraw: bool, anomalies: 
     if withdraw and anomalies:
         raise click.UsageError("--anomaly goes with --label, not with --withdraw")
     kinds = parse_anomalies(list(anomalies))  # a typo fails before the database is touched
-    from inspector.store import open_configured
+    from inspector.store.store import open_configured
 
     with open_configured(cfg, create=False) as store:
         sha = resolve_image(store, ref)
@@ -167,7 +167,7 @@ def emit(records: list[dict], fields: list[str], fmt: str, headers: list[str], c
 @with_config
 def reviews(cfg: Config, pending: bool, ref: str | None, station: str | None, fmt: str) -> None:
     """List the review history, latest first (superseded reviews marked), or with --pending the work left."""
-    from inspector.review import pending_reviews, query_reviews, resolve_image
+    from inspector.loop.review import pending_reviews, query_reviews, resolve_image
 
     with open_reader(cfg) as store:
         sha = resolve_image(store, ref) if ref else None
@@ -198,8 +198,8 @@ def export_labels_command(cfg: Config, out: str) -> None:
     regular expression on the file name. Images are hard-linked when OUT is on the same
     filesystem, else copied; a file that is gone or changed is skipped with the reason.
     """
-    from inspector.labelset import export_labels
-    from inspector.review import ReviewError, latest_reviews
+    from inspector.loop.labelset import export_labels
+    from inspector.loop.review import ReviewError, latest_reviews
 
     with open_reader(cfg) as store:
         if not latest_reviews(store):

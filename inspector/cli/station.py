@@ -12,11 +12,11 @@ from datetime import datetime
 import click
 
 from inspector.cli import cli, with_config
-from inspector.config import Config
-from inspector.paths import display_path
-from inspector.report import iso_time
-from inspector.schema import parse_boxes
-from inspector.times import TIME_FORMS, format_age, format_local, parse_time
+from inspector.base.config import Config
+from inspector.base.paths import display_path
+from inspector.loop.report import iso_time
+from inspector.store.schema import parse_boxes
+from inspector.base.times import TIME_FORMS, format_age, format_local, parse_time
 
 DEFAULT_TABLE_LIMIT = 50
 
@@ -57,7 +57,7 @@ def render_csv(rows: list[dict], fields: list[str]) -> str:
 
 
 def open_reader(cfg: Config):
-    from inspector.store import open_configured
+    from inspector.store.store import open_configured
 
     return open_configured(cfg, readonly=True)
 
@@ -206,7 +206,7 @@ def status(cfg: Config, station: str | None, fmt: str) -> None:
     "not responding" once three heartbeats are missed (killed, host down, network cut), "stopped"
     after a clean stop. With --station, the counts are that station's only.
     """
-    from inspector.overview import station_overview
+    from inspector.loop.overview import station_overview
 
     with open_reader(cfg) as store:
         view = station_overview(cfg, store, station)
@@ -278,10 +278,10 @@ def rescore(cfg: Config, since, until, model_path: str | None, device: str | Non
     """
     from tqdm import tqdm
 
-    from inspector.daemon import load_detector
-    from inspector.pipeline import worker_count
-    from inspector.rescore import rescore as run_rescore
-    from inspector.store import open_configured
+    from inspector.station.daemon import load_detector
+    from inspector.base.pipeline import worker_count
+    from inspector.loop.rescore import rescore as run_rescore
+    from inspector.store.store import open_configured
 
     model = {k: v for k, v in (("path", model_path), ("device", device)) if v}
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model))

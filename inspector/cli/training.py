@@ -9,8 +9,8 @@ import click
 
 from inspector.cli import cli, with_config
 from inspector.cli.detector import describe_score
-from inspector.config import HEADS, METHODS, OPTIMIZERS, POOLINGS, STAGES, Config, network_order, parse_input_size
-from inspector.errors import InspectorError
+from inspector.base.config import HEADS, METHODS, OPTIMIZERS, POOLINGS, STAGES, Config, network_order, parse_input_size
+from inspector.base.errors import InspectorError
 
 PAPER_METHODS = "naive,global,local,mix"
 
@@ -47,8 +47,8 @@ def parse_methods(text: str) -> list[str]:
 
 def prepare_device(cfg: Config):
     """Threads for CPU work and the device from model.device."""
-    from inspector.model import resolve_device
-    from inspector.train import set_threads
+    from inspector.learn.model import resolve_device
+    from inspector.learn.train import set_threads
 
     set_threads(cfg.train.threads)
     return resolve_device(cfg.model.device)
@@ -115,8 +115,8 @@ def train_command(cfg: Config, dataset: str, out: str | None, method: str | None
     images; its map shows where a scan is not normal, and model.score decides whether P(abnormal) is
     the head's, the map's or their mean.
     """
-    from inspector.dataset import load_dataset
-    from inspector.build import train_model
+    from inspector.data.dataset import load_dataset
+    from inspector.learn.build import train_model
 
     cfg = apply_overrides(cfg, target_recall=target_recall, **given)
     device = prepare_device(cfg)
@@ -159,9 +159,9 @@ def cv_command(cfg: Config, dataset: str, methods: str, json_out: str | None, no
     TP/FP/TN/FN as the paper does. Results are kept under state.dir/cv/ and compared with
     the latest earlier run on the same dataset.
     """
-    from inspector.crossval import (cross_validate, format_comparison, format_table, result_to_json, save_roc_png,
+    from inspector.learn.crossval import (cross_validate, format_comparison, format_table, result_to_json, save_roc_png,
                                     save_run, write_json)
-    from inspector.dataset import load_dataset
+    from inspector.data.dataset import load_dataset
 
     chosen = parse_methods(methods)
     cfg = apply_overrides(cfg, **given)
@@ -200,10 +200,10 @@ def evaluate_command(cfg: Config, model: str, dataset: str, json_out: str | None
     Prints confusion counts, balanced accuracy, precision, recall, F1 and ROC AUC per bundle
     and pooled, and the images it got wrong with their probabilities.
     """
-    from inspector.crossval import write_json
-    from inspector.dataset import load_dataset
-    from inspector.evaluate import evaluate_model, format_evaluation
-    from inspector.train import set_threads
+    from inspector.learn.crossval import write_json
+    from inspector.data.dataset import load_dataset
+    from inspector.learn.evaluate import evaluate_model, format_evaluation
+    from inspector.learn.train import set_threads
 
     set_threads(cfg.train.threads)
     ds = load_dataset(dataset)

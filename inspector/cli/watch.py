@@ -1,4 +1,4 @@
-"""`inspector watch`: the station daemon (a thin call into inspector.daemon)."""
+"""`inspector watch`: the station daemon (a thin call into inspector.station.daemon)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import click
 
 from inspector.cli import cli, with_config
-from inspector.config import Config
+from inspector.base.config import Config
 
 
 @cli.command()
@@ -24,7 +24,7 @@ def watch(cfg: Config, once: bool) -> None:
     cfg.require_dir("watch.capture_dir")  # before the slow imports: a typo fails at once
     import torch
 
-    from inspector.daemon import run_daemon
+    from inspector.station.daemon import run_daemon
 
     torch.set_num_threads(cfg.infer.threads or os.cpu_count() or 1)
     code = run_daemon(cfg, once=once)

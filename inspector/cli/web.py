@@ -8,8 +8,8 @@ import sys
 import click
 
 from inspector.cli import cli, with_config
-from inspector.config import Config
-from inspector.errors import InspectorError
+from inspector.base.config import Config
+from inspector.base.errors import InspectorError
 
 
 @cli.command()
@@ -39,7 +39,7 @@ def serve(cfg: Config, host: str | None, port: int | None) -> None:
         if not users:
             click.echo("note: no users yet: `inspector user add NAME --role reviewer` adds one", err=True)
 
-    from inspector.logsetup import log_to_stderr
+    from inspector.base.logsetup import log_to_stderr
 
     with log_to_stderr(cfg.log.level):  # the audit trail: logins, failures, logouts, decisions, refusals
         run_server(cfg, host, port, ready)

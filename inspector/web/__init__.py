@@ -5,7 +5,7 @@ This package's __init__ holds only WebError and ext() and imports Flask only ins
 user ...` reads the users file without Flask.
 """
 
-from inspector.errors import InspectorError
+from inspector.base.errors import InspectorError
 
 
 class WebError(InspectorError):

@@ -18,10 +18,10 @@ from flask import Flask, g, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from inspector import __version__
-from inspector.config import Config
-from inspector.errors import InspectorError, StoreError
-from inspector.paths import display_path
-from inspector.times import format_age, format_local
+from inspector.base.config import Config
+from inspector.base.errors import InspectorError, StoreError
+from inspector.base.paths import display_path
+from inspector.base.times import format_age, format_local
 from inspector.web import WebError
 from inspector.web.auth import audit
 from inspector.web.users import UserError, UsersFile
@@ -167,7 +167,7 @@ def error_page(status: int, message: str):
 
 def serve(cfg: Config, host: str, port: int, ready=None) -> None:
     """Run the review station on waitress until SIGTERM or Ctrl-C; `ready(url)` once it listens."""
-    from inspector.store import open_configured
+    from inspector.store.store import open_configured
 
     with open_configured(cfg, create=False) as store:
         app = create_app(cfg, store)

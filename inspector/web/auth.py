@@ -18,7 +18,7 @@ from collections import deque
 
 from flask import Blueprint, g, redirect, render_template, request, session, url_for
 
-from inspector.logsetup import AUDIT_LOGGER
+from inspector.base.logsetup import AUDIT_LOGGER
 from inspector.web import WebError, ext
 from inspector.web.users import User, UserError
 

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from flask import Blueprint, Response, send_file
 
-from inspector.errors import ImageError, InspectorError
+from inspector.base.errors import ImageError, InspectorError
 from inspector.web import WebError, ext
 
 blueprint = Blueprint("media", __name__)
@@ -71,7 +71,7 @@ def recorded(image_id: int) -> dict:
 
 
 def original_bytes(detail: dict) -> tuple[bytes, str]:
-    from inspector.imaging import load_recorded
+    from inspector.imaging.read import load_recorded
 
     try:
         return load_recorded(ext()["store"].recorded_places(detail["sha256"], first=detail), detail["sha256"])
@@ -93,8 +93,8 @@ def encode_png(img8: np.ndarray) -> bytes:
 
 def converted_png(detail: dict) -> bytes:
     """The image as its model saw it (the model's conversion and window) at the image's own size."""
-    from inspector.convert import convert_recorded
-    from inspector.imaging import read_recorded
+    from inspector.imaging.convert import convert_recorded
+    from inspector.imaging.read import read_recorded
 
     cfg = ext()["cfg"]
     places = ext()["store"].recorded_places(detail["sha256"], first=detail)
@@ -125,7 +125,7 @@ def heatmap(image_id: int):
     if not path:
         raise WebError(404, "no heat map was drawn for this verdict (only abnormal verdicts get one, drawn when "
                             "the daemon is idle; `inspector explain IMAGE --out PNG` draws one at any time)")
-    from inspector.imaging import load_heatmap
+    from inspector.imaging.read import load_heatmap
 
     try:
         png = load_heatmap(path, detail["sha256"], detail.get("heatmap_sha256"))

@@ -8,8 +8,8 @@ from datetime import datetime
 
 from flask import Blueprint, Response, g, render_template, request
 
-from inspector.errors import StoreError
-from inspector.schema import VERDICTS, parse_boxes
+from inspector.base.errors import StoreError
+from inspector.store.schema import VERDICTS, parse_boxes
 from inspector.web import WebError, ext
 
 log = logging.getLogger("inspector.web")
@@ -35,7 +35,7 @@ def healthz():
 
 
 def overview_of(station: str | None):
-    from inspector.overview import station_overview
+    from inspector.loop.overview import station_overview
 
     return station_overview(ext()["cfg"], ext()["store"], station)
 
@@ -56,7 +56,7 @@ def status_panel():
 
 
 def time_arg(name: str) -> tuple[str, datetime | None]:
-    from inspector.times import parse_time
+    from inspector.base.times import parse_time
 
     text = request.args.get(name, "").strip()
     if not text:
@@ -109,7 +109,7 @@ def verdicts():
 
 @blueprint.route("/verdict/<int:image_id>")
 def verdict(image_id: int):
-    from inspector.review import query_reviews
+    from inspector.loop.review import query_reviews
 
     store = ext()["store"]
     detail = store.image_detail(image_id)
@@ -141,7 +141,7 @@ def report_csv():
 
 
 def _report(fmt: str) -> Response:
-    from inspector.export import render_report
+    from inspector.loop.export import render_report
 
     f = search_filters()
     text, _ = render_report(ext()["store"], ext()["cfg"], fmt, f["since"], f["until"], f["station"])

@@ -12,11 +12,11 @@ import logging
 
 from flask import Blueprint, flash, g, redirect, render_template, request, session, url_for
 
-from inspector.dataset import ANOMALY_TYPES
-from inspector.paths import display_path
-from inspector.queries import MAX_ROW_ID
-from inspector.review import ReviewConflict, queue_place, record_review, withdraw_review
-from inspector.schema import parse_boxes
+from inspector.data.dataset import ANOMALY_TYPES
+from inspector.base.paths import display_path
+from inspector.store.queries import MAX_ROW_ID
+from inspector.loop.review import ReviewConflict, queue_place, record_review, withdraw_review
+from inspector.store.schema import parse_boxes
 from inspector.web import WebError, ext
 from inspector.web.auth import audit, reviewer_only
 

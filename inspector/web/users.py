@@ -21,8 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from inspector.durable import write_atomic
-from inspector.errors import InspectorError
+from inspector.base.durable import write_atomic
+from inspector.base.errors import InspectorError
 
 ROLES = ("viewer", "reviewer")  # viewer: reads everything; reviewer: also records reviews
 MIN_PASSWORD = 8

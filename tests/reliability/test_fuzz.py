@@ -10,8 +10,8 @@ import tracemalloc
 import pytest
 
 from soak import scaled
-from inspector.errors import IMAGE_REASONS, ImageError
-from inspector.imaging import read_image
+from inspector.base.errors import IMAGE_REASONS, ImageError
+from inspector.imaging.read import read_image
 from tiff_mutation import VARIANTS, build_case, is_uint16_image, plan_case, write_base
 
 CASES = scaled(300, 100_000)

@@ -18,7 +18,7 @@ import pytest
 from daemon_helpers import write_config
 from harness import running, wait_for
 from image_files import sample_image16
-from inspector.imaging import read_image
+from inspector.imaging.read import read_image
 from soak import scaled
 from test_writers import image_bytes, outcomes_of, places, sha
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from image_files import sample_image16, write_tiff16
-from inspector.errors import ImageError, ModelError
-from inspector.imaging import file_sha256, read_image
-from inspector.watcher import Tracker, iter_capture_files, stat_candidate
+from inspector.base.errors import ImageError, ModelError
+from inspector.imaging.read import file_sha256, read_image
+from inspector.station.watcher import Tracker, iter_capture_files, stat_candidate
 
 PATTERNS = ("*.tif", "*.tiff", "*.png", "*.dcm")
 
@@ -60,8 +60,8 @@ def model_bytes(model_file) -> bytes:
 
 def load_every_way(path: Path) -> list[ModelError]:
     """load_model, read_meta and Detector.load must each refuse the file with a ModelError."""
-    from inspector.infer import Detector
-    from inspector.model import load_model, read_meta
+    from inspector.learn.infer import Detector
+    from inspector.learn.model import load_model, read_meta
 
     errors = []
     for fn in (lambda: load_model(path, "cpu"), lambda: read_meta(path), lambda: Detector.load(path, "cpu")):
@@ -134,8 +134,8 @@ def test_crafted_safetensors_headers_are_refused(tmp_path, model_bytes, craft):
 ])
 def test_crafted_safetensors_tensors_are_refused(tmp_path, model_bytes, craft):
     """The header parses (read_meta may show it), but no loader builds a net from these tensors."""
-    from inspector.infer import Detector
-    from inspector.model import load_model
+    from inspector.learn.infer import Detector
+    from inspector.learn.model import load_model
 
     path = tmp_path / "detector.safetensors"
     path.write_bytes(craft(model_bytes))
@@ -145,7 +145,7 @@ def test_crafted_safetensors_tensors_are_refused(tmp_path, model_bytes, craft):
 
 
 def test_tampered_weights_fail_the_checksum(tmp_path, model_bytes):
-    from inspector.model import load_model
+    from inspector.learn.model import load_model
 
     data = bytearray(model_bytes)
     data[-100] ^= 0x01  # one bit of one weight

@@ -9,8 +9,8 @@ import os
 import pytest
 import tifffile
 
-from inspector.store import open_store
-from inspector.synth import synth_electrode
+from inspector.store.store import open_store
+from inspector.data.synth import synth_electrode
 from inspector.web.app import create_app
 from web_station import build_station, logged_in
 

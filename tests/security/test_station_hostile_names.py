@@ -11,15 +11,15 @@ import threading
 import pytest
 import tifffile
 
-from inspector.imaging import file_sha256
-from inspector.faults import NO_FAULTS
-from inspector.intake import Claims
-from inspector.mover import Mover
-from inspector.paths import display_path
-from inspector.retry import StoreRetry
-from inspector.store import open_store
-from inspector.synth import synth_electrode
-from inspector.watcher import CaptureFolder, FileStamp, ReadyFile
+from inspector.imaging.read import file_sha256
+from inspector.station.faults import NO_FAULTS
+from inspector.station.intake import Claims
+from inspector.station.mover import Mover
+from inspector.base.paths import display_path
+from inspector.station.retry import StoreRetry
+from inspector.store.store import open_store
+from inspector.data.synth import synth_electrode
+from inspector.station.watcher import CaptureFolder, FileStamp, ReadyFile
 from inspector.web.app import create_app
 from store_rows import record_verdict
 from web_station import MODEL, PASSWORDS, build_station

@@ -9,8 +9,8 @@ import sqlalchemy as sa
 
 from attack_helpers import Client, address, served_station
 from browser import MISSING, chromium, wait_for
-from inspector.schema import reviews
-from inspector.store import open_store
+from inspector.store.schema import reviews
+from inspector.store.store import open_store
 
 SECRET = "proxy-secret-0123456789abcdef"
 PROXIED = (f'[web]\nremote_user_header = "X-Remote-User"\ntrusted_proxies = ["127.0.0.1"]\n'

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from inspector.cli import cli
-from inspector.review import record_review
-from inspector.store import open_store
+from inspector.loop.review import record_review
+from inspector.store.store import open_store
 from inspector.web.app import create_app
 from store_rows import record_verdict
 from web_station import MODEL, build_station, logged_in

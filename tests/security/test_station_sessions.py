@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from inspector.store import open_store
+from inspector.store.store import open_store
 from inspector.web.app import create_app
 from inspector.web.auth import NAME_FAILURES, LoginThrottle
 from inspector.web.users import UsersFile
