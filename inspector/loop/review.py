@@ -1,6 +1,6 @@
 """Operator review: the final word on an image, kept as history, and the queue of images that wait for one.
 
-Reviews are append-only (the store keeps them: reviews_db, `store.reviews`): a new review of the same content
+Reviews are append-only (the store keeps them: store/reviews.py, `store.reviews`): a new review of the same content
 supersedes the previous one and both rows stay; a withdrawal (an undo) supersedes too. Here: what a review may say
 (label, anomaly types, reviewer) and which content a reference means. The latest review per sha256 is the label;
 labelset.export_labels writes those images as a dataset folder load_dataset reads.

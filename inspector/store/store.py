@@ -2,8 +2,8 @@
 
 On SQLite: WAL, synchronous=FULL, busy_timeout, writer transactions begun IMMEDIATE, readers opened
 with mode=ro. The tables are schema.py's; the transactions database.py's; the readers queries.py's; the rows of an
-outcome records.py's; the plant's claims, heartbeats and locks fleet.py's; the reviews reviews_db.py's (`store.reviews`)
-and the retrain runs retrains_db.py's (`store.retrains`).
+outcome records.py's; the plant's claims, heartbeats and locks fleet.py's; the reviews reviews.py's (`store.reviews`)
+and the retrain runs retrains.py's (`store.retrains`).
 """
 
 from __future__ import annotations
