@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from inspector.data.cvruns import newest_run, runs_folder
 from inspector.data import metrics, plots
 from inspector.base.config import Config
 from inspector.base.durable import write_atomic
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 RECALL_TARGETS = (0.95, 0.99)
 DEFAULT_THRESHOLD = 0.5
-CV_FOLDER = "cv"
 
 
 @dataclass
@@ -291,7 +291,7 @@ def format_scores(data: dict) -> list[str]:
 
 def save_run(data: dict, state_dir: Path) -> tuple[Path, dict | None]:
     """Keep the run under state_dir/cv/ and return it with the latest earlier run on the same dataset."""
-    folder = Path(state_dir) / CV_FOLDER
+    folder = runs_folder(state_dir)
     previous = latest_run(folder, data["dataset"]["fingerprint"])
     folder.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S%f")
@@ -301,16 +301,13 @@ def save_run(data: dict, state_dir: Path) -> tuple[Path, dict | None]:
 
 
 def latest_run(folder: Path, fingerprint: str) -> dict | None:
-    """The newest kept run whose dataset fingerprint matches (unreadable files are skipped)."""
-    for path in sorted(folder.glob("cv-*.json"), reverse=True):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if data.get("dataset", {}).get("fingerprint") == fingerprint:
-            data["_path"] = str(path)
-            return data
-    return None
+    """The newest kept run whose dataset fingerprint matches, with its file as `_path`."""
+    found = newest_run(folder, fingerprint)
+    if found is None:
+        return None
+    path, data = found
+    data["_path"] = str(path)
+    return data
 
 
 def format_comparison(data: dict, previous: dict) -> str:

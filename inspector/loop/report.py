@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from inspector.data.cvruns import newest_run, runs_folder
 from inspector.base.artifact import inspector_metadata, read_head
 from inspector.base.config import Config
 from inspector.store.counts import count_electrodes
@@ -133,16 +134,8 @@ def local_day(row: dict) -> str:
 
 
 def latest_cv(state_dir: str | os.PathLike) -> tuple[Path, dict] | None:
-    """The newest readable state.dir/cv/cv-*.json that `inspector cv` (or a retrain) kept."""
-    folder = Path(state_dir) / "cv"
-    for path in sorted(folder.glob("cv-*.json"), reverse=True):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict) and data.get("methods"):
-            return path, data
-    return None
+    """The newest readable run under state.dir/cv/ that `inspector cv` (or a retrain) kept."""
+    return newest_run(runs_folder(state_dir))
 
 
 def read_model_header(path: str | os.PathLike) -> dict | None:
