@@ -228,6 +228,20 @@ def test_query_filters_and_limit(store):
         store.query_verdicts(model="xyz")
 
 
+def test_by_content_and_one_row_by_id(store):
+    """The API's filters: the files of one content (upper-case hex too), and one file's row by its id."""
+    record(store, b"/cap/a.tif", 1)
+    record(store, b"/cap/b.tif", 2, verdict="abnormal", p=0.9)
+    record(store, b"/cap/again.tif", 1)  # the same content under another name: a duplicate
+    assert [r["path"] for r in store.query_verdicts(sha256=sha(1).upper())] == ["/cap/again.tif", "/cap/a.tif"]
+    assert store.count_verdicts(sha256=sha(1)) == 2 and store.query_verdicts(sha256=sha(9)) == []
+    with pytest.raises(StoreError, match="is not a content sha256"):
+        store.query_verdicts(sha256="abc")
+    listed = store.query_verdicts()
+    assert [store.verdict_row(r["id"]) for r in listed] == listed
+    assert store.verdict_row(10**6) is None and store.verdict_row(2**70) is None and store.verdict_row(-1) is None
+
+
 def test_path_glob_is_filtered_in_sql_with_shell_pattern_meaning(store):
     """--path GLOB runs in the database (it read every row into Python); it keeps fnmatchcase's meaning."""
     import fnmatch

@@ -9,6 +9,7 @@ import click
 from inspector.cli import cli, with_config
 from inspector.cli.station import open_reader, render_csv, render_table
 from inspector.base.times import format_local
+from inspector.loop.record import review_record
 from inspector.loop.report import iso_time
 from inspector.base.config import Config
 from inspector.base.paths import display_path
@@ -130,15 +131,6 @@ def review(cfg: Config, ref: str, label: str | None, withdraw: bool, anomalies: 
             hint = f" (did you mean {close}? record the review again to correct it)" if close else ""
             click.echo(f"note: {kind} is not one of the paper's eleven anomaly types; recorded as a new type{hint}",
                        err=True)
-
-
-def review_record(row: dict) -> dict:
-    return {
-        "id": row["id"], "time": iso_time(row["created_at"]), "sha256": row["sha256"], "path": row["path"],
-        "label": row["label"], "anomalies": row["anomalies"], "reviewer": row["reviewer"], "note": row["note"],
-        "model_verdict": row["model_verdict"], "model_sha256": row["model_sha256"],
-        "supersedes": row["supersedes"], "superseded": row["superseded"], "station": row["station"],
-    }
 
 
 def pending_record(row: dict) -> dict:

@@ -15,7 +15,7 @@ from inspector.cli import cli, with_config
 from inspector.base.config import Config
 from inspector.base.paths import display_path
 from inspector.loop.report import iso_time
-from inspector.store.schema import parse_boxes
+from inspector.loop.record import VERDICT_FIELDS, verdict_record
 from inspector.base.times import TIME_FORMS, format_age, format_local, parse_time
 
 DEFAULT_TABLE_LIMIT = 50
@@ -62,30 +62,6 @@ def open_reader(cfg: Config):
     return open_configured(cfg, readonly=True)
 
 
-def verdict_record(row: dict) -> dict:
-    """A verdict row for csv/json: UTC ISO times; path_raw_hex gives the exact name bytes back."""
-    return {
-        "time": iso_time(row["time"]), "verdict": row["verdict"], "p_abnormal": row["p_abnormal"],
-        "reason": row["reason"], "path": row["path"], "path_raw_hex": row["path_raw"].hex(),
-        "sha256": row["sha256"], "size": row["size"], "mtime_ns": row["mtime_ns"], "status": row["status"],
-        "duplicate": row["duplicate"], "duplicate_of": row["duplicate_of"], "moved_to": row["moved_to"],
-        "model_sha256": row["model_sha256"], "threshold": row["threshold"], "method": row["method"],
-        "ready_to_commit_seconds": row["ready_to_commit_seconds"],
-        "inference_seconds": row["inference_seconds"], "heatmap_path": row["heatmap_path"], "station": row["station"],
-        **region_record(row),
-    }
-
-
-def region_record(row: dict) -> dict:
-    """Where the normal model's map peaks and what it boxes: "peak": [x, y] and "boxes": [[x0, y0, x1, y1], ...]
-    in pixels of the original image (x the column, y the row); null for a verdict without a normal model."""
-    peak = [row["peak_x"], row["peak_y"]] if row.get("peak_x") is not None else None
-    return {"peak": peak, "boxes": parse_boxes(row["boxes"]) if peak is not None else None}
-
-
-VERDICT_FIELDS = ["time", "verdict", "p_abnormal", "reason", "path", "path_raw_hex", "sha256", "size", "mtime_ns",
-                  "status", "duplicate", "duplicate_of", "moved_to", "model_sha256", "threshold", "method",
-                  "ready_to_commit_seconds", "inference_seconds", "heatmap_path", "station", "peak", "boxes"]
 REJECTION_FIELDS = ["time", "reason", "message", "path", "path_raw_hex", "sha256", "size", "mtime_ns", "station"]
 
 

@@ -48,10 +48,21 @@ def is_reviewed(sha256_column: sa.ColumnElement) -> sa.ColumnElement:
     return sa.func.coalesce(newest_review_label(sha256_column), WITHDRAWN) != WITHDRAWN
 
 
+# what query_verdicts and verdict_row give of each recorded file: its images row and the verdict it was given
+VERDICT_COLUMNS = [
+    images.c.id, images.c.station, images.c.first_seen.label("time"), images.c.path, images.c.path_raw,
+    images.c.sha256, images.c.size, images.c.mtime_ns, images.c.status, images.c.duplicate_of, images.c.moved_to,
+    images.c.moved_to_raw, verdicts.c.model_sha256, verdicts.c.p_abnormal, verdicts.c.verdict, verdicts.c.reason,
+    verdicts.c.threshold, verdicts.c.method, verdicts.c.ready_to_commit_seconds, verdicts.c.inference_seconds,
+    verdicts.c.heatmap_path, verdicts.c.heatmap_sha256, verdicts.c.created_at.label("verdict_time"),
+    verdicts.c.peak_x, verdicts.c.peak_y, verdicts.c.boxes]
+
+
 class Queries:
     """Read-only queries; each runs in one short read transaction of the Store it is mixed into."""
 
-    def _verdict_select(self, since, until, verdict, model, columns, station=None, reviewed=None) -> sa.Select:
+    def _verdict_select(self, since, until, verdict, model, columns, station=None, reviewed=None,
+                        sha256=None) -> sa.Select:
         if model:  # the verdicts this model gave these images, at capture or by `inspector rescore`
             if not re.fullmatch(r"[0-9a-fA-F]{1,64}", model):
                 raise StoreError(f"model {model!r} is not a sha256 or a prefix of one (hex digits)")
@@ -71,6 +82,10 @@ class Queries:
             query = query.where(images.c.station == station)
         if reviewed is not None:
             query = query.where(is_reviewed(images.c.sha256) if reviewed else ~is_reviewed(images.c.sha256))
+        if sha256 is not None:
+            if not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+                raise StoreError(f"sha256 {sha256!r} is not a content sha256 (64 hex digits)")
+            query = query.where(images.c.sha256 == sha256.lower())
         return query
 
     def _glob(self, query: sa.Select, path_glob: str | None) -> tuple[sa.Select, str | None]:
@@ -90,19 +105,12 @@ class Queries:
     def query_verdicts(self, since: datetime | None = None, until: datetime | None = None,
                        verdict: str | None = None, path_glob: str | None = None, model: str | None = None,
                        limit: int | None = None, station: str | None = None, reviewed: bool | None = None,
-                       offset: int = 0) -> list[dict]:
+                       offset: int = 0, sha256: str | None = None) -> list[dict]:
         """One row per image path with its verdict, newest first; path_glob matches the whole path; station: only
         the files that station recorded; reviewed: only images with (True) or without (False) a standing review;
-        offset: rows skipped first (pages)."""
-        cols = [images.c.id, images.c.station, images.c.first_seen.label("time"), images.c.path, images.c.path_raw, images.c.sha256,
-                images.c.size, images.c.mtime_ns, images.c.status, images.c.duplicate_of, images.c.moved_to,
-                images.c.moved_to_raw,
-                verdicts.c.model_sha256, verdicts.c.p_abnormal, verdicts.c.verdict, verdicts.c.reason,
-                verdicts.c.threshold, verdicts.c.method, verdicts.c.ready_to_commit_seconds,
-                verdicts.c.inference_seconds, verdicts.c.heatmap_path, verdicts.c.heatmap_sha256,
-                verdicts.c.created_at.label("verdict_time"), verdicts.c.peak_x, verdicts.c.peak_y, verdicts.c.boxes]
-        query, left = self._glob(self._verdict_select(since, until, verdict, model, cols, station, reviewed),
-                                 path_glob)
+        sha256: only the files of this content; offset: rows skipped first (pages)."""
+        query, left = self._glob(self._verdict_select(since, until, verdict, model, VERDICT_COLUMNS, station,
+                                                      reviewed, sha256), path_glob)
         query = query.order_by(images.c.first_seen.desc(), images.c.id.desc())
         if left is None:
             query = query.limit(limit).offset(offset or None)
@@ -121,6 +129,16 @@ class Queries:
                 if limit is not None and len(out) >= limit:
                     break
         return out
+
+    def verdict_row(self, image_id: int) -> dict | None:
+        """The row query_verdicts gives for one recorded file, by its id (the capture verdict); None for an id the
+        database does not know."""
+        if not 0 <= image_id <= MAX_ROW_ID:
+            return None
+        query = self._verdict_select(None, None, None, None, VERDICT_COLUMNS).where(images.c.id == image_id)
+        with self.read() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else dict(row._mapping, duplicate=row.status == "duplicate")
 
     def review_states(self, shas: set[str] | list[str]) -> dict[str, dict]:
         """The newest review of each content (reviews supersede, never overwrite; a `withdrawn` one means none
@@ -213,10 +231,10 @@ class Queries:
 
     def count_verdicts(self, since: datetime | None = None, until: datetime | None = None,
                        verdict: str | None = None, path_glob: str | None = None, model: str | None = None,
-                       station: str | None = None, reviewed: bool | None = None) -> int:
+                       station: str | None = None, reviewed: bool | None = None, sha256: str | None = None) -> int:
         """How many rows query_verdicts would return without a limit (for "50 of N shown")."""
         query, left = self._glob(self._verdict_select(since, until, verdict, model, [images.c.path], station,
-                                                      reviewed), path_glob)
+                                                      reviewed, sha256), path_glob)
         with self.read() as conn:
             if left is not None:
                 return sum(fnmatch.fnmatchcase(p, left) for p in conn.execute(query).scalars())
