@@ -23,7 +23,7 @@ from inspector.base.errors import InspectorError, StoreError
 from inspector.base.paths import display_path
 from inspector.base.times import format_age, format_local
 from inspector.web import WebError
-from inspector.web.auth import audit
+from inspector.web.auth import API_ROOT, audit
 from inspector.web.users import UserError, UsersFile
 
 log = logging.getLogger("inspector.web")
@@ -67,7 +67,8 @@ def static_version() -> str:
 
 def create_app(cfg: Config, store) -> Flask:
     """The review station for `cfg` on an open Store (a writer: reviewers record decisions through it)."""
-    from inspector.web import auth, media, pages, queue
+    from inspector.web import api, auth, media, pages, queue
+    from inspector.web.tokens import TokensFile, tokens_path
 
     app = Flask("inspector.web", root_path=str(HERE))
     app.config.update(
@@ -81,8 +82,10 @@ def create_app(cfg: Config, store) -> Flask:
         MAX_CONTENT_LENGTH=64 * 1024,  # forms only; nothing is uploaded
         SEND_FILE_MAX_AGE_DEFAULT=365 * 86400,  # static files: their URLs carry static_version
     )
+    app.session_interface = auth.PagesOnlySessions()
     app.extensions["inspector"] = {"cfg": cfg, "store": store, "users": UsersFile(cfg.users_path),
-                                   "throttle": auth.LoginThrottle(), "static_version": static_version()}
+                                   "tokens": TokensFile(tokens_path(cfg)), "throttle": auth.LoginThrottle(),
+                                   "static_version": static_version()}
     app.extensions["inspector"]["hosts"] = allowed_hosts(cfg, cfg.web.host)  # serve's --host replaces it
 
     @app.before_request
@@ -98,7 +101,7 @@ def create_app(cfg: Config, store) -> Flask:
     app.jinja_env.filters["basename"] = lambda text: text.rsplit("/", 1)[-1]
     app.jinja_env.filters["age"] = format_age
     app.jinja_env.globals.update(version=__version__, static_v=app.extensions["inspector"]["static_version"])
-    for blueprint in (auth.blueprint, queue.blueprint, pages.blueprint, media.blueprint):
+    for blueprint in (auth.blueprint, queue.blueprint, pages.blueprint, media.blueprint, api.blueprint):
         app.register_blueprint(blueprint)
 
     @app.after_request
@@ -113,7 +116,7 @@ def create_app(cfg: Config, store) -> Flask:
 
     @app.errorhandler(WebError)
     def web_error(exc: WebError):
-        return error_page(exc.status, str(exc))
+        return error_page(exc.status, str(exc), getattr(exc, "challenge", None))
 
     @app.errorhandler(CSRFError)
     def csrf_error(exc: CSRFError):
@@ -154,11 +157,18 @@ def create_app(cfg: Config, store) -> Flask:
 AUDITED = (400, 401, 403, 413, 429)  # refusals the audit log records (a 404 or 409 is an ordinary answer)
 
 
-def error_page(status: int, message: str):
+def error_page(status: int, message: str, challenge: str | None = None):
+    """The refusal as a page (text for an image, JSON under /api/: api.json_error, with `challenge` its
+    WWW-Authenticate), and a line of the audit trail for the statuses in AUDITED."""
     if status in AUDITED:
         user = g.get("user")
+        who = user.name if user else f"API token {g.api_token}" if g.get("api_token") else "(no user)"
         audit(logging.WARNING, "refused %d %s %s for %s from %s: %s", status, request.method,
-              display_path(request.path)[:200], user.name if user else "(no user)", request.remote_addr, message)
+              display_path(request.path)[:200], who, request.remote_addr, message)
+    if request.path.startswith(API_ROOT):
+        from inspector.web.api import json_error
+
+        return json_error(status, message, challenge)
     wants_text = request.accept_mimetypes.best == "text/plain" or request.path.startswith("/image/")
     if wants_text:
         return message + "\n", status, {"Content-Type": "text/plain; charset=utf-8"}

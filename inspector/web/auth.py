@@ -1,7 +1,7 @@
 """Who is asking: a login (signed session cookie) or the plant's reverse proxy's user header, and their role.
 
 Every page but /login, /healthz and the static files needs a user; a POST that records a review needs the
-reviewer role. A session names its user and that user's stamp (role, password hash and the users file's
+reviewer role. The JSON API under /api/ is not a page: its API tokens (api.py) are its only credential. A session names its user and that user's stamp (role, password hash and the users file's
 generation of the user), so a logout, a new password, a new role (even changed back) or a removed user ends
 the sessions made before, on the server. Login tries are throttled per name and address (LoginThrottle).
 """
@@ -17,6 +17,7 @@ import time
 from collections import deque
 
 from flask import Blueprint, g, redirect, render_template, request, session, url_for
+from flask.sessions import SecureCookieSessionInterface
 
 from inspector.base.logsetup import AUDIT_LOGGER
 from inspector.web import WebError, ext
@@ -26,6 +27,7 @@ log = logging.getLogger("inspector.web")
 audit_log = logging.getLogger(AUDIT_LOGGER)
 blueprint = Blueprint("auth", __name__)
 OPEN_ENDPOINTS = {"auth.login", "pages.healthz", "static"}
+API_ROOT = "/api/"  # the JSON API (api.py): its API tokens only, never a login; its own check, its JSON errors
 # Failed logins counted in FAILURE_WINDOW_SECONDS: per name (guessing one password), and per address (guessing many
 # names; higher, since a whole shift may come through one proxy address).
 NAME_FAILURES, ADDRESS_FAILURES, FAILURE_WINDOW_SECONDS = 5, 20, 300
@@ -123,6 +125,16 @@ class LoginThrottle:
                     times.remove(when)
 
 
+class PagesOnlySessions(SecureCookieSessionInterface):
+    """The login cookie is the pages' only: under API_ROOT it is neither read nor refreshed (an API answer never
+    sets a cookie; a token is the API's only credential)."""
+
+    def open_session(self, app, request):
+        if request.path.startswith(API_ROOT):
+            return self.null_session_class()
+        return super().open_session(app, request)
+
+
 def from_trusted_proxy() -> bool:
     """The request came from an address in web.trusted_proxies (its user header may be believed: see proxied)."""
     proxies = ext()["cfg"].web.trusted_proxies
@@ -182,7 +194,7 @@ def user_for_audit() -> User | None:
 def require_login():
     g.via_proxy = False
     g.user = None
-    if request.endpoint in OPEN_ENDPOINTS:
+    if request.endpoint in OPEN_ENDPOINTS or request.path.startswith(API_ROOT):
         return None
     g.user = request_user()
     if g.user is not None:
