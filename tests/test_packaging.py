@@ -52,6 +52,7 @@ def test_the_wheel_carries_license_version_python_and_py_typed(wheel, repo_root)
     assert "Requires-Python: >=3.11" in metadata
     assert wheel.read(f"{info}/licenses/LICENSE") == (repo_root / "LICENSE").read_bytes()
     assert "inspector/py.typed" in names
+    assert "inspector/web/openapi.json" in names  # the API's contract, served at /api/v1/openapi.json
 
 
 def test_the_python_it_claims_is_the_one_it_needs(repo_root):

@@ -21,8 +21,8 @@ def serve(cfg: Config, host: str | None, port: int | None) -> None:
     """Serve the review station: the review queue, station status, verdict search and reports.
 
     Operators log in with the users of `inspector user add` (or through the plant's reverse proxy,
-    web.remote_user_header). GET /healthz answers `ok` without a login, for monitoring. Stops on
-    Ctrl-C or SIGTERM.
+    web.remote_user_header). GET /healthz answers `ok` without a login, for monitoring; programs (the MES)
+    read the JSON API under /api/v1/ with a token of `inspector token add`. Stops on Ctrl-C or SIGTERM.
     """
     from inspector.web.app import serve as run_server
 
