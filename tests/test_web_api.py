@@ -362,3 +362,15 @@ def test_a_damaged_tokens_file_is_a_503_not_a_crash(tmp_path):
         status, _, body = call(server.url, "/api/v1/verdicts", "insp_anything")
         assert status == 503 and "tokens file cannot be read" in body["error"]
         assert "not valid JSON" in "".join(server.lines)
+
+
+def test_a_token_of_another_scope_is_403(api):
+    """Every token `token add` makes reads; an entry of a scope the API does not serve (a file from a later
+    version, or edited by hand) is refused."""
+    path = tokens_path(api.st.cfg)
+    data = json.loads(path.read_text())
+    data["tokens"]["writer"] = {"sha256": token_digest("insp_writer-token"), "scope": "write",
+                                "created_at": "2026-11-01T00:00:00+00:00", "last_used_at": None, "revoked_at": None}
+    path.write_text(json.dumps(data))
+    status, headers, body = call(api.url, "/api/v1/verdicts", "insp_writer-token")
+    assert status == 403 and headers["Www-Authenticate"] == 'Bearer realm="inspector", error="insufficient_scope"'
