@@ -7,7 +7,7 @@ import json
 import click
 
 from inspector.cli import cli, with_config
-from inspector.cli.station import open_reader, render_csv, render_table
+from inspector.cli.station import SINCE, STATION, UNTIL, open_reader, render_csv, render_table
 from inspector.base.times import format_local
 from inspector.loop.record import review_record
 from inspector.loop.report import iso_time
@@ -74,7 +74,18 @@ def describe_review(row: dict) -> str:
     return f"{row['label']}{kinds} by {row['reviewer']}"
 
 
-@cli.command()
+class ReviewCommand(click.Command):
+    """`inspector review IMAGE|SHA ...` records a decision; `inspector review sample ...` is the audit's draw (an
+    image file named `sample` is given as ./sample)."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra) -> click.Context:
+        if args and args[0] == "sample":
+            return review_sample.make_context(f"{info_name} sample", args[1:], parent=parent, **extra)
+        return super().make_context(info_name, args, parent=parent, **extra)
+
+
+@cli.command(cls=ReviewCommand)
 @click.argument("ref", metavar="IMAGE|SHA")
 @click.option("--label", type=click.Choice(["normal", "abnormal"]), default=None,
               help="The final decision on the electrode (or --withdraw).")
@@ -95,6 +106,9 @@ def review(cfg: Config, ref: str, label: str | None, withdraw: bool, anomalies: 
     after the file was moved), or its sha256 (a unique prefix of at least 8 digits). Reviews
     are never overwritten: a new review supersedes the previous one and both are kept;
     --withdraw supersedes it with a withdrawal, so the image is unreviewed again.
+
+    `inspector review sample --normal N` picks normal verdicts at random for an audit review
+    (see `inspector review sample --help`).
     """
     from inspector.data.dataset import ANOMALY_TYPES, close_known_anomaly
     from inspector.loop.review import ReviewError, newest_review, parse_anomalies, record_review, resolve_image, \
@@ -207,3 +221,36 @@ def export_labels_command(cfg: Config, out: str) -> None:
                f"({summary.count('link')} hard-linked, {summary.count('copy')} copied, "
                f"{summary.count('kept')} already there; {len(summary.skipped)} skipped); "
                f"labels in {summary.labels_csv}")
+
+
+@click.command("sample")
+@click.option("--normal", "count", type=click.IntRange(min=1), required=True, metavar="N",
+              help="How many electrodes the model judged normal to pick for an audit review.")
+@SINCE
+@UNTIL
+@STATION
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="Seed of the random draw: the same seed picks the same electrodes from the same candidates "
+                   "(default: a new one, printed).")
+@click.option("--by", "requested_by", default=None, help="Who asks for the audit (default: $USER).")
+@click.option("--dry-run", is_flag=True, help="Print the picks; request nothing.")
+@with_config
+def review_sample(cfg: Config, count: int, since, until, station: str | None, seed: int | None,
+                  requested_by: str | None, dry_run: bool) -> None:
+    """Pick N random normal verdicts (of electrodes recorded in the period, not reviewed yet) for an audit review.
+
+    They join the review queue (the review station, `inspector reviews --pending`) beside the
+    flagged ones. Once reviewed, `inspector status` and the report's trends estimate the share
+    of defects the model passes as normal, with its 95% Wilson interval. Fewer candidates than N:
+    exit 1, nothing requested.
+    """
+    from inspector.loop.audit import sample_normals
+    from inspector.store.store import open_configured
+
+    with (open_reader(cfg) if dry_run else open_configured(cfg, create=False)) as store:
+        drawn = sample_normals(store, count, since, until, station, seed, requested_by, dry_run)
+    cells = [[format_local(p["time"]), "-" if p["p_abnormal"] is None else f"{p['p_abnormal']:.3f}",
+              p["sha256"][:12], display_path(p["path"])] for p in drawn.picks]
+    click.echo(render_table(["TIME", "P(ABNORMAL)", "SHA256", "PATH"], cells))
+    what = "would be requested (dry run)" if dry_run else f"requested ({drawn.requested} new)"
+    click.echo(f"{len(drawn.picks)} of {drawn.candidates} normal verdict(s) {what}; seed {drawn.seed}")

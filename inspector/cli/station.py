@@ -169,6 +169,20 @@ def rejections(cfg: Config, since, until, station, limit, fmt) -> None:
               (len(rows), total), "no rejections match")
 
 
+def abnormal_record(check) -> dict:
+    """trends.AbnormalCheck for `status --format json`."""
+    return {"today": check.today, "today_abnormal": check.today_abnormal, "rate": check.rate,
+            "baseline_days": check.baseline_days, "baseline": check.baseline,
+            "baseline_abnormal": check.baseline_abnormal, "baseline_rate": check.baseline_rate, "alert": check.alert}
+
+
+def audit_record(audit) -> dict:
+    """trends.AuditEstimate for `status --format json`: the miss rate and its 95% Wilson interval."""
+    interval = audit.interval
+    return {"requested": audit.requested, "reviewed": audit.reviewed, "abnormal": audit.abnormal,
+            "miss_rate": audit.rate, "interval": list(interval) if interval else None}
+
+
 @cli.command()
 @STATION
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
@@ -180,7 +194,9 @@ def status(cfg: Config, station: str | None, fmt: str) -> None:
 
     A station is "running" while its daemon writes its heartbeat (every station.heartbeat_seconds),
     "not responding" once three heartbeats are missed (killed, host down, network cut), "stopped"
-    after a clean stop. With --station, the counts are that station's only.
+    after a clean stop. With --station, the counts are that station's only. The abnormal rate is
+    today's against the last 7 days' (ABOVE when, beyond chance, more than double); "missed" is
+    the miss rate the audits of normal verdicts estimate (`inspector review sample`).
     """
     from inspector.loop.overview import station_overview
 
@@ -191,7 +207,8 @@ def status(cfg: Config, station: str | None, fmt: str) -> None:
     model = view.model
     if fmt == "json":
         out = dict(counts, last_verdict_at=iso_time(counts["last_verdict_at"]), files_waiting=waiting,
-                   to_review=view.to_review, degraded=degraded,
+                   to_review=view.to_review, degraded=degraded, abnormal_check=abnormal_record(view.abnormal),
+                   audit=audit_record(view.audit),
                    capture_dir=str(cfg.watch.capture_dir), database=view.database, station=station,
                    stations=[dict(s, started_at=iso_time(s["started_at"]), last_seen=iso_time(s["last_seen"]),
                                   stopped_at=iso_time(s["stopped_at"])) for s in stations],
@@ -215,8 +232,10 @@ def status(cfg: Config, station: str | None, fmt: str) -> None:
         click.echo(f"{label:<14} {', '.join(parts) if parts else 'none'}  (today/total)")
     click.echo(f"duplicates     {counts['duplicates_today']}/{counts['duplicates_total']}  (today/total)")
     click.echo(f"last verdict   {format_local(counts['last_verdict_at'])}")
-    click.echo(f"to review      {view.to_review} abnormal/rescan verdict(s) without a decision "
+    click.echo(f"to review      {view.to_review} abnormal/rescan verdict(s) and audits without a decision "
                "(`inspector reviews --pending`, or the review station: `inspector serve`)")
+    click.echo(f"abnormal rate  {view.abnormal.describe()}")
+    click.echo(f"missed         {view.audit.describe()}")
     if waiting is None:
         click.echo(f"files waiting  unknown: capture folder {cfg.watch.capture_dir} does not exist")
     else:

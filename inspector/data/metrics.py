@@ -172,3 +172,14 @@ def pass_rate_at_recall(y_true, p_abnormal, target: float) -> float | None:
 def format_percent(value: float | None, digits: int = 2) -> str:
     """'85.18' for 0.8518, 'n/a' for an undefined value."""
     return "n/a" if value is None else f"{100 * value:.{digits}f}"
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float] | None:
+    """Wilson score interval of a proportion (95% by default): unlike the normal approximation it stays inside
+    [0, 1] and is honest about 0 of n, the usual result of an audit; None for zero trials."""
+    if trials <= 0:
+        return None
+    p, z2 = successes / trials, z * z
+    centre = (p + z2 / (2 * trials)) / (1 + z2 / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials)) / (1 + z2 / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -29,7 +29,7 @@ def render_report(store: Store, cfg: Config, fmt: str, since: datetime | None = 
         return render_csv(rows), len(rows)
     if fmt == "json":
         return render_json(rows, since, until), len(rows)
-    return render_html(store, cfg, rows, since, until), len(rows)
+    return render_html(store, cfg, rows, since, until, station), len(rows)
 
 
 def export_report(store: Store, cfg: Config, fmt: str, out: str | os.PathLike, since: datetime | None = None,

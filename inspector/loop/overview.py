@@ -10,6 +10,7 @@ from datetime import datetime
 
 from inspector.base.config import Config
 from inspector.base.paths import display_path
+from inspector.loop.trends import AbnormalCheck, AuditEstimate, abnormal_check
 from inspector.store.store import Store
 from inspector.base.times import today_start_utc
 
@@ -25,7 +26,9 @@ class Overview:
     degraded: list[str]
     station: str | None
     database: str
-    to_review: int  # abnormal and rescan verdicts without a standing decision (the review queue)
+    to_review: int  # abnormal and rescan verdicts, and audits, without a standing decision (the review queue)
+    abnormal: AbnormalCheck  # today's abnormal rate against the trailing days' (the alarm)
+    audit: AuditEstimate  # the miss rate the audits of normal verdicts estimate (all of them)
 
     @property
     def model(self) -> dict | None:
@@ -33,18 +36,20 @@ class Overview:
 
     def abnormal_rate_today(self) -> float | None:
         """Abnormal verdicts over every verdict today (None before the first)."""
-        today = self.counts["verdicts_today"]
-        total = sum(today.values())
-        return today.get("abnormal", 0) / total if total else None
+        return self.abnormal.rate
 
 
 def station_overview(cfg: Config, store: Store, station: str | None = None) -> Overview:
     """Everything `inspector status` shows, read from the store (and the capture folder, when this host has it)."""
-    counts = store.status_counts(today_start_utc(), station)
+    today = today_start_utc()
+    counts = store.status_counts(today, station)
     beats, now = store.station_rows()
     stations = [s for s in station_states(beats, now, counts) if station is None or s["name"] == station]
+    found = store.audits.results(station=station)
     return Overview(counts, stations, store.promoted_model(), count_waiting(cfg, store), degraded_folders(cfg),
-                    station, store.where, store.reviews.count_pending(station))
+                    station, store.where, store.reviews.count_pending(station),
+                    abnormal_check(store, today, station),
+                    AuditEstimate(found.requested, found.reviewed, found.abnormal))
 
 
 def count_waiting(cfg: Config, store: Store) -> int | None:

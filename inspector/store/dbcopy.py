@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Row, make_url
 from inspector.store.copycheck import CopySummary, TableCopy, row_digest, row_text
 from inspector.base.errors import InspectorError, StoreError
 from inspector.base.paths import display_path
-from inspector.store.schema import (SCHEMA_VERSION, images, insert_ignoring_conflicts, models, rejections, retrains, reviews,
+from inspector.store.schema import (SCHEMA_VERSION, audits, images, insert_ignoring_conflicts, models, rejections, retrains, reviews,
                               verdicts)
 from inspector.store.store import Store, open_store, shown_url, sqlite_file
 
@@ -95,6 +95,7 @@ PLANS = (
     Plan(reviews, ("sha256", "reviewer", "created_at", "label"), False, "sha256",
          Link("supersedes", reviews, ("sha256", "reviewer", "created_at", "label"))),
     Plan(retrains, ("started_at", "station"), False, "started_at"),
+    Plan(audits, ("sha256",), True, "sha256"),
 )
 
 
@@ -157,7 +158,7 @@ def open_target(url: str, busy_timeout_seconds: float = 30.0) -> Store:
 
 def copy_database(source_url: str, target_url: str, station: str | None = None, chunk_rows: int = CHUNK_ROWS,
                   busy_timeout_seconds: float = 30.0, progress: Callable[[int, str], Any] | None = None) -> CopySummary:
-    """Copy models, verdicts, images, rejections, reviews and retrains (in that order, each in chunks of
+    """Copy models, verdicts, images, rejections, reviews, retrains and audits (in that order, each in chunks of
     `chunk_rows`, one target transaction each); rows without a station get `station` when given."""
     if _same_database(_parse(source_url, "SOURCE_URL"), _parse(target_url, "TARGET_URL"), source_url, target_url):
         raise StoreError(f"SOURCE_URL and TARGET_URL are the same database ({_where(source_url)})")

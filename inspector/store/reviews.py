@@ -19,7 +19,7 @@ from inspector.store.database import Database
 from inspector.base.errors import InspectorError
 from inspector.base.paths import display_path
 from inspector.store.queries import is_reviewed, newest_review_id
-from inspector.store.schema import WITHDRAWN, images, reviews, utc_now, verdicts
+from inspector.store.schema import WITHDRAWN, audits, images, reviews, utc_now, verdicts
 
 PENDING_VERDICTS = ("abnormal", "rescan")
 LIST_HINT = "`inspector verdicts --path GLOB` lists scored images"
@@ -74,14 +74,16 @@ def _first_path(sha256: sa.ColumnElement | str) -> sa.ScalarSelect:
 
 
 def _pending_query(station: str | None) -> sa.Select:
-    """Abnormal and rescan capture verdicts of files whose content has no standing review, oldest first."""
+    """Abnormal and rescan capture verdicts, and normal ones picked for an audit (store.audits), of files whose
+    content has no standing review, oldest first."""
+    audited = sa.and_(verdicts.c.verdict == "normal", images.c.sha256.in_(sa.select(audits.c.sha256)))
     query = (sa.select(images.c.first_seen.label("time"), images.c.path, images.c.sha256, images.c.moved_to,
                        verdicts.c.verdict, verdicts.c.p_abnormal, verdicts.c.reason, verdicts.c.heatmap_path,
                        verdicts.c.boxes, verdicts.c.peak_x, verdicts.c.peak_y,
                        verdicts.c.model_sha256, images.c.id.label("image_id"), verdicts.c.id.label("verdict_id"),
                        images.c.station, verdicts.c.threshold, newest_review_id(images.c.sha256).label("review_id"))
              .select_from(images.join(verdicts, images.c.verdict_id == verdicts.c.id))
-             .where(verdicts.c.verdict.in_(PENDING_VERDICTS), images.c.status != "duplicate",
+             .where(sa.or_(verdicts.c.verdict.in_(PENDING_VERDICTS), audited), images.c.status != "duplicate",
                     ~is_reviewed(images.c.sha256))
              .order_by(images.c.first_seen.asc(), images.c.id.asc()))
     return query.where(images.c.station == station) if station is not None else query
@@ -208,8 +210,8 @@ class Reviews:
 
     # ---- the queue ------------------------------------------------------------------------------
     def pending(self, sha256: str | None = None, station: str | None = None) -> list[dict]:
-        """Abnormal and rescan verdicts nobody has reviewed yet (or whose review was withdrawn), oldest first
-        (duplicates of a file shown once)."""
+        """Abnormal and rescan verdicts, and normal ones picked for an audit, nobody has reviewed yet (or whose
+        review was withdrawn), oldest first (duplicates of a file shown once)."""
         query = _pending_query(station)
         if sha256 is not None:
             query = query.where(images.c.sha256 == sha256)

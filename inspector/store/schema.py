@@ -9,9 +9,9 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 8
 # The Alembic revision (inspector/migrations/versions) that each schema version is.
-SCHEMA_REVISIONS = {1: "0001", 2: "0002", 3: "0003", 4: "0004", 5: "0005"}
+SCHEMA_REVISIONS = {1: "0001", 2: "0002", 3: "0003", 4: "0004", 5: "0005", 8: "0008"}
 VERDICTS = ("normal", "abnormal", "rescan")
 # A review's label besides dataset.LABELS: the decision it supersedes is taken back (an undo); the image is
 # unreviewed again, back in the queue, and no label of it is learned from.
@@ -187,6 +187,18 @@ locks = sa.Table(
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("since", UTCDateTime, nullable=False),
     sa.Column("lease_until", UTCDateTime, nullable=False),
+)
+# Schema 8: normal verdicts picked at random for an audit review (`inspector review sample --normal N`): they wait in
+# the review queue beside the flagged ones, and their reviews estimate the defects the model misses on the line.
+audits = sa.Table(
+    "audits", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("sha256", sa.Text, nullable=False),
+    sa.Column("requested_at", UTCDateTime, nullable=False),
+    sa.Column("requested_by", sa.Text, nullable=False),
+    sa.Column("seed", sa.BigInteger, nullable=False),  # the draw's seed: `--seed` picks the same again
+    sa.Column("station", sa.Text, nullable=True),
+    sa.UniqueConstraint("sha256", name="uq_audits_content"),
 )
 # The tables whose rows carry the station that wrote them.
 STATION_TABLES = ("images", "rejections", "verdicts", "reviews", "models", "retrains")

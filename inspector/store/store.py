@@ -2,8 +2,9 @@
 
 On SQLite: WAL, synchronous=FULL, busy_timeout, writer transactions begun IMMEDIATE, readers opened
 with mode=ro. The tables are schema.py's; the transactions database.py's; the readers queries.py's; the rows of an
-outcome records.py's; the plant's claims, heartbeats and locks fleet.py's; the reviews reviews.py's (`store.reviews`)
-and the retrain runs retrains.py's (`store.retrains`).
+outcome records.py's; the plant's claims, heartbeats and locks fleet.py's; the reviews reviews.py's (`store.reviews`),
+the retrain runs retrains.py's (`store.retrains`), the audit requests audits.py's (`store.audits`) and the rows the
+trends are drawn from trends.py's (`store.trends`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from inspector.base.paths import display_path
 from inspector.store.queries import Queries, moved_place
 from inspector.store.records import (WRITERS, FileVersion, RejectionRecord, RescoreRecord, Verdict, VerdictRecord,
                                region_fields)
+from inspector.store.audits import Audits
 from inspector.store.retrains import Retrains
 from inspector.store.reviews import Reviews
+from inspector.store.trends import Trends
 from inspector.store.schema import (SCHEMA_REVISIONS, SCHEMA_VERSION, alembic_command, alembic_revision, db_now, images,
                               insert_new, metadata, models, rejections, schema_info, to_path_raw, utc_now, verdicts)
 
@@ -49,7 +52,8 @@ def matches_or_unrecorded(column: sa.ColumnElement, value: object) -> sa.ColumnE
 
 class Store(Database, Queries, Fleet):
     """The database handle every other module asks by name: the schema, the writers of outcomes, the readers
-    (Queries), the plant's claims and locks (Fleet), the reviews (`.reviews`) and the retrain runs (`.retrains`)."""
+    (Queries), the plant's claims and locks (Fleet), the reviews (`.reviews`), the retrain runs (`.retrains`), the
+    audit requests (`.audits`) and the trends' rows (`.trends`)."""
 
     def __init__(self, engine: Engine, url: str, readonly: bool, busy_timeout_seconds: float,
                  station: str | None = None):
@@ -57,6 +61,8 @@ class Store(Database, Queries, Fleet):
         self.schema_action = ""  # what open_store did to the schema: created, migrated or current
         self.reviews = Reviews(self)
         self.retrains = Retrains(self)
+        self.audits = Audits(self)
+        self.trends = Trends(self)
 
     def __enter__(self) -> "Store":
         return self

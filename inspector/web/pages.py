@@ -20,6 +20,7 @@ PAGE_ROWS = 50
 # The export's HTML report is one self-contained file: inline CSS, data: images, no script at all.
 REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'"
 STATUS_REFRESH_SECONDS = 5
+STATUS_TREND_WEEKS = 8  # the status page's trends: the last eight weeks, today included
 
 
 
@@ -42,9 +43,15 @@ def overview_of(station: str | None):
 
 @blueprint.route("/status")
 def status():
+    """The refreshing panel, and below it the trends of the last STATUS_TREND_WEEKS weeks (drawn once a load)."""
+    from inspector.base.times import local_midnight
+    from inspector.loop.trends import trend_view
+
     station = request.args.get("station") or None
+    since = local_midnight(datetime.now().astimezone(), 7 * STATUS_TREND_WEEKS - 1)
     return render_template("status.html", user=g.user, view=overview_of(station), station=station,
-                           stations=ext()["store"].station_names(), refresh=STATUS_REFRESH_SECONDS)
+                           stations=ext()["store"].station_names(), refresh=STATUS_REFRESH_SECONDS,
+                           trend_weeks=STATUS_TREND_WEEKS, **trend_view(ext()["store"], since, None, station))
 
 
 @blueprint.route("/status/panel")
