@@ -18,7 +18,7 @@ from tests.cli_errors import error_of
 from tests.store_rows import record_rejection, record_verdict
 
 MODEL = "ab" * 32
-TABLES = ["models", "verdicts", "images", "rejections", "reviews", "retrains"]
+TABLES = ["models", "verdicts", "images", "rejections", "reviews", "retrains", "audits"]
 
 
 def sha(n: int) -> str:
@@ -27,7 +27,7 @@ def sha(n: int) -> str:
 
 def fill(url: str, station: str | None, base: int) -> None:
     """A station's history: a model, two contents (one also under a second name: a duplicate), a rejection,
-    two reviews of one content (the second supersedes the first) and a retrain."""
+    two reviews of one content (the second supersedes the first), a retrain and an audit request of the normal one."""
     cap = f"/srv/{station or 'old'}/capture/".encode()
     with open_store(url, station=station) as store:
         store.record_model(MODEL, "/models/detector.safetensors", '{"threshold": 0.5}')
@@ -42,6 +42,7 @@ def fill(url: str, station: str | None, base: int) -> None:
         record_review(store, sha(base + 2), "abnormal", ["scratches"], reviewer="ann")
         record_review(store, sha(base + 2), "normal", reviewer="bob", note="a shadow")
         store.retrains.start()
+        store.audits.request([sha(base + 1)], "qa", 7)
 
 
 def plain(value):
@@ -64,6 +65,7 @@ def content(url: str) -> dict[str, list[tuple]]:
         "reviews": "SELECT r.sha256, r.label, r.anomalies, r.reviewer, r.note, r.created_at, r.station, p.reviewer, "
                    "p.created_at FROM reviews r LEFT JOIN reviews p ON p.id = r.supersedes",
         "retrains": "SELECT started_at, station FROM retrains",
+        "audits": "SELECT sha256, requested_at, requested_by, seed, station FROM audits",
     }
     try:
         with engine.connect() as conn:
@@ -88,7 +90,8 @@ def test_sqlite_and_postgresql_targets_get_every_row_then_nothing_the_second_tim
     first = copy_database(source, database_url, chunk_rows=2)  # several chunks per table
     assert first.matches
     assert counts(first) == {"models": (1, 1, 0), "verdicts": (2, 2, 0), "images": (3, 3, 0),
-                             "rejections": (1, 1, 0), "reviews": (2, 2, 0), "retrains": (1, 1, 0)}
+                             "rejections": (1, 1, 0), "reviews": (2, 2, 0), "retrains": (1, 1, 0),
+                             "audits": (1, 1, 0)}
     assert content(database_url) == content(source)
     duplicate = [row for row in content(database_url)["images"] if row[6] == "duplicate"]
     assert len(duplicate) == 1 and duplicate[0][7] == "/srv/line2/capture/a.tif"
@@ -147,11 +150,12 @@ def test_the_command_prints_its_summary_and_exits_1_on_a_mismatch(source, tmp_pa
     assert lines[1] == f"target  {tmp_path / 'plant.db'} (schema created)"
     assert lines[2].split() == ["TABLE", "SOURCE", "ROWS", "NEW", "ALREADY", "THERE", "SOURCE", "SHA256", "TARGET",
                                 "SHA256", "MATCH"]
-    assert [line.split()[:4] for line in lines[3:9]] == [["models", "1", "1", "0"], ["verdicts", "2", "2", "0"],
-                                                         ["images", "3", "3", "0"], ["rejections", "1", "1", "0"],
-                                                         ["reviews", "2", "2", "0"], ["retrains", "1", "1", "0"]]
-    assert all(line.split()[4] == line.split()[5] and line.endswith("yes") for line in lines[3:9])
-    assert lines[9:] == ["every table matches: 10 row(s) copied, 0 already there"]
+    assert [line.split()[:4] for line in lines[3:10]] == [["models", "1", "1", "0"], ["verdicts", "2", "2", "0"],
+                                                          ["images", "3", "3", "0"], ["rejections", "1", "1", "0"],
+                                                          ["reviews", "2", "2", "0"], ["retrains", "1", "1", "0"],
+                                                          ["audits", "1", "1", "0"]]
+    assert all(line.split()[4] == line.split()[5] and line.endswith("yes") for line in lines[3:10])
+    assert lines[10:] == ["every table matches: 11 row(s) copied, 0 already there"]
     with open_store(target) as store, store.write() as conn:
         conn.execute(sa.text("UPDATE images SET moved_to = '/elsewhere' WHERE status = 'duplicate'"))
     again = CliRunner().invoke(cli, ["db", "copy", source, target])
@@ -167,12 +171,12 @@ def test_rows_without_a_station_are_counted_and_named_with_station(tmp_path):
     fill(old, None, 0)  # a store opened without a station: rows as a database upgraded to schema 3 without one
     target = f"sqlite:///{tmp_path / 'plant.db'}"
     plain = copy_database(old, target)
-    assert plain.matches and sum(t.no_station for t in plain.tables) == 10
-    assert "10 row(s) have no station (recorded before schema 3) and were copied without one: give --station NAME " \
+    assert plain.matches and sum(t.no_station for t in plain.tables) == 11
+    assert "11 row(s) have no station (recorded before schema 3) and were copied without one: give --station NAME " \
            "to name them (the same name on every run)" in plain.lines()
     named = copy_database(old, target, station="line0")  # named now, not copied twice
     assert named.matches and all(t.new == 0 for t in named.tables)
-    assert "10 row(s) without a station (recorded before schema 3) are station line0 in the target" in named.lines()
+    assert "11 row(s) without a station (recorded before schema 3) are station line0 in the target" in named.lines()
     stations = {t: {row[-1] if t in ("models", "rejections", "retrains") else None for row in rows}
                 for t, rows in content(target).items()}
     assert stations["rejections"] == {"line0"} and stations["retrains"] == {"line0"}

@@ -355,7 +355,7 @@ def test_html_escapes_hostile_text_in_every_field(station):
         assert not any(key.startswith("on") for key in attrs), (tag, attrs)
         if tag == "img":
             assert attrs["src"].startswith("data:image/png;base64,") and attrs["class"] in (
-                "thumb", "heat", "roc", "confusion"), attrs
+                "thumb", "heat", "roc", "confusion", "trend"), attrs
     escaped = {text: html.escape(text, quote=False) for text in HOSTILE}  # <, > and & escaped; quotes may be too
     shown = page.replace("&#39;", "'").replace("&#34;", '"')
     row = next(r for r in shown.split("<tr>") if escaped[HOSTILE[1]] + ".tif" in r)

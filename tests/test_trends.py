@@ -304,3 +304,29 @@ def test_the_status_page_shows_the_trends_the_baseline_and_an_audit_in_the_queue
     assert '<span id="tile-baseline">no baseline yet</span>' in panel
     assert ('<dd id="audit-estimate">1 normal verdict(s) picked for an audit, none reviewed yet</dd>') in panel
     assert '<span class="badge normal" id="verdict">normal</span>' in queue and 'id="audit-note"' in queue
+
+
+# ---- both databases, and schema 8 -------------------------------------------------------------------------------
+def test_trends_and_audits_on_sqlite_and_postgresql_and_schema_5_upgrades_to_8(database_url):
+    from inspector.loop.audit import sample_normals
+    from inspector.store.schema import SCHEMA_VERSION, alembic_command, alembic_revision, schema_info
+
+    fill_line(database_url)
+    engine = sa.create_engine(database_url)
+    with engine.begin() as conn:  # back to schema 5, as inspector before the audits left it
+        alembic_command(conn, "downgrade", "0005")
+        conn.execute(sa.update(schema_info).values(version=5))
+    with engine.connect() as conn:
+        assert alembic_revision(conn) == "0005" and "audits" not in sa.inspect(conn).get_table_names()
+    engine.dispose()
+    with open_store(database_url) as store:
+        assert store.schema_action == "migrated" and store.schema_version() == SCHEMA_VERSION == 8
+        drawn = sample_normals(store, 2, seed=3, requested_by="qa", **MARCH)
+        assert drawn.requested == 2 and drawn.candidates == 9
+        record_review(store, drawn.picks[0]["sha256"], "abnormal", ["line"], "ann")
+        data = gather_trends(store, **MARCH)
+    assert [(d["day"], d["total"], d["normal"]) for d in data.days if d["total"]] == [
+        ("2026-03-06", 4, 3), ("2026-03-07", 3, 1), ("2026-03-09", 8, 5)]
+    assert [(b["kind"], b["count"]) for b in data.pareto] == [("scratch", 3), ("bubble", 1), ("line", 1),
+                                                              ("smudge", 1)]
+    assert data.audit == AuditEstimate(2, 1, 1)
