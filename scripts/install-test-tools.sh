@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian tools some tests use (systemd-analyze, chromium and chromium-driver for the
 # HTML report and the review station, the PostgreSQL server, faketime for a station clock ahead of
-# the file server's) when this machine can: as root with apt
-# reachable. Tests that need them skip otherwise.
+# the file server's, promtool of the prometheus package for the alert rules) when this machine
+# can: as root with apt reachable. Tests that need them skip otherwise.
 set -u
 need=()
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v faketime >/dev/null 2>&1 || need+=(faketime)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then

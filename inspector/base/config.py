@@ -145,6 +145,28 @@ class WebConfig:
     connection_limit: int = 1000  # connections held open at once (waitress); more wait in the listen backlog
     channel_timeout: int = 30  # seconds a connection may stay silent before it is closed
     max_request_bytes: int = 1_048_576  # a request body past this is refused (413) before it is read
+    metrics_token: str = ""  # the bearer token Prometheus sends for /metrics; "" = loopback clients only
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    port: int = 0  # the daemon's Prometheus metrics port; 0 = not served
+    bind: str = "127.0.0.1"  # the address it listens on; another only on a network the plant's Prometheus alone reaches
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """`inspector status --check`'s thresholds: the same conditions as deploy/prometheus/inspector-rules.yml."""
+
+    baseline_days: float = 7.0  # the trailing window the last hour is compared with
+    abnormal_rate_factor: float = 2.0  # warning: the last hour's abnormal rate above this x the baseline's ...
+    abnormal_rate_floor: float = 0.05  # ... a baseline below this counting as this (a few abnormal scans are no drift)
+    abnormal_min_verdicts: int = 20  # ... with at least this many verdicts in the last hour
+    rejection_factor: float = 3.0  # warning: the last hour's rejections above this x the baseline's hourly mean ...
+    rejection_min: int = 10  # ... and at least this many
+    waiting_files: int = 100  # warning: more files than this wait (the capture folder, or a station's queue)
+    disk_warning_percent: float = 10.0  # state.dir's file system with less free space than this: warning
+    disk_critical_percent: float = 5.0  # ... than this: critical
 
 
 @dataclass(frozen=True)
@@ -163,6 +185,8 @@ class Config:
     review: ReviewConfig = field(default_factory=ReviewConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     source: str = "(built-in defaults)"
 
     @property

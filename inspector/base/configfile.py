@@ -78,6 +78,8 @@ def _check_value(section: str, name: str, value: object, file: str) -> None:
         raise ConfigError(f"{value!r} is neither 'subfolder' nor 'regex:PATTERN'", key, file)
     if section == "web":
         _check_web(name, value, key, file)
+    if section in ("metrics", "alerts"):
+        _check_monitoring(section, name, value, key, file)
     allowed = {("model", "features"): STAGES, ("model", "pooling"): POOLINGS,
                ("model", "map_stages"): MAP_STAGES}.get((section, name))
     if allowed and (not value or any(v not in allowed for v in value) or len(set(value)) != len(value)):
@@ -107,6 +109,10 @@ def _check_web(name: str, value: object, key: str, file: str) -> None:
             if not re.fullmatch(r"(\*\.)?[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]+", str(host)):
                 raise ConfigError(f"{host!r} is not a host name or address (e.g. inspector.plant.example, "
                                   "10.0.0.5, *.plant.example; no port)", key, file)
+    if name == "metrics_token" and value and (len(str(value)) < 16 or not str(value).isprintable()
+                                              or " " in str(value)):
+        raise ConfigError("must be at least 16 printable characters without spaces (e.g. `openssl rand -hex 32`)",
+                          key, file)
     if name == "proxy_secret" and value and (len(str(value)) < 16 or not str(value).isprintable()):
         raise ConfigError("must be at least 16 printable characters (e.g. `openssl rand -hex 32`)", key, file)
     if name in ("remote_user_header", "proxy_secret_header") and value and not re.fullmatch(r"[A-Za-z0-9-]+", str(value)):
@@ -119,6 +125,22 @@ def _check_web(name: str, value: object, key: str, file: str) -> None:
             except ValueError:
                 raise ConfigError(f"{address!r} is not an IP address or network (e.g. 127.0.0.1, 10.0.0.0/24)",
                                   key, file) from None
+
+
+def _check_monitoring(section: str, name: str, value: object, key: str, file: str) -> None:
+    """[metrics] and [alerts] (negative numbers are refused for every key above)."""
+    if (section, name) == ("metrics", "port") and value > 65535:  # type: ignore[operator]
+        raise ConfigError(f"must be a TCP port, 1 to 65535, or 0 (not served), got {value}", key, file)
+    if (section, name) == ("metrics", "bind") and not str(value).strip():
+        raise ConfigError("must name an address to listen on, e.g. 127.0.0.1", key, file)
+    if name in ("abnormal_rate_factor", "rejection_factor") and value <= 1:  # type: ignore[operator]
+        raise ConfigError(f"must be more than 1 (a rate above its baseline), got {value}", key, file)
+    if name == "baseline_days" and value <= 0:  # type: ignore[operator]
+        raise ConfigError(f"must be positive, got {value}", key, file)
+    if name == "abnormal_rate_floor" and not 0 <= value <= 1:  # type: ignore[operator]
+        raise ConfigError(f"must be between 0 and 1, got {value}", key, file)
+    if name in ("disk_warning_percent", "disk_critical_percent") and not 0 <= value <= 100:  # type: ignore[operator]
+        raise ConfigError(f"must be between 0 and 100, got {value}", key, file)
 
 
 def _coerce(section: str, name: str, hint: object, value: object, file: str) -> object:
@@ -312,6 +334,12 @@ def _rules_between(cfg: Config, file: str) -> list[tuple[set[str], ConfigError]]
             f"{convert.low_percentile:g} must be below convert.high_percentile ({convert.high_percentile:g}): the "
             "window runs from the low to the high percentile of the training images' pixels",
             "convert.low_percentile", file)))
+    alerts = cfg.alerts
+    if alerts.disk_critical_percent > alerts.disk_warning_percent:
+        found.append(({"alerts.disk_critical_percent", "alerts.disk_warning_percent"}, ConfigError(
+            f"{alerts.disk_critical_percent:g} must not be above alerts.disk_warning_percent "
+            f"({alerts.disk_warning_percent:g}): critical is the lower free space", "alerts.disk_critical_percent",
+            file)))
     header_keys = {"web.remote_user_header", "web.trusted_proxies", "web.proxy_secret"}
     if web.remote_user_header and not web.trusted_proxies:
         found.append((header_keys, ConfigError(

@@ -187,8 +187,10 @@ def audit_record(audit) -> dict:
 @STATION
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="table for people, json for scripts.")
+@click.option("--check", is_flag=True, help="For cron, systemd timers and Nagios: one line, exit 0 ok, 1 warning, "
+              "2 critical, from the alert rules' conditions (thresholds: [alerts] in config.toml).")
 @with_config
-def status(cfg: Config, station: str | None, fmt: str) -> None:
+def status(cfg: Config, station: str | None, fmt: str, check: bool) -> None:
     """Show every station's heartbeat, the model in use, today's and total counts, the last verdict and the
     files waiting in this station's capture folder.
 
@@ -197,8 +199,15 @@ def status(cfg: Config, station: str | None, fmt: str) -> None:
     after a clean stop. With --station, the counts are that station's only. The abnormal rate is
     today's against the last 7 days' (ABOVE when, beyond chance, more than double); "missed" is
     the miss rate the audits of normal verdicts estimate (`inspector review sample`).
+
+    --check prints one line instead and exits 2 (critical) for a station not responding (with --station: also
+    stopped), state.dir's disk nearly full or a database that cannot answer; 1 (warning) for an abnormal rate or
+    rejections in the last hour far above their trailing baseline, or many files waiting; else 0.
     """
     from inspector.loop.overview import station_overview
+
+    if check:
+        run_check(cfg, station)
 
     with open_reader(cfg) as store:
         view = station_overview(cfg, store, station)
@@ -252,6 +261,21 @@ def status(cfg: Config, station: str | None, fmt: str) -> None:
              for s in stations]
     click.echo(render_table(["  NAME", "HOST", "STATE", "LAST SEEN", "SCORED TODAY", "REJECTED TODAY", "QUEUE",
                              "NOTE"], cells))
+
+
+def run_check(cfg: Config, station: str | None) -> None:
+    """`status --check`: loop/health.py's verdict as one line and its exit code."""
+    from inspector.base.errors import StoreError
+    from inspector.loop.health import CRITICAL, check_health
+
+    try:
+        with open_reader(cfg) as store:
+            health = check_health(cfg, store, station)
+    except StoreError as exc:
+        click.echo(f"CRITICAL: the database cannot answer: {exc}")
+        click.get_current_context().exit(CRITICAL)
+    click.echo(health.line())
+    click.get_current_context().exit(health.code)
 
 
 @cli.command()

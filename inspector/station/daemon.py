@@ -24,6 +24,7 @@ from inspector.base.config import Config
 from inspector.base.errors import ConfigError, ModelError, StoreError
 from inspector.station.faults import NO_FAULTS, Faults
 from inspector.station.intake import Claims, Intake, ScoringModel
+from inspector.station.metrics import StationMetrics, serve_metrics
 from inspector.station.mover import Mover
 from inspector.station.notify import log_to_stderr, notify, pid_file, watchdog_interval_seconds
 from inspector.base.paths import display_path
@@ -116,11 +117,14 @@ class Daemon:
         self.mover = Mover(self.folder, cfg.watch.after == "move", store, self.retry, claims, self.leftovers, faults)
         self.heatmaps = HeatmapQueue(store, cfg.state.dir)  # drawn by the model's thread when no file waits
         turns = Turns.for_device(getattr(detector, "device", None))
+        self.metrics = StationMetrics(cfg.station_name)  # served on metrics.port when set (run_daemon)
         self.intake = Intake(cfg, store, self.retry, claims, self.folder, self.tracker, turns, faults)
         self.scoring = Scoring(cfg, detector, store, load=load, retry=self.retry, claims=claims, intake=self.intake,
                                folder=self.folder, tracker=self.tracker, mover=self.mover, heatmaps=self.heatmaps,
                                ready=self.ready, stop=self.stop, reload=self.reload,
-                               workers=worker_count(cfg.infer.workers), turns=turns, faults=faults)
+                               workers=worker_count(cfg.infer.workers), turns=turns, faults=faults,
+                               metrics=self.metrics)
+        self.metrics.watch(self)
         self.observer: BaseObserver | None = None
         self.worker: threading.Thread | None = None
         self.poll_seconds = 1.0
@@ -348,6 +352,8 @@ def run_daemon(cfg: Config, once: bool = False, faults: Faults = NO_FAULTS) -> i
         dropped = store.release_station_claims(cfg.station_name, daemon.run_id)
         if dropped:
             log.info("released %d claim(s) left by this station's previous run", dropped)
+        if not once:  # one pass (cron) leaves the port to the service
+            stack.enter_context(serve_metrics(cfg.metrics, daemon.metrics.registry))
         heartbeat = Heartbeat(daemon)
         heartbeat.start()
         stack.callback(heartbeat.close)

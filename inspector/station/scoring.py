@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Callable
 from inspector.base.config import Config
 from inspector.station.faults import Faults
 from inspector.station.intake import Claims, Intake, Job, ScoringModel, file_version
+from inspector.station.metrics import StationMetrics
 from inspector.station.mover import Mover
 from inspector.base.paths import display_path
 from inspector.base.pipeline import Turns, worker_pool
@@ -81,7 +82,7 @@ class Scoring:
     def __init__(self, cfg: Config, detector: ScoringModel, store: Store, *, load: Callable[[Config], ScoringModel],
                  retry: StoreRetry, claims: Claims, intake: Intake, folder: CaptureFolder, tracker: Tracker,
                  mover: Mover, heatmaps: HeatmapQueue, ready: queue.Queue[ReadyFile], stop: threading.Event,
-                 reload: threading.Event, workers: int, turns: Turns, faults: Faults):
+                 reload: threading.Event, workers: int, turns: Turns, faults: Faults, metrics: StationMetrics):
         self.cfg = cfg
         self.detector = detector
         self.store = store
@@ -99,6 +100,7 @@ class Scoring:
         self.workers = workers
         self.turns = turns
         self.faults = faults
+        self.metrics = metrics  # the same outcomes, for Prometheus (metrics.py)
         self.counts = {"scored": 0, "abnormal": 0, "rejected": 0}
         self._recent: OrderedDict[str, dict] = OrderedDict()  # sha256 -> outcome of this model, newest last
 
@@ -287,6 +289,7 @@ class Scoring:
         if job.rejection is not None:
             if result == "new":  # "exists": recorded before (a restart, or another inspector on this folder)
                 self.counts["rejected"] += 1
+                self.metrics.rejection(record.reason)
                 log.warning("rejected %s %s: %s", record.reason, shown, record.message)
             self.mover.move(item, ("quarantine",), job.sha256, None)
             return
@@ -294,6 +297,7 @@ class Scoring:
             v = record.verdict
             self.counts["scored"] += 1
             self.counts["abnormal"] += v.verdict == "abnormal"
+            self.metrics.verdict(v.verdict, v.ready_to_commit_seconds)
             p_text = "-" if v.p_abnormal is None else f"{v.p_abnormal:.4f}"
             extra = f" ({v.reason})" if v.reason else ""
             dup = " duplicate content" if result == "duplicate" else ""

@@ -67,7 +67,7 @@ def static_version() -> str:
 
 def create_app(cfg: Config, store) -> Flask:
     """The review station for `cfg` on an open Store (a writer: reviewers record decisions through it)."""
-    from inspector.web import api, auth, media, pages, queue
+    from inspector.web import api, auth, media, metrics, pages, queue
     from inspector.web.tokens import TokensFile, tokens_path
 
     app = Flask("inspector.web", root_path=str(HERE))
@@ -85,7 +85,7 @@ def create_app(cfg: Config, store) -> Flask:
     app.session_interface = auth.PagesOnlySessions()
     app.extensions["inspector"] = {"cfg": cfg, "store": store, "users": UsersFile(cfg.users_path),
                                    "tokens": TokensFile(tokens_path(cfg)), "throttle": auth.LoginThrottle(),
-                                   "static_version": static_version()}
+                                   "static_version": static_version(), "metrics": metrics.metrics_registry(store)}
     app.extensions["inspector"]["hosts"] = allowed_hosts(cfg, cfg.web.host)  # serve's --host replaces it
 
     @app.before_request
@@ -101,7 +101,8 @@ def create_app(cfg: Config, store) -> Flask:
     app.jinja_env.filters["basename"] = lambda text: text.rsplit("/", 1)[-1]
     app.jinja_env.filters["age"] = format_age
     app.jinja_env.globals.update(version=__version__, static_v=app.extensions["inspector"]["static_version"])
-    for blueprint in (auth.blueprint, queue.blueprint, pages.blueprint, media.blueprint, api.blueprint):
+    for blueprint in (auth.blueprint, queue.blueprint, pages.blueprint, media.blueprint, api.blueprint,
+                      metrics.blueprint):
         app.register_blueprint(blueprint)
 
     @app.after_request

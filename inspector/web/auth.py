@@ -1,9 +1,10 @@
 """Who is asking: a login (signed session cookie) or the plant's reverse proxy's user header, and their role.
 
-Every page but /login, /healthz and the static files needs a user; a POST that records a review needs the
-reviewer role. The JSON API under /api/ is not a page: its API tokens (api.py) are its only credential. A session names its user and that user's stamp (role, password hash and the users file's
-generation of the user), so a logout, a new password, a new role (even changed back) or a removed user ends
-the sessions made before, on the server. Login tries are throttled per name and address (LoginThrottle).
+Every page but /login, /healthz, /metrics (web/metrics.py checks its own token) and the static files needs a user;
+a POST that records a review needs the reviewer role. The JSON API under /api/ is not a page: its API tokens
+(api.py) are its only credential. A session names its user and that user's stamp (role, password hash and the
+users file's generation of the user), so a logout, a new password, a new role (even changed back) or a removed user
+ends the sessions made before, on the server. Login tries are throttled per name and address (LoginThrottle).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from inspector.web.users import User, UserError
 log = logging.getLogger("inspector.web")
 audit_log = logging.getLogger(AUDIT_LOGGER)
 blueprint = Blueprint("auth", __name__)
-OPEN_ENDPOINTS = {"auth.login", "pages.healthz", "static"}
+OPEN_ENDPOINTS = {"auth.login", "pages.healthz", "static", "metrics.scrape"}  # /metrics checks its own token
 API_ROOT = "/api/"  # the JSON API (api.py): its API tokens only, never a login; its own check, its JSON errors
 # Failed logins counted in FAILURE_WINDOW_SECONDS: per name (guessing one password), and per address (guessing many
 # names; higher, since a whole shift may come through one proxy address).
