@@ -40,7 +40,7 @@ def test_check_lists_every_problem_and_exits_1(tmp_path):
     assert proc.stderr.splitlines() == [
         "Error: 7 problems in broken.toml:",
         "  wach: unknown section [wach] (known: imaging, convert, model, infer, train, watch, state, station, "
-        "database, log, quality, review, retrain, web)",
+        "database, log, quality, review, retrain, web, metrics, alerts)",
         "  convert.low_percentile: must be in [0, 100), got 150.0",
         "  infer.batch: unknown key (known in [infer]: batch_size, threads, workers)",
         "  infer.batch_size: must be positive, got 0",

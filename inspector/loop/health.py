@@ -70,11 +70,11 @@ def stations_findings(rows: list[dict], now: datetime, station: str | None) -> l
         age = format_age(max(0.0, (now - row["last_seen"]).total_seconds()))
         if row["stopped_at"] is not None:
             if station is not None:  # asked about this station: stopped is not serving
-                found.append(Finding(CRITICAL, f"station {row['name']} stopped (last seen {age} ago)"))
+                found.append(Finding(CRITICAL, f"station {row['name']} stopped (last seen {age})"))
         elif is_live(row, now):
             running += 1
         else:
-            found.append(Finding(CRITICAL, f"station {row['name']} not responding (last seen {age} ago)"))
+            found.append(Finding(CRITICAL, f"station {row['name']} not responding (last seen {age})"))
     return found + [Finding(OK, f"{running} station(s) running")]
 
 

@@ -119,7 +119,8 @@ def serve_metrics(cfg: MetricsConfig, registry: CollectorRegistry) -> Iterator[N
         server, thread = start_http_server(cfg.port, addr=cfg.bind, registry=registry)
     except OSError as exc:
         raise ConfigError(f"cannot serve metrics on {cfg.bind}:{cfg.port} ({exc.strerror or exc}): another program "
-                          "has the port, or the address is not this host's", "metrics.port") from exc
+                          "has the port, the address is not this host's, or the service unit's "
+                          "RestrictAddressFamilies= lacks AF_INET/AF_INET6", "metrics.port") from exc
     log.info("metrics on http://%s:%d/metrics", cfg.bind if ":" not in cfg.bind else f"[{cfg.bind}]", cfg.port)
     try:
         yield
