@@ -24,6 +24,7 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 from browser import Served
+from harness import wait_for
 from inspector.cli import cli
 from inspector.loop.review import record_review
 from inspector.store.schema import images
@@ -361,7 +362,8 @@ def test_a_damaged_tokens_file_is_a_503_not_a_crash(tmp_path):
     with Served(st.config) as server:
         status, _, body = call(server.url, "/api/v1/verdicts", "insp_anything")
         assert status == 503 and "tokens file cannot be read" in body["error"]
-        assert "not valid JSON" in "".join(server.lines)
+        # the server's log line is read by another thread: it may come a moment after the answer
+        wait_for(lambda: "not valid JSON" in "".join(server.lines), 10, "the damaged tokens file in the server's log")
 
 
 def test_a_token_of_another_scope_is_403(api):
