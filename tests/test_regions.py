@@ -119,7 +119,7 @@ def test_a_file_whose_normal_tensors_were_stripped_is_refused_as_damaged(models,
 
 
 # ---- schema 5 ----------------------------------------------------------------------------------------------
-def test_a_schema_4_database_upgrades_to_the_current_keeping_its_rows(database_url):
+def test_a_schema_4_database_upgrades_to_the_current_schema_keeping_its_rows(database_url):
     from inspector.store.schema import SCHEMA_VERSION, alembic_command, alembic_revision, schema_info
     from inspector.store.store import open_store
     from tests.store_rows import record_verdict

@@ -306,8 +306,8 @@ def test_the_status_page_shows_the_trends_the_baseline_and_an_audit_in_the_queue
     assert '<span class="badge normal" id="verdict">normal</span>' in queue and 'id="audit-note"' in queue
 
 
-# ---- both databases, and schema 8 -------------------------------------------------------------------------------
-def test_trends_and_audits_on_sqlite_and_postgresql_and_schema_5_upgrades_to_8(database_url):
+# ---- both databases, and schema 7 -------------------------------------------------------------------------------
+def test_trends_and_audits_on_sqlite_and_postgresql_and_schema_5_upgrades_to_7(database_url):
     from inspector.loop.audit import sample_normals
     from inspector.store.schema import SCHEMA_VERSION, alembic_command, alembic_revision, schema_info
 

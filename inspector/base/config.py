@@ -93,6 +93,9 @@ class StationConfig:
     name: str = ""  # this station's name in the shared database; "" = the host name
     heartbeat_seconds: float = 10.0  # how often the daemon reports to the stations table and renews its claims
     claim_lease_seconds: float = 60.0  # a dead daemon's claimed files are taken over this long after its last renewal
+    # a regular expression with groups `serial` (and `lot`) searched in each file's name relative to the capture
+    # folder (serial.py); "" = no serials
+    serial_pattern: str = ""
 
 
 @dataclass(frozen=True)

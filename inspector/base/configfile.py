@@ -12,6 +12,7 @@ from pathlib import Path
 from inspector.base.config import (HEADS, MAP_STAGES, METHODS, OPTIMIZERS, POOLINGS, SCORES, STAGES, Config,
                               bad_station_name, network_order)
 from inspector.base.errors import ConfigError
+from inspector.base.serial import serial_pattern_problem
 
 ENV_VAR = "INSPECTOR_CONFIG"
 DEFAULT_NAME = "config.toml"
@@ -74,6 +75,10 @@ def _check_value(section: str, name: str, value: object, file: str) -> None:
                           "trailing spaces (empty: the host name)", key, file)
     if (section, name) in (("station", "heartbeat_seconds"), ("station", "claim_lease_seconds")) and value <= 0:
         raise ConfigError(f"must be positive, got {value}", key, file)
+    if (section, name) == ("station", "serial_pattern") and value:
+        problem = serial_pattern_problem(str(value))
+        if problem is not None:
+            raise ConfigError(problem, key, file)
     if (section, name) == ("review", "bundle_rule") and not (value == "subfolder" or value.startswith("regex:")):
         raise ConfigError(f"{value!r} is neither 'subfolder' nor 'regex:PATTERN'", key, file)
     if section == "web":

@@ -1,4 +1,4 @@
-"""`db upgrade` (the schema) and `db copy` (a station's history into the plant's database)."""
+"""`db upgrade` (the schema), `db copy` (a station's history into the plant's database) and `db backfill-serials`."""
 
 from __future__ import annotations
 
@@ -63,3 +63,19 @@ def copy_command(cfg: Config, source_url: str, target_url: str, station: str | N
         click.echo(line)
     if not summary.matches:
         raise CopyError(summary.mismatch())
+
+
+@db.command("backfill-serials")
+@with_config
+def backfill_serials_command(cfg: Config) -> None:
+    """Read the serial number and lot of files recorded without one from their names, by today's
+    station.serial_pattern (as the daemon reads them at capture).
+
+    Only files recorded in this config's watch.capture_dir are read (the pattern sees the name relative
+    to it); a file that already has a serial is never changed. Safe to run again.
+    """
+    from inspector.loop.serials import backfill_serials
+    from inspector.store.store import open_configured
+
+    with open_configured(cfg) as store:
+        click.echo(backfill_serials(store, cfg).line())

@@ -115,30 +115,39 @@ LIMIT = click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Only paths matching this shell pattern (matched against the whole path, e.g. '*/line3/*').")
 @click.option("--model", default=None, metavar="SHA", help="Only verdicts of this model, given at capture or by `inspector rescore` "
               "(a sha256 prefix is enough).")
+@click.option("--serial", default=None, metavar="SERIAL", help="Only files whose name gave this serial number "
+              "(station.serial_pattern; exact).")
+@click.option("--lot", default=None, metavar="LOT", help="Only files whose name gave this lot (exact).")
 @STATION
 @LIMIT
 @FORMAT
 @with_config
-def verdicts(cfg: Config, since, until, verdict, path_glob, model, station, limit, fmt) -> None:
+def verdicts(cfg: Config, since, until, verdict, path_glob, model, serial, lot, station, limit, fmt) -> None:
     """List verdicts, newest first, one row per image file.
 
     Times are shown in local time. Duplicates (same content under another name, scored once)
     are marked "dup". PATH is where the file was scored; with watch.after = "move" a NOW AT column
     says where it was moved (processed/DATE/...). In csv/json, path_raw_hex holds the exact bytes of the file name
-    (bytes.fromhex) so names that are not UTF-8 can be recovered; path shows them as \\xNN.
+    (bytes.fromhex) so names that are not UTF-8 can be recovered; path shows them as \\xNN. SERIAL and LOT
+    are what station.serial_pattern read from the file's name at capture (null where it did not match).
     """
     if fmt == "table" and limit is None:
         limit = DEFAULT_TABLE_LIMIT
+    query = dict(since=since, until=until, verdict=verdict, path_glob=path_glob, model=model, station=station,
+                 serial=serial, lot=lot)
     with open_reader(cfg) as store:
-        rows = store.query_verdicts(since=since, until=until, verdict=verdict, path_glob=path_glob,
-                                    model=model, limit=limit, station=station)
-        total = store.count_verdicts(since=since, until=until, verdict=verdict, path_glob=path_glob,
-                                     model=model, station=station) if fmt == "table" and len(rows) == limit else len(rows)
+        rows = store.query_verdicts(**query, limit=limit)
+        total = store.count_verdicts(**query) if fmt == "table" and len(rows) == limit else len(rows)
     cells = [[format_local(r["time"]), r["verdict"] or "-",
               "-" if r["p_abnormal"] is None else f"{r['p_abnormal']:.3f}", display_path(r["path"]),
               (r["model_sha256"] or "-")[:12], "dup" if r["duplicate"] else ""] for r in rows]
     headers = ["TIME", "VERDICT", "P(ABNORMAL)", "PATH", "MODEL", "DUP"]
     add_station_column(headers, cells, rows)
+    for key in ("serial", "lot"):  # where the names gave them (station.serial_pattern)
+        if any(r[key] for r in rows):
+            headers.append(key.upper())
+            for row, cell in zip(rows, cells):
+                cell.append(row[key] or "-")
     if any(r["moved_to"] for r in rows):  # after = "move": where each file is now
         headers.append("NOW AT")
         for row, cell in zip(rows, cells):

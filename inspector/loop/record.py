@@ -8,12 +8,14 @@ from inspector.store.schema import parse_boxes
 
 VERDICT_FIELDS = ["time", "verdict", "p_abnormal", "reason", "path", "path_raw_hex", "sha256", "size", "mtime_ns",
                   "status", "duplicate", "duplicate_of", "moved_to", "model_sha256", "threshold", "method",
-                  "ready_to_commit_seconds", "inference_seconds", "heatmap_path", "station", "peak", "boxes", "id"]
+                  "ready_to_commit_seconds", "inference_seconds", "heatmap_path", "station", "peak", "boxes", "id",
+                  "serial", "lot"]
 
 
 def verdict_record(row: dict) -> dict:
     """A query_verdicts row as a record: UTC ISO times; path_raw_hex gives the exact name bytes back; id is the
-    recorded file's (the review station's /verdict/ID, the API's /api/v1/verdicts/ID)."""
+    recorded file's (the review station's /verdict/ID, the API's /api/v1/verdicts/ID); serial and lot what
+    station.serial_pattern read from its name at capture (None: none)."""
     return {
         "time": iso_time(row["time"]), "verdict": row["verdict"], "p_abnormal": row["p_abnormal"],
         "reason": row["reason"], "path": row["path"], "path_raw_hex": row["path_raw"].hex(),
@@ -22,7 +24,7 @@ def verdict_record(row: dict) -> dict:
         "model_sha256": row["model_sha256"], "threshold": row["threshold"], "method": row["method"],
         "ready_to_commit_seconds": row["ready_to_commit_seconds"],
         "inference_seconds": row["inference_seconds"], "heatmap_path": row["heatmap_path"], "station": row["station"],
-        **region_record(row), "id": row["id"],
+        **region_record(row), "id": row["id"], "serial": row["serial"], "lot": row["lot"],
     }
 
 

@@ -27,7 +27,7 @@ FORMATS = ("csv", "json", "html")
 OUTCOME_FIELDS = ["time", "kind", "outcome", "p_abnormal", "threshold", "reason", "path", "path_raw_hex",
                   "sha256", "bundle", "status", "duplicate_of", "moved_to", "model_sha256", "method",
                   "heatmap_path", "review_status", "review_label", "review_anomalies", "reviewed_by",
-                  "reviewed_at", "review_count", "station"]
+                  "reviewed_at", "review_count", "station", "serial", "lot"]
 
 
 def iso_time(when: datetime | None) -> str | None:
@@ -60,7 +60,7 @@ def collect_outcomes(store: Store, cfg: Config, since: datetime | None = None,
                      "duplicate_of": r["duplicate_of"], "moved_to": r["moved_to"], "moved_to_raw": r["moved_to_raw"],
                      "model_sha256": r["model_sha256"], "method": r["method"], "heatmap_path": r["heatmap_path"],
                      "heatmap_sha256": r["heatmap_sha256"], "station": r["station"], "peak_x": r["peak_x"],
-                     "peak_y": r["peak_y"], "boxes": r["boxes"]})
+                     "peak_y": r["peak_y"], "boxes": r["boxes"], "serial": r["serial"], "lot": r["lot"]})
     for r in rejection_rows:
         rows.append({"when": r["created_at"], "kind": "rejection", "outcome": "rejected", "p_abnormal": None,
                      "threshold": None, "reason": f"{r['reason']}: {r['message']}", "path": r["path"],
@@ -91,7 +91,7 @@ def outcome_record(row: dict) -> dict:
         "review_status": row["review_status"], "review_label": review.get("label"),
         "review_anomalies": review.get("anomalies") or None, "reviewed_by": review.get("reviewer"),
         "reviewed_at": iso_time(review.get("created_at")), "review_count": review.get("count", 0),
-        "station": row["station"],
+        "station": row["station"], "serial": row.get("serial"), "lot": row.get("lot"),
     }
 
 

@@ -193,7 +193,8 @@ def review_cell(row: dict) -> dict | None:
 
 def flagged_row(row: dict, conversions: dict, cfg: Config) -> dict:
     when = row["when"].astimezone().strftime("%Y-%m-%d %H:%M:%S") if row["when"] else "-"
-    return {"when": when, "path": display_path(row["path"]), "bundle": row["bundle"], "outcome": row["outcome"],
+    return {"when": when, "path": display_path(row["path"]), "serial": row.get("serial"), "lot": row.get("lot"),
+            "bundle": row["bundle"], "outcome": row["outcome"],
             "reason": row["reason"], "p": "-" if row["p_abnormal"] is None else f"{row['p_abnormal']:.3f}",
             "review": review_cell(row), "thumb": thumbnail(row, conversions.get(row["model_sha256"]), cfg),
             "heat": heatmap(row), "regions": regions_note(row)}

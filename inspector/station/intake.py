@@ -17,6 +17,7 @@ from inspector.base.config import Config
 from inspector.base.errors import ImageError, StoreError
 from inspector.station.faults import Faults
 from inspector.base.pipeline import Turns
+from inspector.base.serial import SerialFields, capture_name, compile_serial_pattern, match_serial
 from inspector.station.retry import StoreRetry
 from inspector.station.watcher import CaptureFolder, ReadyFile, Tracker
 
@@ -56,6 +57,7 @@ class Job:
     heat: np.ndarray | None = None  # the normal model's map from the verdict's own pass (None: no normal model)
     rejection: tuple[str, str] | None = None
     incomplete: bool = False  # the rejection may be a file still being written (ImageError.incomplete)
+    serial: SerialFields | None = None  # what its name says of the electrode (station.serial_pattern)
 
 
 def file_version(item: ReadyFile) -> FileVersion:
@@ -100,6 +102,12 @@ class Intake:
         self.tracker = tracker
         self.turns = turns
         self.faults = faults
+        self.serial_pattern = compile_serial_pattern(cfg.station.serial_pattern)
+
+    def serial_of(self, path: str) -> SerialFields | None:
+        """The serial number and lot the file's name gives, by station.serial_pattern (None: none)."""
+        name = capture_name(path, self.folder.root)
+        return match_serial(self.serial_pattern, name) if name is not None else None
 
     def prepare(self, item: ReadyFile, detector: ScoringModel, once: bool = False) -> Job | None:
         """Claim the file, then `_prepare_claimed`. None: nothing to record now (claimed elsewhere, known,
@@ -124,7 +132,7 @@ class Intake:
 
         if self.retry.call(self.store.known_file, os.fsencode(item.path), *item.stamp):
             return None  # recorded meanwhile (by this daemon, or another before our claim)
-        job = Job(item)
+        job = Job(item, serial=self.serial_of(item.path))
         if item.problem:  # never opened: a FIFO could block, a link could lead anywhere
             job.rejection = ("unreadable", f"{item.problem}: inspector reads only regular files inside the "
                              "capture folder; put the image file itself there")

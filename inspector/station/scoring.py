@@ -72,8 +72,10 @@ def outcome_record(job: Job, pred: Prediction | None, first: bool, model_sha: st
         where = region_fields(pred.regions)
         job.heat = pred.heat
     p_abnormal, verdict, reason, threshold, method, inference_seconds = fields
+    serial = job.serial
     return VerdictRecord(version, Verdict(job.sha256, model_sha, p_abnormal, verdict, reason, threshold, method,
-                                          time.monotonic() - item.ready_at, inference_seconds, **where))
+                                          time.monotonic() - item.ready_at, inference_seconds, **where),
+                         serial.serial if serial else None, serial.lot if serial else None)
 
 
 class Scoring:
@@ -302,6 +304,9 @@ class Scoring:
             extra = f" ({v.reason})" if v.reason else ""
             dup = " duplicate content" if result == "duplicate" else ""
             log.info("verdict %s p=%s %s%s (%.2f s)%s", v.verdict, p_text, shown, dup, v.ready_to_commit_seconds, extra)
+            if record.serial is None and self.intake.serial_pattern is not None:  # once per file: at its record
+                log.warning("no serial in the name %s: it does not match station.serial_pattern; recorded without "
+                            "a serial and lot", shown)
             if v.verdict == "abnormal" and result == "new" and job.img16 is not None:  # after the commit
                 self.heatmaps.submit(self.detector, job.img16, job.sha256, job.heat)  # never delays a verdict
         raw, recorded = os.fsencode(item.path), None

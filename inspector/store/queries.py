@@ -52,7 +52,8 @@ def is_reviewed(sha256_column: sa.ColumnElement) -> sa.ColumnElement:
 VERDICT_COLUMNS = [
     images.c.id, images.c.station, images.c.first_seen.label("time"), images.c.path, images.c.path_raw,
     images.c.sha256, images.c.size, images.c.mtime_ns, images.c.status, images.c.duplicate_of, images.c.moved_to,
-    images.c.moved_to_raw, verdicts.c.model_sha256, verdicts.c.p_abnormal, verdicts.c.verdict, verdicts.c.reason,
+    images.c.moved_to_raw, images.c.serial, images.c.lot, verdicts.c.model_sha256, verdicts.c.p_abnormal,
+    verdicts.c.verdict, verdicts.c.reason,
     verdicts.c.threshold, verdicts.c.method, verdicts.c.ready_to_commit_seconds, verdicts.c.inference_seconds,
     verdicts.c.heatmap_path, verdicts.c.heatmap_sha256, verdicts.c.created_at.label("verdict_time"),
     verdicts.c.peak_x, verdicts.c.peak_y, verdicts.c.boxes]
@@ -62,7 +63,7 @@ class Queries:
     """Read-only queries; each runs in one short read transaction of the Store it is mixed into."""
 
     def _verdict_select(self, since, until, verdict, model, columns, station=None, reviewed=None,
-                        sha256=None) -> sa.Select:
+                        sha256=None, serial=None, lot=None) -> sa.Select:
         if model:  # the verdicts this model gave these images, at capture or by `inspector rescore`
             if not re.fullmatch(r"[0-9a-fA-F]{1,64}", model):
                 raise StoreError(f"model {model!r} is not a sha256 or a prefix of one (hex digits)")
@@ -80,6 +81,10 @@ class Queries:
             query = query.where(verdicts.c.verdict == verdict)
         if station is not None:
             query = query.where(images.c.station == station)
+        if serial is not None:
+            query = query.where(images.c.serial == serial)
+        if lot is not None:
+            query = query.where(images.c.lot == lot)
         if reviewed is not None:
             query = query.where(is_reviewed(images.c.sha256) if reviewed else ~is_reviewed(images.c.sha256))
         if sha256 is not None:
@@ -105,12 +110,14 @@ class Queries:
     def query_verdicts(self, since: datetime | None = None, until: datetime | None = None,
                        verdict: str | None = None, path_glob: str | None = None, model: str | None = None,
                        limit: int | None = None, station: str | None = None, reviewed: bool | None = None,
-                       offset: int = 0, sha256: str | None = None) -> list[dict]:
+                       offset: int = 0, sha256: str | None = None, serial: str | None = None,
+                       lot: str | None = None) -> list[dict]:
         """One row per image path with its verdict, newest first; path_glob matches the whole path; station: only
         the files that station recorded; reviewed: only images with (True) or without (False) a standing review;
-        sha256: only the files of this content; offset: rows skipped first (pages)."""
+        sha256: only the files of this content; serial, lot: only files whose name gave exactly this serial, lot;
+        offset: rows skipped first (pages)."""
         query, left = self._glob(self._verdict_select(since, until, verdict, model, VERDICT_COLUMNS, station,
-                                                      reviewed, sha256), path_glob)
+                                                      reviewed, sha256, serial, lot), path_glob)
         query = query.order_by(images.c.first_seen.desc(), images.c.id.desc())
         if left is None:
             query = query.limit(limit).offset(offset or None)
@@ -231,10 +238,11 @@ class Queries:
 
     def count_verdicts(self, since: datetime | None = None, until: datetime | None = None,
                        verdict: str | None = None, path_glob: str | None = None, model: str | None = None,
-                       station: str | None = None, reviewed: bool | None = None, sha256: str | None = None) -> int:
+                       station: str | None = None, reviewed: bool | None = None, sha256: str | None = None,
+                       serial: str | None = None, lot: str | None = None) -> int:
         """How many rows query_verdicts would return without a limit (for "50 of N shown")."""
         query, left = self._glob(self._verdict_select(since, until, verdict, model, [images.c.path], station,
-                                                      reviewed, sha256), path_glob)
+                                                      reviewed, sha256, serial, lot), path_glob)
         with self.read() as conn:
             if left is not None:
                 return sum(fnmatch.fnmatchcase(p, left) for p in conn.execute(query).scalars())

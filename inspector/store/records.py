@@ -70,10 +70,13 @@ class FileVersion:
 
 @dataclass(frozen=True)
 class VerdictRecord:
-    """A file version scored: its image row, pointing at its content's verdict of the model."""
+    """A file version scored: its image row, pointing at its content's verdict of the model, with the serial number
+    and lot its name gave (station.serial_pattern; None: none)."""
 
     file: FileVersion
     verdict: Verdict
+    serial: str | None = None
+    lot: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,8 @@ def _insert_verdict(conn: Connection, r: VerdictRecord, station: str | None) -> 
                                            .order_by(images.c.id).limit(1)).scalar()
     if insert_new(conn, images, path=display_path(raw), path_raw=raw, sha256=v.sha256, size=f.size,
                   mtime_ns=f.mtime_ns, inode=f.inode, ctime_ns=f.ctime_ns, first_seen=now, station=station,
-                  status="scored" if fresh else "duplicate", duplicate_of=first, verdict_id=verdict_id):
+                  status="scored" if fresh else "duplicate", duplicate_of=first, verdict_id=verdict_id,
+                  serial=r.serial, lot=r.lot):
         return "new" if fresh else "duplicate"
     return _refresh(conn, images, sa.and_(images.c.path_raw == raw, images.c.sha256 == v.sha256,
                                           images.c.mtime_ns == f.mtime_ns, images.c.inode == f.inode), f)

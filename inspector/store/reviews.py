@@ -81,7 +81,8 @@ def _pending_query(station: str | None) -> sa.Select:
                        verdicts.c.verdict, verdicts.c.p_abnormal, verdicts.c.reason, verdicts.c.heatmap_path,
                        verdicts.c.boxes, verdicts.c.peak_x, verdicts.c.peak_y,
                        verdicts.c.model_sha256, images.c.id.label("image_id"), verdicts.c.id.label("verdict_id"),
-                       images.c.station, verdicts.c.threshold, newest_review_id(images.c.sha256).label("review_id"))
+                       images.c.station, images.c.serial, images.c.lot, verdicts.c.threshold,
+                       newest_review_id(images.c.sha256).label("review_id"))
              .select_from(images.join(verdicts, images.c.verdict_id == verdicts.c.id))
              .where(sa.or_(verdicts.c.verdict.in_(PENDING_VERDICTS), audited), images.c.status != "duplicate",
                     ~is_reviewed(images.c.sha256))

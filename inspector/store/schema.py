@@ -9,9 +9,9 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-SCHEMA_VERSION = 8
-# The Alembic revision (inspector/migrations/versions) that each schema version is.
-SCHEMA_REVISIONS = {1: "0001", 2: "0002", 3: "0003", 4: "0004", 5: "0005", 8: "0008"}
+SCHEMA_VERSION = 7
+# The Alembic revision (inspector/store/migrations/versions) that each schema version is.
+SCHEMA_REVISIONS = {1: "0001", 2: "0002", 3: "0003", 4: "0004", 5: "0005", 6: "0006", 7: "0007"}
 VERDICTS = ("normal", "abnormal", "rescan")
 # A review's label besides dataset.LABELS: the decision it supersedes is taken back (an undo); the image is
 # unreviewed again, back in the queue, and no label of it is learned from.
@@ -85,6 +85,10 @@ images = sa.Table(
     sa.Column("inode", sa.BigInteger, nullable=True),
     sa.Column("ctime_ns", sa.BigInteger, nullable=True),
     sa.Column("station", sa.Text, nullable=True, index=True),
+    # The electrode's serial number and lot, read from the file's name by station.serial_pattern when it was
+    # captured (schema 6; NULL: no pattern, a name it does not match, or a row from before)
+    sa.Column("serial", sa.Text, nullable=True, index=True),
+    sa.Column("lot", sa.Text, nullable=True, index=True),
     # One row per file version: the same content exported again under the same name gets its own row.
     sa.UniqueConstraint("path_raw", "sha256", "mtime_ns", "inode", name="uq_images_file_version"),
     sa.Index("ix_images_path_size_mtime", "path_raw", "size", "mtime_ns"),

@@ -240,6 +240,22 @@ class Store(Database, Queries, Fleet):
                             table is images else None}
         return None
 
+    def images_without_serial(self, after_id: int = 0, limit: int = 1000) -> list[tuple[int, bytes]]:
+        """(id, path_raw) of recorded file versions without a serial, in id order past `after_id` (pages)."""
+        with self.read() as conn:
+            rows = conn.execute(sa.select(images.c.id, images.c.path_raw).where(
+                images.c.serial.is_(None), images.c.id > after_id).order_by(images.c.id).limit(limit)).all()
+        return [(row.id, bytes(row.path_raw)) for row in rows]
+
+    def set_serials(self, found: list[tuple[int, str, str | None]]) -> int:
+        """Give these images rows (id, serial, lot) their serial and lot where they have none yet; how many got one."""
+        changed = 0
+        with self.write() as conn:
+            for image_id, serial, lot in found:
+                changed += conn.execute(sa.update(images).where(images.c.id == image_id, images.c.serial.is_(None))
+                                        .values(serial=serial, lot=lot)).rowcount
+        return changed
+
     def set_heatmap(self, sha256: str, model_sha256: str, heatmap_path: str, heatmap_sha256: str | None = None) -> None:
         """Attach a heat map to a verdict: where it is and the digest of its PNG as drawn."""
         with self.write() as conn:

@@ -14,7 +14,7 @@ from inspector.web import WebError, ext
 
 log = logging.getLogger("inspector.web")
 blueprint = Blueprint("pages", __name__)
-FILTERS = ("since", "until", "verdict", "station", "path", "reviewed")  # the search's query keys, kept by its pages
+FILTERS = ("since", "until", "verdict", "station", "path", "reviewed", "serial", "lot")  # the search's query keys, kept by its pages
 MAX_PATTERN = 512
 PAGE_ROWS = 50
 # The export's HTML report is one self-contained file: inline CSS, data: images, no script at all.
@@ -81,6 +81,14 @@ def path_arg() -> str | None:
     return pattern or None
 
 
+def exact_arg(name: str) -> str | None:
+    """A serial or lot searched for: matched exactly, surrounding spaces dropped."""
+    value = request.args.get(name, "").strip()
+    if len(value) > MAX_PATTERN:
+        raise WebError(400, f"The {name} is longer than {MAX_PATTERN} characters.")
+    return value or None
+
+
 def search_filters() -> dict:
     """The verdict search's filters from the query string (also the report's period)."""
     since_text, since = time_arg("since")
@@ -91,7 +99,8 @@ def search_filters() -> dict:
     reviewed = {"yes": True, "no": False}.get(request.args.get("reviewed", ""))
     return {"since_text": since_text, "since": since, "until_text": until_text, "until": until, "verdict": verdict,
             "station": request.args.get("station") or None, "path": path_arg(),
-            "reviewed": reviewed, "reviewed_text": request.args.get("reviewed", "")}
+            "reviewed": reviewed, "reviewed_text": request.args.get("reviewed", ""), "serial": exact_arg("serial"),
+            "lot": exact_arg("lot")}
 
 
 @blueprint.route("/verdicts")
@@ -102,7 +111,7 @@ def verdicts():
     except ValueError:
         page = 1
     query = dict(since=f["since"], until=f["until"], verdict=f["verdict"], path_glob=f["path"], station=f["station"],
-                 reviewed=f["reviewed"])
+                 reviewed=f["reviewed"], serial=f["serial"], lot=f["lot"])
     store = ext()["store"]
     total = store.count_verdicts(**query)
     pages = max(1, math.ceil(total / PAGE_ROWS))
@@ -111,7 +120,8 @@ def verdicts():
     states = store.review_states({r["sha256"] for r in rows})
     args = {k: request.args[k] for k in FILTERS if request.args.get(k)}
     return render_template("verdicts.html", user=g.user, f=f, rows=rows, states=states, total=total, page=page,
-                           pages=pages, args=args, stations=store.station_names(), page_rows=PAGE_ROWS)
+                           pages=pages, args=args, stations=store.station_names(), page_rows=PAGE_ROWS,
+                           with_serials=any(r["serial"] or r["lot"] for r in rows))
 
 
 @blueprint.route("/verdict/<int:image_id>")

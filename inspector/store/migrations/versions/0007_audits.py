@@ -1,19 +1,19 @@
-"""Schema 8: audit requests, normal verdicts picked at random for an operator's review.
+"""Schema 7: audit requests, normal verdicts picked at random for an operator's review.
 
 `inspector review sample --normal N` writes one row per content it picks (unique: a content is audited once);
 the review queue shows those normal verdicts beside the flagged ones until they have a standing review, and their
 reviews estimate how many defects the model passes as normal (the miss rate, with its Wilson interval).
 A new table only: nothing already stored changes.
 
-Revision ID: 0008
-Revises: 0005 (0006 and 0007 are other changes of issue 27: on merge this revises the last of them)
+Revision ID: 0007
+Revises: 0006 (serial and lot)
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
