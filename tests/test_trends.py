@@ -320,7 +320,7 @@ def test_trends_and_audits_on_sqlite_and_postgresql_and_schema_5_upgrades_to_7(d
         assert alembic_revision(conn) == "0005" and "audits" not in sa.inspect(conn).get_table_names()
     engine.dispose()
     with open_store(database_url) as store:
-        assert store.schema_action == "migrated" and store.schema_version() == SCHEMA_VERSION == 8
+        assert store.schema_action == "migrated" and store.schema_version() == SCHEMA_VERSION == 7
         drawn = sample_normals(store, 2, seed=3, requested_by="qa", **MARCH)
         assert drawn.requested == 2 and drawn.candidates == 9
         record_review(store, drawn.picks[0]["sha256"], "abnormal", ["line"], "ann")
