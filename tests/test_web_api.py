@@ -123,7 +123,8 @@ def api(tmp_path_factory):
     with open_store(st.cfg.database.url, station="line2") as store:
         # the newest file: a verdict of the normal model, with its peak and boxes
         store.record_verdict(VerdictRecord(FileVersion(str(st.root / "capture" / "boxed.tif"), 10, 1, 7), Verdict(
-            "ab" * 32, MODEL, 0.8, "abnormal", None, 0.5, "global", 0.1, 0.2, 30, 40, "[[10, 20, 50, 60]]")))
+            "ab" * 32, MODEL, 0.8, "abnormal", None, 0.5, "global", 0.1, 0.2, 30, 40, "[[10, 20, 50, 60]]"),
+            "SN0042", "L7"))  # its name's serial and lot, as station.serial_pattern gives them
         record_review(store, st.flagged[0]["sha256"], "abnormal", ["crack"], "ann", "first look")
         record_review(store, st.flagged[0]["sha256"], "normal", [], "ann", "second look")
         beat(store, "line1")
@@ -176,6 +177,10 @@ def test_filters_work_like_the_cli(api):
     assert ids(f"since={quote(since)}&until={quote(until)}") == all_ids[2:5]
     assert ids("since=2h&verdict=rescan") == [i for i in all_ids if by_id[i]["verdict"] == "rescan"] != []
     assert ids("until=2000-01-01") == []
+    assert ids("serial=SN0042") == [api.boxed] == ids("lot=L7") == ids("serial=SN0042&lot=L7")
+    assert ids("serial=SN0042&lot=L8") == [] and ids("serial=SN004") == []  # exact, not a prefix
+    assert by_id[api.boxed]["serial"] == "SN0042" and by_id[api.boxed]["lot"] == "L7"
+    assert all(by_id[i]["serial"] is None and by_id[i]["lot"] is None for i in all_ids if i != api.boxed)
 
 
 def test_one_verdict_with_its_reviews_and_boxes(api):

@@ -31,9 +31,9 @@ OPEN_ENDPOINTS = {"api.openapi"}  # the contract itself is no secret: tools read
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000  # a larger limit is taken as MAX_LIMIT: page on with offset
 MAX_TEXT = 512  # the longest filter value taken (a path pattern, a station name)
 TOKEN_SYNTAX = re.compile(r"[A-Za-z0-9._~+/-]{1,256}=*")  # RFC 6750's b64token, bounded
-# The query parameters of /verdicts. `serial` and `lot` (issue 27 item 4) join here once the images table has them:
-# a parser below and a filter in Queries._verdict_select, like `sha256`.
-VERDICT_PARAMS = ("since", "until", "station", "verdict", "sha256", "model", "path", "limit", "offset")
+# The query parameters of /verdicts.
+VERDICT_PARAMS = ("since", "until", "station", "verdict", "sha256", "model", "path", "serial", "lot", "limit",
+                  "offset")
 
 
 class AuthError(WebError):
@@ -157,7 +157,7 @@ def verdict_filters(args: dict[str, str]) -> dict:
         raise WebError(400, "until is not later than since: the window holds no time")
     return {"since": since, "until": until, "verdict": verdict, "station": args.get("station") or None,
             "sha256": hex_value(args, "sha256", "64"), "model": hex_value(args, "model", "1,64"),
-            "path_glob": args.get("path") or None}
+            "path_glob": args.get("path") or None, "serial": args.get("serial") or None, "lot": args.get("lot") or None}
 
 
 # ---- the endpoints -----------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from inspector.web import WebError, ext
 
 log = logging.getLogger("inspector.web")
 blueprint = Blueprint("pages", __name__)
-FILTERS = ("since", "until", "verdict", "station", "path", "reviewed", "serial", "lot")  # the search's query keys, kept by its pages
+# the search's query keys, kept by its pages
+FILTERS = ("since", "until", "verdict", "station", "path", "reviewed", "serial", "lot")
 MAX_PATTERN = 512
 PAGE_ROWS = 50
 # The export's HTML report is one self-contained file: inline CSS, data: images, no script at all.
