@@ -18,15 +18,25 @@ from inspector.base.configfile import load_config
 from inspector.base.errors import InspectorError
 
 DEBUG_VAR = "INSPECTOR_DEBUG"
+# The exit codes of every command (docs/CLI.md#exit-codes); `retrain` adds 3 and 4 (loop/retrain.py), and
+# `status --check` answers as a Nagios plugin does (0 ok, 1 warning, 2 critical).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 70, 130
 
 
 def debug_enabled() -> bool:
     return os.environ.get(DEBUG_VAR, "") not in ("", "0")
 
 
+class InternalError(click.ClickException):
+    """A bug, not the user's doing: exit 70 (EX_SOFTWARE)."""
+
+    exit_code = EXIT_INTERNAL
+
+
 class InspectorGroup(click.Group):
-    """Every command's domain error (InspectorError) becomes click's `Error: ...`, exit 1, in one place:
-    for the console entry point and for click's own runner alike (the traceback with INSPECTOR_DEBUG=1)."""
+    """The exit-code table in one place, for the console entry point and click's own runner alike: a domain
+    error (InspectorError) becomes `Error: ...`, exit 1; click's usage errors (unknown option, bad value) exit 2;
+    anything else is a bug: `Error: unexpected ...`, exit 70. The traceback only with INSPECTOR_DEBUG=1."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -35,6 +45,13 @@ class InspectorGroup(click.Group):
             if debug_enabled():
                 traceback.print_exc()
             raise click.ClickException(str(exc)) from exc
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # a bug: say so briefly, full trace only on request
+            if debug_enabled():
+                traceback.print_exc()
+            raise InternalError(f"unexpected {type(exc).__name__}: {exc} "
+                                f"(run with {DEBUG_VAR}=1 for the traceback)") from exc
 
 
 @click.group(cls=InspectorGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -46,7 +63,16 @@ class InspectorGroup(click.Group):
 def cli(ctx: click.Context, config_path: str | None) -> None:
     """Quality control of X-ray images of fuel-cell electrodes.
 
-    Set INSPECTOR_DEBUG=1 to see a traceback on errors.
+    \b
+    Exit codes (docs/CLI.md#exit-codes):
+      0   ok
+      1   the command failed on its input or the station's state (`Error: ...`)
+      2   usage error: unknown option, bad option value, missing argument
+      3   retrain: the candidate was not promoted (or another retrain runs)
+      4   retrain: the run failed; the model in service is untouched
+      70  unexpected internal error (a bug): run with INSPECTOR_DEBUG=1 for the traceback
+      130 interrupted (Ctrl-C)
+    `status --check` answers as a monitoring plugin: 0 ok, 1 warning, 2 critical.
     """
     ctx.ensure_object(dict)
     ctx.obj["config_path"] = config_path
@@ -68,13 +94,13 @@ def with_config(func: Callable) -> Callable:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: `Error: ...` and exit 1 for domain errors (InspectorGroup), no traceback."""
+    """Console entry point: the exit codes of InspectorGroup, no traceback (unless INSPECTOR_DEBUG=1)."""
     try:
         # standalone_mode=False returns ctx.exit(N) codes instead of exiting: pass them on
         rc = cli.main(args=argv, prog_name="inspector", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -82,13 +108,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
-        sys.exit(130)
-    except Exception as exc:  # a bug: say so briefly, full trace only on request
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # a bug outside a command (InspectorGroup handles those inside one)
         if debug_enabled():
-            raise
-        click.echo(f"Error: unexpected {type(exc).__name__}: {exc} (set {DEBUG_VAR}=1 for a traceback)", err=True)
-        sys.exit(2)
-    sys.exit(rc if isinstance(rc, int) else 0)
+            traceback.print_exc()
+        click.echo(f"Error: unexpected {type(exc).__name__}: {exc} (run with {DEBUG_VAR}=1 for the traceback)",
+                   err=True)
+        sys.exit(EXIT_INTERNAL)
+    sys.exit(rc if isinstance(rc, int) else EXIT_OK)
 
 
 def _register() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from inspector.cli import cli
+from inspector.cli.output import JSON, echo_json, format_option
 from inspector.base.config import Config
 from inspector.base.configfile import (SYSTEM_CONFIG, ConfigProblems, ConfigSource, check_config_file, find_config,
                                   load_config, read_toml)
@@ -59,8 +60,7 @@ def config_check(ctx: click.Context, file: str | None, config_path: str | None) 
 
 
 @config_group.command("show")
-@click.option("--format", "fmt", type=click.Choice(["toml", "json"]), default="toml", show_default=True,
-              help="toml: a config file with a comment on each line saying where its value came from; json: for scripts.")
+@format_option(text_help="(a config file, TOML, each line's comment saying where its value came from)")
 @CONFIG_OPTION
 @click.pass_context
 def config_show(ctx: click.Context, fmt: str, config_path: str | None) -> None:
@@ -74,10 +74,10 @@ def config_show(ctx: click.Context, fmt: str, config_path: str | None) -> None:
     data = read_toml(source.path) if source.path else {}
     rows = effective_values(cfg, data)
     file = str(source.path) if source.path else None
-    if fmt == "json":
+    if fmt == JSON:
         keys = [{"key": key, "value": _jsonable(value), "from": "file" if set_in_file else "default",
                  **({"file": file} if set_in_file else {})} for key, value, set_in_file in rows]
-        click.echo(json.dumps({"file": file, "found_by": source.found_by, "keys": keys}, indent=2))
+        echo_json({"file": file, "found_by": source.found_by, "keys": keys})
         return
     click.echo(f"# the values in effect; the file: {file or 'none'} (found by {source.found_by})")
     click.echo(f"# lookup: {LOOKUP}")

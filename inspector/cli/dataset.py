@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from inspector.cli import cli, with_config
+from inspector.cli.output import JSON, echo_json, format_option
 from inspector.base.config import Config
 
 
@@ -55,18 +55,22 @@ def dataset_group() -> None:
 
 @dataset_group.command("check")
 @click.argument("root", metavar="DIR", type=click.Path(file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@format_option(legacy_json="flag")
 @with_config
-def check_command(cfg: Config, root: str, as_json: bool) -> None:
+def check_command(cfg: Config, root: str, fmt: str) -> None:
     """Check a dataset without training: labels, unreadable images, duplicates, bundle balance.
 
-    Exit status 0 when it is ready for training, 1 when problems are listed. Anomaly types
+    Exit status 0 when it is ready for training, 1 when problems are listed (with --format json the
+    report is one JSON object on standard output, the error line on standard error). Anomaly types
     outside the paper's eleven are a note (with how many samples carry each), not a problem.
     """
     from inspector.data.datasetcheck import check_dataset
 
     report = check_dataset(root, max_height=cfg.imaging.max_height, max_width=cfg.imaging.max_width)
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format_text())
+    if fmt == JSON:
+        echo_json(report.to_dict())
+    else:
+        click.echo(report.format_text())
     if not report.ok:
         n = len(report.problems) + len(report.duplicates)
         raise click.ClickException(f"dataset {root} has {n} problem(s), listed above; fix them before training")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from inspector.cli import cli, with_config
+from inspector.cli.output import JSON, echo_json, format_option
 from inspector.base.config import METHODS, WINDOWED_METHODS, Config, parse_input_size
 from inspector.base.paths import display_path
 
@@ -29,16 +30,17 @@ def format_prediction(pred) -> str:
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=True))
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
               help="Model artifact (default: model.path in config.toml).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON list, an object per image.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: model.device in config.toml).")
+@format_option(legacy_json="flag")
 @with_config
-def score_command(images: tuple[str, ...], model_path: str | None, as_json: bool, device: str | None,
+def score_command(images: tuple[str, ...], model_path: str | None, fmt: str, device: str | None,
                   cfg: Config) -> None:
     """Score 16-bit IMAGES with the detector: verdict, P(abnormal) and seconds per image.
 
     An image that cannot be read is reported as rejected and the others are still scored;
-    the exit code is then 1.
+    the exit code is then 1. --format json prints one list, an object per image (rejected ones too).
     """
+    as_json = fmt == JSON
     from inspector.learn.bulk import score_items
     from inspector.imaging.read import read_image
     from inspector.learn.infer import Detector
@@ -68,7 +70,7 @@ def score_command(images: tuple[str, ...], model_path: str | None, as_json: bool
         if not as_json:
             click.echo(format_prediction(pred))
     if as_json:
-        click.echo(json.dumps(records, indent=2))
+        echo_json(records)
     if failed:
         raise click.exceptions.Exit(1)
 
@@ -120,18 +122,21 @@ def describe_metrics(metrics: dict) -> str:
 
 @model_group.command("info")
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the metadata as one JSON object.")
+@format_option(legacy_json="flag")
 @with_config
-def info_command(model_path: str, as_json: bool, cfg: Config) -> None:
-    """Show what MODEL was trained with: conversion, window, input size, threshold, metrics, provenance."""
+def info_command(model_path: str, fmt: str, cfg: Config) -> None:
+    """Show what MODEL was trained with: conversion, window, input size, threshold, metrics, provenance.
+
+    --format json prints the metadata as one JSON object, with the model's path and sha256.
+    """
     from inspector.imaging.modelmeta import read_meta
 
     meta = read_meta(model_path)
     sha = file_sha256(Path(model_path))
-    if as_json:
+    if fmt == JSON:
         data = json.loads(meta.to_json())
         data.update(path=model_path, sha256=sha)
-        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        echo_json(dict(sorted(data.items())))
         return
     h, w = meta.input_size
     conversion = meta.conversion

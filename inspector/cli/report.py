@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from inspector.cli import cli, with_config
+from inspector.cli.output import TEXT, echo_json, format_option
+from inspector.cli.records import retrain_record
 from inspector.cli.station import STATION, TIME
 from inspector.base.times import TIME_FORMS
 from inspector.base.config import Config
@@ -14,7 +16,8 @@ from inspector.base.config import Config
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "html"]), required=True,
               help="csv/json: one row per image outcome (verdicts and rejections) with its review status; "
                    "html: one self-contained report file for a browser.")
-@click.option("--out", type=click.Path(dir_okay=False), required=True, help="File to write (replaced atomically).")
+@click.option("-o", "--output", "--out", "out", type=click.Path(dir_okay=False), required=True, metavar="FILE",
+              help="File to write (replaced atomically).")
 @click.option("--since", type=TIME, default=None, help=f"Only images first seen from this time on: {TIME_FORMS}.")
 @click.option("--until", type=TIME, default=None, help="Only images first seen before this time (same forms).")
 @STATION
@@ -40,9 +43,10 @@ def export_command(cfg: Config, fmt: str, out: str, since, until, station: str |
                                               "never replace the model or signal the daemon.")
 @click.option("--epochs", type=click.IntRange(1), default=None,
               help="Epochs for both sides [default: the current model's, else train.epochs].")
+@format_option()
 @with_config
 @click.pass_context
-def retrain_command(ctx: click.Context, cfg: Config, dry_run: bool, epochs: int | None) -> None:
+def retrain_command(ctx: click.Context, cfg: Config, dry_run: bool, epochs: int | None, fmt: str) -> None:
     """Nightly retraining: promote a model trained on the reviewed images only if it is not worse.
 
     Builds a dataset from retrain.base_dataset plus every reviewed image, runs the same
@@ -55,20 +59,28 @@ def retrain_command(ctx: click.Context, cfg: Config, dry_run: bool, epochs: int 
     the database.
 
     \b
-    Exit codes:
+    With --format json the progress goes to standard error and standard output
+    holds one JSON object: the decision, its exit code, the reasons and both scores.
+
+    \b
+    Exit codes (the table of every command: docs/CLI.md#exit-codes):
       0  promoted (or, with --dry-run, would be promoted)
-      1  configuration or usage error
+      1  configuration error (e.g. retrain.base_dataset empty)
+      2  usage error (a bad option value)
       3  not promoted: the candidate is worse, or another retrain is running on a
          host sharing this database (once per plant); the reasons are printed
       4  failed: the model file and the daemon are left untouched
     """
     from inspector.loop.retrain import retrain
 
-    result = retrain(cfg, dry_run=dry_run, epochs=epochs, say=click.echo)
+    say = click.echo if fmt == TEXT else (lambda line: click.echo(line, err=True))
+    result = retrain(cfg, dry_run=dry_run, epochs=epochs, say=say)
     if result.decision == "failed":
         for reason in result.reasons:
             click.echo(f"Error: retrain failed: {reason}", err=True)
         click.echo(f"{cfg.model.path} and the daemon were left untouched", err=True)
-    else:
+    elif fmt == TEXT:
         click.echo(f"decision: {result.decision}")
+    if fmt != TEXT:
+        echo_json(retrain_record(result))
     ctx.exit(result.exit_code)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from inspector.cli import cli, with_config
+from inspector.cli.output import CSV, JSON, echo_json, format_option
 from inspector.cli.station import SINCE, STATION, UNTIL, open_reader, render_csv, render_table
 from inspector.base.times import format_local
 from inspector.loop.record import review_record
@@ -30,10 +29,10 @@ PENDING_FIELDS = ["time", "verdict", "p_abnormal", "reason", "path", "sha256", "
 @click.option("--method", type=click.Choice(["auto", "normal", "gradcam"]), default="auto", show_default=True,
               help="normal: where the scan differs from the normal electrodes the model learned (its normal model); "
                    "gradcam: where the head's evidence came from; auto: normal where the model has a normal model.")
-@click.option("--json", "as_json", is_flag=True, help="Print the verdict, peak and boxes as JSON.")
+@format_option(legacy_json="flag")
 @with_config
 def explain(cfg: Config, image: str, model_path: str | None, out_png: str, device: str | None, method: str,
-            as_json: bool) -> None:
+            fmt: str) -> None:
     """Show where a scan is not normal, laid over IMAGE: the model's normal map (red: far from every normal
     electrode at that place; white boxes: regions above the threshold fitted on normal electrodes), or
     Grad-CAM of the head (--method gradcam, and models trained before the normal model).
@@ -53,10 +52,10 @@ def explain(cfg: Config, image: str, model_path: str | None, out_png: str, devic
     exp = explain_image(det, img16, method)
     where = exp.regions
     out = save_overlay(exp.img8, exp.cam, out_png, where.boxes if where is not None else ())
-    if as_json:
-        click.echo(json.dumps({"path": display_path(image), "verdict": exp.verdict, "p_abnormal": exp.p_abnormal,
-                               "reason": exp.reason, "method": exp.method, "heatmap": str(out),
-                               **(where.to_json() if where is not None else {"peak": None, "boxes": None})}))
+    if fmt == JSON:
+        echo_json({"path": display_path(image), "verdict": exp.verdict, "p_abnormal": exp.p_abnormal,
+                   "reason": exp.reason, "method": exp.method, "heatmap": str(out),
+                   **(where.to_json() if where is not None else {"peak": None, "boxes": None})})
         return
     if exp.verdict == "rescan":
         click.echo(f"{display_path(image)}: rescan ({exp.reason}); P(abnormal)={exp.p_abnormal:.4f} for reference only")
@@ -154,7 +153,7 @@ def pending_record(row: dict) -> dict:
 def emit(records: list[dict], fields: list[str], fmt: str, headers: list[str], cells: list[list[str]],
          empty: str) -> None:
     if fmt == "json":
-        click.echo(json.dumps(records, indent=2, ensure_ascii=False))
+        echo_json(records)
     elif fmt == "csv":
         click.echo(render_csv(records, fields), nl=False)
     else:
@@ -168,8 +167,7 @@ def emit(records: list[dict], fields: list[str], fmt: str, headers: list[str], c
               help="Only this image (a sha256, a unique prefix of 8+ digits, or a path).")
 @click.option("--station", default=None, metavar="NAME",
               help="Only images this station recorded (reviews entered anywhere).")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
-              help="table for people; csv or json (all fields, UTC times) for scripts.")
+@format_option(CSV, text_help="(a table) for people")
 @with_config
 def reviews(cfg: Config, pending: bool, ref: str | None, station: str | None, fmt: str) -> None:
     """List the review history, latest first (superseded reviews marked), or with --pending the work left."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import sys
 from datetime import datetime
 
 import click
 
 from inspector.cli import cli, with_config
+from inspector.cli.output import CSV, TEXT, echo_json, format_option
+from inspector.cli.records import rescore_record
 from inspector.base.config import Config
 from inspector.base.paths import display_path
 from inspector.loop.report import iso_time
@@ -85,7 +86,7 @@ def emit_rows(records: list[dict], fields: list[str], fmt: str, headers: list[st
               shown_of: tuple[int, int] | None, empty: str) -> None:
     """Print records as json/csv, or as a table with a "N of M shown" footer when cut."""
     if fmt == "json":
-        click.echo(json.dumps(records, indent=2, ensure_ascii=False))
+        echo_json(records)
     elif fmt == "csv":
         click.echo(render_csv(records, fields), nl=False)
     elif not records:
@@ -96,14 +97,13 @@ def emit_rows(records: list[dict], fields: list[str], fmt: str, headers: list[st
             click.echo(f"{shown_of[0]} of {shown_of[1]} shown; --limit to see more")
 
 
-FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-                      show_default=True, help="table for people; csv or json (all fields, UTC times) for scripts.")
+FORMAT = format_option(CSV, text_help="(a table) for people")
 SINCE = click.option("--since", type=TIME, default=None, help=f"Only from this time on: {TIME_FORMS}.")
 UNTIL = click.option("--until", type=TIME, default=None, help="Only before this time (same forms as --since).")
 STATION = click.option("--station", default=None, metavar="NAME",
                         help="Only what this station recorded (its station.name; `inspector status` lists them).")
 LIMIT = click.option("--limit", type=click.IntRange(min=1), default=None,
-                     help=f"Most rows to show (table default {DEFAULT_TABLE_LIMIT}; csv/json default all).")
+                     help=f"Most rows to show (text default {DEFAULT_TABLE_LIMIT}; csv/json default all).")
 
 
 @cli.command()
@@ -131,13 +131,13 @@ def verdicts(cfg: Config, since, until, verdict, path_glob, model, serial, lot, 
     (bytes.fromhex) so names that are not UTF-8 can be recovered; path shows them as \\xNN. SERIAL and LOT
     are what station.serial_pattern read from the file's name at capture (null where it did not match).
     """
-    if fmt == "table" and limit is None:
+    if fmt == TEXT and limit is None:
         limit = DEFAULT_TABLE_LIMIT
     query = dict(since=since, until=until, verdict=verdict, path_glob=path_glob, model=model, station=station,
                  serial=serial, lot=lot)
     with open_reader(cfg) as store:
         rows = store.query_verdicts(**query, limit=limit)
-        total = store.count_verdicts(**query) if fmt == "table" and len(rows) == limit else len(rows)
+        total = store.count_verdicts(**query) if fmt == TEXT and len(rows) == limit else len(rows)
     cells = [[format_local(r["time"]), r["verdict"] or "-",
               "-" if r["p_abnormal"] is None else f"{r['p_abnormal']:.3f}", display_path(r["path"]),
               (r["model_sha256"] or "-")[:12], "dup" if r["duplicate"] else ""] for r in rows]
@@ -165,7 +165,7 @@ def verdicts(cfg: Config, since, until, verdict, path_glob, model, serial, lot, 
 @with_config
 def rejections(cfg: Config, since, until, station, limit, fmt) -> None:
     """List files that got no verdict (quarantined) and why, newest first."""
-    if fmt == "table" and limit is None:
+    if fmt == TEXT and limit is None:
         limit = DEFAULT_TABLE_LIMIT
     with open_reader(cfg) as store:
         rows = store.query_rejections(since=since, until=until, limit=limit, station=station)
@@ -194,8 +194,7 @@ def audit_record(audit) -> dict:
 
 @cli.command()
 @STATION
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
-              help="table for people, json for scripts.")
+@format_option()
 @click.option("--check", is_flag=True, help="For cron, systemd timers and Nagios: one line, exit 0 ok, 1 warning, "
               "2 critical, from the alert rules' conditions (thresholds: [alerts] in config.toml).")
 @with_config
@@ -234,7 +233,7 @@ def status(cfg: Config, station: str | None, fmt: str, check: bool) -> None:
                    if plant_model else None)
         if model:
             out["model"] = dict(model, first_used=iso_time(model["first_used"]), promoted_at=iso_time(model.get("promoted_at")))
-        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+        echo_json(out)
         return
     click.echo(f"database       {view.database}" + (f"  (station {station} only)" if station else ""))
     for problem in degraded:
@@ -293,8 +292,9 @@ def run_check(cfg: Config, station: str | None) -> None:
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
               help="The model to score with (default: model.path in config.toml).")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: model.device in config.toml).")
+@format_option()
 @with_config
-def rescore(cfg: Config, since, until, model_path: str | None, device: str | None) -> None:
+def rescore(cfg: Config, since, until, model_path: str | None, device: str | None, fmt: str) -> None:
     """Score recorded images again with another model, beside their capture verdicts.
 
     Every image recorded (first seen from --since, before --until) that has no verdict of the
@@ -318,5 +318,7 @@ def rescore(cfg: Config, since, until, model_path: str | None, device: str | Non
         summary = run_rescore(store, detector, since, until, cfg.imaging.max_height, cfg.imaging.max_width,
                               worker_count(cfg.infer.workers),
                               lambda n: tqdm(total=n, desc="rescoring", unit="img", disable=not sys.stderr.isatty()))
-    for line in summary.lines():
-        click.echo(line)
+    if fmt == TEXT:
+        click.echo("\n".join(summary.lines()))
+    else:
+        echo_json(rescore_record(summary))

@@ -9,6 +9,7 @@ import click
 
 from inspector.cli import cli, with_config
 from inspector.cli.detector import describe_score
+from inspector.cli.output import JSON, OUTPUT, emit, format_option, to_json
 from inspector.base.config import HEADS, METHODS, OPTIMIZERS, POOLINGS, STAGES, Config, network_order, parse_input_size
 from inspector.base.errors import InspectorError
 
@@ -16,13 +17,16 @@ PAPER_METHODS = "naive,global,local,mix"
 
 
 def apply_overrides(cfg: Config, **given) -> Config:
-    """Command-line values over config.toml; None means 'not given'."""
+    """Command-line values over config.toml; None means 'not given'. A bad value is a usage error (exit 2)."""
     train_keys = {"epochs", "class_weights", "seed", "target_recall", "optimizer", "min_steps"}
     model_keys = {"input_size", "weights", "features", "pooling", "head"}
     train = {k: v for k, v in given.items() if k in train_keys and v is not None}
     model = {k: v for k, v in given.items() if k in model_keys and v is not None}
     if "input_size" in model:
-        model["input_size"] = parse_input_size(model["input_size"])
+        try:
+            model["input_size"] = parse_input_size(model["input_size"])
+        except InspectorError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--input-size'") from None
     for key, allowed in (("features", STAGES), ("pooling", POOLINGS)):
         if key in model:
             model[key] = network_order(key, parse_list(model[key], f"--{key}", allowed))
@@ -35,8 +39,8 @@ def parse_list(text: str, option: str, allowed: tuple[str, ...], what: str = "al
     values = [v.strip() for v in text.split(",") if v.strip()]
     bad = [v for v in values if v not in allowed]
     if bad or not values:
-        raise InspectorError(f"{option} {text!r}: {', '.join(bad) or 'nothing given'} is not {what}; "
-                             f"give a comma-separated list of {', '.join(allowed)}")
+        raise click.BadParameter(f"{text!r}: {', '.join(bad) or 'nothing given'} is not {what}; "
+                                 f"give a comma-separated list of {', '.join(allowed)}", param_hint=f"'{option}'")
     return tuple(dict.fromkeys(values))
 
 
@@ -147,17 +151,19 @@ def train_command(cfg: Config, dataset: str, out: str | None, method: str | None
 @click.option("--methods", default=PAPER_METHODS, show_default=True,
               help=f"Comma-separated conversion methods among {', '.join(METHODS)}.")
 @common_options
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, metavar="OUT",
-              help="Also write all results (per-fold counts, out-of-fold probabilities) to OUT.")
 @click.option("--no-cache", is_flag=True,
               help="Reference loop: the full forward pass every epoch instead of cached backbone features.")
+@format_option(legacy_json="file")
+@OUTPUT
 @with_config
-def cv_command(cfg: Config, dataset: str, methods: str, json_out: str | None, no_cache: bool, **given) -> None:
+def cv_command(cfg: Config, dataset: str, methods: str, fmt: str, output: str | None, json_out: str | None,
+               no_cache: bool, **given) -> None:
     """Leave-one-bundle-out cross-validation; prints the paper's Table 1 and pooled metrics.
 
     Every bundle is held out once per method; pooled balanced accuracy sums the folds'
     TP/FP/TN/FN as the paper does. Results are kept under state.dir/cv/ and compared with
-    the latest earlier run on the same dataset.
+    the latest earlier run on the same dataset. --format json prints all results (per-fold counts,
+    out-of-fold probabilities) as one JSON object; --output FILE writes either to FILE.
     """
     from inspector.learn.crossval import (cross_validate, format_comparison, format_table, result_to_json, save_roc_png,
                                     save_run, write_json)
@@ -170,35 +176,37 @@ def cv_command(cfg: Config, dataset: str, methods: str, json_out: str | None, no
     res = cross_validate(ds, chosen, cfg, device, not no_cache, warn=warn)
     data = result_to_json(res)
     kept, previous = save_run(data, cfg.state.dir)
-    if json_out:
+    if json_out:  # the deprecated --json OUT: the results to OUT beside the text, as before
         write_json(Path(json_out), data)
     png = save_roc_png(kept.with_suffix(".png"), ds.y, {m: r.oof for m, r in res.methods.items()},
                        f"ROC, leave-one-bundle-out, {ds.root.name}")
-    click.echo(format_table(data))
-    click.echo("")
-    click.echo(f"{len(ds)} images, {len(ds.bundles)} bundles, device {device}, "
-               f"{'cache' if data['config']['cache'] else 'no cache'}: {res.passes} backbone passes, "
-               f"{res.hits} cached features reused, {res.seconds:.1f} s")
-    click.echo(f"kept: {kept}")
-    if png:
-        click.echo(f"ROC curve: {png}")
-    if json_out:
-        click.echo(f"wrote {json_out}")
+    notes = [f"kept: {kept}", *([f"ROC curve: {png}"] if png else []), *([f"wrote {json_out}"] if json_out else [])]
+    if fmt == JSON:
+        click.echo("\n".join(notes), err=True)
+        emit(to_json(data), output)
+        return
+    lines = [format_table(data), "",
+             f"{len(ds)} images, {len(ds.bundles)} bundles, device {device}, "
+             f"{'cache' if data['config']['cache'] else 'no cache'}: {res.passes} backbone passes, "
+             f"{res.hits} cached features reused, {res.seconds:.1f} s", *notes]
     if previous:
-        click.echo(format_comparison(data, previous))
+        lines.append(format_comparison(data, previous))
+    emit("\n".join(lines), output)
 
 
 @cli.command("evaluate")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("dataset", type=click.Path(file_okay=False))
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, metavar="OUT",
-              help="Also write the results, with every image's probability, to OUT.")
+@format_option(legacy_json="file")
+@OUTPUT
 @with_config
-def evaluate_command(cfg: Config, model: str, dataset: str, json_out: str | None) -> None:
+def evaluate_command(cfg: Config, model: str, dataset: str, fmt: str, output: str | None,
+                     json_out: str | None) -> None:
     """Score a labeled DATASET with MODEL as it is (its window, its threshold).
 
     Prints confusion counts, balanced accuracy, precision, recall, F1 and ROC AUC per bundle
-    and pooled, and the images it got wrong with their probabilities.
+    and pooled, and the images it got wrong with their probabilities; --format json prints the
+    results, with every image's probability, as one JSON object; --output FILE writes either to FILE.
     """
     from inspector.learn.crossval import write_json
     from inspector.data.dataset import load_dataset
@@ -208,8 +216,9 @@ def evaluate_command(cfg: Config, model: str, dataset: str, json_out: str | None
     set_threads(cfg.train.threads)
     ds = load_dataset(dataset)
     data = evaluate_model(Path(model), ds, cfg)
-    if json_out:
+    if json_out:  # the deprecated --json OUT: the results to OUT beside the text, as before
         write_json(Path(json_out), data)
-    click.echo(format_evaluation(data))
-    if json_out:
-        click.echo(f"wrote {json_out}")
+    if fmt == JSON:
+        emit(to_json(data), output)
+    else:
+        emit(format_evaluation(data) + (f"\nwrote {json_out}" if json_out else ""), output)

@@ -8,6 +8,8 @@ import sys
 import click
 
 from inspector.cli import cli, with_config
+from inspector.cli.output import TEXT, echo_json, format_option
+from inspector.cli.records import user_record
 from inspector.base.config import Config
 from inspector.base.errors import InspectorError
 
@@ -131,12 +133,16 @@ def user_remove(cfg: Config, name: str) -> None:
 
 
 @user.command("list")
+@format_option()
 @with_config
-def user_list(cfg: Config) -> None:
-    """The users, their roles and when each was last changed."""
+def user_list(cfg: Config, fmt: str) -> None:
+    """The users, their roles and when each was last changed (never a password hash)."""
     from inspector.cli.station import render_table
 
     users = users_file(cfg).load()
+    if fmt != TEXT:
+        echo_json([user_record(u) for u in sorted(users.values(), key=lambda u: u.name)])
+        return
     if not users:
         click.echo(f"no users in {cfg.users_path} yet: `inspector user add NAME --role reviewer`")
         return
