@@ -69,7 +69,7 @@ def test_score_tiff_dicom_and_a_broken_file(models, tmp_path):
 def test_score_json_and_trained_model_has_no_warning(models, tmp_path):
     tif = write_tiff16(tmp_path / "a.tif", sample_image16(200, 100, seed=3))
     empty = make_bad_file(tmp_path / "empty.tif", "empty")
-    result = run("score", tif, empty, "--model", models["trained"], "--json", "--device", "cpu")
+    result = run("score", tif, empty, "--model", models["trained"], "--format", "json", "--device", "cpu")
     assert result.exit_code == 1 and result.stderr == ""
     ok, rejected = json.loads(result.stdout)
     assert ok["path"] == str(tif) and ok["verdict"] in ("normal", "abnormal") and ok["threshold"] == 0.42
@@ -127,7 +127,7 @@ def test_model_init_then_info(tmp_path):
     assert rows["threshold"] == "0.5 (default 0.5)" and rows["quality gate"] == "off"
     assert rows["trained"].startswith("NO: untrained")
 
-    as_json = json.loads(run("model", "info", "m.safetensors", "--json").stdout)
+    as_json = json.loads(run("model", "info", "m.safetensors", "--format", "json").stdout)
     assert as_json["sha256"] == sha and as_json["window"] == [1500, 3000] and as_json["trained"] is False
 
 

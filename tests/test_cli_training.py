@@ -102,7 +102,7 @@ def test_cv_prints_table_and_json_counts_add_up(dataset_root, config, tmp_path):
 
 def test_cv_marks_a_bundle_without_abnormal(dataset_root, config, tmp_path):
     ds = relabel(dataset_root, tmp_path / "relabeled", "bundle02")
-    result = invoke("cv", ds, "--methods", "local", *TINY, "--json", "cv.json", "--config", config)
+    result = invoke("cv", ds, "--methods", "local", *TINY, "--json", "cv.json", "--config", config)  # the old spelling
     assert result.exit_code == 0, result.output
     row = next(line for line in result.output.splitlines() if line.startswith("bundle02"))
     assert row.endswith("*")
@@ -154,10 +154,10 @@ def test_train_then_score_and_evaluate(dataset_root, config, tmp_path):
     assert "for the class prior alone" in result.output
     assert "threshold: 0.5 (default 0.5)" in result.output
     assert "wrote m.safetensors (sha256 " in result.output
-    info = json.loads(invoke("model", "info", "m.safetensors", "--json", "--config", config).output)
+    info = json.loads(invoke("model", "info", "m.safetensors", "--format", "json", "--config", config).output)
     assert info["trained"] is True and info["method"] == "global" and info["metrics"]["class_weights"] == "balanced"
     image = dataset_root / "bundle01" / "bundle01_0000.tif"
-    scored = invoke("score", image, "--model", "m.safetensors", "--json", "--config", config)
+    scored = invoke("score", image, "--model", "m.safetensors", "--format", "json", "--config", config)
     assert scored.exit_code == 0, scored.output
     assert "p_abnormal" in scored.output
     result = invoke("evaluate", "m.safetensors", dataset_root, "--json", "ev.json", "--config", config)
@@ -182,7 +182,7 @@ def test_train_with_target_recall_records_its_source(dataset_root, config):
                     "--target-recall", "0.9", "--config", config)
     assert result.exit_code == 0, result.output
     assert "(out-of-fold recall >= 0.9 (leave-one-bundle-out over 3 bundles; achieved recall " in result.output
-    info = json.loads(invoke("model", "info", "m.safetensors", "--json", "--config", config).output)
+    info = json.loads(invoke("model", "info", "m.safetensors", "--format", "json", "--config", config).output)
     assert info["threshold_source"].startswith("out-of-fold recall >= 0.9")
     assert info["metrics"]["out_of_fold"]["counts"]["recall"] >= 0.9
 
@@ -206,8 +206,11 @@ def test_feature_options_are_checked_and_recorded(dataset_root, config):
     assert bad.output.endswith("Error: Invalid value for '--features': 'layer2,layer9': layer9 is not allowed; give a "
                                "comma-separated list of layer1, layer2, layer3, layer4\n")
     result = invoke("cv", dataset_root, "--methods", "local", *TINY, "--features", "layer3,layer1",
-                    "--pooling", "max,mean", "--json", "cv.json", "--config", config)
+                    "--pooling", "max,mean", "--format", "json", "--output", "cv.json", "--config", config)
     assert result.exit_code == 0, result.output
     data = json.loads(Path("cv.json").read_text())
     assert data["config"]["features"] == ["layer1", "layer3"] and data["config"]["pooling"] == ["mean", "max"]
-    assert "features layer1+layer3 pooled by mean+max, head linear" in result.output
+    assert result.stdout == "" and result.stderr.endswith("wrote cv.json\n")  # the JSON went to the file
+    from inspector.learn.crossval import format_table
+
+    assert "features layer1+layer3 pooled by mean+max, head linear" in format_table(data)

@@ -306,7 +306,7 @@ def test_cli_check_notes_new_anomaly_types_and_exits_0(tmp_path):
     assert result.exit_code == 0, result.output
     assert f"  {NEW_TYPES_NOTE}\n" in result.stdout and result.stderr == ""
     assert result.stdout.rstrip().endswith("OK: ready for training")
-    result = CliRunner().invoke(cli, ["dataset", "check", "--json", str(root)])
+    result = CliRunner().invoke(cli, ["dataset", "check", "--format", "json", str(root)])
     assert result.exit_code == 0, result.output
     d = json.loads(result.stdout)
     assert d["ok"] is True and d["notes"] == [NEW_TYPES_NOTE]
@@ -328,7 +328,7 @@ def test_cli_check_exit_codes(flawed_set, tmp_path):
     assert result.exit_code == 1
     assert "label 'maybe' is not normal or abnormal" in result.stdout
     assert result.stderr == f"Error: dataset {flawed_set} has 4 problem(s), listed above; fix them before training\n"
-    result = CliRunner().invoke(cli, ["dataset", "check", "--json", str(flawed_set)])
+    result = CliRunner().invoke(cli, ["dataset", "check", "--format", "json", str(flawed_set)])
     assert result.exit_code == 1
     assert json.loads(result.stdout)["duplicate_content"] == [["b1/ok1.tif", "b1/copy.tif"]]
     clean = make_set(tmp_path / "clean", ["a.tif,b1,normal", "b.tif,b2,abnormal"])
@@ -410,7 +410,7 @@ def test_stray_and_empty_masks_are_notes_not_problems(masked_set):
 
 
 def test_cli_check_json_keeps_mask_counts(masked_set):
-    result = CliRunner().invoke(cli, ["dataset", "check", "--json", str(masked_set)])
+    result = CliRunner().invoke(cli, ["dataset", "check", "--format", "json", str(masked_set)])
     assert result.exit_code == 1
     d = json.loads(result.stdout)
     assert d["masks"]["with_mask"] == 3 and d["masks"]["for_normal"] == ["masks/b1/normal.png"]

@@ -127,7 +127,7 @@ def test_the_daemon_records_the_p_that_score_reports(clear_set, trained, tmp_pat
         recorded = dict(con.execute("SELECT i.path, v.p_abnormal FROM images i JOIN verdicts v "
                                     "ON v.id = i.verdict_id").fetchall())
     files = sorted(str(p) for p in capture.glob("*.tif"))
-    score = subprocess.run([*exe, "score", "--json", *files], capture_output=True, text=True, timeout=300)
+    score = subprocess.run([*exe, "score", "--format", "json", *files], capture_output=True, text=True, timeout=300)
     assert score.returncode == 0, score.stderr
     scored = {os.path.basename(r["path"]): r["p_abnormal"] for r in json.loads(score.stdout)}
     assert len(recorded) == len(scored) == len(picked)

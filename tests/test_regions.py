@@ -187,12 +187,12 @@ def test_daemon_verdicts_carry_peak_and_boxes_in_verdicts_json(models, tmp_path,
     assert listed["plain.tif"]["boxes"] == []
     # the daemon's record is what `score --json` says of the same file with the same model
     scored = json.loads(run("score", tmp_path / "capture" / "disc.tif", "--model", tmp_path / "models" /
-                            "detector.safetensors", "--json", "--device", "cpu").stdout)
+                            "detector.safetensors", "--format", "json", "--device", "cpu").stdout)
     assert (scored[0]["peak"], scored[0]["boxes"]) == (disc["peak"], disc["boxes"])
     explained = run("explain", tmp_path / "capture" / "disc.tif", "--model", tmp_path / "models" /
-                    "detector.safetensors", "--out", tmp_path / "disc.png", "--json", "--config", config)
+                    "detector.safetensors", "--out", tmp_path / "disc.png", "--format", "json", "--config", config)
     assert explained.exit_code == 0, explained.output
-    shown = json.loads(explained.stdout.splitlines()[-1])
+    shown = json.loads(explained.stdout)
     assert shown["method"] == "normal" and (shown["peak"], shown["boxes"]) == (disc["peak"], disc["boxes"])
     assert cv2.imread(str(tmp_path / "disc.png")).shape[:2] == SHAPE
 
@@ -206,11 +206,11 @@ def test_verdicts_of_an_old_model_print_null_peak_and_boxes(models, tmp_path):
     (row,) = json.loads(run("verdicts", "--format", "json", "--config", config).output)
     assert row["peak"] is None and row["boxes"] is None
     (scored,) = json.loads(run("score", tmp_path / "capture" / "plain.tif", "--model", tmp_path / "models" /
-                               "detector.safetensors", "--json", "--device", "cpu").stdout)
+                               "detector.safetensors", "--format", "json", "--device", "cpu").stdout)
     assert scored["peak"] is None and scored["boxes"] is None
     explained = run("explain", tmp_path / "capture" / "plain.tif", "--model", tmp_path / "models" /
-                    "detector.safetensors", "--out", tmp_path / "plain.png", "--json", "--config", config)
-    shown = json.loads(explained.stdout.splitlines()[-1])
+                    "detector.safetensors", "--out", tmp_path / "plain.png", "--format", "json", "--config", config)
+    shown = json.loads(explained.stdout)
     assert shown["method"] == "gradcam" and shown["peak"] is None and shown["boxes"] is None
 
 

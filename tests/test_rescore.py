@@ -65,7 +65,7 @@ def test_rescore_adds_a_verdict_per_content_for_the_new_model_and_keeps_the_capt
     assert model_verdicts(db, sha_a) == capture_verdicts  # the capture verdicts stay as they were
 
     # the same numbers as scoring the files by hand with model B
-    score = inspector(config, "score", "--json", "--model", str(tmp_path / "models" / "b.safetensors"),
+    score = inspector(config, "score", "--format", "json", "--model", str(tmp_path / "models" / "b.safetensors"),
                       str(processed / "a.tif"), str(processed / "b.tif"))
     by_hand = sorted(round(r["p_abnormal"], 6) for r in json.loads(score.stdout))
     assert sorted(round(p, 6) for _, p in rescored.values()) == by_hand
