@@ -28,7 +28,7 @@ FORMATS = {
     "status": ["text", "json"], "score": ["text", "json"], "explain": ["text", "json"], "model info": ["text", "json"],
     "dataset check": ["text", "json"], "cv": ["text", "json"], "evaluate": ["text", "json"],
     "rescore": ["text", "json"], "retrain": ["text", "json"], "user list": ["text", "json"],
-    "config show": ["text", "json"], "export": ["csv", "json", "html"],
+    "config show": ["text", "json"], "export": ["csv", "json", "html"], "token list": ["text", "json"],
 }
 # per command: arguments that fail on the command's input or the station's state (exit 1), and a fragment of the error
 INPUT_ERRORS = {
@@ -37,6 +37,7 @@ INPUT_ERRORS = {
     "convert": (["convert", "junk.tif", "out.png"], "[not_an_image]"),
     "cv": (["cv", "nowhere"], "dataset folder nowhere does not exist"),
     "dataset check": (["dataset", "check", "nowhere"], "dataset folder nowhere does not exist"),
+    "db backfill-serials": (["db", "backfill-serials"], "is empty: set the pattern that reads serial numbers"),
     "db copy": (["db", "copy", "sqlite:///nothere.db", "sqlite:///t.db"], "source database nothere.db does not exist"),
     "db upgrade": (["db", "upgrade", "--config", "bad.toml"], "infer.batch_size in bad.toml: must be positive"),
     "evaluate": (["evaluate", "missing.safetensors", "nowhere"], "dataset folder nowhere does not exist"),
@@ -55,6 +56,9 @@ INPUT_ERRORS = {
     "serve": (["serve", "--port", "0"], "no database at"),
     "status": (["status", "--config", "bad.toml"], "infer.batch_size in bad.toml: must be positive"),
     "synth": (["synth", "full"], "full is not empty"),
+    "token add": (["token", "add", "bad!name"], "'bad!name' is not a token name"),
+    "token list": (["token", "list", "--config", "missing.toml"], "missing.toml does not exist"),
+    "token revoke": (["token", "revoke", "nobody"], "no token nobody"),
     "train": (["train", "nowhere"], "dataset folder nowhere does not exist"),
     "user add": (["user", "add", "bad name!", "--role", "viewer", "--no-password"], "is not a user name"),
     "user list": (["user", "list", "--config", "bad.toml"], "infer.batch_size in bad.toml: must be positive"),

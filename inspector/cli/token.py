@@ -7,6 +7,7 @@ import json
 import click
 
 from inspector.cli import cli, with_config
+from inspector.cli.output import JSON, echo_json, format_option
 from inspector.base.config import Config
 
 
@@ -38,8 +39,7 @@ def token_add(cfg: Config, name: str) -> None:
 
 
 @token.command("list")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
-              help="table for people, json for scripts.")
+@format_option()
 @with_config
 def token_list(cfg: Config, fmt: str) -> None:
     """The API tokens: name, scope, when made, last used (to the minute) and revoked (never the tokens)."""
@@ -47,8 +47,8 @@ def token_list(cfg: Config, fmt: str) -> None:
 
     tokens = tokens_file(cfg)
     entries = sorted(tokens.load().values(), key=lambda t: t.name)
-    if fmt == "json":
-        click.echo(json.dumps([t.to_json() for t in entries], indent=2, ensure_ascii=False))
+    if fmt == JSON:
+        echo_json([t.to_json() for t in entries])
     elif not entries:
         click.echo(f"no API tokens in {tokens.path} yet: `inspector token add NAME`")
     else:
