@@ -43,12 +43,15 @@ def test_report_renders_in_chromium(station, repo_root):  # noqa: F811
     probed.write_text(page.replace("</body>", PROBE + "</body>"))
     dom = chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", probed.as_uri())
     assert dom.returncode == 0, dom.stderr[-2000:]
-    for section in ("totals", "flagged", "cv", "model"):
+    for section in ("totals", "trends", "flagged", "cv", "model"):
         assert re.search(rf'<h2 id="{section}">', dom.stdout), section
     probe = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout, re.S)
     assert probe, dom.stdout[-2000:]
     sizes = dict(line.rsplit("=", 1) for line in probe.group(1).strip().splitlines())
-    assert len(sizes) == 5, sizes
+    trends = ("pass rate per day", "distribution of P(abnormal) per week", "Pareto of anomaly types",
+              "share of verdicts overturned per week")
+    assert len(sizes) == 5 + len(trends), sizes  # the flagged scans' pictures, the cv's plots and the trends
+    assert all(sizes[name] == "630x270" for name in trends), sizes
     assert all(not s.startswith("0x") for s in sizes.values()), sizes  # every image decoded
     assert sizes["ROC curve"] == "405x405"
     # the escaped file name rendered as text, not run as markup
