@@ -184,3 +184,17 @@ def test_regions_keep_at_most_max_boxes_the_strongest():
     where = nm.regions(heat, threshold=0.5, image_shape=(4, 40))
     assert len(where.boxes) == nm.MAX_BOXES
     assert [b[0] for b in where.boxes] == [4 * k + 1 for k in range(7, 7 - nm.MAX_BOXES, -1)]
+
+
+@pytest.mark.parametrize("shape", [(1, 384, 192), (3, 17, 9), (2, 3, 2)])
+def test_smooth_is_a_separable_gaussian_with_replicated_borders(shape):
+    """The shifted-view sums equal two 1-D convolutions of the padded map (and a flat map stays flat)."""
+    import torch.nn.functional as F
+
+    heat = torch.rand(*shape)
+    k = nm._gaussian_kernel(nm.SMOOTH_SIGMA)
+    r = (len(k) - 1) // 2
+    x = F.conv2d(F.pad(heat[:, None], (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))[:, 0]
+    assert torch.allclose(nm.smooth(heat), x, atol=1e-6)
+    assert torch.allclose(nm.smooth(torch.full(shape, 2.5)), torch.full(shape, 2.5))
