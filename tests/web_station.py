@@ -69,7 +69,9 @@ def build_station(root: Path, flagged: int = 4, normal: int = 2, scale: float = 
 
     from inspector.store.schema import images
 
-    start = datetime.now(timezone.utc) - timedelta(hours=1)
+    now = datetime.now(timezone.utc)
+    midnight = now.astimezone().replace(hour=0, minute=0, second=0, microsecond=0)  # the station's day
+    start = max(now - timedelta(hours=1), midnight.astimezone(timezone.utc))  # an hour ago, but today
     st = Station(root, root / "config.toml", cfg)
     with open_store(url, station=station_names[0]) as store:
         store.record_model(MODEL, "models/detector.safetensors", json.dumps(META))
