@@ -10,10 +10,12 @@ where bundles differ (the frame of a coating whose margins vary) gets a wide var
 it is shrunk towards the channel's variance over all positions, so few images do not make it noisy.
 
 The map of an image is, per position, its squared z-scores (each capped at 3 sigma: a lone hot pixel is
-not a defect) averaged over the channels, against the best-matching position of the model within SHIFT cells
-(on the "input" stage: a coating edge or frame a pixel or two off the training normals is not a defect), then over the stages (each brought to the finest grid), then
-smoothed: about 1 where the electrode looks like the training normals there, far above where it does not.
-What is shown and measured is the excess over the 97th percentile of held-out normal maps (`excess`). It is computed from the verdict's own forward pass
+not a defect) averaged over the channels, against the best-matching position of the model within SHIFT
+cells (on the "input" stage: a coating edge or frame a pixel or two off the training normals is not a
+defect), then over the stages (each brought to the finest grid), then smoothed: about 1 where the
+electrode looks like the training normals there, far above where it does not. What is shown and measured
+is the excess over the 97th percentile of held-out normal maps (`excess`); regions above what 95% of
+held-out normal scans reach at their maximum are boxed. It is computed from the verdict's own forward pass
 (the normalized input and the stage activations), with no second pass and no backward pass. Its maximum
 is an image-level anomaly score that needs no abnormal example.
 
