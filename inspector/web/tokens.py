@@ -11,24 +11,19 @@ notes each token's last use (at most once a minute per token).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import hmac
-import json
 import logging
 import os
 import secrets
 import stat
-import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator
 
 from inspector.base.config import Config
-from inspector.base.durable import write_atomic
 from inspector.base.errors import InspectorError
+from inspector.web.private_file import PrivateFile, Stamp
 from inspector.web.users import USER_NAME
 
 FORMAT = "inspector-api-tokens"
@@ -73,57 +68,30 @@ def check_name(name: str) -> str:
     return name
 
 
-class TokensFile:
+class TokensFile(PrivateFile[ApiToken]):
     """The API tokens of one review station; `load` re-reads the file only when it changed on disk."""
 
+    what, format, key, error = "tokens file", FORMAT, "tokens", TokenError
+    add_hint = "the tokens again with `inspector token add`"
+    FIELDS = ("sha256", "scope", "created_at", "last_used_at", "revoked_at")
+
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self._cached: tuple[tuple[int, int, int, int] | None, dict[str, ApiToken]] = (None, {})
+        super().__init__(path)
         self._write_failed = False  # the last-use note could not be written: logged once, not at every request
 
-    # ---- reading --------------------------------------------------------------------------
-    def _stamp(self) -> tuple[int, int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise TokenError(f"tokens file {self.path} cannot be examined ({exc.strerror})") from exc
-        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode
+    def changed(self, stamp: Stamp | None) -> None:
+        if stamp is not None and stat.S_IMODE(stamp[3]) & 0o022:
+            log.warning("tokens file %s is writable by other users (mode %04o): they could add a token; "
+                        "`chmod 600 %s`", self.path, stat.S_IMODE(stamp[3]), self.path)
 
-    def load(self) -> dict[str, ApiToken]:
-        """The tokens by name; re-read when the file changed (a missing file: no tokens)."""
-        stamp = self._stamp()
-        with self._lock:
-            if stamp == self._cached[0] and stamp is not None:
-                return self._cached[1]
-            if stamp is not None and stat.S_IMODE(stamp[3]) & 0o022:
-                log.warning("tokens file %s is writable by other users (mode %04o): they could add a token; "
-                            "`chmod 600 %s`", self.path, stat.S_IMODE(stamp[3]), self.path)
-            tokens = self._read() if stamp is not None else {}
-            self._cached = (stamp, tokens)
-            return tokens
+    def parse(self, name: str, entry: object) -> ApiToken:
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or not all(
+                isinstance(entry.get(f), (str, type(None))) for f in self.FIELDS):
+            raise TokenError(f"tokens file {self.path}: token {name!r} is not a valid entry")
+        return ApiToken(name, **{f: entry.get(f) for f in self.FIELDS})
 
-    def _read(self) -> dict[str, ApiToken]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise TokenError(f"tokens file {self.path} cannot be read ({exc.strerror}): the web server's user "
-                             "needs read access to it") from exc
-        except ValueError as exc:
-            raise TokenError(f"tokens file {self.path} is not valid JSON ({exc}); restore it, or remove it and add "
-                             "the tokens again with `inspector token add`") from exc
-        if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("tokens"), dict):
-            raise TokenError(f"tokens file {self.path} is not an inspector API tokens file")
-        tokens = {}
-        for name, entry in data["tokens"].items():
-            fields = ("sha256", "scope", "created_at", "last_used_at", "revoked_at")
-            if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or not all(
-                    isinstance(entry.get(f), (str, type(None))) for f in fields):
-                raise TokenError(f"tokens file {self.path}: token {name!r} is not a valid entry")
-            tokens[name] = ApiToken(name, **{f: entry.get(f) for f in fields})
-        return tokens
+    def unparse(self, token: ApiToken) -> dict:
+        return {k: v for k, v in vars(token).items() if k != "name"}
 
     def find(self, token: str) -> ApiToken | None:
         """The entry whose digest is the token's (revoked ones too: the caller says why it refuses), else None.
@@ -136,32 +104,13 @@ class TokensFile:
         return found
 
     # ---- changes (`inspector token ...`, and the server's last-use notes) -----------------
-    @contextlib.contextmanager
-    def _changing(self) -> Iterator[dict]:
-        """Read-modify-write under an exclusive lock file beside the tokens file; written atomically, mode 0600."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            lock = open(self.path.with_name(self.path.name + ".lock"), "a")
-        except OSError as exc:
-            raise TokenError(f"cannot write beside tokens file {self.path} ({exc.strerror})") from exc
-        with lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            current = self._read() if self.path.exists() else {}
-            tokens = {name: {k: v for k, v in vars(t).items() if k != "name"} for name, t in current.items()}
-            yield tokens
-            text = json.dumps({"format": FORMAT, "tokens": tokens}, indent=1, sort_keys=True)
-            try:
-                write_atomic(self.path, text + "\n", mode=0o600)
-            except OSError as exc:
-                raise TokenError(f"cannot write tokens file {self.path} ({exc.strerror})") from exc
-
     def add(self, name: str, scope: str = "read") -> str:
         """A new token named `name`: returned once, stored as its digest."""
         check_name(name)
         if scope not in SCOPES:
             raise TokenError(f"scope {scope!r} is not one of {', '.join(SCOPES)}")
         token = PREFIX + secrets.token_urlsafe(32)
-        with self._changing() as tokens:
+        with self.changing() as tokens:
             if name in tokens:
                 raise TokenError(f"a token named {name} exists already"
                                  + (" (revoked: names are kept for the record)" if tokens[name]["revoked_at"] else "")
@@ -172,7 +121,7 @@ class TokensFile:
 
     def revoke(self, name: str) -> str | None:
         """Refuse the token `name` from now on; returns when it was revoked before, None when it is now."""
-        with self._changing() as tokens:
+        with self.changing() as tokens:
             if name not in tokens:
                 raise TokenError(f"no token {name} in {self.path}; `inspector token list` shows them")
             earlier = tokens[name]["revoked_at"]
@@ -190,7 +139,7 @@ class TokensFile:
         except (ValueError, TypeError):  # not a time with a zone (edited by hand): written anew
             pass
         try:
-            with self._changing() as tokens:
+            with self.changing() as tokens:
                 if entry.name in tokens:
                     tokens[entry.name]["last_used_at"] = now.isoformat(timespec="seconds")
             self._write_failed = False

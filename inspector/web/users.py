@@ -1,28 +1,23 @@
 """The review station's users: a JSON file of names, roles and argon2id password hashes.
 
-Written only by `inspector user ...` (atomically, mode 0600, under a lock file so two admins cannot lose each
-other's change); read by the web server, which sees a change at its next request (the file's stamp). A user
+Written only by `inspector user ...` (private_file.PrivateFile: atomically, mode 0600, under a lock file); read by
+the web server, which sees a change at its next request (the file's stamp). A user
 without a password can only come in through the plant's reverse proxy (web.remote_user_header).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
-import json
 import os
 import logging
 import re
 import stat
-import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Iterator
 
-from inspector.base.durable import write_atomic
 from inspector.base.errors import InspectorError
+from inspector.web.private_file import PrivateFile, Stamp
 
 ROLES = ("viewer", "reviewer")  # viewer: reads everything; reviewer: also records reviews
 MIN_PASSWORD = 8
@@ -78,65 +73,38 @@ def _hasher():
     return PasswordHasher()  # argon2id with the library's current defaults (RFC 9106 low-memory profile)
 
 
-class UsersFile:
+class UsersFile(PrivateFile[User]):
     """The users of one review station; `load` re-reads the file only when it changed on disk."""
 
+    what, format, key, error = "users file", FORMAT, "users", UserError
+    add_hint = "the users again with `inspector user add`"
+
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self._cached: tuple[tuple[int, int, int] | None, dict[str, User]] = (None, {})
+        super().__init__(path)
         self._dummy_hash: str | None = None
-        self._seen = False  # loaded once: a missing file is logged when it goes missing, not at every request
 
-    # ---- reading --------------------------------------------------------------------------
-    def _stamp(self) -> tuple[int, int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise UserError(f"users file {self.path} cannot be examined ({exc.strerror})") from exc
-        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode
+    def changed(self, stamp: Stamp | None) -> None:
+        """A file gone or opened to others is logged (once per change, not at every request)."""
+        if stamp is None:
+            log.warning("users file %s does not exist: no one can log in until `inspector user add` "
+                        "writes it again", self.path)
+        elif stat.S_IMODE(stamp[3]) & 0o077:
+            log.warning("users file %s is readable or writable by other users (mode %04o): its password hashes "
+                        "can be copied or its roles changed; `chmod 600 %s`", self.path, stat.S_IMODE(stamp[3]),
+                        self.path)
 
-    def load(self) -> dict[str, User]:
-        """The users; re-read when the file changed (its mode included), logging a file gone or opened to others."""
-        stamp = self._stamp()
-        with self._lock:
-            if stamp == self._cached[0] and (stamp is not None or self._seen):
-                return self._cached[1]
-            self._seen = True
-            if stamp is None:
-                log.warning("users file %s does not exist: no one can log in until `inspector user add` "
-                            "writes it again", self.path)
-            elif stat.S_IMODE(stamp[3]) & 0o077:
-                log.warning("users file %s is readable or writable by other users (mode %04o): its password hashes "
-                            "can be copied or its roles changed; `chmod 600 %s`", self.path, stat.S_IMODE(stamp[3]),
-                            self.path)
-            users = self._read() if stamp is not None else {}
-            self._cached = (stamp, users)
-            return users
+    def parse(self, name: str, entry: object) -> User:
+        if not isinstance(entry, dict) or entry.get("role") not in ROLES:
+            raise UserError(f"users file {self.path}: user {name!r} has no valid role")
+        generation = entry.get("generation", 0)
+        if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
+            raise UserError(f"users file {self.path}: user {name!r} has no valid generation")
+        return User(name, entry["role"], entry.get("password_hash"), entry.get("created_at", ""),
+                    entry.get("changed_at", ""), generation)
 
-    def _read(self) -> dict[str, User]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise UserError(f"users file {self.path} cannot be read ({exc.strerror}): the web server's user needs "
-                            "read access to it") from exc
-        except ValueError as exc:
-            raise UserError(f"users file {self.path} is not valid JSON ({exc}); restore it or remove it and add "
-                            "the users again with `inspector user add`") from exc
-        if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("users"), dict):
-            raise UserError(f"users file {self.path} is not an inspector users file")
-        users = {}
-        for name, entry in data["users"].items():
-            if not isinstance(entry, dict) or entry.get("role") not in ROLES:
-                raise UserError(f"users file {self.path}: user {name!r} has no valid role")
-            generation = entry.get("generation", 0)
-            if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
-                raise UserError(f"users file {self.path}: user {name!r} has no valid generation")
-            users[name] = User(name, entry["role"], entry.get("password_hash"), entry.get("created_at", ""),
-                               entry.get("changed_at", ""), generation)
-        return users
+    def unparse(self, user: User) -> dict:
+        return dict(role=user.role, password_hash=user.password_hash, created_at=user.created_at,
+                    changed_at=user.changed_at, generation=user.generation)
 
     def get(self, name: str) -> User | None:
         return self.load().get(name)
@@ -160,31 +128,12 @@ class UsersFile:
         return user
 
     # ---- changes (`inspector user ...`) ---------------------------------------------------
-    @contextlib.contextmanager
-    def _changing(self) -> Iterator[dict]:
-        """Read-modify-write under an exclusive lock file beside the users file; written atomically, mode 0600."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            lock = open(self.path.with_name(self.path.name + ".lock"), "a")
-        except OSError as exc:
-            raise UserError(f"cannot write beside users file {self.path} ({exc.strerror})") from exc
-        with lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            users = {name: dict(role=u.role, password_hash=u.password_hash, created_at=u.created_at,
-                                changed_at=u.changed_at, generation=u.generation) for name, u in (self._read() if self.path.exists() else {}).items()}
-            yield users
-            text = json.dumps({"format": FORMAT, "users": users}, indent=1, sort_keys=True)
-            try:
-                write_atomic(self.path, text + "\n", mode=0o600)
-            except OSError as exc:
-                raise UserError(f"cannot write users file {self.path} ({exc.strerror})") from exc
-
     def add(self, name: str, role: str, password: str | None) -> None:
         check_name(name)
         _check_role(role)
         hashed = _hasher().hash(check_password(password)) if password is not None else None
         now = _now()
-        with self._changing() as users:
+        with self.changing() as users:
             if name in users:
                 raise UserError(f"user {name} exists already: `inspector user passwd {name}` sets a new password, "
                                 f"`inspector user role {name} ROLE` another role")
@@ -192,21 +141,21 @@ class UsersFile:
 
     def set_password(self, name: str, password: str | None) -> None:
         hashed = _hasher().hash(check_password(password)) if password is not None else None
-        with self._changing() as users:
+        with self.changing() as users:
             _next_generation(self._existing(users, name)).update(password_hash=hashed, changed_at=_now())
 
     def set_role(self, name: str, role: str) -> None:
         _check_role(role)
-        with self._changing() as users:
+        with self.changing() as users:
             _next_generation(self._existing(users, name)).update(role=role, changed_at=_now())
 
     def end_sessions(self, name: str) -> None:
         """Every session of `name` ends (the web server's logout: a cookie saved before it is worth nothing)."""
-        with self._changing() as users:
+        with self.changing() as users:
             _next_generation(self._existing(users, name))
 
     def remove(self, name: str) -> None:
-        with self._changing() as users:
+        with self.changing() as users:
             self._existing(users, name)
             del users[name]
 
