@@ -115,6 +115,24 @@ def test_show_says_where_each_value_came_from(tmp_path):
     assert keys["watch.capture_dir"]["value"] == str(tmp_path / "etc" / "cap")
 
 
+def test_show_masks_every_secret_field_in_text_and_json(tmp_path):
+    """web.metrics_token as web.proxy_secret: base/config.py marks both secret, config show reads the mark."""
+    config = tmp_path / "c.toml"
+    config.write_text('[web]\nmetrics_token = "tok-0123456789abcdef"\nproxy_secret = "sec-0123456789abcdef"\n')
+    proc = inspector("config", "show", "--config", str(config), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f'metrics_token = "***"  # {config}: web.metrics_token' in proc.stdout.splitlines()
+    assert f'proxy_secret = "***"  # {config}: web.proxy_secret' in proc.stdout.splitlines()
+    assert "0123456789abcdef" not in proc.stdout
+    proc = inspector("config", "show", "--format", "json", "--config", str(config), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    keys = {k["key"]: k for k in json.loads(proc.stdout)["keys"]}
+    assert keys["web.metrics_token"] == {"key": "web.metrics_token", "value": "***", "from": "file",
+                                         "file": str(config)}
+    assert keys["web.proxy_secret"]["value"] == "***"
+    assert "0123456789abcdef" not in proc.stdout
+
+
 def test_show_writes_a_config_file_that_loads_to_the_same_values(tmp_path):
     """Its TOML output is a config: the values in effect, pinned (paths already resolved)."""
     config = tmp_path / "c.toml"

@@ -18,6 +18,7 @@ HEADS = ("linear", "paper")
 SCORES = ("head", "map", "fusion")  # what P(abnormal) is (model.py); normalmap.py's map needs no head
 MAP_STAGES = ("input", "layer1", "layer2", "layer3")  # what the normal model may be fitted on (normalmap.py)
 OPTIMIZERS = ("adamw", "paper")
+SECRET = {"secret": True}  # a field's metadata: its value is shown as *** (`inspector config show`)
 
 
 @dataclass(frozen=True)
@@ -143,12 +144,14 @@ class WebConfig:
     secure_cookies: bool = False  # true behind a TLS proxy: the session cookie travels only over https
     threads: int = 8  # requests served at once
     allowed_hosts: tuple[str, ...] = ()  # Host names the station answers to; () = localhost names and web.host's
-    proxy_secret: str = ""  # the value of proxy_secret_header the proxy sends: without it no user header is believed
+    # the value of proxy_secret_header the proxy sends: without it no user header is believed
+    proxy_secret: str = field(default="", metadata=SECRET)
     proxy_secret_header: str = "X-Inspector-Proxy-Secret"
     connection_limit: int = 1000  # connections held open at once (waitress); more wait in the listen backlog
     channel_timeout: int = 30  # seconds a connection may stay silent before it is closed
     max_request_bytes: int = 1_048_576  # a request body past this is refused (413) before it is read
-    metrics_token: str = ""  # the bearer token Prometheus sends for /metrics; "" = loopback clients only
+    # the bearer token Prometheus sends for /metrics; "" = loopback clients only
+    metrics_token: str = field(default="", metadata=SECRET)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from inspector.base.configfile import (SYSTEM_CONFIG, ConfigProblems, ConfigSour
 from inspector.base.errors import ConfigError
 
 LOOKUP = f"--config, $INSPECTOR_CONFIG, ./config.toml, {SYSTEM_CONFIG}, built-in defaults"
-SECRET_KEYS = {"web.proxy_secret"}  # shown as *** when set
 
 CONFIG_OPTION = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
                              help=f"Config file (else the lookup: {LOOKUP}).")
@@ -67,7 +66,7 @@ def config_show(ctx: click.Context, fmt: str, config_path: str | None) -> None:
     """The values in effect and where each came from: the file and its key, or the built-in default.
 
     Relative paths are shown resolved (against the file's folder, or the current folder for the defaults);
-    web.proxy_secret and a database password are shown as ***.
+    The secrets (web.proxy_secret, web.metrics_token) and a database password are shown as ***.
     """
     source = _source(ctx, config_path)
     cfg = load_config(source.path, discover=False)
@@ -101,7 +100,7 @@ def effective_values(cfg: Config, data: dict) -> list[tuple[str, object, bool]]:
         for f in dataclasses.fields(section):
             key = f"{sfield.name}.{f.name}"
             value = getattr(section, f.name)
-            if key in SECRET_KEYS and value:
+            if f.metadata.get("secret") and value:  # base/config.py marks them
                 value = "***"
             elif key == "database.url":
                 from inspector.store.store import shown_url
