@@ -18,6 +18,7 @@ HEADS = ("linear", "paper")
 SCORES = ("head", "map", "fusion")  # what P(abnormal) is (model.py); normalmap.py's map needs no head
 MAP_STAGES = ("input", "layer1", "layer2", "layer3")  # what the normal model may be fitted on (normalmap.py)
 OPTIMIZERS = ("adamw", "paper")
+DEFAULTS = "(built-in defaults)"  # Config.source when no file was read
 SECRET = {"secret": True}  # a field's metadata: its value is shown as *** (`inspector config show`)
 
 
@@ -193,7 +194,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
-    source: str = "(built-in defaults)"
+    source: str = DEFAULTS
 
     @property
     def station_name(self) -> str:

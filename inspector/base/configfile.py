@@ -9,15 +9,14 @@ import tomllib
 import typing
 from pathlib import Path
 
-from inspector.base.config import (HEADS, MAP_STAGES, METHODS, OPTIMIZERS, POOLINGS, SCORES, STAGES, Config,
-                              bad_station_name, network_order)
+from inspector.base.config import (DEFAULTS, HEADS, MAP_STAGES, METHODS, OPTIMIZERS, POOLINGS, SCORES, STAGES,
+                                   Config, bad_station_name, network_order)
 from inspector.base.errors import ConfigError
 from inspector.base.serial import serial_pattern_problem
 
 ENV_VAR = "INSPECTOR_CONFIG"
 DEFAULT_NAME = "config.toml"
 SYSTEM_CONFIG = Path("/etc/inspector/config.toml")  # where a station installs it (README), last before the defaults
-DEFAULTS = "(built-in defaults)"
 
 # Which keys are paths: relative ones are taken relative to the config file's folder.
 _PATH_KEYS = {("watch", "capture_dir"), ("state", "dir"), ("model", "path")}
@@ -101,8 +100,8 @@ def _check_web(name: str, value: object, key: str, file: str) -> None:
 
     if name == "port" and not 1 <= value <= 65535:
         raise ConfigError(f"must be a TCP port, 1 to 65535, got {value}", key, file)
-    if name == "host" and not str(value).strip():
-        raise ConfigError("must name an address to listen on, e.g. 127.0.0.1", key, file)
+    if name == "host":
+        _check_listen_address(value, key, file)
     if name in ("session_hours", "threads", "connection_limit", "channel_timeout", "max_request_bytes") and value <= 0:
         raise ConfigError(f"must be positive, got {value}", key, file)
     if name == "connection_limit" and value < 10:
@@ -114,12 +113,8 @@ def _check_web(name: str, value: object, key: str, file: str) -> None:
             if not re.fullmatch(r"(\*\.)?[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]+", str(host)):
                 raise ConfigError(f"{host!r} is not a host name or address (e.g. inspector.plant.example, "
                                   "10.0.0.5, *.plant.example; no port)", key, file)
-    if name == "metrics_token" and value and (len(str(value)) < 16 or not str(value).isprintable()
-                                              or " " in str(value)):
-        raise ConfigError("must be at least 16 printable characters without spaces (e.g. `openssl rand -hex 32`)",
-                          key, file)
-    if name == "proxy_secret" and value and (len(str(value)) < 16 or not str(value).isprintable()):
-        raise ConfigError("must be at least 16 printable characters (e.g. `openssl rand -hex 32`)", key, file)
+    if name in ("metrics_token", "proxy_secret") and value:
+        _check_secret(str(value), key, file, spaces=name == "proxy_secret")  # a bearer token has none
     if name in ("remote_user_header", "proxy_secret_header") and value and not re.fullmatch(r"[A-Za-z0-9-]+", str(value)):
         raise ConfigError(f"{value!r} is not an HTTP header name (letters, digits and -, e.g. X-Remote-User)",
                           key, file)
@@ -136,8 +131,8 @@ def _check_monitoring(section: str, name: str, value: object, key: str, file: st
     """[metrics] and [alerts] (negative numbers are refused for every key above)."""
     if (section, name) == ("metrics", "port") and value > 65535:  # type: ignore[operator]
         raise ConfigError(f"must be a TCP port, 1 to 65535, or 0 (not served), got {value}", key, file)
-    if (section, name) == ("metrics", "bind") and not str(value).strip():
-        raise ConfigError("must name an address to listen on, e.g. 127.0.0.1", key, file)
+    if (section, name) == ("metrics", "bind"):
+        _check_listen_address(value, key, file)
     if name in ("abnormal_rate_factor", "rejection_factor") and value <= 1:  # type: ignore[operator]
         raise ConfigError(f"must be more than 1 (a rate above its baseline), got {value}", key, file)
     if name == "baseline_days" and value <= 0:  # type: ignore[operator]
@@ -146,6 +141,19 @@ def _check_monitoring(section: str, name: str, value: object, key: str, file: st
         raise ConfigError(f"must be between 0 and 1, got {value}", key, file)
     if name in ("disk_warning_percent", "disk_critical_percent") and not 0 <= value <= 100:  # type: ignore[operator]
         raise ConfigError(f"must be between 0 and 100, got {value}", key, file)
+
+
+def _check_listen_address(value: object, key: str, file: str) -> None:
+    """web.host, metrics.bind: not blank."""
+    if not str(value).strip():
+        raise ConfigError("must name an address to listen on, e.g. 127.0.0.1", key, file)
+
+
+def _check_secret(value: str, key: str, file: str, *, spaces: bool) -> None:
+    """web.proxy_secret, web.metrics_token (when set): at least 16 printable characters, spaces only if `spaces`."""
+    if len(value) < 16 or not value.isprintable() or (" " in value and not spaces):
+        rule = "" if spaces else " without spaces"
+        raise ConfigError(f"must be at least 16 printable characters{rule} (e.g. `openssl rand -hex 32`)", key, file)
 
 
 def _coerce(section: str, name: str, hint: object, value: object, file: str) -> object:
@@ -224,11 +232,6 @@ def find_config(explicit: str | os.PathLike | None = None) -> ConfigSource:
     return ConfigSource(None, "built-in defaults")
 
 
-def find_config_path(explicit: str | os.PathLike | None = None) -> Path | None:
-    """The file find_config found, or None (the built-in defaults)."""
-    return find_config(explicit).path
-
-
 def read_toml(path: Path) -> dict:
     """The file's TOML as a dict; ConfigError when it cannot be read or parsed."""
     try:
@@ -241,22 +244,19 @@ def read_toml(path: Path) -> dict:
 
 
 def load_config(path: str | os.PathLike | None = None, *, discover: bool = True) -> Config:
-    """Read and check a config file; with no file found, the built-in defaults relative to the cwd."""
-    found = find_config_path(path) if discover else (Path(path) if path else None)
-    if found is None:
-        return _build({}, Path.cwd(), DEFAULTS)
-    return _build(read_toml(found), found.resolve().parent, str(found))
+    """Read and check a config file; with no file found, the built-in defaults relative to the cwd.
+
+    A file with one problem raises it (a ConfigError naming the key); with several, ConfigProblems listing each."""
+    return read_config(find_config(path).path if discover else (Path(path) if path else None))[0]
 
 
-def check_config_file(path: Path) -> list[ConfigError]:
-    """Every problem of the file at `path` (none: it loads); `inspector config check`."""
-    try:
-        data = read_toml(path)
-    except ConfigError as exc:
-        return [exc]
-    problems: list[ConfigError] = []
-    _collect(data, path.resolve().parent, str(path), problems)
-    return problems
+def read_config(path: Path | None) -> tuple[Config, dict]:
+    """load_config of the file at `path` (None: the built-in defaults), with the file's TOML as read (`config show`
+    tells the keys the file set)."""
+    if path is None:
+        return _build({}, Path.cwd(), DEFAULTS), {}
+    data = read_toml(path)
+    return _build(data, path.resolve().parent, str(path)), data
 
 
 def _build(data: dict, base: Path, file: str) -> Config:

@@ -12,8 +12,7 @@ import click
 from inspector.cli import cli
 from inspector.cli.output import JSON, echo_json, format_option
 from inspector.base.config import Config
-from inspector.base.configfile import (SYSTEM_CONFIG, ConfigProblems, ConfigSource, check_config_file, find_config,
-                                  load_config, read_toml)
+from inspector.base.configfile import SYSTEM_CONFIG, ConfigSource, find_config, load_config, read_config
 from inspector.base.errors import ConfigError
 
 LOOKUP = f"--config, $INSPECTOR_CONFIG, ./config.toml, {SYSTEM_CONFIG}, built-in defaults"
@@ -50,11 +49,7 @@ def config_check(ctx: click.Context, file: str | None, config_path: str | None) 
     if source.path is None:
         click.echo(f"ok: no config file found ({LOOKUP}): the built-in defaults apply")
         return
-    problems = check_config_file(source.path)
-    if len(problems) == 1:
-        raise problems[0]
-    if problems:
-        raise ConfigProblems(problems, str(source.path))
+    load_config(source.path, discover=False)  # one problem raised as itself, several as ConfigProblems
     click.echo(f"ok: {source.path} (found by {source.found_by})")
 
 
@@ -69,12 +64,11 @@ def config_show(ctx: click.Context, fmt: str, config_path: str | None) -> None:
     The secrets (web.proxy_secret, web.metrics_token) and a database password are shown as ***.
     """
     source = _source(ctx, config_path)
-    cfg = load_config(source.path, discover=False)
-    data = read_toml(source.path) if source.path else {}
+    cfg, data = read_config(source.path)
     rows = effective_values(cfg, data)
     file = str(source.path) if source.path else None
     if fmt == JSON:
-        keys = [{"key": key, "value": _jsonable(value), "from": "file" if set_in_file else "default",
+        keys = [{"key": key, "value": value, "from": "file" if set_in_file else "default",
                  **({"file": file} if set_in_file else {})} for key, value, set_in_file in rows]
         echo_json({"file": file, "found_by": source.found_by, "keys": keys})
         return
@@ -119,11 +113,3 @@ def toml_value(value: object) -> str:
     if isinstance(value, (tuple, list)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return json.dumps(str(value), ensure_ascii=False)
-
-
-def _jsonable(value: object) -> object:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, tuple):
-        return list(value)
-    return value
