@@ -12,7 +12,9 @@ behave as before and print a one-line deprecation note on standard error."""
 
 from __future__ import annotations
 
+import csv
 import functools
+import io
 import json
 from datetime import datetime
 from pathlib import PurePath
@@ -77,6 +79,41 @@ def emit(text: str, output: str | None) -> None:
     except OSError as exc:
         raise InspectorError(f"cannot write {output}: {exc.strerror or exc}; check the folder and free space") from None
     click.echo(f"wrote {output}", err=True)
+
+
+def render_table(headers: list[str], rows: list[list[str]]) -> str:
+    """Left-aligned columns as wide as their widest cell; the last column is not padded."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = []
+    for cells in [headers, *rows]:
+        padded = [c.ljust(w) for c, w in zip(cells[:-1], widths[:-1])] + [cells[-1]]
+        lines.append("  ".join(padded).rstrip())
+    return "\n".join(lines)
+
+
+def render_csv(rows: list[dict], fields: list[str]) -> str:
+    """`rows` as CSV with a header line of `fields`."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def emit_rows(records: list[dict], fields: list[str], fmt: str, headers: list[str], cells: list[list[str]],
+              shown_of: tuple[int, int] | None, empty: str) -> None:
+    """Print records as json/csv, or as a table (`empty` when there are none) with a "N of M shown" footer when
+    `shown_of` (shown, total) says the rows were cut."""
+    if fmt == JSON:
+        echo_json(records)
+    elif fmt == CSV:
+        click.echo(render_csv(records, fields), nl=False)
+    elif not records:
+        click.echo(empty)
+    else:
+        click.echo(render_table(headers, cells))
+        if shown_of and shown_of[1] > shown_of[0]:
+            click.echo(f"{shown_of[0]} of {shown_of[1]} shown; --limit to see more")
 
 
 OUTPUT = click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, metavar="FILE",

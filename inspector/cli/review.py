@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from inspector.cli import cli, with_config
-from inspector.cli.output import CSV, JSON, echo_json, format_option
-from inspector.cli.station import SINCE, STATION, UNTIL, open_reader, render_csv, render_table
+from inspector.cli.output import CSV, JSON, echo_json, emit_rows, format_option, render_table
+from inspector.cli.station import SINCE, STATION, UNTIL, open_reader
 from inspector.base.times import format_local
 from inspector.loop.record import review_record
 from inspector.loop.report import iso_time
@@ -150,16 +150,6 @@ def pending_record(row: dict) -> dict:
     return {"time": iso_time(row["time"]), **{k: row[k] for k in PENDING_FIELDS if k != "time"}}
 
 
-def emit(records: list[dict], fields: list[str], fmt: str, headers: list[str], cells: list[list[str]],
-         empty: str) -> None:
-    if fmt == "json":
-        echo_json(records)
-    elif fmt == "csv":
-        click.echo(render_csv(records, fields), nl=False)
-    else:
-        click.echo(render_table(headers, cells) if records else empty)
-
-
 @cli.command()
 @click.option("--pending", is_flag=True,
               help="List abnormal and rescan verdicts nobody has reviewed yet, oldest first.")
@@ -179,16 +169,16 @@ def reviews(cfg: Config, pending: bool, ref: str | None, station: str | None, fm
     if pending:
         cells = [[format_local(r["time"]), r["verdict"], "-" if r["p_abnormal"] is None else f"{r['p_abnormal']:.3f}",
                   display_path(r["path"]), display_path(r["heatmap_path"] or "-")] for r in rows]
-        emit([pending_record(r) for r in rows], PENDING_FIELDS, fmt,
-             ["TIME", "VERDICT", "P(ABNORMAL)", "PATH", "HEAT MAP"], cells, "no verdicts wait for review")
+        emit_rows([pending_record(r) for r in rows], PENDING_FIELDS, fmt,
+                  ["TIME", "VERDICT", "P(ABNORMAL)", "PATH", "HEAT MAP"], cells, None, "no verdicts wait for review")
         return
     cells = [[str(r["id"]), format_local(r["created_at"]), r["sha256"][:12], r["label"],
               (r["anomalies"] or "-").replace(";", ","), display_path(r["reviewer"]), r["model_verdict"] or "-",
               str(r["supersedes"] or "-"), "superseded" if r["superseded"] else "current",
               display_path(r["path"] or "-")] for r in rows]
-    emit([review_record(r) for r in rows], REVIEW_FIELDS, fmt,
-         ["ID", "TIME", "SHA256", "LABEL", "ANOMALIES", "BY", "MODEL SAID", "SUPERSEDES", "STATE", "PATH"], cells,
-         "no reviews recorded yet")
+    emit_rows([review_record(r) for r in rows], REVIEW_FIELDS, fmt,
+              ["ID", "TIME", "SHA256", "LABEL", "ANOMALIES", "BY", "MODEL SAID", "SUPERSEDES", "STATE", "PATH"], cells,
+              None, "no reviews recorded yet")
 
 
 @cli.command("export-labels")

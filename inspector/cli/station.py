@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import sys
 from datetime import datetime
 
 import click
 
 from inspector.cli import cli, with_config
-from inspector.cli.output import CSV, TEXT, echo_json, format_option
+from inspector.cli.output import CSV, TEXT, echo_json, emit_rows, format_option, render_table
 from inspector.cli.records import rescore_record
 from inspector.base.config import Config
 from inspector.base.paths import display_path
@@ -39,24 +37,6 @@ class TimeParam(click.ParamType):
 TIME = TimeParam()
 
 
-def render_table(headers: list[str], rows: list[list[str]]) -> str:
-    """Left-aligned columns as wide as their widest cell; the last column is not padded."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = []
-    for cells in [headers, *rows]:
-        padded = [c.ljust(w) for c, w in zip(cells[:-1], widths[:-1])] + [cells[-1]]
-        lines.append("  ".join(padded).rstrip())
-    return "\n".join(lines)
-
-
-def render_csv(rows: list[dict], fields: list[str]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
-
-
 def open_reader(cfg: Config):
     from inspector.store.store import open_configured
 
@@ -80,21 +60,6 @@ def add_station_column(headers: list[str], cells: list[list[str]], rows: list[di
         headers.insert(1, "STATION")
         for row, cell in zip(rows, cells):
             cell.insert(1, row["station"] or "-")
-
-
-def emit_rows(records: list[dict], fields: list[str], fmt: str, headers: list[str], cells: list[list[str]],
-              shown_of: tuple[int, int] | None, empty: str) -> None:
-    """Print records as json/csv, or as a table with a "N of M shown" footer when cut."""
-    if fmt == "json":
-        echo_json(records)
-    elif fmt == "csv":
-        click.echo(render_csv(records, fields), nl=False)
-    elif not records:
-        click.echo(empty)
-    else:
-        click.echo(render_table(headers, cells))
-        if shown_of and shown_of[1] > shown_of[0]:
-            click.echo(f"{shown_of[0]} of {shown_of[1]} shown; --limit to see more")
 
 
 FORMAT = format_option(CSV, text_help="(a table) for people")

@@ -42,7 +42,7 @@ def token_add(cfg: Config, name: str) -> None:
 @with_config
 def token_list(cfg: Config, fmt: str) -> None:
     """The API tokens: name, scope, when made, last used (to the minute) and revoked (never the tokens)."""
-    from inspector.cli.station import render_table
+    from inspector.cli.output import render_table
 
     tokens = tokens_file(cfg)
     entries = sorted(tokens.load().values(), key=lambda t: t.name)

@@ -137,7 +137,7 @@ def user_remove(cfg: Config, name: str) -> None:
 @with_config
 def user_list(cfg: Config, fmt: str) -> None:
     """The users, their roles and when each was last changed (never a password hash)."""
-    from inspector.cli.station import render_table
+    from inspector.cli.output import render_table
 
     users = users_file(cfg).load()
     if fmt != TEXT:
