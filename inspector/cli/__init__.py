@@ -18,13 +18,21 @@ from inspector.base.configfile import load_config
 from inspector.base.errors import InspectorError
 
 DEBUG_VAR = "INSPECTOR_DEBUG"
-# The exit codes of every command (docs/CLI.md#exit-codes); `retrain` adds 3 and 4 (loop/retrain.py), and
-# `status --check` answers as a Nagios plugin does (0 ok, 1 warning, 2 critical).
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 70, 130
+# The exit codes of every command (docs/CLI.md#exit-codes; the table in `cli`'s help): 0 ok, 1 failed (an
+# InspectorError, click's ClickException), 2 usage (click), 70 internal, 130 interrupted; `retrain` adds 3 and 4
+# (loop/retrain.py), and `status --check` answers as a Nagios plugin does (0 ok, 1 warning, 2 critical).
+EXIT_OK, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 70, 130
 
 
 def debug_enabled() -> bool:
     return os.environ.get(DEBUG_VAR, "") not in ("", "0")
+
+
+def unexpected(exc: BaseException) -> str:
+    """The one line of a bug (exit 70), the traceback printed first with INSPECTOR_DEBUG=1."""
+    if debug_enabled():
+        traceback.print_exc()
+    return f"unexpected {type(exc).__name__}: {exc} (run with {DEBUG_VAR}=1 for the traceback)"
 
 
 class InternalError(click.ClickException):
@@ -48,10 +56,7 @@ class InspectorGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:  # a bug: say so briefly, full trace only on request
-            if debug_enabled():
-                traceback.print_exc()
-            raise InternalError(f"unexpected {type(exc).__name__}: {exc} "
-                                f"(run with {DEBUG_VAR}=1 for the traceback)") from exc
+            raise InternalError(unexpected(exc)) from exc
 
 
 @click.group(cls=InspectorGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -110,10 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("Interrupted.", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # a bug outside a command (InspectorGroup handles those inside one)
-        if debug_enabled():
-            traceback.print_exc()
-        click.echo(f"Error: unexpected {type(exc).__name__}: {exc} (run with {DEBUG_VAR}=1 for the traceback)",
-                   err=True)
+        click.echo(f"Error: {unexpected(exc)}", err=True)
         sys.exit(EXIT_INTERNAL)
     sys.exit(rc if isinstance(rc, int) else EXIT_OK)
 
