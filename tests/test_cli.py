@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
 
+import inspector
 from inspector.cli import cli
 
 
@@ -56,3 +59,15 @@ def test_debug_shows_traceback(tmp_path):
 def test_version():
     result = CliRunner().invoke(cli, ["--version"])
     assert result.exit_code == 0 and "inspector, version" in result.output
+
+
+def test_the_command_line_starts_without_the_store_torch_or_the_demo(tmp_path):
+    """Registering the commands imports neither SQLAlchemy (the store), torch, nor the demo script: `inspector --help`
+    and every command start fast; the commands import those inside their functions."""
+    heavy = ("sqlalchemy", "torch", "inspector.cli.demo", "inspector.loop.report")
+    code = f"import sys, inspector.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    root = str(Path(inspector.__file__).resolve().parent.parent)  # the child imports the inspector under test
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                          timeout=120)
+    assert (proc.returncode, proc.stdout) == (0, "[]\n"), proc.stderr

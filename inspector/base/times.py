@@ -48,6 +48,11 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     return parsed.astimezone(timezone.utc)
 
 
+def iso_time(when: datetime | None) -> str | None:
+    """A stored time as scripts read it: UTC ISO 8601 (None stays None)."""
+    return when.astimezone(timezone.utc).isoformat() if when else None
+
+
 def format_local(when: datetime | None) -> str:
     return when.astimezone().strftime("%Y-%m-%d %H:%M:%S") if when else "-"
 

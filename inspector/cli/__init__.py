@@ -120,13 +120,19 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(rc if isinstance(rc, int) else EXIT_OK)
 
 
+# The modules that add no command: demo is `make demo`'s script (python -m inspector.cli.demo), output and records
+# are what the commands import.
+_NO_COMMANDS = {"demo", "output", "records"}
+
+
 def _register() -> None:
     """Import the command modules; each adds its commands to `cli`."""
     import importlib
     import pkgutil
 
     for mod in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{mod.name}")
+        if mod.name not in _NO_COMMANDS:
+            importlib.import_module(f"{__name__}.{mod.name}")
 
 
 _register()

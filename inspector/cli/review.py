@@ -7,9 +7,8 @@ import click
 from inspector.cli import cli, with_config
 from inspector.cli.output import CSV, JSON, echo_json, emit_rows, format_option, render_table
 from inspector.cli.station import SINCE, STATION, UNTIL, open_reader
-from inspector.base.times import format_local
+from inspector.base.times import format_local, iso_time
 from inspector.loop.record import review_record
-from inspector.loop.report import iso_time
 from inspector.base.config import Config
 from inspector.base.paths import display_path
 

@@ -13,9 +13,8 @@ from inspector.cli.output import CSV, TEXT, echo_json, emit_rows, format_option,
 from inspector.cli.records import rescore_record
 from inspector.base.config import Config
 from inspector.base.paths import display_path
-from inspector.loop.report import iso_time
 from inspector.loop.record import VERDICT_FIELDS, verdict_record
-from inspector.base.times import TIME_FORMS, format_age, format_local, parse_time
+from inspector.base.times import TIME_FORMS, format_age, format_local, iso_time, parse_time
 
 DEFAULT_TABLE_LIMIT = 50
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from inspector.base.config import Config
 from inspector.base.errors import InspectorError
-from inspector.loop.report import FORMATS, collect_outcomes, iso_time, render_csv, render_json, write_report
+from inspector.base.times import iso_time
+from inspector.loop.report import FORMATS, collect_outcomes, render_csv, render_json, write_report
 from inspector.loop.report_html import render_html
 from inspector.store.store import Store
 

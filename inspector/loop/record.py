@@ -3,8 +3,7 @@ print as csv or json and what the review station's API (/api/v1/, docs/API.md) a
 
 from __future__ import annotations
 
-from inspector.loop.report import iso_time
-from inspector.store.schema import parse_boxes
+from inspector.base.times import iso_time
 
 VERDICT_FIELDS = ["time", "verdict", "p_abnormal", "reason", "path", "path_raw_hex", "sha256", "size", "mtime_ns",
                   "status", "duplicate", "duplicate_of", "moved_to", "model_sha256", "threshold", "method",
@@ -31,6 +30,8 @@ def verdict_record(row: dict) -> dict:
 def region_record(row: dict) -> dict:
     """Where the normal model's map peaks and what it boxes: "peak": [x, y] and "boxes": [[x0, y0, x1, y1], ...]
     in pixels of the original image (x the column, y the row); null for a verdict without a normal model."""
+    from inspector.store.schema import parse_boxes  # here: the schema imports SQLAlchemy, the CLI starts without it
+
     peak = [row["peak_x"], row["peak_y"]] if row.get("peak_x") is not None else None
     return {"peak": peak, "boxes": parse_boxes(row["boxes"]) if peak is not None else None}
 

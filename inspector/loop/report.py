@@ -20,6 +20,7 @@ from inspector.base.config import Config
 from inspector.store.counts import count_electrodes
 from inspector.base.durable import write_atomic
 from inspector.base.errors import InspectorError
+from inspector.base.times import iso_time
 from inspector.store.schema import WITHDRAWN
 from inspector.store.store import Store
 
@@ -28,10 +29,6 @@ OUTCOME_FIELDS = ["time", "kind", "outcome", "p_abnormal", "threshold", "reason"
                   "sha256", "bundle", "status", "duplicate_of", "moved_to", "model_sha256", "method",
                   "heatmap_path", "review_status", "review_label", "review_anomalies", "reviewed_by",
                   "reviewed_at", "review_count", "station", "serial", "lot"]
-
-
-def iso_time(when: datetime | None) -> str | None:
-    return when.astimezone(timezone.utc).isoformat() if when else None
 
 
 def bundle_of(path: str, rule: str, capture_dir: str | os.PathLike) -> str:
