@@ -12,12 +12,11 @@ from pathlib import Path
 
 from inspector import __version__
 from inspector.base.artifact import HeaderError, inspector_metadata, read_head
-from inspector.base.config import HEADS, POOLINGS, STAGES
+from inspector.base.config import HEADS, POOLINGS, SCORES, STAGES
 from inspector.imaging.convert import Conversion, Window
 from inspector.base.errors import ModelError
 
 CLASS_NAMES = ("normal", "abnormal")
-SCORES = ("head", "map", "fusion")
 FREEZE_MODES = ("paper", "none")
 STAGE_CHANNELS = {"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}
 DEFAULT_FEATURES = ("layer2", "layer3")

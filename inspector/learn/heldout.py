@@ -17,7 +17,7 @@ import numpy as np
 from inspector.data import localize
 
 from inspector.learn import normalmap
-from inspector.base.config import Config
+from inspector.base.config import SCORES, Config
 from inspector.data.dataset import Dataset
 
 if TYPE_CHECKING:
@@ -25,8 +25,6 @@ if TYPE_CHECKING:
 
     from inspector.data.dataset import Fold
     from inspector.data.views import ImageSource, View
-
-SCORES = ("head", "map", "fusion")
 
 
 def fuse(p_head: np.ndarray, p_map: np.ndarray) -> np.ndarray:
