@@ -108,10 +108,7 @@ class Station(DaemonProcess):
             f'[model]\npath = "{model}"\ndevice = "{device}"\n[infer]\nbatch_size = {batch_size}\nthreads = {threads}\n'
             f'workers = {workers}\n'
             f'[database]\nurl = "sqlite:///inspector.db"\n[state]\ndir = "var"\n[log]\nlevel = "WARNING"\n')
-        super().__init__(folder, config, omp_threads=threads, listen=False, stop_seconds=30)
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        super().wait_ready(timeout)
+        super().__init__(folder, config, omp_threads=threads, listen=False, stop_seconds=30, ready_timeout=120)
 
     def drop_one_at_a_time(self, paths: list[Path]) -> None:
         """Each file dropped as soon as the previous one has its verdict."""

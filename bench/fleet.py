@@ -123,11 +123,8 @@ class FleetStation(DaemonProcess):
             f'[station]\nname = "{name}"\nheartbeat_seconds = {timing.heartbeat_seconds}\n'
             f'claim_lease_seconds = {timing.claim_lease_seconds}\n'
             f'[database]\nurl = "{url}"\n[state]\ndir = "var"\n[log]\nlevel = "WARNING"\n')
-        super().__init__(folder, config, omp_threads=threads, listen=False, stop_seconds=30)
+        super().__init__(folder, config, omp_threads=threads, listen=False, stop_seconds=30, ready_timeout=120)
         self.done = 0  # scored + rejected, from the latest STATUS
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        super().wait_ready(timeout)
 
     def take_status(self) -> None:
         """Read every waiting notify datagram; keep the latest scored + rejected count."""

@@ -16,13 +16,9 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 from pathlib import Path
 from typing import Callable, Iterator
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> object:
@@ -133,13 +129,15 @@ class DaemonProcess:
     a process group of its own, so that close() ends the prefix and its child together. omp_threads: its
     OMP_NUM_THREADS. listen: see NotifySocket (False for a benchmark). stop_seconds: close() first stops it with
     SIGTERM and waits up to that long for its clean exit (a benchmark, whose figures include the stop); 0, a
-    test's: SIGKILL at once."""
+    test's: SIGKILL at once. ready_timeout: how long wait_ready() waits for READY=1 unless told (a benchmark's
+    station, loading a full-size model on a busy machine, is given longer)."""
 
     def __init__(self, folder: Path, config: Path, extra_env: dict[str, str] | None = None,
-                 prefix: tuple[str, ...] = (), omp_threads: int = 1, listen: bool = True, stop_seconds: float = 0):
+                 prefix: tuple[str, ...] = (), omp_threads: int = 1, listen: bool = True, stop_seconds: float = 0,
+                 ready_timeout: float = 60):
         self.folder = folder
         self.stop_seconds = stop_seconds
-        self.config = config
+        self.ready_timeout = ready_timeout
         self.capture = capture_dir(config)
         sock_path = folder / f"notify-{time.monotonic_ns()}.sock"
         if len(os.fsencode(sock_path)) > 100:  # AF_UNIX paths are limited to 108 bytes
@@ -171,8 +169,10 @@ class DaemonProcess:
             raise AssertionError(f"daemon exited with {self.proc.returncode} before {what}:\n{self.log()}")
         return found
 
-    def wait_ready(self, timeout: float = 60) -> None:
-        self.wait_notify(lambda message: "READY=1" in message, timeout, "READY=1 from the daemon")
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """READY=1 within `timeout` seconds (else ready_timeout)."""
+        self.wait_notify(lambda message: "READY=1" in message, self.ready_timeout if timeout is None else timeout,
+                         "READY=1 from the daemon")
 
     def wait_scored(self, n: int, timeout: float) -> None:
         """Until the daemon's STATUS says `scored n` or more."""
