@@ -13,7 +13,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from inspector.store.database import Database
-from inspector.store.queries import is_reviewed, newest_review_label
+from inspector.store.queries import is_reviewed, newest_review_label, window
 from inspector.store.schema import audits, images, insert_new, utc_now, verdicts
 
 
@@ -29,12 +29,8 @@ class AuditResults:
 
 def _captured_in(since: datetime | None, until: datetime | None, station: str | None) -> sa.Select:
     """The contents of the electrodes (first files, duplicates left out) recorded in [since, until)."""
-    query = sa.select(images.c.sha256).where(images.c.status != "duplicate")
-    if since is not None:
-        query = query.where(images.c.first_seen >= since)
-    if until is not None:
-        query = query.where(images.c.first_seen < until)
-    return query.where(images.c.station == station) if station is not None else query
+    return window(sa.select(images.c.sha256).where(images.c.status != "duplicate"), images.c.first_seen, since, until,
+                  images.c.station, station)
 
 
 class Audits:

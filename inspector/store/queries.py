@@ -29,6 +29,17 @@ def newest_review_id(sha256_column: sa.ColumnElement) -> sa.ScalarSelect:
     return sa.select(sa.func.max(reviews.c.id)).where(reviews.c.sha256 == sha256_column).scalar_subquery()
 
 
+def window(query: sa.Select, column: sa.ColumnElement, since: datetime | None, until: datetime | None,
+           station_column: sa.ColumnElement | None = None, station: str | None = None) -> sa.Select:
+    """The rows whose `column` is in [since, until) (an end that is None is open) and, given a station, whose
+    `station_column` names it: the one period filter of every reader."""
+    if since is not None:
+        query = query.where(column >= since)
+    if until is not None:
+        query = query.where(column < until)
+    return query.where(station_column == station) if station is not None else query
+
+
 def moved_place(row) -> str | None:
     """Where an images row says its file was moved, as a path to open: the exact bytes (moved_to_raw, schema 4)
     as os.fsdecode gives them back, else the readable moved_to of a row moved before."""
@@ -71,16 +82,11 @@ class Queries:
             query = sa.select(*columns).select_from(images.join(verdicts, on))
         else:  # the verdict each image got when it was captured
             query = sa.select(*columns).select_from(images.outerjoin(verdicts, images.c.verdict_id == verdicts.c.id))
-        if since is not None:
-            query = query.where(images.c.first_seen >= since)
-        if until is not None:
-            query = query.where(images.c.first_seen < until)
+        query = window(query, images.c.first_seen, since, until, images.c.station, station)
         if verdict is not None:
             if verdict not in VERDICTS:
                 raise StoreError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
             query = query.where(verdicts.c.verdict == verdict)
-        if station is not None:
-            query = query.where(images.c.station == station)
         if serial is not None:
             query = query.where(images.c.serial == serial)
         if lot is not None:
@@ -212,10 +218,7 @@ class Queries:
                            verdicts.c.model_sha256)
                  .select_from(images.join(verdicts, images.c.verdict_id == verdicts.c.id))
                  .where(images.c.sha256.not_in(done)).order_by(images.c.id))
-        if since is not None:
-            query = query.where(images.c.first_seen >= since)
-        if until is not None:
-            query = query.where(images.c.first_seen < until)
+        query = window(query, images.c.first_seen, since, until)
         todo: dict[str, dict] = {}
         with self.read() as conn:
             for row in conn.execute(query):
@@ -248,20 +251,10 @@ class Queries:
                 return sum(fnmatch.fnmatchcase(p, left) for p in conn.execute(query).scalars())
             return int(conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one())
 
-    def _rejection_filter(self, query: sa.Select, since: datetime | None, until: datetime | None,
-                          station: str | None = None) -> sa.Select:
-        if station is not None:
-            query = query.where(rejections.c.station == station)
-        if since is not None:
-            query = query.where(rejections.c.created_at >= since)
-        if until is not None:
-            query = query.where(rejections.c.created_at < until)
-        return query
-
     def query_rejections(self, since: datetime | None = None, until: datetime | None = None,
                          limit: int | None = None, station: str | None = None) -> list[dict]:
         """Files that got no verdict and why, newest first."""
-        query = self._rejection_filter(sa.select(rejections), since, until, station)
+        query = window(sa.select(rejections), rejections.c.created_at, since, until, rejections.c.station, station)
         query = query.order_by(rejections.c.created_at.desc(), rejections.c.id.desc())
         if limit is not None:
             query = query.limit(limit)
@@ -270,7 +263,8 @@ class Queries:
 
     def count_rejections(self, since: datetime | None = None, until: datetime | None = None,
                          station: str | None = None) -> int:
-        query = self._rejection_filter(sa.select(sa.func.count()).select_from(rejections), since, until, station)
+        query = window(sa.select(sa.func.count()).select_from(rejections), rejections.c.created_at, since, until,
+                       rejections.c.station, station)
         with self.read() as conn:
             return int(conn.execute(query).scalar_one())
 

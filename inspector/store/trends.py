@@ -9,16 +9,8 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from inspector.store.database import Database
+from inspector.store.queries import window
 from inspector.store.schema import WITHDRAWN, images, rejections, reviews, verdicts
-
-
-def _window(query: sa.Select, column: sa.ColumnElement, since: datetime | None, until: datetime | None,
-            station_column: sa.ColumnElement, station: str | None) -> sa.Select:
-    if since is not None:
-        query = query.where(column >= since)
-    if until is not None:
-        query = query.where(column < until)
-    return query.where(station_column == station) if station is not None else query
 
 
 CAPTURED = images.join(verdicts, images.c.verdict_id == verdicts.c.id)
@@ -36,10 +28,10 @@ class Trends:
         """(when, outcome, duplicate file) of every file recorded in [since, until): its capture verdict (pending
         before one) or `rejected`, as counts.count_electrodes counts them."""
         outcome = sa.func.coalesce(verdicts.c.verdict, "pending")
-        files = _window(sa.select(images.c.first_seen, outcome, images.c.status == "duplicate")
+        files = window(sa.select(images.c.first_seen, outcome, images.c.status == "duplicate")
                         .select_from(images.outerjoin(verdicts, images.c.verdict_id == verdicts.c.id)),
                         images.c.first_seen, since, until, images.c.station, station)
-        rejected = _window(sa.select(rejections.c.created_at), rejections.c.created_at, since, until,
+        rejected = window(sa.select(rejections.c.created_at), rejections.c.created_at, since, until,
                            rejections.c.station, station)
         with self.db.read() as conn:
             out = [(when, str(o), bool(d)) for when, o, d in conn.execute(files)]
@@ -50,7 +42,7 @@ class Trends:
                station: str | None = None) -> list[tuple[datetime, float, float]]:
         """(when, P(abnormal), threshold) of each electrode's capture verdict with a probability (a rescan for
         image quality has none), duplicates left out."""
-        query = _window(sa.select(images.c.first_seen, verdicts.c.p_abnormal, verdicts.c.threshold)
+        query = window(sa.select(images.c.first_seen, verdicts.c.p_abnormal, verdicts.c.threshold)
                         .select_from(CAPTURED).where(NOT_DUPLICATE, verdicts.c.p_abnormal.is_not(None)),
                         images.c.first_seen, since, until, images.c.station, station)
         with self.db.read() as conn:
@@ -62,7 +54,7 @@ class Trends:
         the capture), `model_verdict` (what the reviewer saw the model say), `label`, `anomalies` (a tuple)."""
         later = reviews.alias("later")  # queries.newest_review_id, on an alias: reviews is in this FROM already
         newest = sa.select(sa.func.max(later.c.id)).where(later.c.sha256 == images.c.sha256).scalar_subquery()
-        query = _window(sa.select(images.c.first_seen.label("time"), reviews.c.model_verdict, reviews.c.label,
+        query = window(sa.select(images.c.first_seen.label("time"), reviews.c.model_verdict, reviews.c.label,
                                   reviews.c.anomalies)
                         .select_from(images.join(reviews, reviews.c.id == newest))
                         .where(NOT_DUPLICATE, reviews.c.label != WITHDRAWN),
@@ -74,7 +66,7 @@ class Trends:
     def verdict_counts(self, since: datetime | None = None, until: datetime | None = None,
                        station: str | None = None) -> dict[str, int]:
         """Capture verdicts of the electrodes recorded in [since, until) by verdict, duplicates left out."""
-        query = _window(sa.select(verdicts.c.verdict, sa.func.count()).select_from(CAPTURED).where(NOT_DUPLICATE)
+        query = window(sa.select(verdicts.c.verdict, sa.func.count()).select_from(CAPTURED).where(NOT_DUPLICATE)
                         .group_by(verdicts.c.verdict), images.c.first_seen, since, until, images.c.station, station)
         with self.db.read() as conn:
             return {str(v): int(n) for v, n in conn.execute(query)}
