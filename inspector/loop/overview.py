@@ -10,7 +10,7 @@ from datetime import datetime
 
 from inspector.base.config import Config
 from inspector.base.paths import display_path
-from inspector.loop.trends import AbnormalCheck, AuditEstimate, abnormal_check
+from inspector.loop.trends import AbnormalCheck, AuditEstimate, abnormal_check, audit_estimate
 from inspector.store.store import Store
 from inspector.base.times import today_start_utc
 
@@ -45,11 +45,10 @@ def station_overview(cfg: Config, store: Store, station: str | None = None) -> O
     counts = store.status_counts(today, station)
     beats, now = store.station_rows()
     stations = [s for s in station_states(beats, now, counts) if station is None or s["name"] == station]
-    found = store.audits.results(station=station)
     return Overview(counts, stations, store.promoted_model(), count_waiting(cfg, store), degraded_folders(cfg),
                     station, store.where, store.reviews.count_pending(station),
                     abnormal_check(store, today, station),
-                    AuditEstimate(found.requested, found.reviewed, found.abnormal))
+                    audit_estimate(store, station=station))
 
 
 def count_waiting(cfg: Config, store: Store) -> int | None:

@@ -68,6 +68,13 @@ class AuditEstimate:
                 f"{self.reviewed} audited were abnormal; 95% Wilson interval {percent(low)} to {percent(high)}){wait}")
 
 
+def audit_estimate(store: Store, since: datetime | None = None, until: datetime | None = None,
+                   station: str | None = None) -> AuditEstimate:
+    """What the audits of the electrodes recorded in [since, until) say (store.audits.results)."""
+    found = store.audits.results(since, until, station)
+    return AuditEstimate(found.requested, found.reviewed, found.abnormal)
+
+
 @dataclass(frozen=True)
 class AbnormalCheck:
     """Today's abnormal rate against the trailing BASELINE_DAYS days' (the status page's alarm)."""
@@ -191,9 +198,8 @@ def gather_trends(store: Store, since: datetime | None = None, until: datetime |
     weeks, threshold = weekly_scores(store.trends.scores(since, until, station))
     reviewed = store.trends.reviewed(since, until, station)
     bars, untyped = pareto(reviewed)
-    found = store.audits.results(since, until, station)
     return TrendData(len(outcomes), pass_rates(outcomes, since, until), weeks, threshold, bars, untyped,
-                     overturned(reviewed), AuditEstimate(found.requested, found.reviewed, found.abnormal))
+                     overturned(reviewed), audit_estimate(store, since, until, station))
 
 
 def png_uri(png: bytes) -> str:
