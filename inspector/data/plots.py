@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from typing import Any
 
@@ -26,6 +27,11 @@ def figure_png(fig: Any) -> bytes:
     fig.savefig(buf, format="png")
     pyplot().close(fig)
     return buf.getvalue()
+
+
+def png_uri(png: bytes) -> str:
+    """PNG bytes as a data: URI, for a page that carries its images (the report, the status page's trends)."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def roc_figure(y: np.ndarray, curves: dict[str, np.ndarray], title: str, size: float = 5.0, dpi: int = 100,

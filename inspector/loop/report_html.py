@@ -8,7 +8,6 @@ markup handed to a template ready-made is a section rendered from these same tem
 
 from __future__ import annotations
 
-import base64
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,7 +20,7 @@ from markupsafe import Markup
 
 import inspector
 from inspector.data import metrics
-from inspector.data.plots import figure_png, pyplot, roc_figure
+from inspector.data.plots import figure_png, png_uri, pyplot, roc_figure
 from inspector.base.config import Config
 from inspector.base.errors import ImageError, InspectorError
 from inspector.base.paths import display_path
@@ -56,10 +55,6 @@ class Picture:
     src: str | None
     alt: str
     cls: str = ""
-
-
-def png_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def embedded_png(png: bytes, alt: str, cls: str) -> Picture:

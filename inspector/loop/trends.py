@@ -9,7 +9,6 @@ done here, in the reader's calendar.
 
 from __future__ import annotations
 
-import base64
 import statistics
 from collections import Counter
 from dataclasses import dataclass
@@ -202,14 +201,10 @@ def gather_trends(store: Store, since: datetime | None = None, until: datetime |
                      overturned(reviewed), audit_estimate(store, since, until, station))
 
 
-def png_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
 def trend_charts(data: TrendData) -> dict[str, str | None]:
     """Each chart as a PNG data: URI, None where its period holds nothing to draw."""
     from inspector.data import trendplots as tp
-    from inspector.data.plots import figure_png
+    from inspector.data.plots import figure_png, png_uri
 
     def uri(fig) -> str:
         return png_uri(figure_png(fig))
