@@ -270,7 +270,7 @@ def test_the_alarm_counts_today_and_the_seven_days_before_from_the_store(tmp_pat
                            "abnormal" if abnormal else "normal", None, 0.5, "global")
             with store.write() as conn:
                 conn.execute(sa.update(images).where(images.c.sha256 == sha(name)).values(first_seen=when))
-        check = abnormal_check(store, today)
+        check = abnormal_check(store, store.status_counts(today)["verdicts_today"], today)
         quiet = AbnormalCheck(check.today, check.today_abnormal, 0, 0)
     assert (check.today, check.today_abnormal, check.baseline, check.baseline_abnormal) == (20, 6, 80, 4)
     assert check.alert and not quiet.alert

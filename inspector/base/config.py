@@ -163,7 +163,9 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class AlertsConfig:
-    """`inspector status --check`'s thresholds: the same conditions as deploy/prometheus/inspector-rules.yml."""
+    """`inspector status --check`'s thresholds: the same conditions as deploy/prometheus/inspector-rules.yml. The
+    abnormal-rate numbers (baseline_days, abnormal_rate_factor, abnormal_min_verdicts) are also those of the status
+    page's alarm (loop/trends.abnormal_check: today against the days before it)."""
 
     baseline_days: float = 7.0  # the trailing window the last hour is compared with
     abnormal_rate_factor: float = 2.0  # warning: the last hour's abnormal rate above this x the baseline's ...

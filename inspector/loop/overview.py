@@ -34,10 +34,6 @@ class Overview:
     def model(self) -> dict | None:
         return self.counts["model"]
 
-    def abnormal_rate_today(self) -> float | None:
-        """Abnormal verdicts over every verdict today (None before the first)."""
-        return self.abnormal.rate
-
 
 def station_overview(cfg: Config, store: Store, station: str | None = None) -> Overview:
     """Everything `inspector status` shows, read from the store (and the capture folder, when this host has it)."""
@@ -47,7 +43,7 @@ def station_overview(cfg: Config, store: Store, station: str | None = None) -> O
     stations = [s for s in station_states(beats, now, counts) if station is None or s["name"] == station]
     return Overview(counts, stations, store.promoted_model(), count_waiting(cfg, store), degraded_folders(cfg),
                     station, store.where, store.reviews.count_pending(station),
-                    abnormal_check(store, today, station),
+                    abnormal_check(store, counts["verdicts_today"], today, station, cfg.alerts),
                     audit_estimate(store, station=station))
 
 

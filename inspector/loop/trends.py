@@ -14,14 +14,15 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
+from inspector.base.config import AlertsConfig
 from inspector.data.metrics import wilson_interval
 from inspector.store.counts import count_electrodes
 from inspector.store.store import Store
 
-BASELINE_DAYS = 7  # today's abnormal rate is compared with the days before it
-ALERT_FACTOR = 2.0  # the alarm: today's rate more than this times the baseline ...
-ALERT_MIN_RISE = 0.02  # ... and at least two points above it ...
-ALERT_MIN_VERDICTS = 20  # ... with at least this many verdicts today and in the baseline
+# The alarm: today's rate more than alerts.abnormal_rate_factor times the baseline of the alerts.baseline_days
+# before it, with at least alerts.abnormal_min_verdicts verdicts today and in the baseline (AlertsConfig: the numbers
+# `status --check` uses too), ...
+ALERT_MIN_RISE = 0.02  # ... and at least two points above the baseline (this rule's own floor)
 MAX_DAYS = 400  # a pass-rate chart spans at most this many days (its last ones)
 NO_TYPE = "(type not given)"
 
@@ -76,13 +77,19 @@ def audit_estimate(store: Store, since: datetime | None = None, until: datetime 
 
 @dataclass(frozen=True)
 class AbnormalCheck:
-    """Today's abnormal rate against the trailing BASELINE_DAYS days' (the status page's alarm)."""
+    """Today's abnormal rate against the trailing alerts.baseline_days days' (the status page's alarm)."""
 
     today: int
     today_abnormal: int
     baseline: int
     baseline_abnormal: int
-    baseline_days: int = BASELINE_DAYS
+    alerts: AlertsConfig = AlertsConfig()  # the numbers: baseline_days, abnormal_rate_factor, abnormal_min_verdicts
+
+    @property
+    def baseline_days(self) -> float:
+        """alerts.baseline_days, a whole number of days as an int (7, as it shows)."""
+        days = self.alerts.baseline_days
+        return int(days) if float(days).is_integer() else days
 
     @property
     def rate(self) -> float | None:
@@ -94,18 +101,20 @@ class AbnormalCheck:
 
     @property
     def alert(self) -> bool:
-        """Today's rate more than ALERT_FACTOR times the baseline's (and ALERT_MIN_RISE above it) beyond chance:
-        the lower end of today's 95% Wilson interval is above that bar, so a few abnormal scans in a quiet
+        """Today's rate more than abnormal_rate_factor times the baseline's (and ALERT_MIN_RISE above it) beyond
+        chance: the lower end of today's 95% Wilson interval is above that bar, so a few abnormal scans in a quiet
         morning do not raise it."""
-        if self.today < ALERT_MIN_VERDICTS or self.baseline < ALERT_MIN_VERDICTS:
+        least = self.alerts.abnormal_min_verdicts
+        if self.today < least or self.baseline < least:
             return False
         low, _ = wilson_interval(self.today_abnormal, self.today)
         base = self.baseline_rate
-        return low > max(ALERT_FACTOR * base, base + ALERT_MIN_RISE)
+        return low > max(self.alerts.abnormal_rate_factor * base, base + ALERT_MIN_RISE)
 
     def describe(self) -> str:
-        if self.baseline < ALERT_MIN_VERDICTS:
-            base = f"no baseline yet (fewer than {ALERT_MIN_VERDICTS} verdicts in the last {self.baseline_days} days)"
+        if self.baseline < self.alerts.abnormal_min_verdicts:
+            base = (f"no baseline yet (fewer than {self.alerts.abnormal_min_verdicts} verdicts in the last "
+                    f"{self.baseline_days} days)")
         else:
             base = (f"{percent(self.baseline_rate)} over the last {self.baseline_days} days "
                     f"({self.baseline_abnormal} of {self.baseline})")
@@ -113,11 +122,15 @@ class AbnormalCheck:
         return f"{today}, {base}" + ("; ABOVE the baseline beyond chance" if self.alert else "")
 
 
-def abnormal_check(store: Store, today_start: datetime, station: str | None = None) -> AbnormalCheck:
-    today = store.trends.verdict_counts(since=today_start, station=station)
-    base = store.trends.verdict_counts(since=today_start - timedelta(days=BASELINE_DAYS), until=today_start,
+def abnormal_check(store: Store, verdicts_today: dict[str, int], today_start: datetime, station: str | None = None,
+                   alerts: AlertsConfig = AlertsConfig()) -> AbnormalCheck:
+    """verdicts_today: today's capture verdicts by verdict, duplicates left out, as status_counts gives them
+    (`verdicts_today`, counted since today_start, of `station` when given); the baseline, the alerts.baseline_days
+    before today_start, is read here (store.trends.verdict_counts, which counts the same way)."""
+    base = store.trends.verdict_counts(since=today_start - timedelta(days=alerts.baseline_days), until=today_start,
                                        station=station)
-    return AbnormalCheck(sum(today.values()), today.get("abnormal", 0), sum(base.values()), base.get("abnormal", 0))
+    return AbnormalCheck(sum(verdicts_today.values()), verdicts_today.get("abnormal", 0), sum(base.values()),
+                         base.get("abnormal", 0), alerts)
 
 
 @dataclass(frozen=True)
