@@ -164,6 +164,56 @@ def test_a_period_without_verdicts_says_so_instead_of_empty_plots(line):
     assert "id='trend-" not in html
 
 
+def test_the_report_draws_its_trends_from_its_own_rows_as_gather_trends_reads_them(line, monkeypatch):
+    """The report hands gather_trends the outcomes it read (collect_outcomes): every series equals the store's own
+    queries, over open and closed periods, per station, with a pending file, a duplicate file, a rejection, a
+    withdrawn review, a review of a rescan and of a pending file; only the audits are read again."""
+    from inspector.loop import trends
+    from inspector.loop.export import render_report
+    from inspector.loop.report import collect_outcomes
+
+    tmp_path, cfg = line
+    with open_store(cfg.database.url) as store:
+        store.reviews.withdraw(store.reviews.newest(sha("a4"))["id"], "ann", "")
+        for name, label, kinds in [("n5", "abnormal", ["line"]), ("r1", "normal", []), ("n3", "abnormal", ["dent"]),
+                                   ("n1", "normal", []), ("n4", "abnormal", ["crack"])]:
+            record_review(store, sha(name), label, kinds, "ann")
+        record_rejection(store, "/cap/n4-cut.tif", sha("n4"), 5, 3, "not_an_image", "truncated")  # a reviewed content
+        store.audits.request([sha("n2"), sha("n6")], "qa", 1)
+        record_review(store, sha("n6"), "abnormal", ["scratch"], "ann")
+        with store.write() as conn:
+            conn.execute(sa.update(images).where(images.c.path == "/cap/n3.tif").values(verdict_id=None))  # pending
+            conn.execute(sa.update(images).values(station="west"))
+            conn.execute(sa.update(images).where(images.c.sha256.in_([sha("n1"), sha("a2"), sha("r1")]))
+                         .values(station="east"))
+            conn.execute(sa.update(rejections).values(station="east", created_at=at(7)))
+        periods = [MARCH, {}, dict(since=at(7, 0)), dict(until=at(9, 0)), dict(since=at(6, 10), until=at(6, 11)),
+                   dict(since=at(4, 0), until=at(5, 0))]
+        for period in periods:
+            for station in (None, "east", "west", "north"):
+                rows = collect_outcomes(store, cfg, station=station, **period)
+                assert gather_trends(store, station=station, rows=rows, **period) == \
+                    gather_trends(store, station=station, **period), (period, station)
+        expected = gather_trends(store, **MARCH)
+        drawn = []
+
+        def spy(*args, **kwargs):
+            drawn.append(gather(*args, **kwargs))
+            return drawn[-1]
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("the report read its trends' rows twice")
+
+        gather = trends.gather_trends
+        monkeypatch.setattr(trends, "gather_trends", spy)
+        for name in ("outcomes", "scores", "reviewed"):
+            monkeypatch.setattr(store.trends, name, refuse)
+        html, count = render_report(store, cfg, "html", **MARCH)
+    assert count == 17 and drawn == [expected]
+    assert expected.outcomes == 17 and expected.audit == AuditEstimate(2, 1, 1)
+    assert ("line", 1) in [(b["kind"], b["count"]) for b in expected.pareto]
+
+
 # ---- the audit of normal verdicts ------------------------------------------------------------------------------
 def picks_of(output: str) -> list[str]:
     return re.findall(r"\b([0-9a-f]{12})\b", output)

@@ -269,11 +269,13 @@ def section_model(store, cfg: Config) -> Markup:
                            file_rows=meta_rows(file_meta) if file_differs else None)
 
 
-def section_trends(store, since: datetime | None, until: datetime | None, station: str | None) -> Markup:
-    """Pass rate per day, P(abnormal) per week, the anomaly types' Pareto, overturned verdicts, the audits."""
+def section_trends(store, rows: list[dict], since: datetime | None, until: datetime | None,
+                   station: str | None) -> Markup:
+    """Pass rate per day, P(abnormal) per week, the anomaly types' Pareto, overturned verdicts, the audits: drawn
+    from the page's own rows (only the audits are read again)."""
     from inspector.loop.trends import trend_view
 
-    return render_template("trends.html", **trend_view(store, since, until, station))
+    return render_template("trends.html", **trend_view(store, since, until, station, rows))
 
 
 def render_html(store, cfg: Config, rows: list[dict], since: datetime | None, until: datetime | None,
@@ -287,5 +289,5 @@ def render_html(store, cfg: Config, rows: list[dict], since: datetime | None, un
     return str(render_template(
         "page.html", generated=now.strftime("%Y-%m-%d %H:%M"),
         period=f"{show(since, 'the first image')} to {show(until, 'now')}", outcomes=len(rows), database=store.where,
-        sections=[section_totals(rows), section_trends(store, since, until, station), section_flagged(store, rows, cfg),
-                  section_cv(cfg), section_model(store, cfg)]))
+        sections=[section_totals(rows), section_trends(store, rows, since, until, station),
+                  section_flagged(store, rows, cfg), section_cv(cfg), section_model(store, cfg)]))

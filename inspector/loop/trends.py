@@ -3,8 +3,8 @@ P(abnormal) per ISO week (a drift shows there before the verdicts change), the P
 the share of verdicts reviewers overturned per week, the miss rate the audits of normal verdicts estimate, and
 today's abnormal rate against its trailing baseline (the status page's alarm).
 
-Every row comes from the store by name (store.trends, store.audits); the grouping by local day and ISO week is
-done here, in the reader's calendar.
+Every row comes from the store by name (store.trends, store.audits), or, for the report, from the outcomes it has
+read already (rows_series); the grouping by local day and ISO week is done here, in the reader's calendar.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from datetime import date, datetime, timedelta, timezone
 from inspector.base.config import AlertsConfig
 from inspector.data.metrics import wilson_interval
 from inspector.store.counts import count_electrodes
+from inspector.store.schema import WITHDRAWN
 from inspector.store.store import Store
+from inspector.store.trends import anomaly_kinds
 
 # The alarm: today's rate more than alerts.abnormal_rate_factor times the baseline of the alerts.baseline_days
 # before it, with at least alerts.abnormal_min_verdicts verdicts today and in the baseline (AlertsConfig: the numbers
@@ -203,12 +205,32 @@ def overturned(reviewed: list[dict]) -> list[dict]:
     return out
 
 
+def rows_series(rows: list[dict]) -> tuple[list, list, list]:
+    """What store.trends.outcomes, .scores and .reviewed give, taken from the outcomes of the same period as
+    report.collect_outcomes gives them (its verdict rows carry review_states' newest review of their content)."""
+    files = [r for r in rows if r["kind"] == "verdict"]
+    electrodes = [r for r in files if r["status"] != "duplicate"]
+    outcomes = [(r["when"], r["outcome"], r["status"] == "duplicate") for r in rows]
+    scores = [(r["when"], float(r["p_abnormal"]), float(r["threshold"])) for r in electrodes
+              if r["p_abnormal"] is not None]
+    reviewed = [{"time": r["when"], "model_verdict": review["model_verdict"], "label": review["label"],
+                 "anomalies": anomaly_kinds(review["anomalies"])}
+                for r in electrodes if (review := r["review"]) and review["label"] != WITHDRAWN]
+    return outcomes, scores, reviewed
+
+
 def gather_trends(store: Store, since: datetime | None = None, until: datetime | None = None,
-                  station: str | None = None) -> TrendData:
-    """The trends of [since, until) (station: that station's electrodes only)."""
-    outcomes = store.trends.outcomes(since, until, station)
-    weeks, threshold = weekly_scores(store.trends.scores(since, until, station))
-    reviewed = store.trends.reviewed(since, until, station)
+                  station: str | None = None, rows: list[dict] | None = None) -> TrendData:
+    """The trends of [since, until) (station: that station's electrodes only). rows: the period's outcomes already
+    read (report.collect_outcomes of the same since, until and station), drawn from instead of the store; only the
+    audits are read then."""
+    if rows is None:
+        outcomes = store.trends.outcomes(since, until, station)
+        scores = store.trends.scores(since, until, station)
+        reviewed = store.trends.reviewed(since, until, station)
+    else:
+        outcomes, scores, reviewed = rows_series(rows)
+    weeks, threshold = weekly_scores(scores)
     bars, untyped = pareto(reviewed)
     return TrendData(len(outcomes), pass_rates(outcomes, since, until), weeks, threshold, bars, untyped,
                      overturned(reviewed), audit_estimate(store, since, until, station))
@@ -236,9 +258,10 @@ def trend_charts(data: TrendData) -> dict[str, str | None]:
 
 
 def trend_view(store: Store, since: datetime | None = None, until: datetime | None = None,
-               station: str | None = None) -> dict:
-    """What the trends template (web/templates/report/trends.html) shows: the data, its charts, the audit line."""
-    data = gather_trends(store, since, until, station)
+               station: str | None = None, rows: list[dict] | None = None) -> dict:
+    """What the trends template (web/templates/report/trends.html) shows: the data, its charts, the audit line
+    (rows: as gather_trends takes them)."""
+    data = gather_trends(store, since, until, station, rows)
     return {"trends": data, "charts": trend_charts(data), "audit": data.audit.describe(),
             "pareto_rows": [dict(b, cumulative=percent(b["cumulative"])) for b in data.pareto],
             "overturned_rows": [dict(w, share=percent(w["share"])) for w in data.overturned]}

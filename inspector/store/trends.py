@@ -13,6 +13,11 @@ from inspector.store.queries import window
 from inspector.store.schema import WITHDRAWN, images, rejections, reviews, verdicts
 
 
+def anomaly_kinds(text: str | None) -> tuple[str, ...]:
+    """A review's `anomalies` column (the types joined by ';') as the tuple of its types."""
+    return tuple(a for a in (text or "").split(";") if a)
+
+
 CAPTURED = images.join(verdicts, images.c.verdict_id == verdicts.c.id)
 NOT_DUPLICATE = images.c.status != "duplicate"
 
@@ -61,7 +66,7 @@ class Trends:
                         images.c.first_seen, since, until, images.c.station, station)
         with self.db.read() as conn:
             return [{"time": r.time, "model_verdict": r.model_verdict, "label": r.label,
-                     "anomalies": tuple(a for a in (r.anomalies or "").split(";") if a)} for r in conn.execute(query)]
+                     "anomalies": anomaly_kinds(r.anomalies)} for r in conn.execute(query)]
 
     def verdict_counts(self, since: datetime | None = None, until: datetime | None = None,
                        station: str | None = None) -> dict[str, int]:
