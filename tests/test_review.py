@@ -363,6 +363,19 @@ def test_queue_places_walk_the_pending_verdicts_oldest_first(station, store):
     assert queue_place(store, after=123456).item["image_id"] == e1  # an unknown place: from the oldest
 
 
+def test_the_pending_count_by_station_is_count_pending_of_each(station, store):
+    import sqlalchemy as sa
+
+    from inspector.store.schema import images
+
+    with store.write() as conn:  # e1 and its copy recorded by another station
+        conn.execute(sa.update(images).values(station="line1"))
+        conn.execute(sa.update(images).where(images.c.sha256 == station.sha["e1"]).values(station="line2"))
+    by_station = store.reviews.count_pending_by_station()
+    assert by_station == {name: store.reviews.count_pending(name) for name in store.station_names()}
+    assert sum(by_station.values()) == store.reviews.count_pending() == 3 and by_station == {"line1": 2, "line2": 1}
+
+
 def test_verdict_queries_filter_by_review_state_and_page(station, store):
     sha = station.sha["e1"]
     assert {r["sha256"] for r in store.query_verdicts(reviewed=False)} >= {sha}

@@ -46,6 +46,26 @@ def newest_verdict_model(conn: Connection, station: str | None = None) -> tuple[
     return model, last.first_seen
 
 
+def count_by(conn: Connection, column: sa.ColumnElement, time_column: sa.ColumnElement,
+             since: datetime | None = None, station: str | None = None) -> dict[str, int]:
+    """Rows of time_column's table by `column` (since: from then on; station: that station's rows only)."""
+    table = time_column.table
+    query = sa.select(column, sa.func.count()).select_from(table).group_by(column)
+    if station is not None:
+        query = query.where(table.c.station == station)
+    if since is not None:
+        query = query.where(time_column >= since)
+    return {key: int(n) for key, n in conn.execute(query)}
+
+
+def today_by_station(conn: Connection, today_start_utc: datetime, station: str | None = None) -> dict:
+    """Per station, the files recorded (`images_today_by_station`) and rejected (`rejections_today_by_station`)
+    since today_start_utc."""
+    return {"images_today_by_station": count_by(conn, images.c.station, images.c.first_seen, today_start_utc, station),
+            "rejections_today_by_station": count_by(conn, rejections.c.station, rejections.c.created_at,
+                                                    today_start_utc, station)}
+
+
 def status_counts(conn: Connection, today_start_utc: datetime, station: str | None = None) -> dict:
     """Queries.status_counts in one read transaction."""
     mine = (lambda table: table.c.station == station) if station is not None else (lambda table: sa.true())
@@ -62,13 +82,6 @@ def status_counts(conn: Connection, today_start_utc: datetime, station: str | No
         found = count_electrodes(("all", o, bool(d), int(n)) for d, o, n in conn.execute(query))
         return found.get("all", dict.fromkeys(OUTCOMES, 0))
 
-    def by(column, table, time_column, since=None) -> dict[str, int]:
-        query = sa.select(column, sa.func.count()).select_from(table).where(mine(time_column.table))
-        query = query.group_by(column)
-        if since is not None:
-            query = query.where(time_column >= since)
-        return {key: int(n) for key, n in conn.execute(query)}
-
     today, total = electrodes(today_start_utc), electrodes()
     return {
         "model": model,
@@ -76,10 +89,8 @@ def status_counts(conn: Connection, today_start_utc: datetime, station: str | No
         "verdicts_total": {v: total[v] for v in sorted(VERDICTS) if total[v]},
         "duplicates_today": today["duplicates"],
         "duplicates_total": total["duplicates"],
-        "rejections_today": by(rejections.c.reason, rejections, rejections.c.created_at, today_start_utc),
-        "rejections_total": by(rejections.c.reason, rejections, rejections.c.created_at),
+        "rejections_today": count_by(conn, rejections.c.reason, rejections.c.created_at, today_start_utc, station),
+        "rejections_total": count_by(conn, rejections.c.reason, rejections.c.created_at, station=station),
         "last_verdict_at": last_seen,
-        "images_today_by_station": by(images.c.station, images, images.c.first_seen, today_start_utc),
-        "rejections_today_by_station": by(rejections.c.station, rejections, rejections.c.created_at,
-                                          today_start_utc),
+        **today_by_station(conn, today_start_utc, station),
     }

@@ -275,6 +275,12 @@ class Queries:
         with self.read() as conn:
             return counts.status_counts(conn, today_start_utc, station)
 
+    def station_counts_today(self, today_start_utc: datetime) -> dict:
+        """status_counts' two per-station maps alone: the files recorded and rejected today by station
+        (`images_today_by_station`, `rejections_today_by_station`)."""
+        with self.read() as conn:
+            return counts.today_by_station(conn, today_start_utc)
+
     def model_in_use(self, station: str | None = None) -> dict | None:
         """The model of the newest capture verdict (counts.newest_verdict_model), None before any verdict."""
         with self.read() as conn:

@@ -224,6 +224,13 @@ class Reviews:
         with self.db.read() as conn:
             return _count(conn, _pending_query(station))
 
+    def count_pending_by_station(self) -> dict[str | None, int]:
+        """count_pending of every station at once, by station name (a station with none waiting is left out)."""
+        pending = _pending_query(None).order_by(None).subquery()
+        with self.db.read() as conn:
+            return {name: int(n) for name, n in conn.execute(sa.select(pending.c.station, sa.func.count())
+                                                             .group_by(pending.c.station))}
+
     def queue_place(self, after: int | None = None, at: int | None = None, station: str | None = None) -> QueuePlace:
         """The first pending electrode past the image `after` (or from the image `at` on) in queue order; from the
         oldest when neither is given or the id is unknown. None as the item when no electrode waits there."""

@@ -194,7 +194,8 @@ def stations():
 
     query_args(())
     store = ext()["store"]
-    counts = store.status_counts(today_start_utc())
+    counts = store.station_counts_today(today_start_utc())
+    pending = store.reviews.count_pending_by_station()
     beats, now = store.station_rows()
     out = []
     for s in station_states(beats, now, counts):
@@ -206,7 +207,7 @@ def stations():
             "stopped_at": iso_time(s["stopped_at"]), "seen_seconds_ago": round(s["seen_seconds_ago"], 3),
             "heartbeat_seconds": s["heartbeat_seconds"], "scored": s["scored"], "rejected": s["rejected"],
             "queued": s["queued"], "paused_reason": s["paused_reason"], "scored_today": s["scored_today"],
-            "rejected_today": s["rejected_today"], "to_review": store.reviews.count_pending(s["name"])})
+            "rejected_today": s["rejected_today"], "to_review": pending.get(s["name"], 0)})
     return json_response(out)
 
 
