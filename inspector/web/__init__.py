@@ -5,15 +5,19 @@ This package's __init__ holds only WebError and ext() and imports Flask only ins
 user ...` reads the users file without Flask.
 """
 
+from __future__ import annotations
+
 from inspector.base.errors import InspectorError
 
 
 class WebError(InspectorError):
-    """A request the station refuses, with the HTTP status to answer and what the user should do."""
+    """A request the station refuses, with the HTTP status to answer and what the user should do; `challenge`: the
+    WWW-Authenticate header the answer carries (a 401 that takes a bearer token)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, challenge: str | None = None):
         super().__init__(message)
         self.status = status
+        self.challenge = challenge
 
 
 def ext() -> dict:

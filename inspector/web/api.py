@@ -40,8 +40,7 @@ class AuthError(WebError):
     """A request without a usable token: 401 (or 400, 403) with the Bearer challenge of RFC 6750."""
 
     def __init__(self, message: str, error: str | None = "invalid_token", status: int = 401):
-        super().__init__(status, message)
-        self.challenge = 'Bearer realm="inspector"' + (f', error="{error}"' if error else "")
+        super().__init__(status, message, 'Bearer realm="inspector"' + (f', error="{error}"' if error else ""))
 
 
 def json_response(body: object, status: int = 200, headers: dict | None = None) -> Response:

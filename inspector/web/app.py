@@ -117,7 +117,7 @@ def create_app(cfg: Config, store) -> Flask:
 
     @app.errorhandler(WebError)
     def web_error(exc: WebError):
-        return error_page(exc.status, str(exc), getattr(exc, "challenge", None))
+        return error_page(exc.status, str(exc), exc.challenge)
 
     @app.errorhandler(CSRFError)
     def csrf_error(exc: CSRFError):
@@ -159,8 +159,9 @@ AUDITED = (400, 401, 403, 413, 429)  # refusals the audit log records (a 404 or 
 
 
 def error_page(status: int, message: str, challenge: str | None = None):
-    """The refusal as a page (text for an image, JSON under /api/: api.json_error, with `challenge` its
-    WWW-Authenticate), and a line of the audit trail for the statuses in AUDITED."""
+    """The refusal as a page (text for an image, JSON under /api/: api.json_error), with `challenge`, when given, its
+    WWW-Authenticate header (the API's and /metrics' bearer tokens), and a line of the audit trail for the statuses
+    in AUDITED."""
     if status in AUDITED:
         user = g.get("user")
         who = user.name if user else f"API token {g.api_token}" if g.get("api_token") else "(no user)"
@@ -170,10 +171,11 @@ def error_page(status: int, message: str, challenge: str | None = None):
         from inspector.web.api import json_error
 
         return json_error(status, message, challenge)
+    headers = {"WWW-Authenticate": challenge} if challenge else {}
     wants_text = request.accept_mimetypes.best == "text/plain" or request.path.startswith("/image/")
     if wants_text:
-        return message + "\n", status, {"Content-Type": "text/plain; charset=utf-8"}
-    return render_template("error.html", status=status, message=message, user=g.get("user")), status
+        return message + "\n", status, {"Content-Type": "text/plain; charset=utf-8", **headers}
+    return render_template("error.html", status=status, message=message, user=g.get("user")), status, headers
 
 
 def serve(cfg: Config, host: str, port: int, ready=None) -> None:

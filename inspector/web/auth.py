@@ -136,15 +136,21 @@ class PagesOnlySessions(SecureCookieSessionInterface):
         return super().open_session(app, request)
 
 
-def from_trusted_proxy() -> bool:
-    """The request came from an address in web.trusted_proxies (its user header may be believed: see proxied)."""
-    proxies = ext()["cfg"].web.trusted_proxies
+def client_address() -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The request's client address, an IPv4-mapped one as IPv4 (::ffff:10.0.0.7 from a server on ::); None when
+    the server gave none that parses."""
     try:
         address = ipaddress.ip_address(request.remote_addr or "")
     except ValueError:
-        return False
-    address = getattr(address, "ipv4_mapped", None) or address  # ::ffff:10.0.0.7 from a server on ::
-    return any(address in ipaddress.ip_network(p, strict=False) for p in proxies)
+        return None
+    return getattr(address, "ipv4_mapped", None) or address
+
+
+def from_trusted_proxy() -> bool:
+    """The request came from an address in web.trusted_proxies (its user header may be believed: see proxied)."""
+    proxies = ext()["cfg"].web.trusted_proxies
+    address = client_address()
+    return address is not None and any(address in ipaddress.ip_network(p, strict=False) for p in proxies)
 
 
 def proxy_secret_sent() -> bool:

@@ -10,7 +10,6 @@ a proxy (anything else 403): a reverse proxy on the same host would otherwise ma
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from typing import TYPE_CHECKING, Iterator
 
 from flask import Blueprint, Response, request
@@ -21,12 +20,14 @@ from prometheus_client.registry import Collector
 
 from inspector.base.errors import StoreError
 from inspector.web import WebError, ext
+from inspector.web.auth import client_address
 
 if TYPE_CHECKING:
     from inspector.store.store import Store
 
 blueprint = Blueprint("metrics", __name__)
 PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
+CHALLENGE = 'Bearer realm="inspector metrics"'  # the WWW-Authenticate of a 401
 
 
 class StoreCollector(Collector):
@@ -74,18 +75,16 @@ def refuse_other_scrapers() -> None:
     if token:
         scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), token.encode()):
-            raise WebError(401, "/metrics needs the bearer token of web.metrics_token.")
-    elif not loopback(request.remote_addr) or any(h in request.headers for h in PROXY_HEADERS):
+            raise WebError(401, "/metrics needs the bearer token of web.metrics_token.", CHALLENGE)
+    elif not loopback() or any(h in request.headers for h in PROXY_HEADERS):
         raise WebError(403, "/metrics answers only this host's own clients: set web.metrics_token and send it as a "
                             "bearer token to scrape from elsewhere.")
 
 
-def loopback(address: str | None) -> bool:
-    try:
-        ip = ipaddress.ip_address(address or "")
-    except ValueError:
-        return False
-    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
+def loopback() -> bool:
+    """The request's client is on this host (auth.client_address: an IPv4-mapped address read as IPv4)."""
+    address = client_address()
+    return address is not None and address.is_loopback
 
 
 @blueprint.route("/metrics")
@@ -94,10 +93,3 @@ def scrape() -> Response:
     refuse_other_scrapers()
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     return Response(encoder(ext()["metrics"]), 200, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
-
-
-@blueprint.after_request
-def ask_for_the_token(response: Response) -> Response:
-    if response.status_code == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="inspector metrics"'
-    return response
