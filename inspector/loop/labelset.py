@@ -94,7 +94,7 @@ def _find_source(store: Store, sha256: str) -> tuple[dict | None, str | None, li
     """The first recorded file of this content that still holds it: moved_to first, then the original path."""
     from inspector.store.queries import moved_place
 
-    rows = store.content_history(sha256)["files"]
+    rows = store.content_files(sha256)
     problems: list[str] = []
     for row in rows:
         for candidate, shown in ((moved_place(row), row["moved_to"]), (row["path_raw"], row["path"])):

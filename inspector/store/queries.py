@@ -59,6 +59,12 @@ def is_reviewed(sha256_column: sa.ColumnElement) -> sa.ColumnElement:
     return sa.func.coalesce(newest_review_label(sha256_column), WITHDRAWN) != WITHDRAWN
 
 
+def _content_files(conn, sha256: str) -> list[dict]:
+    """The images rows of one content, oldest first (Queries.content_files and .content_history)."""
+    return [dict(r._mapping) for r in conn.execute(sa.select(images).where(images.c.sha256 == sha256)
+                                                   .order_by(images.c.id))]
+
+
 # what query_verdicts and verdict_row give of each recorded file: its images row and the verdict it was given
 VERDICT_COLUMNS = [
     images.c.id, images.c.station, images.c.first_seen.label("time"), images.c.path, images.c.path_raw,
@@ -199,14 +205,19 @@ class Queries:
 
     def content_history(self, sha256: str) -> dict:
         """Everything recorded of one content: every verdict (one per model, at capture or by rescore), newest
-        first, and every file version that held it, oldest first."""
+        first, and every file version that held it, oldest first (`files`: content_files's, in the same read)."""
         with self.read() as conn:
             given = conn.execute(sa.select(verdicts, models.c.path.label("model_path"))
                                  .select_from(verdicts.outerjoin(models, models.c.sha256 == verdicts.c.model_sha256))
                                  .where(verdicts.c.sha256 == sha256)
                                  .order_by(verdicts.c.created_at.desc(), verdicts.c.id.desc())).all()
-            files = conn.execute(sa.select(images).where(images.c.sha256 == sha256).order_by(images.c.id)).all()
-        return {"verdicts": [dict(r._mapping) for r in given], "files": [dict(r._mapping) for r in files]}
+            files = _content_files(conn, sha256)
+        return {"verdicts": [dict(r._mapping) for r in given], "files": files}
+
+    def content_files(self, sha256: str) -> list[dict]:
+        """Every file version (images row) that held one content, oldest first."""
+        with self.read() as conn:
+            return _content_files(conn, sha256)
 
     def rescore_todo(self, model_sha256: str, since: datetime | None = None,
                      until: datetime | None = None) -> list[dict]:
