@@ -1,5 +1,5 @@
-"""Durable file writes: a reader (or a crash) sees the old file or the new one, never half of one; and a
-rename that never replaces a file another process put there first."""
+"""Durable file writes: a reader (or a crash) sees the old file or the new one, never half of one; a rename
+that never replaces a file another process put there first; and the free space left to write in."""
 
 from __future__ import annotations
 
@@ -10,6 +10,18 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
+
+
+def disk_space(path: Path) -> tuple[int, int] | None:
+    """(free bytes for an unprivileged user, size in bytes) of the file system holding `path` (or, before it is
+    made, its nearest existing folder); None when none can be read."""
+    for folder in (path, *path.absolute().parents):
+        try:
+            st = os.statvfs(folder)
+        except OSError:
+            continue
+        return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+    return None
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from inspector.base.config import AlertsConfig, Config
+from inspector.base.durable import disk_space
 from inspector.base.times import format_age
 from inspector.store.store import Store
 
@@ -115,8 +116,6 @@ def waiting_findings(cfg: Config, store: Store, rows: list[dict], now: datetime,
 
 
 def disk_finding(alerts: AlertsConfig, state_dir: Path) -> Finding:
-    from inspector.station.metrics import disk_space
-
     space = disk_space(state_dir)
     if space is None or not space[1]:
         return Finding(WARNING, f"free space of {state_dir} unknown")

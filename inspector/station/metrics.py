@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -21,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from inspector.base.config import MetricsConfig
+from inspector.base.durable import disk_space
 from inspector.base.errors import IMAGE_REASONS, ConfigError
 
 if TYPE_CHECKING:
@@ -31,18 +31,6 @@ log = logging.getLogger("inspector.daemon")
 VERDICT_LABELS = ("normal", "abnormal", "rescan")
 # from a settled file to its outcome committed: one file alone takes a fraction of a second, a burst seconds
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-
-
-def disk_space(path: Path) -> tuple[int, int] | None:
-    """(free bytes for an unprivileged user, size in bytes) of the file system holding `path` (or, before it is
-    made, its nearest existing folder); None when none can be read."""
-    for folder in (path, *path.absolute().parents):
-        try:
-            st = os.statvfs(folder)
-        except OSError:
-            continue
-        return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
-    return None
 
 
 class StationMetrics:
