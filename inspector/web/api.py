@@ -18,7 +18,7 @@ from flask import Blueprint, Response, g, request
 
 from inspector.base.times import TIME_FORMS, parse_time, today_start_utc
 from inspector.loop.record import review_record, verdict_record
-from inspector.loop.report import iso_time
+from inspector.base.times import iso_time
 from inspector.store.queries import MAX_ROW_ID
 from inspector.store.schema import VERDICTS, WITHDRAWN
 from inspector.web import WebError, ext
