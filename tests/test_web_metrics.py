@@ -78,6 +78,17 @@ def test_a_real_scrape_with_the_token_reads_the_database(tmp_path):
     assert log.count("audit: refused 401 GET /metrics for (no user) from 127.0.0.1") == 3, log
 
 
+def test_without_a_token_the_real_server_refuses_what_a_proxy_on_this_host_passes_on(tmp_path):
+    """Over real HTTP (waitress): a request from this host carrying a proxy's forwarding header comes from someone
+    else; waitress drops such headers of untrusted peers before the app sees them, so the app must be told."""
+    st = build_station(tmp_path / "station", flagged=1, normal=1, scale=0.1)
+    with Served(st.config) as server:
+        assert get(f"{server.url}/metrics")[0] == 200  # this host's own scraper
+        for header in ("X-Forwarded-For", "Forwarded", "X-Real-IP", "X-Forwarded-Host"):
+            status, body, _ = get(f"{server.url}/metrics", {header: "203.0.113.9"})
+            assert status == 403 and "inspector_" not in body, header
+
+
 @pytest.fixture
 def no_token_app(tmp_path):
     st = build_station(tmp_path / "station", flagged=2, normal=1, scale=0.1)

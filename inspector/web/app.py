@@ -23,7 +23,7 @@ from inspector.base.errors import InspectorError, StoreError
 from inspector.base.paths import display_path
 from inspector.base.times import format_age, format_local
 from inspector.web import WebError
-from inspector.web.auth import API_ROOT, audit
+from inspector.web.auth import API_ROOT, audit, note_forwarding
 from inspector.web.users import UserError, UsersFile
 
 log = logging.getLogger("inspector.web")
@@ -71,6 +71,7 @@ def create_app(cfg: Config, store) -> Flask:
     from inspector.web.tokens import TokensFile, tokens_path
 
     app = Flask("inspector.web", root_path=str(HERE))
+    app.wsgi_app = note_forwarding(app.wsgi_app)  # type: ignore[method-assign]
     app.config.update(
         SECRET_KEY=secret_key(cfg.secret_key_path),
         SESSION_COOKIE_NAME="inspector_session",
@@ -201,14 +202,15 @@ def make_server(app: Flask, cfg: Config, host: str, port: int):
     """waitress with the station's limits: web.connection_limit connections held at once (poll(), not select(),
     so past 1024 descriptors too), silent ones closed after web.channel_timeout, a body past web.max_request_bytes
     refused from its Content-Length (or as its chunks arrive) before it is spooled, and a request framed both by
-    Content-Length and Transfer-Encoding refused with its connection closed (RFC 9112 section 6.1)."""
+    Content-Length and Transfer-Encoding refused with its connection closed (RFC 9112 section 6.1). Proxy
+    headers reach the app, whose note_forwarding marks and drops them."""
     from waitress import create_server
 
     web = cfg.web
     open_files_for(web.connection_limit + web.threads + 64)
     try:
         server = create_server(app, host=host, port=port, threads=web.threads, ident="inspector",
-                               clear_untrusted_proxy_headers=True, connection_limit=web.connection_limit,
+                               clear_untrusted_proxy_headers=False, connection_limit=web.connection_limit,
                                channel_timeout=web.channel_timeout, cleanup_interval=min(30, web.channel_timeout),
                                max_request_body_size=web.max_request_bytes, asyncore_use_poll=True)
     except OSError as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hmac
 import ipaddress
+from typing import Callable
 import logging
 import threading
 import time
@@ -134,6 +135,23 @@ class PagesOnlySessions(SecureCookieSessionInterface):
         if request.path.startswith(API_ROOT):
             return self.null_session_class()
         return super().open_session(app, request)
+
+
+# A proxy's forwarding headers (WSGI environ keys). Nothing here believes them; a request carrying one came through
+# a proxy, i.e. from someone else than the peer's address says (/metrics answers this host's own clients only).
+FORWARDING_HEADERS = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_HOST", "HTTP_X_FORWARDED_PROTO",
+                      "HTTP_X_FORWARDED_PORT", "HTTP_X_FORWARDED_BY", "HTTP_X_REAL_IP")
+VIA_PROXY = "inspector.via_proxy"  # environ: the request carried a forwarding header
+
+
+def note_forwarding(wsgi_app: Callable) -> Callable:
+    """Mark a request that carried a proxy's forwarding headers (environ[VIA_PROXY]), then drop them, so no part
+    of the app can believe them. This replaces waitress's own clearing of untrusted proxy headers, which happens
+    before the app and would leave it unable to tell a proxied request from this host's own."""
+    def app(environ: dict, start_response: Callable):
+        environ[VIA_PROXY] = bool([environ.pop(key) for key in FORWARDING_HEADERS if key in environ])
+        return wsgi_app(environ, start_response)
+    return app
 
 
 def client_address() -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

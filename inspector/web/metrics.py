@@ -20,13 +20,12 @@ from prometheus_client.registry import Collector
 
 from inspector.base.errors import StoreError
 from inspector.web import WebError, ext
-from inspector.web.auth import client_address
+from inspector.web.auth import VIA_PROXY, client_address
 
 if TYPE_CHECKING:
     from inspector.store.store import Store
 
 blueprint = Blueprint("metrics", __name__)
-PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
 CHALLENGE = 'Bearer realm="inspector metrics"'  # the WWW-Authenticate of a 401
 
 
@@ -76,7 +75,7 @@ def refuse_other_scrapers() -> None:
         scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), token.encode()):
             raise WebError(401, "/metrics needs the bearer token of web.metrics_token.", CHALLENGE)
-    elif not loopback() or any(h in request.headers for h in PROXY_HEADERS):
+    elif not loopback() or request.environ.get(VIA_PROXY):
         raise WebError(403, "/metrics answers only this host's own clients: set web.metrics_token and send it as a "
                             "bearer token to scrape from elsewhere.")
 
