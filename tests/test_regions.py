@@ -260,3 +260,23 @@ def test_train_normals_only_scores_by_the_map_and_ranks_a_defect_above_a_normal(
     det = Detector.load(out, device="cpu")
     normal_p, defect_p = (p.p_abnormal for p in det.predict([electrode(40), with_disc(electrode(41), 35, 60)]))
     assert defect_p > normal_p
+
+
+def test_train_normals_only_with_too_few_normals_fails_before_reading_an_image(tmp_path):
+    from inspector.data.dataset import LABELS_FILE, write_labels
+
+    root = tmp_path / "few"
+    rows = []
+    for b in range(2):
+        (root / f"bundle{b + 1:02d}").mkdir(parents=True)
+        rel = f"bundle{b + 1:02d}/bundle{b + 1:02d}_0000.tif"
+        (root / rel).write_bytes(b"not a tiff")  # unreadable: an image read would fail with another error
+        rows.append((rel, f"bundle{b + 1:02d}", "normal", ""))
+    write_labels(root / LABELS_FILE, rows)
+    (tmp_path / "config.toml").write_text('[train]\ncache_dir = "cache"\nthreads = 1\n[state]\ndir = "var"\n'
+                                          '[model]\ndevice = "cpu"\ninput_size = [64, 32]\nweights = "none"\n')
+    result = run("train", root, "--out", tmp_path / "m.safetensors", "--method", "global", "--normals-only",
+                 "--config", tmp_path / "config.toml")
+    assert result.exit_code != 0
+    assert "--normals-only needs at least 3 normal images to fit the normal model" in result.output
+    assert "has 2" in result.output

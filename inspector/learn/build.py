@@ -66,12 +66,17 @@ def train_model(dataset: Dataset, out: Path, method: str, cfg: Config, device: t
     require_method(method)
     if not 0 <= target_recall <= 1:
         raise InspectorError(f"--target-recall must be between 0 and 1, got {target_recall}")
+    normals = int((dataset.y == 0).sum())  # the count fit_normal checks, known before any image is read
+    if normals_only and normals < MIN_NORMALS:
+        raise InspectorError(f"--normals-only needs at least {MIN_NORMALS} normal images to fit the normal model; "
+                             f"{dataset.root} has {normals}")
+    warn = warn or (lambda m: print(m, file=sys.stderr))
     source = ImageSource.of(dataset, cfg)
     store, use_cache = resolve_cache(cfg, dataset, True, warn)
     stats = EmbedStats()
     threshold, threshold_source, oof_info, p = 0.5, "default 0.5", None, None
     if target_recall > 0 and normals_only and not (dataset.y == 1).any():
-        (warn or (lambda m: print(m, file=sys.stderr)))(
+        warn(
             "note: no abnormal image to aim a recall at: the threshold stays at 0.5, the held-out normals' 99th "
             "percentile of the map score")
         target_recall = 0.0
@@ -94,16 +99,13 @@ def train_model(dataset: Dataset, out: Path, method: str, cfg: Config, device: t
         result = fit(net, source, idx, view, cfg, device, store, use_cache, stats, desc=f"train {method}")
     normal = fit_normal(net, source, idx, view, cfg, device)
     score = cfg.model.score
-    if not normal:
-        if normals_only:
-            raise InspectorError(f"--normals-only needs at least {MIN_NORMALS} normal images to fit the normal model; "
-                                 f"{dataset.root} has {int((dataset.y == 0).sum())}")
-        (warn or (lambda m: print(m, file=sys.stderr)))(
+    if not normal:  # not with normals_only: checked above
+        warn(
             f"warning: fewer than {MIN_NORMALS} normal images: no normal model, so no maps or boxes, and the model "
             "scores by its head alone")
         score = "head"
     if not normals_only and not result.learned:
-        (warn or (lambda m: print(m, file=sys.stderr)))(
+        warn(
             f"warning: training ended no better than the class prior ({result.summary()}); the detector has "
             "learned (almost) nothing: check the labels, or try model.features, convert.method or more steps")
     meta = ModelMeta(**view.conversion.to_meta(), input_size=tuple(cfg.model.input_size),
