@@ -17,7 +17,8 @@ from inspector.cli.detector import UNTRAINED_WARNING
 from inspector.base.errors import ImageError
 from inspector.imaging.read import read_image
 from inspector.learn.infer import Detector
-from inspector.learn.model import init_model, load_model, read_meta, save_model
+from inspector.imaging.modelmeta import read_meta
+from inspector.learn.model import init_model, load_model, save_model
 
 LINE = re.compile(r"^(?P<path>.+): (?P<verdict>normal|abnormal) P\(abnormal\)=(?P<p>\d\.\d{4}) (?P<s>\d+\.\d{3})s$")
 

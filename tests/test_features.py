@@ -11,7 +11,8 @@ import torch
 from inspector.learn.features import (CacheError, EmbedItem, EmbedStats, FeatureStore, apply_flip,
                                 backbone_fingerprint, default_cache_dir, embed_dataset, feature_key, flip_batch,
                                 require_frozen)
-from inspector.learn.model import FULL_DIM, build_detector, preprocess_batch
+from inspector.imaging.modelmeta import FULL_DIM
+from inspector.learn.model import build_detector, preprocess_batch
 
 CPU = torch.device("cpu")
 SIZE = (64, 32)

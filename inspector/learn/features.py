@@ -3,7 +3,7 @@
 The backbone is frozen, so its pooled features depend only on (image content, conversion method
 and window, CLAHE settings, flip, input size, backbone weights). The key hashes exactly those;
 one .npy per key holds the raw (unstandardized) features of all four stages under every pooling
-(model.FULL_DIM values), so changing model.features or model.pooling picks other columns and
+(modelmeta.FULL_DIM values), so changing model.features or model.pooling picks other columns and
 never recomputes the backbone. Written atomically, so an interrupted run resumes and a changed
 window or weights file never reuses a stale feature.
 """
@@ -27,7 +27,8 @@ from tqdm import tqdm
 from inspector.base.config import WINDOWED_METHODS
 from inspector.base.durable import write_atomic
 from inspector.base.errors import InspectorError
-from inspector.learn.model import FULL_DIM, preprocess_batch
+from inspector.imaging.modelmeta import FULL_DIM
+from inspector.learn.model import preprocess_batch
 from inspector.base.pipeline import Turns, ordered_map
 
 FLIPS = ("none", "h", "v", "hv")

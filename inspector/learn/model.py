@@ -27,7 +27,6 @@ from inspector.base.durable import atomic_target
 from inspector.base.errors import ModelError
 from inspector.imaging.modelmeta import (FREEZE_MODES, PAPER_FEATURES, Embedding, ModelMeta, damaged_file, missing_file,
                                  parse_header)
-from inspector.imaging.modelmeta import FULL_DIM, read_meta  # noqa: F401  (re-exported for callers that load weights too)
 from inspector.learn.normalmap import NormalModel, backbone_stages
 from inspector.imaging.prepare import resize_to
 

@@ -73,7 +73,7 @@ def prune_work(root: Path, keep: set[Path]) -> None:
 
 def work_to_keep(work: Path, model_path: Path) -> set[Path]:
     """This run's folder and the training sets the live and the kept model learned from."""
-    from inspector.learn.model import read_meta
+    from inspector.imaging.modelmeta import read_meta
 
     keep = {work}
     for path in (model_path, previous_path(model_path)):

@@ -312,7 +312,7 @@ def retrain(cfg: Config, dry_run: bool = False, epochs: int | None = None,
         try:
             record_end(store, result.retrain_id, result, message)
             if result.decision == "promoted":  # the plant's model now: every station's daemon follows it
-                from inspector.learn.model import read_meta
+                from inspector.imaging.modelmeta import read_meta
 
                 store.record_model(result.candidate_sha256, str(model_path), read_meta(model_path).to_json(),
                                    promoted=True)
@@ -329,7 +329,8 @@ def _compare_and_decide(cfg: Config, store, work: Path, out: Path, dry_run: bool
                         say: Callable[[str], None], result: RetrainResult) -> None:
     """Stages 1-4: the training set, the current model, both cross-validated and compared; then decide."""
     from inspector.learn.crossval import save_run
-    from inspector.learn.model import read_meta, resolve_device
+    from inspector.imaging.modelmeta import read_meta
+    from inspector.learn.model import resolve_device
     from inspector.learn.train import set_threads
 
     model_path = Path(cfg.model.path)

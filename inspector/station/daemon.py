@@ -24,14 +24,15 @@ from inspector.base.config import Config
 from inspector.base.errors import ConfigError, ModelError, StoreError
 from inspector.station.faults import NO_FAULTS, Faults
 from inspector.station.intake import Claims, Intake, ScoringModel
+from inspector.base.logsetup import log_to_stderr
 from inspector.station.metrics import StationMetrics, serve_metrics
 from inspector.station.mover import Mover
-from inspector.station.notify import log_to_stderr, notify, pid_file, watchdog_interval_seconds
+from inspector.station.notify import notify, pid_file, watchdog_interval_seconds
 from inspector.base.paths import display_path
 from inspector.base.pipeline import Turns, worker_count
 from inspector.station.retry import StoreRetry
 from inspector.station.scoring import TICK_SECONDS, Scoring, model_meta_json
-from inspector.station.watcher import (SKIP_DIRS, CaptureFolder, EventHandler, FileStamp, ReadyFile, Scanner, Tracker,
+from inspector.station.watcher import (CaptureFolder, EventHandler, FileStamp, ReadyFile, Scanner, Tracker,
                                build_observer)
 
 if TYPE_CHECKING:
@@ -367,4 +368,4 @@ def run_daemon(cfg: Config, once: bool = False, faults: Faults = NO_FAULTS) -> i
         return daemon.run(once=once)
 
 
-__all__ = ["Daemon", "run_daemon", "load_detector", "SKIP_DIRS"]
+__all__ = ["Daemon", "run_daemon", "load_detector"]

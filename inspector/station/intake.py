@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from inspector.learn.infer import Prediction
-    from inspector.learn.model import ModelMeta
+    from inspector.imaging.modelmeta import ModelMeta
     from inspector.imaging.prepare import Prepared
     from inspector.store.store import FileVersion, Store
 

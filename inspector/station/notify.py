@@ -12,10 +12,6 @@ from typing import Iterator
 
 from inspector.base.durable import write_atomic
 from inspector.base.errors import InspectorError
-from inspector.base.logsetup import log_to_stderr
-
-__all__ = ["log_to_stderr", "notify", "pid_file", "read_pid", "running_inspector", "watchdog_interval_seconds",
-           "write_pid_file"]
 
 NOTIFY_VAR = "NOTIFY_SOCKET"
 PID_NAME = "inspector.pid"

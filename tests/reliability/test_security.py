@@ -61,7 +61,8 @@ def model_bytes(model_file) -> bytes:
 def load_every_way(path: Path) -> list[ModelError]:
     """load_model, read_meta and Detector.load must each refuse the file with a ModelError."""
     from inspector.learn.infer import Detector
-    from inspector.learn.model import load_model, read_meta
+    from inspector.imaging.modelmeta import read_meta
+    from inspector.learn.model import load_model
 
     errors = []
     for fn in (lambda: load_model(path, "cpu"), lambda: read_meta(path), lambda: Detector.load(path, "cpu")):
