@@ -106,6 +106,8 @@ class Intake:
 
     def serial_of(self, path: str) -> SerialFields | None:
         """The serial number and lot the file's name gives, by station.serial_pattern (None: none)."""
+        if self.serial_pattern is None:  # the default: no pattern, so no name to work out
+            return None
         name = capture_name(path, self.folder.root)
         return match_serial(self.serial_pattern, name) if name is not None else None
 
