@@ -1,11 +1,11 @@
 """TEST-ONLY: run `inspector watch` with faults injected at the daemon's named fault points.
 
-    python tests/fault_runner.py watch --config C [--once]      (with the environment below)
+    python tests/fault_runner.py watch --config C      (with the environment below)
 
 INSPECTOR_FAULT=after_read|after_infer|after_commit|mid_move (INSPECTOR_FAULT_AFTER=N passes spared):
 SIGKILL this process there. INSPECTOR_FAULT=enospc: store writes fail as a full disk while the file
 $INSPECTOR_FAULT_FILE exists (for machines where no small file system can be mounted). The service
-code has no such settings: this runner hands its own `Faults` object to `daemon.run_daemon`, as
+code has no such settings: this runner hands its own `Faults` object to `daemon.start_watch`, as
 `inspector watch` hands it `faults.NO_FAULTS`.
 """
 
@@ -41,24 +41,17 @@ class EnvironmentFaults:
 
 
 def main(argv: list[str]) -> int:
-    """What `inspector watch` does (cli/watch.py), with this runner's faults."""
+    """`inspector watch` (daemon.start_watch, as cli/watch.py calls it) with this runner's faults."""
     parser = argparse.ArgumentParser(prog="fault_runner.py")
     parser.add_argument("command", choices=["watch"])
     parser.add_argument("--config", required=True)
-    parser.add_argument("--once", action="store_true")
     args = parser.parse_args(argv)
     try:
         from inspector.base.configfile import load_config
+        from inspector.station.daemon import start_watch
 
-        cfg = load_config(args.config)
-        cfg.require_dir("watch.capture_dir")
-        import torch
-
-        from inspector.station.daemon import run_daemon
-
-        torch.set_num_threads(cfg.infer.threads or os.cpu_count() or 1)
-        return run_daemon(cfg, once=args.once, faults=EnvironmentFaults(dict(os.environ)))
-    except InspectorError as exc:
+        return start_watch(load_config(args.config), faults=EnvironmentFaults(dict(os.environ)))
+    except InspectorError as exc:  # the CLI's `Error: ...`, exit 1
         print(f"Error: {exc}", file=sys.stderr)
         return 1
 

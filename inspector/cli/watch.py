@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from inspector.cli import cli, with_config
@@ -21,11 +19,7 @@ def watch(cfg: Config, once: bool) -> None:
     from model.path; a model that fails to load or to pass its self-check is refused and the
     old one keeps serving. Under systemd (Type=notify) it reports READY, STATUS and WATCHDOG.
     """
-    cfg.require_dir("watch.capture_dir")  # before the slow imports: a typo fails at once
-    import torch
+    from inspector.station.daemon import start_watch
 
-    from inspector.station.daemon import run_daemon
-
-    torch.set_num_threads(cfg.infer.threads or os.cpu_count() or 1)
-    code = run_daemon(cfg, once=once)
+    code = start_watch(cfg, once=once)
     click.get_current_context().exit(code)

@@ -336,7 +336,8 @@ def require_outside_capture(cfg: Config) -> None:
 def run_daemon(cfg: Config, once: bool = False, faults: Faults = NO_FAULTS) -> int:
     """`inspector watch`: start-up checks, signals, serve, clean exit code (0 after SIGTERM).
 
-    `faults`: the reliability tests' fault points (tests/fault_runner.py); the service's do nothing."""
+    `faults`: the reliability tests' fault points (tests/fault_runner.py, through start_watch); the service's do
+    nothing."""
     from inspector.station.heartbeat import Heartbeat, refuse_taken_name
     from inspector.store.store import open_configured
 
@@ -368,4 +369,14 @@ def run_daemon(cfg: Config, once: bool = False, faults: Faults = NO_FAULTS) -> i
         return daemon.run(once=once)
 
 
-__all__ = ["Daemon", "run_daemon", "load_detector"]
+def start_watch(cfg: Config, once: bool = False, faults: Faults = NO_FAULTS) -> int:
+    """`inspector watch` (cli/watch.py; tests/fault_runner.py with its faults): the capture folder checked before
+    torch's slow import (a typo fails at once), torch's threads (infer.threads, else every core), run_daemon."""
+    cfg.require_dir("watch.capture_dir")
+    import torch
+
+    torch.set_num_threads(cfg.infer.threads or os.cpu_count() or 1)
+    return run_daemon(cfg, once=once, faults=faults)
+
+
+__all__ = ["Daemon", "run_daemon", "start_watch", "load_detector"]
