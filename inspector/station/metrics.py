@@ -51,10 +51,9 @@ class StationMetrics:
             self.rejections.labels(station, reason)
         self.latency.labels(station)
 
-    def verdict(self, verdict: str, seconds: float | None) -> None:
+    def verdict(self, verdict: str, seconds: float) -> None:
         self.verdicts.labels(self.station, verdict).inc()
-        if seconds is not None:
-            self.latency.labels(self.station).observe(seconds)
+        self.latency.labels(self.station).observe(seconds)
 
     def rejection(self, reason: str) -> None:
         self.rejections.labels(self.station, reason).inc()
