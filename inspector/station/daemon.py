@@ -120,11 +120,9 @@ class Daemon:
         turns = Turns.for_device(getattr(detector, "device", None))
         self.metrics = StationMetrics(cfg.station_name)  # served on metrics.port when set (run_daemon)
         self.intake = Intake(cfg, store, self.retry, claims, self.folder, self.tracker, turns, faults)
-        self.scoring = Scoring(cfg, detector, store, load=load, retry=self.retry, claims=claims, intake=self.intake,
-                               folder=self.folder, tracker=self.tracker, mover=self.mover, heatmaps=self.heatmaps,
-                               ready=self.ready, stop=self.stop, reload=self.reload,
-                               workers=worker_count(cfg.infer.workers), turns=turns, faults=faults,
-                               metrics=self.metrics)
+        self.scoring = Scoring(cfg, detector, store, load=load, intake=self.intake, mover=self.mover,
+                               heatmaps=self.heatmaps, ready=self.ready, reload=self.reload,
+                               workers=worker_count(cfg.infer.workers), metrics=self.metrics)
         self.metrics.watch(self)
         self.observer: BaseObserver | None = None
         self.worker: threading.Thread | None = None
@@ -152,9 +150,10 @@ class Daemon:
         """Serve until stop is set (or, with once, until everything waiting has an outcome)."""
         handler = EventHandler(self.events, self.rescan)
         self.tracker.judge_by_mtime = once  # one pass has no earlier sight of a file: its mtime's age decides
+        self.intake.once = once  # and leaves a cut-short file to a later run
         if not once:
             self.observer = build_observer(self.root, handler, self.cfg.watch.polling, self.poll_seconds)
-        self.worker = threading.Thread(target=self.scoring.work, args=(once,), name="inspector-worker", daemon=True)
+        self.worker = threading.Thread(target=self.scoring.work, name="inspector-worker", daemon=True)
         self.worker.start()
         ready_sent, last_status, next_watchdog = False, "", 0.0
         watchdog_seconds = watchdog_interval_seconds()

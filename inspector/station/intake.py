@@ -103,6 +103,7 @@ class Intake:
         self.turns = turns
         self.faults = faults
         self.serial_pattern = compile_serial_pattern(cfg.station.serial_pattern)
+        self.once = False  # one pass (`watch --once`): Daemon.run sets it, as the tracker's judge_by_mtime
 
     def serial_of(self, path: str) -> SerialFields | None:
         """The serial number and lot the file's name gives, by station.serial_pattern (None: none)."""
@@ -111,9 +112,9 @@ class Intake:
         name = capture_name(path, self.folder.root)
         return match_serial(self.serial_pattern, name) if name is not None else None
 
-    def prepare(self, item: ReadyFile, detector: ScoringModel, once: bool = False) -> Job | None:
+    def prepare(self, item: ReadyFile, detector: ScoringModel) -> Job | None:
         """Claim the file, then `_prepare_claimed`. None: nothing to record now (claimed elsewhere, known,
-        changed, gone, incomplete); the claim is then given up. `once`: one pass (`watch --once`)."""
+        changed, gone, incomplete); the claim is then given up."""
         if not self.folder.unchanged(item):
             return None
         holder = self.claims.take(item)
@@ -122,13 +123,13 @@ class Intake:
             return None
         job = None
         try:
-            job = self._prepare_claimed(item, detector, once)
+            job = self._prepare_claimed(item, detector)
         finally:
             if job is None:
                 self.claims.release([item])
         return job
 
-    def _prepare_claimed(self, item: ReadyFile, detector: ScoringModel, once: bool) -> Job | None:
+    def _prepare_claimed(self, item: ReadyFile, detector: ScoringModel) -> Job | None:
         """Skip what is known, hash, find an existing verdict, read, gate and convert."""
         from inspector.imaging.read import file_sha256, read_image
 
@@ -156,14 +157,15 @@ class Intake:
         if not self.folder.unchanged(item):
             return None  # written to while we read it: judge it again once it settles
         if job.incomplete and not item.final:
-            self._hold(item, *job.rejection, once=once)
+            self._hold(item, *job.rejection)
             return None
         return job
 
-    def _hold(self, item: ReadyFile, reason: str, message: str, once: bool) -> None:
-        """A file read as cut short gets no outcome yet: its writer may only have paused."""
+    def _hold(self, item: ReadyFile, reason: str, message: str) -> None:
+        """A file read as cut short gets no outcome yet: its writer may only have paused (with `once`, a later run
+        judges it)."""
         shown = self.folder.shown(item.path)
-        if once:
+        if self.once:
             log.info("incomplete %s (%s); left without an outcome for a later run", shown, message)
             return
         log.info("incomplete %s (%s); judged again when it changes, quarantined as %s if it stays "

@@ -22,14 +22,13 @@ from itertools import islice
 from typing import TYPE_CHECKING, Callable
 
 from inspector.base.config import Config
-from inspector.station.faults import Faults
-from inspector.station.intake import Claims, Intake, Job, ScoringModel, file_version
+from inspector.station.intake import Intake, Job, ScoringModel, file_version
 from inspector.station.metrics import StationMetrics
 from inspector.station.mover import Mover
 from inspector.base.paths import display_path
-from inspector.base.pipeline import Turns, worker_pool
-from inspector.station.retry import Stopped, StoreRetry
-from inspector.station.watcher import CaptureFolder, ReadyFile, Tracker
+from inspector.base.pipeline import worker_pool
+from inspector.station.retry import Stopped
+from inspector.station.watcher import ReadyFile
 
 if TYPE_CHECKING:
     from inspector.station.heatmaps import HeatmapQueue
@@ -79,38 +78,35 @@ def outcome_record(job: Job, pred: Prediction | None, first: bool, model_sha: st
 
 
 class Scoring:
-    """The only thread that runs the model (`work`); `counts` are its outcomes, `detector` the model it serves."""
+    """The only thread that runs the model (`work`); `counts` are its outcomes, `detector` the model it serves.
+
+    It shares the intake's store retry (whose `stop` it heeds), claims, folder, tracker, turns and faults."""
 
     def __init__(self, cfg: Config, detector: ScoringModel, store: Store, *, load: Callable[[Config], ScoringModel],
-                 retry: StoreRetry, claims: Claims, intake: Intake, folder: CaptureFolder, tracker: Tracker,
-                 mover: Mover, heatmaps: HeatmapQueue, ready: queue.Queue[ReadyFile], stop: threading.Event,
-                 reload: threading.Event, workers: int, turns: Turns, faults: Faults, metrics: StationMetrics):
+                 intake: Intake, mover: Mover, heatmaps: HeatmapQueue, ready: queue.Queue[ReadyFile],
+                 reload: threading.Event, workers: int, metrics: StationMetrics):
         self.cfg = cfg
         self.detector = detector
         self.store = store
         self.load = load
-        self.retry = retry
-        self.claims = claims
         self.intake = intake
-        self.folder = folder
-        self.tracker = tracker
+        self.retry, self.claims, self.folder = intake.retry, intake.claims, intake.folder
+        self.tracker, self.turns, self.faults = intake.tracker, intake.turns, intake.faults
+        self.stop = self.retry.stop
         self.mover = mover
         self.heatmaps = heatmaps
         self.ready = ready  # settled files, from the main thread
-        self.stop = stop
         self.reload = reload  # SIGHUP or a promoted model: swap once no file is in flight
         self.workers = workers
-        self.turns = turns
-        self.faults = faults
         self.metrics = metrics  # the same outcomes, for Prometheus (metrics.py)
         self.counts = {"scored": 0, "abnormal": 0, "rejected": 0}
         self._recent: OrderedDict[str, dict] = OrderedDict()  # sha256 -> outcome of this model, newest last
 
-    def work(self, once: bool = False) -> None:
+    def work(self) -> None:
         """The model's thread. A pool of workers prepares the files ahead of it (intake.py); this thread takes
         them in order as they are prepared, in batches of the files in flight (a slow one is passed by:
         _take_prepared), scores them, commits each batch in one transaction and then moves the files. Heat maps
-        are drawn here when no file waits. `once`: one pass (`watch --once`)."""
+        are drawn here when no file waits."""
         batch_size = self.cfg.infer.batch_size
         ahead = 2 * batch_size + self.workers  # files being prepared or waiting for the model: memory stays flat
         inflight: InFlight = deque()
@@ -121,7 +117,7 @@ class Scoring:
                     self.reload.clear()
                     self._reload_model()
                 self.mover.finish_interrupted()
-                self._feed(pool, inflight, ahead, once)
+                self._feed(pool, inflight, ahead)
                 if not inflight:
                     self.heatmaps.run_one()  # nothing waits to be scored: draw evidence owed
                     continue
@@ -144,7 +140,7 @@ class Scoring:
             pool.shutdown(wait=True, cancel_futures=True)
         self.heatmaps.drain(HEATMAP_DRAIN_SECONDS)  # verdicts are committed; evidence gets a bounded wait
 
-    def _feed(self, pool: ThreadPoolExecutor, inflight: InFlight, ahead: int, once: bool) -> None:
+    def _feed(self, pool: ThreadPoolExecutor, inflight: InFlight, ahead: int) -> None:
         """Hand settled files to the pool, up to `ahead` in flight; waits a tick only when idle."""
         while len(inflight) < ahead and not self.reload.is_set():
             idle = not inflight and not len(self.heatmaps)
@@ -152,7 +148,7 @@ class Scoring:
                 item = self.ready.get(timeout=TICK_SECONDS) if idle else self.ready.get_nowait()
             except queue.Empty:
                 return
-            inflight.append((item, pool.submit(self.intake.prepare, item, self.detector, once), time.monotonic()))
+            inflight.append((item, pool.submit(self.intake.prepare, item, self.detector), time.monotonic()))
 
     def _take_prepared(self, inflight: InFlight, batch_size: int) -> list[tuple[ReadyFile, Future, float]]:
         """Up to a batch of the prepared files in flight, oldest first; [] after a tick when none is ready.
