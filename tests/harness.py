@@ -20,6 +20,8 @@ import tomllib
 from pathlib import Path
 from typing import Callable, Iterator
 
+REPO = Path(__file__).resolve().parent.parent  # the checkout whose package the processes run
+
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> object:
     """Poll `condition` until it is truthy; fail with `what` after `timeout` seconds."""
@@ -228,6 +230,13 @@ class DaemonProcess:
             self.send(signal.SIGUSR1)
             with contextlib.suppress(AssertionError):
                 self.wait_log("most recent call first", timeout=5)
+
+
+def run_inspector(config: Path, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess:
+    """`inspector --config CONFIG ARGS...` as its own process (this interpreter, this checkout's package), output
+    captured as text."""
+    return subprocess.run([sys.executable, "-m", "inspector", "--config", str(config), *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def capture_dir(config: Path) -> Path:

@@ -5,19 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from datetime import date
 
 import pytest
 
+from harness import run_inspector
 from daemon_helpers import db_rows, make_model, write_config, write_image
-
-
-def inspector(config, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "inspector", "--config", str(config), *args],
-                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture
@@ -32,7 +26,7 @@ def scored_station(tmp_path):
     hour_ago = time.time() - 3600
     for path in capture.iterdir():
         os.utime(path, (hour_ago, hour_ago))
-    proc = inspector(config, "watch", "--once")
+    proc = run_inspector(config, "watch", "--once")
     assert proc.returncode == 0, proc.stderr
     processed = capture / "processed" / date.today().isoformat()
     assert sorted(os.listdir(processed)) == ["a-copy.tif", "a.tif", "b.tif", "c.tif", "d.tif"]
@@ -54,7 +48,7 @@ def test_rescore_adds_a_verdict_per_content_for_the_new_model_and_keeps_the_capt
     write_image(processed / "c.tif", seed=999)  # another image now lies where c was recorded
     (processed / "d.tif").unlink()  # and d was deleted
 
-    proc = inspector(config, "rescore", "--model", str(tmp_path / "models" / "b.safetensors"))
+    proc = run_inspector(config, "rescore", "--model", str(tmp_path / "models" / "b.safetensors"))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == f"model {sha_b[:12]}: 2 of 4 recorded image(s) rescored, 2 not found"
@@ -65,21 +59,21 @@ def test_rescore_adds_a_verdict_per_content_for_the_new_model_and_keeps_the_capt
     assert model_verdicts(db, sha_a) == capture_verdicts  # the capture verdicts stay as they were
 
     # the same numbers as scoring the files by hand with model B
-    score = inspector(config, "score", "--format", "json", "--model", str(tmp_path / "models" / "b.safetensors"),
+    score = run_inspector(config, "score", "--format", "json", "--model", str(tmp_path / "models" / "b.safetensors"),
                       str(processed / "a.tif"), str(processed / "b.tif"))
     by_hand = sorted(round(r["p_abnormal"], 6) for r in json.loads(score.stdout))
     assert sorted(round(p, 6) for _, p in rescored.values()) == by_hand
 
     # `verdicts --model` lists the rescored images (a and its copy share one content, so three rows)
-    listed = json.loads(inspector(config, "verdicts", "--model", sha_b[:12], "--format", "json").stdout)
+    listed = json.loads(run_inspector(config, "verdicts", "--model", sha_b[:12], "--format", "json").stdout)
     assert sorted(os.path.basename(r["path"]) for r in listed) == ["a-copy.tif", "a.tif", "b.tif"]
     assert {r["model_sha256"] for r in listed} == {sha_b}
-    plain = json.loads(inspector(config, "verdicts", "--format", "json").stdout)
+    plain = json.loads(run_inspector(config, "verdicts", "--format", "json").stdout)
     assert {r["model_sha256"] for r in plain} == {sha_a}  # without --model: the capture verdicts
 
     # a second run resumes: only what is still without a verdict of B is tried, nothing is scored twice
     (processed / "c.tif").write_bytes(original_c)
-    again = inspector(config, "rescore", "--model", str(tmp_path / "models" / "b.safetensors"))
+    again = run_inspector(config, "rescore", "--model", str(tmp_path / "models" / "b.safetensors"))
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines()[0] == f"model {sha_b[:12]}: 1 of 2 recorded image(s) rescored, 1 not found"
     assert len(model_verdicts(db, sha_b)) == 3
@@ -90,10 +84,10 @@ def test_rescore_adds_a_verdict_per_content_for_the_new_model_and_keeps_the_capt
 def test_rescore_with_since_takes_only_newer_images_and_reports_changes(tmp_path, scored_station):
     config, sha_a, processed = scored_station
     make_model(tmp_path / "models" / "b.safetensors", seed=1)
-    future = inspector(config, "rescore", "--since", "2999-01-01", "--model", str(tmp_path / "models" / "b.safetensors"))
+    future = run_inspector(config, "rescore", "--since", "2999-01-01", "--model", str(tmp_path / "models" / "b.safetensors"))
     assert future.returncode == 0, future.stderr
     assert future.stdout.splitlines()[0].endswith(": 0 of 0 recorded image(s) rescored")
-    proc = inspector(config, "rescore", "--since", "1h", "--model", str(tmp_path / "models" / "b.safetensors"))
+    proc = run_inspector(config, "rescore", "--since", "1h", "--model", str(tmp_path / "models" / "b.safetensors"))
     lines = proc.stdout.splitlines()
     assert lines[0].endswith(": 4 of 4 recorded image(s) rescored")
     assert lines[1].startswith("new verdicts: ") and lines[2].startswith("unchanged against the capture verdict: ")
@@ -101,6 +95,6 @@ def test_rescore_with_since_takes_only_newer_images_and_reports_changes(tmp_path
 
 def test_rescore_with_the_capture_model_has_nothing_to_do(tmp_path, scored_station):
     config, sha_a, _ = scored_station
-    proc = inspector(config, "rescore")
+    proc = run_inspector(config, "rescore")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [f"model {sha_a[:12]}: 0 of 0 recorded image(s) rescored"]

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from harness import run_inspector
 from daemon_helpers import db_rows, make_model, write_config, write_image
 from inspector.base.configfile import load_config
 from inspector.base.errors import ConfigError
@@ -22,11 +21,6 @@ from inspector.base.serial import SerialFields, capture_name, compile_serial_pat
 from inspector.cli import cli
 
 PATTERN = r"(?P<lot>L\d+)-(?P<serial>SN\d+)"
-
-
-def inspector(config, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "inspector", "--config", str(config), *args],
-                          capture_output=True, text=True, timeout=300)
 
 
 def with_pattern(config, pattern: str = PATTERN):
@@ -97,7 +91,7 @@ def test_the_daemon_records_serial_and_lot_and_verdicts_finds_them(tmp_path, dat
     settled(capture, "L01-SN001.tif", "L01-SN002.tif", "line2/L02-SN003.tif", "no-serial.tif", seed=300)
     (capture / "L02-SN004.tif").write_bytes((capture / "L01-SN001.tif").read_bytes())  # same content, its own serial
     os.utime(capture / "L02-SN004.tif", (time.time() - 3600,) * 2)
-    proc = inspector(config, "watch", "--once")
+    proc = run_inspector(config, "watch", "--once")
     assert proc.returncode == 0, proc.stderr
     rows = db_rows(database_url, "SELECT path, serial, lot, status FROM images")
     by_name = {os.path.basename(path): (serial, lot) for path, serial, lot, _ in rows}
@@ -107,32 +101,32 @@ def test_the_daemon_records_serial_and_lot_and_verdicts_finds_them(tmp_path, dat
     warned = [line for line in proc.stderr.splitlines() if "station.serial_pattern" in line]
     assert len(warned) == 1 and "WARNING" in warned[0] and "no-serial.tif" in warned[0], proc.stderr
 
-    found = json.loads(inspector(config, "verdicts", "--serial", "SN002", "--format", "json").stdout)
+    found = json.loads(run_inspector(config, "verdicts", "--serial", "SN002", "--format", "json").stdout)
     assert [(os.path.basename(r["path"]), r["serial"], r["lot"]) for r in found] == [("L01-SN002.tif", "SN002", "L01")]
-    lot = json.loads(inspector(config, "verdicts", "--lot", "L02", "--format", "json").stdout)
+    lot = json.loads(run_inspector(config, "verdicts", "--lot", "L02", "--format", "json").stdout)
     assert sorted(r["serial"] for r in lot) == ["SN003", "SN004"]
-    assert inspector(config, "verdicts", "--serial", "SN999").stdout == "no verdicts match\n"
-    table = inspector(config, "verdicts").stdout.splitlines()
+    assert run_inspector(config, "verdicts", "--serial", "SN999").stdout == "no verdicts match\n"
+    table = run_inspector(config, "verdicts").stdout.splitlines()
     assert table[0].split()[-2:] == ["SERIAL", "LOT"] and any(re.search(r" SN003 +L02$", line) for line in table)
-    csv_rows = inspector(config, "verdicts", "--format", "csv", "--serial", "SN001").stdout.splitlines()
+    csv_rows = run_inspector(config, "verdicts", "--format", "csv", "--serial", "SN001").stdout.splitlines()
     assert csv_rows[0].endswith(",serial,lot") and csv_rows[1].endswith(",SN001,L01")
 
     # a second pass records nothing new and warns of nothing again
-    again = inspector(config, "watch", "--once")
+    again = run_inspector(config, "watch", "--once")
     assert again.returncode == 0 and "station.serial_pattern" not in again.stderr
 
     # rescore: the new model's verdicts are listed with the serial the capture gave
     sha_b = make_model(tmp_path / "models" / "b.safetensors", seed=1)
-    assert inspector(config, "rescore", "--model", str(tmp_path / "models" / "b.safetensors")).returncode == 0
-    rescored = json.loads(inspector(config, "verdicts", "--model", sha_b[:12], "--serial", "SN004",
+    assert run_inspector(config, "rescore", "--model", str(tmp_path / "models" / "b.safetensors")).returncode == 0
+    rescored = json.loads(run_inspector(config, "verdicts", "--model", sha_b[:12], "--serial", "SN004",
                                     "--format", "json").stdout)
     assert [(r["model_sha256"], r["serial"], r["lot"]) for r in rescored] == [(sha_b, "SN004", "L02")]
-    assert json.loads(inspector(config, "verdicts", "--serial", "SN004", "--format", "json").stdout)[0][
+    assert json.loads(run_inspector(config, "verdicts", "--serial", "SN004", "--format", "json").stdout)[0][
         "model_sha256"] == sha_a  # the capture's verdict is still the one shown by default
 
     # the export carries them too
     out = tmp_path / "out.json"
-    assert inspector(config, "export", "--format", "json", "--out", str(out)).returncode == 0
+    assert run_inspector(config, "export", "--format", "json", "--out", str(out)).returncode == 0
     outcomes = json.loads(out.read_text())["outcomes"]
     assert sorted((o["serial"], o["lot"]) for o in outcomes if o["serial"]) == [
         ("SN001", "L01"), ("SN002", "L01"), ("SN003", "L02"), ("SN004", "L02")]

@@ -14,7 +14,6 @@ from types import SimpleNamespace
 
 import pytest
 from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from daemon_helpers import db_rows, write_config, write_image
 from harness import DaemonProcess, wait_for
@@ -22,6 +21,7 @@ from image_files import make_bad_file
 from inspector.base.config import MetricsConfig
 from inspector.base.errors import ConfigError
 from inspector.station.metrics import StationMetrics, serve_metrics
+from scrape import samples, value
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "inspector-rules.yml"
@@ -33,17 +33,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def samples(text: str) -> list:
-    return [s for family in text_string_to_metric_families(text) for s in family.samples]
-
-
-def value(found: list, metric: str, **labels: str) -> float:
-    """The one sample of `metric` whose labels include `labels`."""
-    matching = [s.value for s in found if s.name == metric and labels.items() <= s.labels.items()]
-    assert len(matching) == 1, (metric, labels, [s for s in found if s.name == metric])
-    return matching[0]
 
 
 def scrape(port: int) -> list:

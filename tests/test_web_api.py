@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import stat
-import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +21,7 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 from browser import Served
-from harness import wait_for
+from harness import run_inspector, wait_for
 from inspector.cli import cli
 from inspector.loop.review import record_review
 from inspector.store.schema import images
@@ -37,14 +34,8 @@ SPEC = json.loads((ROOT / "inspector" / "web" / "openapi.json").read_text())
 REGISTRY = Registry().with_resource("urn:inspector-api", DRAFT202012.create_resource(SPEC))
 
 
-def run_cli(config: Path, *args: str) -> subprocess.CompletedProcess:
-    """`inspector --config CONFIG ARGS...` as its own process."""
-    return subprocess.run([sys.executable, "-m", "inspector", "--config", str(config), *args], capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
-
-
 def add_token(config: Path, name: str) -> str:
-    done = run_cli(config, "token", "add", name)
+    done = run_inspector(config, "token", "add", name, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
@@ -285,10 +276,10 @@ def test_revoking_a_token_refuses_it_on_the_running_server(api):
     config = api.st.config
     token = add_token(config, "line-dashboard")
     assert call(api.url, "/api/v1/stations", token)[0] == 200
-    listed = json.loads(run_cli(config, "token", "list", "--format", "json").stdout)
+    listed = json.loads(run_inspector(config, "token", "list", "--format", "json", timeout=60).stdout)
     entry = next(t for t in listed if t["name"] == "line-dashboard")
     assert entry["last_used_at"] is not None and entry["revoked_at"] is None and entry["scope"] == "read"
-    done = run_cli(config, "token", "revoke", "line-dashboard")
+    done = run_inspector(config, "token", "revoke", "line-dashboard", timeout=60)
     assert done.returncode == 0 and done.stdout == "revoked API token line-dashboard\n"
     status, headers, body = call(api.url, "/api/v1/stations", token)
     assert status == 401 and "revoked" in body["error"] and 'error="invalid_token"' in headers["Www-Authenticate"]

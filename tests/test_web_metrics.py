@@ -12,27 +12,18 @@ import urllib.request
 from email.message import Message
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from browser import Served
 from inspector.store.store import open_store
 from inspector.web.app import create_app
+from scrape import samples, value
 from web_station import build_station
 
 TOKEN = "metrics-token-0123456789abcdef"
 
 
-def samples(text: str) -> list:
-    return [s for family in text_string_to_metric_families(text) for s in family.samples]
-
-
 def by_station(found: list, metric: str) -> dict[str, float]:
     return {s.labels["station"]: s.value for s in found if s.name == metric}
-
-
-def value(found: list, metric: str) -> float:
-    (only,) = [s.value for s in found if s.name == metric]
-    return only
 
 
 def beat(cfg, name: str, heartbeat_seconds: float) -> None:
