@@ -37,11 +37,7 @@ print("released", after, flush=True)
 
 
 def make_station(tmp_path: Path, model_file: Path, db_url: str = "sqlite:///inspector.db", **watch) -> Path:
-    config = write_config(tmp_path, **watch)
-    config.write_text(config.read_text().replace('url = "sqlite:///inspector.db"', f'url = "{db_url}"'))
-    (tmp_path / "models").mkdir(exist_ok=True)
-    shutil.copy(model_file, tmp_path / "models" / "detector.safetensors")
-    return config
+    return write_config(tmp_path, database_url=db_url, model=model_file, **watch)
 
 
 @pytest.mark.slow

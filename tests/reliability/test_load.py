@@ -3,7 +3,6 @@ time, against the real daemon subprocess; every image accounted for and its memo
 
 from __future__ import annotations
 
-import shutil
 import statistics
 import threading
 import time
@@ -62,10 +61,8 @@ def write_small(capture: Path, name: str, seed: int) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(7200 if BURST > 2000 else 600)
 def test_burst_then_drip_every_image_accounted_and_memory_flat(tmp_path, model_file):
-    config = write_config(tmp_path, settle_seconds=0.2, rescan_seconds=5.0, queue_size=256)
+    config = write_config(tmp_path, model=model_file, settle_seconds=0.2, rescan_seconds=5.0, queue_size=256)
     config.write_text(config.read_text().replace("batch_size = 4", "batch_size = 16"))
-    (tmp_path / "models").mkdir()
-    shutil.copy(model_file, tmp_path / "models" / "detector.safetensors")
     capture, db = tmp_path / "capture", tmp_path / "inspector.db"
     images = "SELECT COUNT(*) FROM images"
     daemon = DaemonProcess(tmp_path, config)
